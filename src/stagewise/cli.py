@@ -1,0 +1,120 @@
+"""The ``stagewise`` command line.
+
+Every user error (bad recipe key, missing file, malformed row) ends in one line on
+stderr and exit status 2; tracebacks are for bugs only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from .errors import StagewiseError
+
+RECIPE_DIRS = [Path("recipes"), Path(__file__).resolve().parents[2] / "recipes"]
+
+
+def find_recipe(name: str) -> Path:
+    """A path, or the name of a bundled recipe (``quickstart`` -> recipes/quickstart.yaml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for folder in RECIPE_DIRS:
+        candidate = folder / (name if name.endswith(".yaml") else f"{name}.yaml")
+        if candidate.is_file():
+            return candidate
+    raise StagewiseError(f"{name}: recipe file not found (see `stagewise recipes` for the bundled ones)")
+
+
+def bundled_recipes() -> dict[str, tuple[Path, str]]:
+    found: dict[str, tuple[Path, str]] = {}
+    for folder in RECIPE_DIRS:
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            if path.stem in found:
+                continue
+            try:
+                description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+            except yaml.YAMLError:
+                description = "(invalid YAML)"
+            found[path.stem] = (path, " ".join(str(description).split()))
+    return found
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_recipe, recipe_to_dict
+
+    recipe = load_recipe(find_recipe(args.recipe), args.overrides)
+    print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_recipe
+    from .engine import run_recipe
+    from .report import print_run_summary
+
+    path = find_recipe(args.recipe)
+    recipe = load_recipe(path, args.overrides)
+    result = run_recipe(recipe, recipe_path=str(path), log=_log)
+    print_run_summary(result.manifest)
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="bundled recipes")
+    table.add_column("name")
+    table.add_column("description")
+    for name, (_, description) in bundled_recipes().items():
+        table.add_row(name, description)
+    Console().print(table)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    raise StagewiseError(
+        "`stagewise eval` is not implemented yet (evaluation suites arrive with the evaluation issue); "
+        "use a stage's `eval:` key for held-out loss"
+    )
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stagewise", description="Staged fine-tuning without forgetting.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, handler, help_text in (
+        ("run", cmd_run, "train every stage of a recipe (resumes finished/interrupted stages)"),
+        ("validate", cmd_validate, "check a recipe and print it with every default filled in"),
+    ):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("recipe", help="recipe file, or the name of a bundled recipe")
+        command.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.0.lr=1e-4")
+        command.set_defaults(handler=handler)
+    sub.add_parser("recipes", help="list the bundled recipes").set_defaults(handler=cmd_recipes)
+    sub.add_parser("eval", help="evaluate a checkpoint (not yet available)").set_defaults(handler=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except StagewiseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""Recipe schema (pydantic) and loading with line-numbered, one-line errors.
+
+Key names follow LLaMA-Factory / TRL / transformers where those exist
+(``model_name_or_path``, ``train_on_prompt``, ``output_dir``, ``report_to``,
+``resume_from_checkpoint``, ``lr_scheduler_type``, ``warmup_ratio``, ...).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import RecipeError
+from .registry import LOSSES, LR_RULES, SELECTORS, Registry, load_plugins
+
+DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "classification"]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(StrictModel):
+    """Which weights to start from: a bundled name, a local folder, or a hub id."""
+
+    model_name_or_path: str
+    task: Literal["causal_lm", "sequence_classification"] = "causal_lm"
+    num_labels: int | None = Field(default=None, ge=2)
+    trust_remote_code: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    revision: str | None = None
+
+
+class DatasetConfig(StrictModel):
+    """A named dataset: a file (JSONL/CSV/Parquet), in-memory ``rows``, or a built-in benchmark."""
+
+    format: DataFormat
+    path: str | None = None
+    rows: list[dict[str, Any]] | None = None
+    split: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict)
+    template: Literal["auto", "chat", "alpaca"] = "auto"
+    labels: list[str] | None = None
+    max_samples: int | None = Field(default=None, ge=1)
+
+    @field_validator("split")
+    @classmethod
+    def _check_split(cls, value: str | None) -> str | None:
+        if value is not None and not SPLIT_RE.match(value):
+            raise ValueError("expected a slice like 'train', 'train[:80%]' or 'train[100:]'")
+        return value
+
+
+SPLIT_RE = re.compile(r"^\w+(\[(-?\d+%?)?:(-?\d+%?)?\])?$")
+
+
+class StageEval(StrictModel):
+    """Held-out data scored (loss / perplexity) after the stage."""
+
+    data: list[str]
+    batch_size: int = Field(default=8, ge=1)
+
+
+class StageConfig(StrictModel):
+    """One training stage. The model entering it is the previous stage's output."""
+
+    name: str
+    data: list[str]
+    trainable: Any = "full"
+    loss: Any = "ce"
+    lr_rule: Any = "uniform"
+    lr: float = Field(default=5e-5, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int = -1
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    seed: int = 42
+    weight_decay: float = Field(default=0.0, ge=0)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0, le=1)
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    optim: str | None = None  # None = transformers' default (adamw_torch_fused)
+    max_length: int = Field(default=512, ge=8)
+    train_on_prompt: bool = False
+    save_steps: int = Field(default=50, ge=1)
+    logging_steps: int = Field(default=10, ge=1)
+    eval: StageEval | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", value):
+            raise ValueError("expected letters, digits, '_', '.', '+' or '-' (it names a folder)")
+        return value
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class Recipe(StrictModel):
+    """A whole run: model, named datasets, ordered stages."""
+
+    description: str = ""
+    model: ModelConfig
+    datasets: dict[str, DatasetConfig]
+    stages: list[StageConfig] = Field(min_length=1)
+    output_dir: str = "runs/default"
+    report_to: list[str] = Field(default_factory=lambda: ["none"])
+    resume_from_checkpoint: bool = True
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, value: Any) -> Any:
+        return {"model_name_or_path": value} if isinstance(value, str) else value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+# The registered sections of a stage: field name -> registry that validates it.
+PLUGIN_FIELDS: dict[str, Registry[Any]] = {"trainable": SELECTORS, "loss": LOSSES, "lr_rule": LR_RULES}
+
+
+# ---------------------------------------------------------------- YAML with lines
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader (a recipe is data, never code) that records each key's line."""
+
+
+def _compose_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _compose_lines(value_node, path + (key,), lines)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _compose_lines(item, path + (index,), lines)
+
+
+def _read_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[tuple, int]]:
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"{source}{where}: invalid YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: expected a mapping of recipe keys at the top level")
+    lines: dict[tuple, int] = {}
+    _compose_lines(node, (), lines)
+    return data, lines
+
+
+# ---------------------------------------------------------------- overrides
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``stages.0.lr=1e-4`` -> (['stages', '0', 'lr'], 1e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r}: expected key=value, e.g. stages.0.lr=1e-4")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"override {text!r}: empty key part in {key!r}")
+    try:
+        value = yaml.load(raw, Loader=_LineLoader) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
+    target: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(target, list):
+            if not part.lstrip("-").isdigit() or not -len(target) <= int(part) < len(target):
+                raise RecipeError(f"override {text!r}: {'.'.join(parts[:depth + 1])} is not a valid index")
+            target = target[int(part)]
+        elif isinstance(target, dict):
+            target = target.setdefault(part, {})
+        else:
+            raise RecipeError(f"override {text!r}: {'.'.join(parts[:depth])} is not a mapping or list")
+    last = parts[-1]
+    if isinstance(target, list):
+        if not last.isdigit() or int(last) >= len(target):
+            raise RecipeError(f"override {text!r}: {'.'.join(parts)} is not a valid index")
+        target[int(last)] = value
+    elif isinstance(target, dict):
+        target[last] = value
+    else:
+        raise RecipeError(f"override {text!r}: {'.'.join(parts[:-1])} is not a mapping or list")
+
+
+# ---------------------------------------------------------------- validation errors
+def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    loc = tuple(int(p) if isinstance(p, str) and p.isdigit() else p for p in loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return None
+
+
+def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    """Known keys of the model that owns ``loc`` (for 'did you mean' hints)."""
+    cls: Any = model_cls
+    for part in loc[:-1]:
+        if isinstance(part, int) or (isinstance(part, str) and part.isdigit()):
+            continue
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        for candidate in (annotation, *getattr(annotation, "__args__", ())):
+            for inner in (candidate, *getattr(candidate, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    cls = inner
+                    break
+            else:
+                continue
+            break
+        else:
+            return []
+    return list(getattr(cls, "model_fields", {}))
+
+
+def _describe(err: dict[str, Any], model_cls: type[BaseModel], prefix: tuple) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in prefix + loc)
+    if err["type"] == "extra_forbidden":
+        known = _fields_at(model_cls, loc)
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        maybe = f"did you mean {hint[0]!r}? " if hint else ""
+        return f"{dotted}: unknown key ({maybe}expected one of: {', '.join(known)})"
+    if err["type"] == "missing":
+        return f"{dotted}: required key is missing"
+    got = err.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+    return f"{dotted}: {err['msg']}{shown}"
+
+
+def raise_validation_error(
+    exc: ValidationError, source: str, lines: dict[tuple, int], model_cls: type[BaseModel], prefix: tuple = ()
+) -> None:
+    errors = exc.errors()
+    first = errors[0]
+    loc = prefix + tuple(first["loc"])
+    line = _line_for(loc, lines)
+    where = f"{source} line {line}" if line else source
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    raise RecipeError(f"{where}: {_describe(first, model_cls, prefix)}{more}") from None
+
+
+# ---------------------------------------------------------------- loading
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; every problem is a one-line RecipeError."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    data, lines = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+    return recipe_from_dict(data, source=str(path), lines=lines, overrides=overrides, base_dir=path.parent)
+
+
+def recipe_from_dict(
+    data: dict[str, Any],
+    source: str = "<recipe>",
+    lines: dict[tuple, int] | None = None,
+    overrides: list[str] | None = None,
+    base_dir: Path | None = None,
+) -> Recipe:
+    load_plugins()
+    lines = dict(lines or {})
+    data = json.loads(json.dumps(data))  # deep copy; overrides never touch the caller's dict
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        apply_override(data, parts, value, text)
+        lines.pop(tuple(int(p) if p.isdigit() else p for p in parts), None)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise_validation_error(exc, source, lines, Recipe)
+    _resolve_plugins(recipe, source, lines)
+    _check_references(recipe, source, lines)
+    if base_dir is not None:
+        _resolve_paths(recipe, base_dir)
+    return recipe
+
+
+def _resolve_plugins(recipe: Recipe, source: str, lines: dict[tuple, int]) -> None:
+    for index, stage in enumerate(recipe.stages):
+        for field, registry in PLUGIN_FIELDS.items():
+            loc = ("stages", index, field)
+            try:
+                raw = registry.normalize(getattr(stage, field))
+                config_cls = registry.get(raw["kind"]).config_cls
+                parsed = config_cls.model_validate(raw)
+            except ValidationError as exc:
+                raise_validation_error(exc, source, lines, config_cls, prefix=loc)
+            except RecipeError as err:
+                line = _line_for(loc, lines)
+                where = f"{source} line {line}" if line else source
+                raise RecipeError(f"{where}: stages.{index}.{field}: {err}") from None
+            setattr(stage, field, parsed)
+
+
+def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> None:
+    def fail(loc: tuple, message: str) -> None:
+        line = _line_for(loc, lines)
+        where = f"{source} line {line}" if line else source
+        raise RecipeError(f"{where}: {'.'.join(map(str, loc))}: {message}")
+
+    seen: set[str] = set()
+    for index, stage in enumerate(recipe.stages):
+        if stage.name in seen:
+            fail(("stages", index, "name"), f"duplicate stage name {stage.name!r}")
+        seen.add(stage.name)
+        named = [("data", stage.data)] + ([("eval", stage.eval.data)] if stage.eval else [])
+        for field, names in named:
+            for name in names:
+                if name not in recipe.datasets:
+                    known = ", ".join(recipe.datasets) or "none"
+                    fail(("stages", index, field), f"unknown dataset {name!r} (datasets defined: {known})")
+        formats = {recipe.datasets[name].format for name in stage.data}
+        if len({_objective(fmt) for fmt in formats}) > 1:
+            fail(("stages", index, "data"), f"cannot mix dataset formats {sorted(formats)} in one stage")
+    for name, dataset in recipe.datasets.items():
+        sources = [dataset.path is not None, dataset.rows is not None]
+        if sum(sources) != 1:
+            fail(("datasets", name), "expected exactly one of 'path' or 'rows'")
+
+
+def _objective(data_format: str) -> str:
+    return {"classification": "classification", "preference": "preference"}.get(data_format, "lm")
+
+
+def stage_objective(recipe: Recipe, stage: StageConfig) -> str:
+    """'lm' (next-token), 'classification' or 'preference', from the stage's data format."""
+    return _objective(recipe.datasets[stage.data[0]].format)
+
+
+def _resolve_paths(recipe: Recipe, base_dir: Path) -> None:
+    """Dataset paths are relative to the recipe file unless they exist as given."""
+    for dataset in recipe.datasets.values():
+        if dataset.path and not Path(dataset.path).is_absolute() and not Path(dataset.path).exists():
+            candidate = base_dir / dataset.path
+            if candidate.exists():
+                dataset.path = str(candidate)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    return json.loads(recipe.model_dump_json())
+
+
+def config_hash(*parts: Any) -> str:
+    """Stable short hash of JSON-serialisable parts (stage config, inputs, parent hash)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

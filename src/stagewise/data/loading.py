@@ -1,0 +1,175 @@
+"""Read JSONL / CSV / Parquet files or in-memory rows and validate every row.
+
+Errors name the file, the row (JSONL: line) and the field, in one line.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import DatasetConfig
+from ..errors import DataError
+
+# format -> (required fields, optional fields)
+FORMAT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "text": (("text",), ()),
+    "instruction": (("instruction", "output"), ("input", "system")),
+    "chat": (("messages",), ()),
+    "prompt_completion": (("prompt", "completion"), ()),
+    "preference": (("prompt", "chosen", "rejected"), ()),
+    "classification": (("text", "label"), ()),
+}
+CHAT_ROLES = {"system", "user", "assistant"}
+
+
+@dataclass
+class LoadedDataset:
+    name: str
+    rows: list[dict[str, Any]]
+    source: str
+    fingerprint: str  # content hash: part of the stage config hash, so edited data reruns a stage
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"line {number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} line {number}: invalid JSON ({err.msg})") from None
+    return rows
+
+
+def _read_json(path: Path) -> list[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of rows")
+    return [(f"row {i}", row) for i, row in enumerate(data, start=1)]
+
+
+def _read_csv(path: Path) -> list[tuple[str, Any]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = []
+        for row in reader:
+            if None in row:
+                raise DataError(f"{path} line {reader.line_num}: more values than header columns")
+            rows.append((f"line {reader.line_num}", row))
+        return rows
+
+
+def _read_parquet(path: Path) -> list[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises many types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file ({type(err).__name__})") from None
+    return [(f"row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
+
+
+READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def _check_row(row: Any, where: str, data_format: str, columns: dict[str, str]) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
+    row = {columns.get(key, key): value for key, value in row.items()}
+    required, optional = FORMAT_FIELDS[data_format]
+    for field in required:
+        if field not in row or row[field] is None:
+            raise DataError(
+                f"{where}: field {field!r} missing (format {data_format!r} needs {', '.join(required)})"
+            )
+    out = {field: row[field] for field in required + optional if row.get(field) is not None}
+    if data_format == "chat":
+        _check_messages(out["messages"], where)
+    elif data_format == "classification":
+        if not isinstance(out["label"], (str, int)) or isinstance(out["label"], bool):
+            raise DataError(f"{where}: field 'label' must be a string or integer, got {out['label']!r}")
+        out["label"] = str(out["label"])
+    for field in set(required + optional) - {"messages", "label"}:
+        if field in out and not isinstance(out[field], str):
+            raise DataError(f"{where}: field {field!r} must be text, got {type(out[field]).__name__}")
+    if data_format != "chat" and not any(out.get(f, "").strip() for f in required if f != "label"):
+        raise DataError(f"{where}: all text fields are empty")
+    return out
+
+
+def _check_messages(messages: Any, where: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+            raise DataError(f"{where}: messages[{index}].role must be one of {sorted(CHAT_ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise DataError(f"{where}: messages[{index}].content must be text")
+    if not any(message["role"] == "assistant" for message in messages):
+        raise DataError(f"{where}: messages has no assistant turn to train on")
+
+
+_SLICE = re.compile(r"^(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$")
+
+
+def _bound(text: str | None, size: int, default: int) -> int:
+    if not text:
+        return default
+    value = round(size * int(text[:-1]) / 100) if text.endswith("%") else int(text)
+    return value + size if value < 0 else value
+
+
+def apply_split(rows: list[Any], split: str | None) -> list[Any]:
+    """``train[:80%]`` / ``train[100:]`` slicing, as in ``datasets``' split syntax."""
+    if split is None:
+        return rows
+    match = _SLICE.match(split)
+    assert match, split  # validated by DatasetConfig
+    start = _bound(match.group(2), len(rows), 0)
+    stop = _bound(match.group(3), len(rows), len(rows))
+    return rows[start:stop]
+
+
+def load_dataset_config(name: str, cfg: DatasetConfig, seed: int = 0) -> LoadedDataset:
+    """Read and validate one named dataset of a recipe."""
+    if cfg.rows is not None:
+        source = f"datasets.{name}"
+        raw = [(f"{source}.rows[{i}]", row) for i, row in enumerate(cfg.rows)]
+        digest = hashlib.sha256(json.dumps(cfg.rows, sort_keys=True).encode()).hexdigest()
+        prefix = ""
+    else:
+        path = Path(cfg.path or "")
+        source = str(path)
+        if not path.is_file():
+            raise DataError(f"datasets.{name}.path: file {source!r} not found")
+        reader = READERS.get(path.suffix.lower())
+        if reader is None:
+            raise DataError(f"datasets.{name}.path: {source!r} must end in one of {', '.join(READERS)}")
+        raw = reader(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        prefix = f"{source} "
+    rows = [_check_row(row, f"{prefix}{where}".strip(), cfg.format, cfg.columns) for where, row in raw]
+    rows = apply_split(rows, cfg.split)
+    if cfg.max_samples is not None and len(rows) > cfg.max_samples:
+        rows = random.Random(seed).sample(rows, cfg.max_samples)
+    if not rows:
+        raise DataError(f"{source}: dataset {name!r} is empty" + (f" after split {cfg.split!r}" if cfg.split else ""))
+    if cfg.format == "classification" and cfg.labels is not None:
+        for index, row in enumerate(rows):
+            if row["label"] not in cfg.labels:
+                raise DataError(f"{source}: row {index + 1} label {row['label']!r} not in labels {cfg.labels}")
+    fingerprint = hashlib.sha256(
+        json.dumps([digest, cfg.model_dump()], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    return LoadedDataset(name=name, rows=rows, source=source, fingerprint=fingerprint)

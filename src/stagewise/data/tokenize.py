@@ -1,0 +1,138 @@
+"""Turn validated rows into token ids and labels.
+
+Every LM format is reduced to a list of text *segments*, each either trained on or
+masked (label -100). Segments are encoded one by one, so the mask boundary is exact
+and the prompt is encoded exactly as it will be at generation time. SFT masks the
+prompt unless ``train_on_prompt`` (LLaMA-Factory's key) is set.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from ..errors import DataError
+
+IGNORE_INDEX = -100
+
+ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
+ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+
+Segments = list[tuple[str, bool]]  # (text, trained on)
+
+
+def uses_chat_template(tokenizer: PreTrainedTokenizerBase, template: str) -> bool:
+    if template == "chat" and not tokenizer.chat_template:
+        raise DataError("template 'chat' requested but the tokenizer has no chat template")
+    return template == "chat" or (template == "auto" and bool(tokenizer.chat_template))
+
+
+def chat_segments(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> Segments:
+    """Split the rendered conversation into masked context and trained assistant turns."""
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    segments: Segments = []
+    cursor = 0
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True))
+        end = len(tokenizer.apply_chat_template(messages[: index + 1], tokenize=False))
+        if not full.startswith(
+            tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        ) or start < cursor or end < start:
+            raise DataError("the chat template does not render conversations prefix by prefix")
+        segments += [(full[cursor:start], False), (full[start:end], True)]
+        cursor = end
+    if cursor < len(full):
+        segments.append((full[cursor:], False))
+    return segments
+
+
+def instruction_prompt(row: dict[str, Any]) -> str:
+    if row.get("input"):
+        return ALPACA_PROMPT_WITH_INPUT.format(instruction=row["instruction"], input=row["input"])
+    return ALPACA_PROMPT.format(instruction=row["instruction"])
+
+
+def row_segments(row: dict[str, Any], data_format: str, tokenizer: PreTrainedTokenizerBase, template: str) -> tuple[Segments, bool]:
+    """Segments for one row, and whether the special prefix/EOS must be added by us."""
+    if data_format == "text":
+        return [(row["text"], True)], True
+    if data_format == "prompt_completion":
+        return [(row["prompt"], False), (row["completion"], True)], True
+    if data_format == "chat":
+        uses_chat_template(tokenizer, "chat")
+        return chat_segments(tokenizer, row["messages"]), False
+    if data_format == "instruction":
+        if uses_chat_template(tokenizer, template):
+            user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+            messages = ([{"role": "system", "content": row["system"]}] if row.get("system") else []) + [
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": row["output"]},
+            ]
+            return chat_segments(tokenizer, messages), False
+        return [(instruction_prompt(row), False), (row["output"], True)], True
+    raise DataError(f"format {data_format!r} is not a language-modelling format")
+
+
+def encode_segments(
+    tokenizer: PreTrainedTokenizerBase, segments: Segments, add_special: bool, train_on_prompt: bool, max_length: int
+) -> dict[str, list[int]]:
+    input_ids: list[int] = []
+    labels: list[int] = []
+    if add_special:
+        prefix = tokenizer("", add_special_tokens=True)["input_ids"]
+        input_ids += prefix
+        labels += [IGNORE_INDEX] * len(prefix)
+    for text, trained in segments:
+        if not text:
+            continue
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        input_ids += ids
+        labels += ids if (trained or train_on_prompt) else [IGNORE_INDEX] * len(ids)
+    if add_special and tokenizer.eos_token_id is not None:
+        input_ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
+    return {
+        "input_ids": input_ids[:max_length],
+        "attention_mask": [1] * min(len(input_ids), max_length),
+        "labels": labels[:max_length],
+    }
+
+
+def encode_lm_rows(
+    rows: list[dict[str, Any]], data_format: str, tokenizer: PreTrainedTokenizerBase,
+    template: str = "auto", train_on_prompt: bool = False, max_length: int = 512,
+) -> list[dict[str, list[int]]]:
+    """Encode rows; rows with nothing left to train on after truncation are dropped."""
+    encoded = []
+    for row in rows:
+        segments, add_special = row_segments(row, data_format, tokenizer, template)
+        example = encode_segments(tokenizer, segments, add_special, train_on_prompt, max_length)
+        if any(label != IGNORE_INDEX for label in example["labels"]):
+            encoded.append(example)
+    return encoded
+
+
+def encode_classification_rows(
+    rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, labels: list[str], max_length: int
+) -> list[dict[str, Any]]:
+    index = {label: i for i, label in enumerate(labels)}
+    return [
+        {**tokenizer(row["text"], truncation=True, max_length=max_length), "labels": index[row["label"]]}
+        for row in rows
+    ]
+
+
+def encode_dataset(
+    rows: list[dict[str, Any]], data_format: str, tokenizer: PreTrainedTokenizerBase, *,
+    template: str = "auto", train_on_prompt: bool = False, max_length: int = 512, labels: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    if data_format == "classification":
+        return encode_classification_rows(rows, tokenizer, labels or sorted({r["label"] for r in rows}), max_length)
+    if data_format == "preference":
+        return rows  # TRL's DPOTrainer tokenizes preference rows itself
+    encoded = encode_lm_rows(rows, data_format, tokenizer, template, train_on_prompt, max_length)
+    if not encoded:
+        raise DataError(f"no row has a trainable token within max_length={max_length}")
+    return encoded

@@ -1,0 +1,151 @@
+"""Run a recipe: load and check all data first, then train stage after stage.
+
+Finished stages are skipped by config hash (the hash chains the previous stage's, so
+a changed stage invalidates itself and every later one); an interrupted stage resumes
+from its last checkpoint.
+"""
+from __future__ import annotations
+
+import shutil
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+from .. import __version__
+from ..config import Recipe, config_hash, recipe_to_dict, stage_objective
+from ..data import LoadedDataset, load_dataset_config
+from ..errors import RecipeError
+from ..models import load_model_and_tokenizer, load_stage_output
+from .manifest import Manifest
+from .stage import class_labels, run_stage
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    manifest: dict[str, Any]
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+
+def stage_dir_name(index: int, name: str) -> str:
+    return f"{index}-{name}"
+
+
+def stage_hashes(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> list[str]:
+    """Per-stage hash over the model, the stage config, its data content, and the previous hash."""
+    hashes: list[str] = []
+    parent = config_hash(recipe_to_dict(recipe)["model"])
+    for stage in recipe.stages:
+        used = stage.data + (stage.eval.data if stage.eval else [])
+        parent = config_hash(parent, stage.model_dump(mode="json"), {n: datasets[n].fingerprint for n in used})
+        hashes.append(parent)
+    return hashes
+
+
+def base_labels(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> list[str] | None:
+    for stage in recipe.stages:
+        if stage_objective(recipe, stage) == "classification":
+            return class_labels(recipe, stage, datasets)
+    return None
+
+
+def check_model_task(recipe: Recipe) -> None:
+    for index, stage in enumerate(recipe.stages):
+        objective = stage_objective(recipe, stage)
+        if objective == "classification" and recipe.model.task != "sequence_classification":
+            raise RecipeError(
+                f"stages.{index}.data: classification data needs model.task: sequence_classification"
+            )
+        if objective == "lm" and recipe.model.task != "causal_lm":
+            raise RecipeError(f"stages.{index}.data: language-modelling data needs model.task: causal_lm")
+
+
+def run_recipe(
+    recipe: Recipe,
+    recipe_path: str | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+    log: Any = print,
+) -> RunResult:
+    check_model_task(recipe)
+    datasets = {name: load_dataset_config(name, cfg) for name, cfg in recipe.datasets.items()}
+    hashes = stage_hashes(recipe, datasets)
+    output_dir = Path(recipe.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(output_dir, {
+        "stagewise_version": __version__,
+        "recipe_path": recipe_path,
+        "recipe": recipe_to_dict(recipe),
+        "model": recipe.model.model_name_or_path,
+    })
+
+    start = 0
+    for index, stage in enumerate(recipe.stages):
+        previous = manifest.previous(index)
+        done = (previous and previous.get("config_hash") == hashes[index]
+                and previous.get("status") == "completed"
+                and (output_dir / stage_dir_name(index, stage.name)).is_dir())
+        if not done:
+            break
+        manifest.set_stage(index, previous)
+        log(f"[skip] stage {index} '{stage.name}' already completed (config {hashes[index]})")
+        start = index + 1
+
+    for index in range(start, len(recipe.stages)):
+        stage_dir = output_dir / stage_dir_name(index, recipe.stages[index].name)
+        previous = manifest.previous(index)
+        if stage_dir.exists() and (previous is None or previous.get("config_hash") != hashes[index]):
+            log(f"[invalidate] stage {index} '{recipe.stages[index].name}' changed: removing {stage_dir}")
+            shutil.rmtree(stage_dir)
+
+    if start > 0:
+        source = output_dir / stage_dir_name(start - 1, recipe.stages[start - 1].name)
+        model, tokenizer = load_stage_output(source, recipe.model)
+    else:
+        model, tokenizer = load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets))
+        source = None
+
+    for index in range(start, len(recipe.stages)):
+        stage = recipe.stages[index]
+        stage_dir = output_dir / stage_dir_name(index, stage.name)
+        used = stage.data + (stage.eval.data if stage.eval else [])
+        entry: dict[str, Any] = {
+            "index": index,
+            "name": stage.name,
+            "config_hash": hashes[index],
+            "status": "running",
+            "inputs": {
+                "model": str(source) if source else recipe.model.model_name_or_path,
+                "data": {n: {"source": datasets[n].source, "rows": len(datasets[n].rows),
+                             "fingerprint": datasets[n].fingerprint} for n in used},
+            },
+            "outputs": {"dir": str(stage_dir)},
+        }
+        manifest.set_stage(index, entry)
+        log(f"[stage {index}] '{stage.name}': training")
+        try:
+            result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, callbacks)
+        except BaseException as err:
+            entry.update(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
+                         traceback=traceback.format_exc(limit=3)[-2000:])
+            manifest.set_stage(index, entry)
+            raise
+        entry.update(
+            status="completed",
+            trainable_params=result.trainable_params,
+            total_params=result.total_params,
+            trainable_fraction=result.trainable_params / max(result.total_params, 1),
+            train_rows=result.train_rows,
+            train_tokens=result.train_tokens,
+            wall_time_s=round(result.wall_time_s, 3),
+            tokens_per_s=round(result.tokens_per_s, 1),
+            metrics=result.metrics,
+            resumed_from=result.resumed_from,
+        )
+        entry["outputs"]["files"] = sorted(p.name for p in stage_dir.iterdir() if p.is_file())
+        manifest.set_stage(index, entry)
+        source = stage_dir
+    return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)

@@ -1,0 +1,190 @@
+"""Run one stage: select trainable tensors, build a fresh Trainer, train, save.
+
+One stage = one ``transformers.Trainer`` with a fresh optimizer over the trainable
+tensors only. The model object (and any adapter or prompt attached to it) carries
+over to the next stage. Outputs follow Hugging Face conventions: the stage folder
+is a ``save_pretrained`` folder with ``trainer_state.json`` and ``train_results.json``.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    DataCollatorForSeq2Seq,
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..config import Recipe, StageConfig, stage_objective
+from ..data import LoadedDataset, encode_dataset
+from ..losses import LossContext
+from ..registry import LOSSES, LR_RULES, SELECTORS
+from ..schedules import LrRuleContext
+from ..selection import SelectionContext, count_parameters
+
+
+@dataclass
+class StageResult:
+    trainable_params: int
+    total_params: int
+    train_rows: int
+    train_tokens: int
+    wall_time_s: float
+    tokens_per_s: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    resumed_from: str | None = None
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """Encoded examples held in memory (our datasets are small; no Arrow round trip)."""
+
+    def __init__(self, examples: list[dict[str, Any]]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.examples[index]
+
+
+def class_labels(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset]) -> list[str]:
+    """Label names of a classification stage: declared, else sorted over its data."""
+    declared = recipe.datasets[stage.data[0]].labels
+    if declared:
+        return declared
+    return sorted({row["label"] for name in stage.data for row in datasets[name].rows})
+
+
+def encode_stage_data(
+    recipe: Recipe, stage: StageConfig, names: list[str], datasets: dict[str, LoadedDataset],
+    tokenizer: PreTrainedTokenizerBase, labels: list[str] | None,
+) -> list[dict[str, Any]]:
+    examples: list[dict[str, Any]] = []
+    for name in names:
+        cfg = recipe.datasets[name]
+        examples += encode_dataset(
+            datasets[name].rows, cfg.format, tokenizer, template=cfg.template,
+            train_on_prompt=stage.train_on_prompt, max_length=stage.max_length, labels=labels,
+        )
+    return examples
+
+
+def training_arguments(recipe: Recipe, stage: StageConfig, stage_dir: Path, **overrides: Any) -> TrainingArguments:
+    """Map a stage's keys onto ``TrainingArguments`` (HF names kept where they exist)."""
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(stage_dir),
+        per_device_train_batch_size=stage.batch_size,
+        per_device_eval_batch_size=stage.eval.batch_size if stage.eval else stage.batch_size,
+        gradient_accumulation_steps=stage.grad_accum,
+        learning_rate=stage.lr,
+        num_train_epochs=stage.epochs,
+        max_steps=stage.max_steps,
+        weight_decay=stage.weight_decay,
+        lr_scheduler_type=stage.lr_scheduler_type,
+        warmup_steps=stage.warmup_ratio,
+        max_grad_norm=stage.max_grad_norm,
+        seed=stage.seed,
+        data_seed=stage.seed,
+        logging_steps=stage.logging_steps,
+        save_strategy="steps",
+        save_steps=stage.save_steps,
+        save_total_limit=1,
+        report_to=recipe.report_to,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    if stage.optim:
+        kwargs["optim"] = stage.optim
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def run_stage(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    recipe: Recipe,
+    index: int,
+    datasets: dict[str, LoadedDataset],
+    stage_dir: Path,
+    callbacks: list[TrainerCallback] | None = None,
+) -> StageResult:
+    stage = recipe.stages[index]
+    objective = stage_objective(recipe, stage)
+    labels = class_labels(recipe, stage, datasets) if objective == "classification" else None
+
+    SELECTORS.impl(stage.trainable)(model, stage.trainable, SelectionContext(seed=stage.seed, stage_index=index))
+    trainable, total = count_parameters(model)
+
+    train_examples = encode_stage_data(recipe, stage, stage.data, datasets, tokenizer, labels)
+    class_counts = [sum(ex["labels"] == i for ex in train_examples) for i in range(len(labels))] if labels else []
+    loss_fn = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=objective, class_counts=class_counts))
+    rule_callbacks = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr, seed=stage.seed))
+
+    collator = (
+        DataCollatorWithPadding(tokenizer)
+        if objective == "classification"
+        else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(recipe, stage, stage_dir),
+        train_dataset=ListDataset(train_examples),
+        data_collator=collator,
+        processing_class=tokenizer,
+        compute_loss_func=loss_fn,
+        callbacks=[*rule_callbacks, *(callbacks or [])],
+    )
+    checkpoint = get_last_checkpoint(str(stage_dir)) if recipe.resume_from_checkpoint and stage_dir.is_dir() else None
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    wall = time.perf_counter() - started
+
+    metrics = {key: float(value) for key, value in output.metrics.items() if isinstance(value, (int, float))}
+    tokens = int(trainer.state.num_input_tokens_seen)
+    if stage.eval:
+        metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, labels))
+    trainer.save_model(str(stage_dir))
+    trainer.save_state()
+    trainer.save_metrics("train", metrics)
+    for stale in stage_dir.glob("checkpoint-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return StageResult(
+        trainable_params=trainable,
+        total_params=total,
+        train_rows=len(train_examples),
+        train_tokens=tokens,
+        wall_time_s=wall,
+        tokens_per_s=tokens / wall if wall > 0 else 0.0,
+        metrics=metrics,
+        resumed_from=Path(checkpoint).name if checkpoint else None,
+    )
+
+
+def evaluate_stage(
+    trainer: Trainer, recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset],
+    tokenizer: PreTrainedTokenizerBase, labels: list[str] | None,
+) -> dict[str, float]:
+    """Held-out loss (and perplexity for LM data) on each of the stage's eval datasets."""
+    assert stage.eval is not None
+    results: dict[str, float] = {}
+    for name in stage.eval.data:
+        examples = encode_stage_data(recipe, stage, [name], datasets, tokenizer, labels)
+        loss = trainer.evaluate(ListDataset(examples), metric_key_prefix=f"eval_{name}")[f"eval_{name}_loss"]
+        results[f"eval_{name}_loss"] = float(loss)
+        if recipe.datasets[name].format != "classification":
+            results[f"eval_{name}_perplexity"] = float(math.exp(min(loss, 50.0)))
+    return results

@@ -1,0 +1,20 @@
+"""User-facing errors: one line that names the field, file or row, never a library traceback."""
+
+
+class StagewiseError(Exception):
+    """An error caused by the user's input (recipe, data, model path).
+
+    The CLI prints ``str(err)`` on one line and exits with status 2.
+    """
+
+
+class RecipeError(StagewiseError):
+    """The recipe is malformed: unknown key, wrong type, bad reference."""
+
+
+class DataError(StagewiseError):
+    """A dataset is missing, empty or has a malformed row."""
+
+
+class ModelError(StagewiseError):
+    """A model cannot be resolved or does not fit the requested use."""

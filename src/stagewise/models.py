@@ -1,0 +1,157 @@
+"""Model and tokenizer resolution: bundled names, local folders, hub ids.
+
+Bundled names run offline. ``tiny-*`` are small random models built from configs
+(for tests and smoke runs); real bundled models are resolved in ``bundled.py``.
+Weights load with safetensors; ``trust_remote_code`` stays off unless the recipe sets it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from .config import ModelConfig
+from .errors import ModelError
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with a chat template: no files, no training, fully offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(alphabet))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+TINY_VOCAB = 272  # 5 specials + 256 bytes, rounded up
+
+
+def _tiny_config(arch: str) -> Any:
+    if arch == "llama":
+        return LlamaConfig(
+            vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        )
+    if arch == "gpt2":
+        return GPT2Config(
+            vocab_size=TINY_VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=512,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        )
+    if arch == "bert":
+        return BertConfig(
+            vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=512, pad_token_id=0,
+        )
+    raise ValueError(arch)
+
+
+TINY_MODELS = {"tiny-llama": "llama", "tiny-gpt2": "gpt2", "tiny-bert": "bert"}
+
+
+def _auto_class(task: str) -> Any:
+    return AutoModelForSequenceClassification if task == "sequence_classification" else AutoModelForCausalLM
+
+
+def _classification_kwargs(task: str, labels: list[str] | None) -> dict[str, Any]:
+    if task != "sequence_classification" or not labels:
+        return {}
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+def load_model_and_tokenizer(
+    cfg: ModelConfig, labels: list[str] | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Resolve ``cfg.model_name_or_path`` and build the model for ``cfg.task``."""
+    name = cfg.model_name_or_path
+    dtype = getattr(torch, cfg.dtype)
+    extra = _classification_kwargs(cfg.task, labels)
+    if cfg.task == "sequence_classification" and not extra and cfg.num_labels:
+        extra = {"num_labels": cfg.num_labels}
+    if name in TINY_MODELS:
+        config = _tiny_config(TINY_MODELS[name])
+        for key, value in extra.items():
+            setattr(config, key, value)
+        torch.manual_seed(0)  # tiny models are random but reproducible
+        model = _auto_class(cfg.task).from_config(config, dtype=dtype)
+        return model, byte_tokenizer()
+    from .bundled import BUNDLED, resolve_bundled
+
+    path = resolve_bundled(name) if name in BUNDLED else name
+    return load_pretrained(path, cfg, extra)
+
+
+def load_pretrained(
+    path: str | Path, cfg: ModelConfig, extra: dict[str, Any] | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load weights (safetensors only) and tokenizer from a folder or hub id."""
+    path = str(path)
+    looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
+    if looks_local and not Path(path).expanduser().is_dir():
+        raise ModelError(f"model.model_name_or_path: folder {path!r} not found")
+    common = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        model = _auto_class(cfg.task).from_pretrained(
+            path, dtype=getattr(torch, cfg.dtype), use_safetensors=True, **common, **(extra or {})
+        )
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"model.model_name_or_path: cannot load {path!r}: {first}") from None
+    prepare_tokenizer(tokenizer, model)
+    return model, tokenizer
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
+    """Give the tokenizer (and model config) a pad token: batching needs one."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_stage_output(
+    stage_dir: Path, cfg: ModelConfig
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Reload a finished stage's saved folder (used when resuming after skipped stages)."""
+    local = cfg.model_copy(update={"trust_remote_code": cfg.trust_remote_code, "revision": None})
+    return load_pretrained(stage_dir, local)
+
+

@@ -1,0 +1,133 @@
+"""Trainable-parameter selectors: which tensors a stage updates.
+
+A selector sets ``requires_grad`` on every parameter; the Trainer then builds its
+optimizer over trainable tensors only, so frozen tensors get no gradient, no
+optimizer state and no weight decay: they stay bit-identical.
+Strategies register more selectors (HFT, LoRA, prompt tuning) in their folders.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from pydantic import Field
+
+from .errors import RecipeError
+from .registry import SELECTORS, PluginConfig
+
+
+@dataclass(frozen=True)
+class SelectionContext:
+    """What a selector may depend on besides the model: the stage's seed and position."""
+
+    seed: int = 42
+    stage_index: int = 0
+
+
+def transformer_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The model's stack of transformer blocks: the longest ModuleList of same-type modules.
+
+    Works for Llama/Qwen/SmolLM (``model.layers``), GPT-2 (``transformer.h``) and BERT
+    (``encoder.layer``) without a per-architecture table.
+    """
+    best: tuple[str, torch.nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
+            if len({type(child) for child in module}) == 1 and (best is None or len(module) > len(best[1])):
+                best = (name, module)
+    if best is None:
+        kinds = sorted({type(m).__name__ for m in model.modules()})[:12]
+        raise RecipeError(f"cannot find the transformer blocks of {type(model).__name__}; modules found: {kinds}")
+    return best
+
+
+def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Task head: everything outside the base model (lm_head, classifier, score), plus a tied output embedding."""
+    prefix = getattr(model, "base_model_prefix", "")
+    params = [p for n, p in model.named_parameters() if prefix and not n.startswith(prefix + ".")]
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is not None and all(output.weight is not p for p in params):
+        params.append(output.weight)
+    if not params:
+        raise RecipeError(f"cannot find a head in {type(model).__name__} (no parameter outside {prefix!r})")
+    return params
+
+
+def set_trainable(model: torch.nn.Module, trainable: list[torch.nn.Parameter] | None) -> None:
+    """Freeze everything, then unfreeze ``trainable`` (``None`` = everything)."""
+    chosen = None if trainable is None else {id(p) for p in trainable}
+    for param in model.parameters():
+        param.requires_grad_(chosen is None or id(param) in chosen)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) element counts, shared tensors counted once."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+
+
+class LayersConfig(PluginConfig):
+    indices: list[int] = Field(min_length=1)
+    with_head: bool = True
+
+
+class ModulesConfig(PluginConfig):
+    patterns: list[str] = Field(min_length=1)
+
+
+@SELECTORS.register("full")
+def select_full(model: torch.nn.Module, config: PluginConfig, context: SelectionContext) -> None:
+    """Train every parameter (plain full fine-tuning)."""
+    set_trainable(model, None)
+
+
+@SELECTORS.register("none")
+def select_none(model: torch.nn.Module, config: PluginConfig, context: SelectionContext) -> None:
+    """Freeze every parameter (a stage that only evaluates, or trains an add-on)."""
+    set_trainable(model, [])
+
+
+@SELECTORS.register("head")
+def select_head(model: torch.nn.Module, config: PluginConfig, context: SelectionContext) -> None:
+    """Train only the task head (lm_head or classifier): linear probing."""
+    set_trainable(model, head_parameters(model))
+
+
+@SELECTORS.register("layers", LayersConfig)
+def select_layers(model: torch.nn.Module, config: LayersConfig, context: SelectionContext) -> None:
+    """Train the listed transformer blocks (negative = from the top), optionally with the head."""
+    _, blocks = transformer_blocks(model)
+    params: list[torch.nn.Parameter] = []
+    for index in config.indices:
+        if not -len(blocks) <= index < len(blocks):
+            raise RecipeError(f"trainable.indices: layer {index} out of range for {len(blocks)} blocks")
+        params += list(blocks[index].parameters())
+    set_trainable(model, params + (head_parameters(model) if config.with_head else []))
+
+
+def _name_matcher(pattern: str) -> Callable[[str], bool]:
+    """A glob matches the whole name; ``re:<regex>`` searches anywhere in it."""
+    if not pattern.startswith("re:"):
+        return lambda name: fnmatch.fnmatchcase(name, pattern)
+    try:
+        regex = re.compile(pattern[3:])
+    except re.error as err:
+        raise RecipeError(f"trainable.patterns: bad regex {pattern[3:]!r}: {err}") from None
+    return lambda name: regex.search(name) is not None
+
+
+@SELECTORS.register("modules", ModulesConfig)
+def select_modules(model: torch.nn.Module, config: ModulesConfig, context: SelectionContext) -> None:
+    """Train parameters whose names match a glob (``*.mlp.*``) or regex (``re:...``)."""
+    params = []
+    for pattern in config.patterns:
+        matches = _name_matcher(pattern)
+        hits = [p for n, p in model.named_parameters() if matches(n)]
+        if not hits:
+            sample = ", ".join(n for n, _ in list(model.named_parameters())[:4])
+            raise RecipeError(f"trainable.patterns: {pattern!r} matches no parameter (names look like: {sample}, ...)")
+        params += hits
+    set_trainable(model, params)

@@ -1,0 +1,4 @@
+"""Strategies: one folder each, registering selectors / losses / LR rules / transforms.
+
+Adding a strategy = a folder here, imported below, plus a recipe YAML.
+"""
