@@ -43,6 +43,8 @@ class DatasetConfig(StrictModel):
     format: DataFormat
     path: str | None = None
     rows: list[dict[str, Any]] | None = None
+    builtin: str | None = None  # e.g. "facts:train" (see stagewise.bench)
+    builtin_options: dict[str, Any] = Field(default_factory=dict)
     split: str | None = None
     columns: dict[str, str] = Field(default_factory=dict)
     template: Literal["auto", "chat", "alpaca"] = "auto"
@@ -335,9 +337,9 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
         if len({_objective(fmt) for fmt in formats}) > 1:
             fail(("stages", index, "data"), f"cannot mix dataset formats {sorted(formats)} in one stage")
     for name, dataset in recipe.datasets.items():
-        sources = [dataset.path is not None, dataset.rows is not None]
+        sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None]
         if sum(sources) != 1:
-            fail(("datasets", name), "expected exactly one of 'path' or 'rows'")
+            fail(("datasets", name), "expected exactly one of 'path', 'rows' or 'builtin'")
 
 
 def _objective(data_format: str) -> str:

@@ -149,7 +149,12 @@ def load_dataset_config(name: str, cfg: DatasetConfig, seed: int = 0) -> LoadedD
         digest = hashlib.sha256(json.dumps(cfg.rows, sort_keys=True).encode()).hexdigest()
         prefix = ""
     else:
-        path = Path(cfg.path or "")
+        if cfg.builtin is not None:
+            from ..bench import builtin_file
+
+            path = builtin_file(cfg.builtin, cfg.builtin_options)
+        else:
+            path = Path(cfg.path or "")
         source = str(path)
         if not path.is_file():
             raise DataError(f"datasets.{name}.path: file {source!r} not found")

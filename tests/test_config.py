@@ -1,0 +1,96 @@
+"""Recipe schema: defaults, overrides, and one-line errors that name key and line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stagewise.config import load_recipe, recipe_from_dict
+from stagewise.errors import RecipeError
+
+GOOD = """\
+model: tiny-llama
+datasets:
+  sft:
+    format: instruction
+    rows: [{instruction: a, output: b}]
+stages:
+  - name: sft
+    data: sft
+    lr: 1e-4
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_filled_and_shorthands(tmp_path):
+    recipe = load_recipe(write(tmp_path, GOOD))
+    stage = recipe.stages[0]
+    assert recipe.model.model_name_or_path == "tiny-llama"
+    assert stage.data == ["sft"] and stage.lr == 1e-4 and stage.batch_size == 8
+    assert stage.trainable.kind == "full" and stage.loss.kind == "ce" and stage.lr_rule.kind == "uniform"
+    assert recipe.report_to == ["none"] and recipe.model.trust_remote_code is False
+
+
+def test_overrides_with_dotted_paths(tmp_path):
+    recipe = load_recipe(write(tmp_path, GOOD), ["stages.0.lr=3e-5", "stages.0.trainable.kind=layers",
+                                                  "stages.0.trainable.indices=[-1]", "output_dir=/tmp/x"])
+    assert recipe.stages[0].lr == 3e-5
+    assert recipe.stages[0].trainable.kind == "layers" and recipe.stages[0].trainable.indices == [-1]
+    assert recipe.output_dir == "/tmp/x"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (GOOD.replace("    lr: 1e-4", "    learnin_rate: 1e-4"),
+         "recipe.yaml line 9: stages.0.learnin_rate: unknown key (expected one of:"),
+        (GOOD.replace("lr: 1e-4", "lr: fast"), "recipe.yaml line 9: stages.0.lr: Input should be a valid number"),
+        (GOOD.replace("    data: sft\n", "    data: nope\n"),
+         "recipe.yaml line 8: stages.0.data: unknown dataset 'nope' (datasets defined: sft)"),
+        (GOOD.replace("format: instruction", "format: alpaca"), "recipe.yaml line 4: datasets.sft.format: Input should be"),
+        (GOOD + "    trainable: hft2\n", "recipe.yaml line 10: stages.0.trainable: unknown trainable selector 'hft2'"),
+        (GOOD + "    trainable: {kind: layers, indices: [0], depth: 2}\n",
+         "recipe.yaml line 10: stages.0.trainable.depth: unknown key"),
+        (GOOD.replace("model: tiny-llama\n", ""), "recipe.yaml: model: required key is missing"),
+        (GOOD + "  - name: sft\n    data: sft\n", "recipe.yaml line 10: stages.1.name: duplicate stage name 'sft'"),
+        (GOOD + "bogus: [\n", "recipe.yaml line 11: invalid YAML"),
+        (GOOD.replace("name: sft", "name: a/b"), "recipe.yaml line 7: stages.0.name: Value error, expected letters"),
+    ],
+)
+def test_bad_recipes_give_one_line_errors(tmp_path, text, expected):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path}/{expected}"), message
+
+
+def test_unknown_key_suggests_close_match(tmp_path):
+    with pytest.raises(RecipeError, match="did you mean 'lr'"):
+        load_recipe(write(tmp_path, GOOD.replace("    lr: 1e-4", "    lrr: 1e-4")))
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    with pytest.raises(RecipeError, match="expected key=value"):
+        load_recipe(write(tmp_path, GOOD), ["stages.0.lr"])
+    with pytest.raises(RecipeError, match="stages.5 is not a valid index"):
+        load_recipe(write(tmp_path, GOOD), ["stages.5.lr=1"])
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_dataset_needs_exactly_one_source():
+    with pytest.raises(RecipeError, match="expected exactly one of 'path', 'rows' or 'builtin'"):
+        recipe_from_dict({"model": "tiny-llama", "datasets": {"d": {"format": "text"}},
+                          "stages": [{"name": "s", "data": "d"}]})
+
+
+def test_yaml_tags_are_not_executed(tmp_path):
+    evil = GOOD + "description: !!python/object/apply:os.system ['echo pwned']\n"
+    with pytest.raises(RecipeError, match="invalid YAML"):
+        load_recipe(write(tmp_path, evil))
