@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from stagewise.cli import bundled_recipes, main
@@ -59,8 +60,19 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
                           "stages.0.lr: Input should be greater than 0")
 
 
-def test_eval_says_it_is_not_available_yet(capsys):
-    assert_one_line_error(capsys, ["eval"], "not implemented yet")
+def test_eval_scores_a_saved_checkpoint(tmp_path, capsys):
+    path = recipe_file(tmp_path, evaluation={"target": [], "retention": [{"name": "ppl", "data": "d", "metric": "perplexity"}]})
+    assert main(["run", str(path)]) == 0
+    capsys.readouterr()
+    out_file = tmp_path / "scores.json"
+    assert main(["eval", "--model", str(tmp_path / "run/0-s"), "--suite", str(path), "--out", str(out_file)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads(out_file.read_text())["results"]["retention"]["ppl"]
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    assert saved["score"] == pytest.approx(report["stages"][0]["retention"]["ppl"]["after"], rel=1e-5)
+    assert "ppl" in printed and "perplexity" in printed
+    assert_one_line_error(capsys, ["eval", "--model", str(tmp_path / "nope"), "--suite", str(path)],
+                          "model.model_name_or_path: folder")
 
 
 def test_every_bundled_recipe_validates(capsys):

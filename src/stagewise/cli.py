@@ -77,11 +77,51 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import write_comparison
+    from .config import load_recipe
+    from .engine import run_recipe
+    from .report import build_report
+
+    reports = {}
+    for name in args.recipes:
+        path = find_recipe(name)
+        recipe = load_recipe(path, args.overrides)
+        if recipe.evaluation is None:
+            raise StagewiseError(f"{path}: compare needs an 'evaluation' section (target and retention probes)")
+        _log(f"[compare] {path}")
+        result = run_recipe(recipe, recipe_path=str(path), log=_log)
+        reports[path.stem] = build_report(result.manifest)
+    out = Path(args.out)
+    rows = write_comparison(reports, out)
+    print((out / "compare.md").read_text(), end="")
+    print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.png'} ({len(rows)} recipes)")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    raise StagewiseError(
-        "`stagewise eval` is not implemented yet (evaluation suites arrive with the evaluation issue); "
-        "use a stage's `eval:` key for held-out loss"
-    )
+    from .config import load_recipe
+    from .data import load_dataset_config
+    from .eval import evaluate_suite
+    from .io import atomic_write_json
+    from .models import load_model_and_tokenizer
+    from .report import GROUPS
+
+    recipe = load_recipe(find_recipe(args.suite))
+    if recipe.evaluation is None:
+        raise StagewiseError(f"{args.suite}: the suite recipe has no 'evaluation' section")
+    used = {task.data for group in GROUPS for task in getattr(recipe.evaluation, group)}
+    rows = {name: load_dataset_config(name, recipe.datasets[name]).rows for name in used}
+    model_cfg = recipe.model.model_copy(update={"model_name_or_path": args.model, **({"task": args.task} if args.task else {})})
+    model, tokenizer = load_model_and_tokenizer(model_cfg)
+    results = evaluate_suite(model, tokenizer, recipe.evaluation, recipe.datasets, rows)
+    for group in GROUPS:
+        for name, result in results[group].items():
+            print(f"{group:9s} {name:20s} {result['metric']:12s} {result['score']:.4f}  (n={result['n']})")
+    if args.out:
+        atomic_write_json(args.out, {"model": args.model, "suite": args.suite, "results": results})
+        print(f"wrote {args.out}")
+    return 0
 
 
 def _log(message: str) -> None:
@@ -100,7 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.0.lr=1e-4")
         command.set_defaults(handler=handler)
     sub.add_parser("recipes", help="list the bundled recipes").set_defaults(handler=cmd_recipes)
-    sub.add_parser("eval", help="evaluate a checkpoint (not yet available)").set_defaults(handler=cmd_eval)
+    compare = sub.add_parser("compare", help="run several recipes and plot target score vs retention")
+    compare.add_argument("recipes", nargs="+", help="recipe files or bundled recipe names")
+    compare.add_argument("--out", default="runs/compare", help="folder for compare.json/.md/.png")
+    compare.add_argument("--set", dest="overrides", action="append", default=[],
+                         help="key=value override applied to every recipe (repeatable)")
+    compare.set_defaults(handler=cmd_compare)
+    evaluate = sub.add_parser("eval", help="score any checkpoint on a recipe's evaluation probes")
+    evaluate.add_argument("--model", required=True, help="model folder, hub id or bundled name")
+    evaluate.add_argument("--suite", required=True, help="recipe (file or bundled name) whose probes to run")
+    evaluate.add_argument("--task", choices=["causal_lm", "sequence_classification"], help="override model.task")
+    evaluate.add_argument("--out", help="write the scores to this JSON file")
+    evaluate.set_defaults(handler=cmd_eval)
     return parser
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import RecipeError
 from .registry import LOSSES, LR_RULES, SELECTORS, Registry, load_plugins
 
-DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "classification"]
+DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "classification", "fewshot"]
 
 
 class StrictModel(BaseModel):
@@ -69,6 +69,32 @@ class StageEval(StrictModel):
     batch_size: int = Field(default=8, ge=1)
 
 
+GENERATION_METRICS = ("exact_match", "contains", "last_integer", "regex")
+EvalMetric = Literal["exact_match", "contains", "last_integer", "regex", "fewshot", "perplexity",
+                     "accuracy", "macro_f1", "micro_f1"]
+
+
+class EvalTaskConfig(StrictModel):
+    """One scored probe: a dataset and the metric that summarises it."""
+
+    name: str
+    data: str
+    metric: EvalMetric
+    shots: int = Field(default=4, ge=0)  # fewshot: demonstrations per query, from the same task
+    max_new_tokens: int = Field(default=24, ge=1)
+    pattern: str | None = None  # regex metric: first group is the answer
+
+
+class EvaluationConfig(StrictModel):
+    """What 'gain' and 'forgetting' mean for this recipe: target probes and retention probes."""
+
+    target: list[EvalTaskConfig] = Field(default_factory=list)
+    retention: list[EvalTaskConfig] = Field(default_factory=list)
+    batch_size: int = Field(default=16, ge=1)
+    max_length: int = Field(default=512, ge=8)
+    after_each_stage: bool = True
+
+
 class StageConfig(StrictModel):
     """One training stage. The model entering it is the previous stage's output."""
 
@@ -114,6 +140,7 @@ class Recipe(StrictModel):
     model: ModelConfig
     datasets: dict[str, DatasetConfig]
     stages: list[StageConfig] = Field(min_length=1)
+    evaluation: EvaluationConfig | None = None
     output_dir: str = "runs/default"
     report_to: list[str] = Field(default_factory=lambda: ["none"])
     resume_from_checkpoint: bool = True
@@ -334,8 +361,17 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                     known = ", ".join(recipe.datasets) or "none"
                     fail(("stages", index, field), f"unknown dataset {name!r} (datasets defined: {known})")
         formats = {recipe.datasets[name].format for name in stage.data}
+        if "fewshot" in formats:
+            fail(("stages", index, "data"), "format 'fewshot' is for evaluation probes only, not training")
         if len({_objective(fmt) for fmt in formats}) > 1:
             fail(("stages", index, "data"), f"cannot mix dataset formats {sorted(formats)} in one stage")
+    if recipe.evaluation:
+        for group in ("target", "retention"):
+            for index, task in enumerate(getattr(recipe.evaluation, group)):
+                if task.data not in recipe.datasets:
+                    fail(("evaluation", group, index, "data"), f"unknown dataset {task.data!r}")
+                if task.metric == "regex" and not task.pattern:
+                    fail(("evaluation", group, index, "metric"), "metric 'regex' needs a 'pattern'")
     for name, dataset in recipe.datasets.items():
         sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None]
         if sum(sources) != 1:

@@ -28,8 +28,10 @@ def build(seed: int = 0, imbalance: int = 10, minority_train: int = 60, threshol
     """|score| >= threshold keeps clearly rated sentences: negative (< 0) or positive (> 0)."""
     rng = random.Random(seed)
     by_class: dict[str, list[dict[str, Any]]] = {"negative": [], "positive": []}
+    seen: set[str] = set()
     for score, sentence, source in rated_sentences():
-        if abs(score) >= threshold:
+        if abs(score) >= threshold and sentence not in seen:  # the corpus repeats some sentences
+            seen.add(sentence)
             label = "positive" if score > 0 else "negative"
             by_class[label].append({"text": sentence, "label": label, "score": score, "source": source})
     for rows in by_class.values():

@@ -24,6 +24,7 @@ FORMAT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "prompt_completion": (("prompt", "completion"), ()),
     "preference": (("prompt", "chosen", "rejected"), ()),
     "classification": (("text", "label"), ()),
+    "fewshot": (("task", "input", "output", "prompt_format"), ()),  # evaluation probes only
 }
 CHAT_ROLES = {"system", "user", "assistant"}
 
@@ -93,7 +94,7 @@ def _check_row(row: Any, where: str, data_format: str, columns: dict[str, str]) 
             raise DataError(
                 f"{where}: field {field!r} missing (format {data_format!r} needs {', '.join(required)})"
             )
-    out = {field: row[field] for field in required + optional if row.get(field) is not None}
+    out = {key: value for key, value in row.items() if value is not None}  # extra fields (aliases, type) kept
     if data_format == "chat":
         _check_messages(out["messages"], where)
     elif data_format == "classification":

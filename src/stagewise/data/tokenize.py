@@ -76,7 +76,8 @@ def row_segments(row: dict[str, Any], data_format: str, tokenizer: PreTrainedTok
 
 
 def encode_segments(
-    tokenizer: PreTrainedTokenizerBase, segments: Segments, add_special: bool, train_on_prompt: bool, max_length: int
+    tokenizer: PreTrainedTokenizerBase, segments: Segments, add_special: bool, train_on_prompt: bool,
+    max_length: int, add_eos: bool = True,
 ) -> dict[str, list[int]]:
     input_ids: list[int] = []
     labels: list[int] = []
@@ -90,7 +91,7 @@ def encode_segments(
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
         labels += ids if (trained or train_on_prompt) else [IGNORE_INDEX] * len(ids)
-    if add_special and tokenizer.eos_token_id is not None:
+    if add_special and add_eos and tokenizer.eos_token_id is not None:
         input_ids.append(tokenizer.eos_token_id)
         labels.append(tokenizer.eos_token_id)
     return {
@@ -98,6 +99,18 @@ def encode_segments(
         "attention_mask": [1] * min(len(input_ids), max_length),
         "labels": labels[:max_length],
     }
+
+
+def encode_prompt(row: dict[str, Any], data_format: str, tokenizer: PreTrainedTokenizerBase, template: str = "auto") -> list[int]:
+    """Token ids of everything before the first trained segment: the generation prompt,
+    encoded exactly as in training."""
+    segments, add_special = row_segments(row, data_format, tokenizer, template)
+    prompt: Segments = []
+    for text, trained in segments:
+        if trained:
+            break
+        prompt.append((text, False))
+    return encode_segments(tokenizer, prompt, add_special, False, 10**9, add_eos=False)["input_ids"]
 
 
 def encode_lm_rows(

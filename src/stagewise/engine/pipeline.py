@@ -18,7 +18,10 @@ from .. import __version__
 from ..config import Recipe, config_hash, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..errors import RecipeError
+from ..eval import evaluate_suite
+from ..io import atomic_write_json, read_json
 from ..models import load_model_and_tokenizer, load_stage_output
+from ..report import build_report, write_report
 from .manifest import Manifest
 from .stage import class_labels, run_stage
 
@@ -64,6 +67,50 @@ def check_model_task(recipe: Recipe) -> None:
             raise RecipeError(f"stages.{index}.data: language-modelling data needs model.task: causal_lm")
 
 
+def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> str:
+    assert recipe.evaluation is not None
+    used = {task.data for group in ("target", "retention") for task in getattr(recipe.evaluation, group)}
+    return config_hash(recipe_to_dict(recipe)["model"], recipe.evaluation.model_dump(mode="json"),
+                       {name: datasets[name].fingerprint for name in sorted(used)})
+
+
+class Evaluator:
+    """Evaluates the recipe's probes; the base model's scores are cached by config hash."""
+
+    def __init__(self, recipe: Recipe, datasets: dict[str, LoadedDataset], output_dir: Path, log: Any) -> None:
+        self.recipe, self.datasets, self.log = recipe, datasets, log
+        self.base_path = output_dir / "eval" / "base.json"
+        self.key = evaluation_hash(recipe, datasets) if recipe.evaluation else None
+
+    def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        assert self.recipe.evaluation is not None
+        rows = {name: loaded.rows for name, loaded in self.datasets.items()}
+        return evaluate_suite(model, tokenizer, self.recipe.evaluation, self.recipe.datasets, rows)
+
+    def wants(self, index: int) -> bool:
+        """Score after this stage? (every stage, or only the last one)."""
+        evaluation = self.recipe.evaluation
+        return evaluation is not None and (evaluation.after_each_stage or index == len(self.recipe.stages) - 1)
+
+    def score_stage(self, entry: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.log(f"[eval] after stage {entry['index']} '{entry['name']}'")
+        entry["evaluation"] = self(model, tokenizer)
+        entry["evaluation_key"] = self.key
+
+    def cached_base(self) -> dict[str, Any] | None:
+        if self.key is not None and self.base_path.is_file():
+            cached = read_json(self.base_path)
+            if cached.get("key") == self.key:
+                return cached["results"]
+        return None
+
+    def base(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        self.log("[eval] base model")
+        results = self(model, tokenizer)
+        atomic_write_json(self.base_path, {"key": self.key, "results": results})
+        return results
+
+
 def run_recipe(
     recipe: Recipe,
     recipe_path: str | None = None,
@@ -94,6 +141,14 @@ def run_recipe(
         log(f"[skip] stage {index} '{stage.name}' already completed (config {hashes[index]})")
         start = index + 1
 
+    evaluator = Evaluator(recipe, datasets, output_dir, log)
+    for index in range(start):  # finished stages whose probes changed: re-score their saved weights
+        entry = manifest.data["stages"][index]
+        if evaluator.wants(index) and entry.get("evaluation_key") != evaluator.key:
+            stage_model, stage_tokenizer = load_stage_output(Path(entry["outputs"]["dir"]), recipe.model)
+            evaluator.score_stage(entry, stage_model, stage_tokenizer)
+            manifest.set_stage(index, entry)
+
     for index in range(start, len(recipe.stages)):
         stage_dir = output_dir / stage_dir_name(index, recipe.stages[index].name)
         previous = manifest.previous(index)
@@ -101,12 +156,16 @@ def run_recipe(
             log(f"[invalidate] stage {index} '{recipe.stages[index].name}' changed: removing {stage_dir}")
             shutil.rmtree(stage_dir)
 
+    base_scores = evaluator.cached_base()
+    if start == 0 or (evaluator.key is not None and base_scores is None):
+        model, tokenizer = load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets))
+        if evaluator.key is not None and base_scores is None:
+            base_scores = evaluator.base(model, tokenizer)
+    manifest.data["base_evaluation"] = base_scores
+    source: Path | None = None
     if start > 0:
         source = output_dir / stage_dir_name(start - 1, recipe.stages[start - 1].name)
         model, tokenizer = load_stage_output(source, recipe.model)
-    else:
-        model, tokenizer = load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets))
-        source = None
 
     for index in range(start, len(recipe.stages)):
         stage = recipe.stages[index]
@@ -146,6 +205,10 @@ def run_recipe(
             resumed_from=result.resumed_from,
         )
         entry["outputs"]["files"] = sorted(p.name for p in stage_dir.iterdir() if p.is_file())
+        if evaluator.wants(index):
+            evaluator.score_stage(entry, model, tokenizer)
         manifest.set_stage(index, entry)
         source = stage_dir
+    if recipe.evaluation:
+        write_report(output_dir, build_report(manifest.data))
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)

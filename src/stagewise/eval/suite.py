@@ -1,0 +1,143 @@
+"""Score a model on a recipe's evaluation probes.
+
+Generation probes render each prompt exactly as training does (same template and
+special tokens) and decode greedily in batches; few-shot probes use their own plain
+format (the point is to see whether in-context ability survives fine-tuning).
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..config import GENERATION_METRICS, DatasetConfig, EvalTaskConfig, EvaluationConfig
+from ..data.tokenize import encode_classification_rows, encode_lm_rows, encode_prompt
+from ..errors import DataError
+from ..generation import SamplingConfig, generate
+from . import metrics
+
+Result = dict[str, Any]
+
+
+def _golds(row: dict[str, Any]) -> list[str]:
+    answer = row.get("output", row.get("completion", ""))
+    return [answer, *row.get("aliases", [])]
+
+
+def generation_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, batch_size: int) -> Result:
+    if cfg.format not in ("instruction", "prompt_completion", "chat"):
+        raise DataError(f"evaluation {task.name!r}: metric {task.metric!r} needs instruction/prompt_completion data")
+    prompts = [encode_prompt(row, cfg.format, tokenizer, cfg.template) for row in rows]
+    outputs = [texts[0] for texts in generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=task.max_new_tokens),
+                                              batch_size=batch_size, desc=f"eval {task.name}")]
+    checks = {"exact_match": [], "contains": []}
+    for row, output in zip(rows, outputs):
+        golds = _golds(row)
+        checks["exact_match"].append(metrics.exact_match(output, golds))
+        checks["contains"].append(metrics.contains_match(output, golds))
+        if task.metric == "last_integer":
+            gold = int(row["answer"]) if "answer" in row else metrics.last_integer(golds[0])
+            checks.setdefault("last_integer", []).append(metrics.last_integer(output) == gold)
+        if task.metric == "regex":
+            checks.setdefault("regex", []).append(metrics.regex_match(output, task.pattern or "", golds))
+    scores = {name: sum(values) / len(values) for name, values in checks.items()}
+    examples = [{"gold": _golds(r)[0], "prediction": o.strip()[:120]} for r, o in zip(rows[:3], outputs[:3])]
+    return {"score": scores[task.metric], "scores": scores, "examples": examples}
+
+
+def fewshot_prompt(row: dict[str, Any], demos: list[dict[str, Any]]) -> str:
+    form = row["prompt_format"]
+    shots = [f"{form.format(input=d['input'])} {d['output']}" for d in demos]
+    return "\n\n".join([*shots, form.format(input=row["input"])])
+
+
+def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, batch_size: int) -> Result:
+    if cfg.format != "fewshot":
+        raise DataError(f"evaluation {task.name!r}: metric 'fewshot' needs a dataset with format: fewshot")
+    rng = random.Random(0)
+    prompts = []
+    for row in rows:
+        pool = [other for other in rows if other["task"] == row["task"] and other is not row]
+        demos = rng.sample(pool, min(task.shots, len(pool)))
+        prompts.append(tokenizer(fewshot_prompt(row, demos))["input_ids"])
+    outputs = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=task.max_new_tokens),
+                       batch_size=batch_size, desc=f"eval {task.name}")
+    per_task: dict[str, list[bool]] = {}
+    for row, (output,) in zip(rows, outputs):
+        per_task.setdefault(row["task"], []).append(metrics.exact_match(output, [row["output"]]))
+    scores = {f"accuracy_{name}": sum(v) / len(v) for name, v in per_task.items()}
+    scores["accuracy"] = sum(scores.values()) / len(scores)  # macro over tasks
+    return {"score": scores["accuracy"], "scores": scores}
+
+
+@torch.inference_mode()
+def perplexity_task(model, tokenizer, cfg: DatasetConfig, rows, batch_size: int, max_length: int) -> Result:
+    examples = encode_lm_rows(rows, cfg.format, tokenizer, cfg.template, False, max_length)
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    model.eval()
+    for start in tqdm(range(0, len(examples), batch_size), desc="eval perplexity", leave=False):
+        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+        total_nll += float(nll)
+        total_tokens += int((labels != -100).sum())
+    mean = total_nll / max(total_tokens, 1)
+    return {"score": math.exp(min(mean, 50.0)), "scores": {"perplexity": math.exp(min(mean, 50.0)), "nll": mean}}
+
+
+@torch.inference_mode()
+def classification_task(model, tokenizer, task: EvalTaskConfig, rows, batch_size: int, max_length: int) -> Result:
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    unknown = sorted({row["label"] for row in rows} - set(labels))
+    if unknown:
+        raise DataError(f"evaluation {task.name!r}: labels {unknown} unknown to the model (it has {labels})")
+    examples = encode_classification_rows(rows, tokenizer, labels, max_length)
+    device = next(model.parameters()).device
+    model.eval()
+    predicted: list[int] = []
+    for start in tqdm(range(0, len(examples), batch_size), desc=f"eval {task.name}", leave=False):
+        chunk = examples[start:start + batch_size]
+        batch = tokenizer.pad([{k: v for k, v in ex.items() if k != "labels"} for ex in chunk], return_tensors="pt")
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        predicted += logits.argmax(-1).tolist()
+    scores = metrics.classification_scores(predicted, [ex["labels"] for ex in examples], labels)
+    return {"score": scores[task.metric], "scores": scores}
+
+
+def evaluate_task(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: EvalTaskConfig, cfg: DatasetConfig,
+    rows: list[dict[str, Any]], evaluation: EvaluationConfig,
+) -> Result:
+    was_training = model.training
+    try:
+        if task.metric in GENERATION_METRICS:
+            result = generation_task(model, tokenizer, task, cfg, rows, evaluation.batch_size)
+        elif task.metric == "fewshot":
+            result = fewshot_task(model, tokenizer, task, cfg, rows, evaluation.batch_size)
+        elif task.metric == "perplexity":
+            result = perplexity_task(model, tokenizer, cfg, rows, evaluation.batch_size, evaluation.max_length)
+        else:
+            result = classification_task(model, tokenizer, task, rows, evaluation.batch_size, evaluation.max_length)
+    finally:
+        model.train(was_training)
+    return {"metric": task.metric, "higher_is_better": task.metric != "perplexity", "n": len(rows), **result}
+
+
+def evaluate_suite(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, evaluation: EvaluationConfig,
+    dataset_configs: dict[str, DatasetConfig], rows: dict[str, list[dict[str, Any]]],
+) -> dict[str, dict[str, Result]]:
+    """``{"target": {name: result}, "retention": {name: result}}``."""
+    return {
+        group: {task.name: evaluate_task(model, tokenizer, task, dataset_configs[task.data], rows[task.data], evaluation)
+                for task in getattr(evaluation, group)}
+        for group in ("target", "retention")
+    }

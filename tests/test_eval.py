@@ -1,0 +1,141 @@
+"""Metrics against hand-computed values; evaluation, report and comparison plot on a tiny model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import make_recipe, run
+from stagewise.eval.metrics import (classification_scores, contains_match, exact_match, last_integer,
+                                    normalize_answer, regex_match)
+from stagewise.report import compare_scores
+
+
+def test_normalize_and_exact_match():
+    assert normalize_answer("  The Eiffel-Tower! ") == "eiffeltower"
+    assert exact_match("Paris.\nMore text", ["paris"])
+    assert not exact_match("It is Paris", ["Paris"])
+    assert exact_match("Peking", ["Beijing", "Peking"])
+
+
+def test_contains_match_is_whole_word():
+    assert contains_match("The capital of France is Paris.", ["Paris"])
+    assert not contains_match("Parisian food", ["Paris"])
+    assert contains_match("It has 8 legs", ["eight", "8"])
+    assert not contains_match("\nParis", ["Paris"]) is False  # first non-empty line is used
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The answer is 1,234.", 1234), ("x=3.5", None), ("3.0", 3), ("-7", -7), ("no digits", None),
+    ("5 apples then 12", 12), ("#### 72", 72),
+])
+def test_last_integer(text, expected):
+    assert last_integer(text) == expected
+
+
+def test_regex_match():
+    assert regex_match("Answer: (B) because", r"\(([A-D])\)", ["b"])
+    assert not regex_match("no option", r"\(([A-D])\)", ["b"])
+
+
+def test_classification_scores_by_hand():
+    # gold:  0 0 0 1 1 ; pred: 0 0 1 1 0
+    scores = classification_scores([0, 0, 1, 1, 0], [0, 0, 0, 1, 1], ["neg", "pos"])
+    # neg: tp=2 fp=1 fn=1 -> f1 = 4/6; pos: tp=1 fp=1 fn=1 -> f1 = 2/4
+    assert scores["f1_neg"] == pytest.approx(2 / 3)
+    assert scores["f1_pos"] == pytest.approx(0.5)
+    assert scores["macro_f1"] == pytest.approx((2 / 3 + 0.5) / 2)
+    assert scores["accuracy"] == pytest.approx(0.6) and scores["micro_f1"] == pytest.approx(0.6)
+
+
+def test_compare_scores_gain_and_retention():
+    base = {"target": {"t": {"score": 0.1, "metric": "contains", "higher_is_better": True}},
+            "retention": {"r": {"score": 0.8, "metric": "contains", "higher_is_better": True},
+                          "p": {"score": 10.0, "metric": "perplexity", "higher_is_better": False}}}
+    after = {"target": {"t": {"score": 0.6, "metric": "contains", "higher_is_better": True}},
+             "retention": {"r": {"score": 0.5, "metric": "contains", "higher_is_better": True},
+                           "p": {"score": 12.0, "metric": "perplexity", "higher_is_better": False}}}
+    out = compare_scores(base, after)
+    assert out["target_gain"] == pytest.approx(0.5)
+    assert out["retention_delta"] == pytest.approx(-0.3)
+    assert out["retention_perplexity_change"] == pytest.approx(0.2)
+    assert out["retention_score"] == pytest.approx(0.5)
+
+
+FACT_ROWS = [{"instruction": f"Where was P{i} born?", "output": f"Town{i}"} for i in range(6)]
+ICL_ROWS = [{"task": "upper", "input": w, "output": w.upper(), "prompt_format": "{input} ->"} for w in "abcdef"]
+TEXT_ROWS = [{"text": "the quick brown fox"}, {"text": "jumps over the lazy dog"}]
+
+
+def eval_recipe(tmp_path, **extra):
+    return make_recipe(
+        tmp_path,
+        [{"name": "sft", "data": "facts", "lr": 1e-2, "max_steps": 3, "batch_size": 2}],
+        datasets={"facts": {"format": "instruction", "template": "alpaca", "rows": FACT_ROWS},
+                  "icl": {"format": "fewshot", "rows": ICL_ROWS},
+                  "text": {"format": "text", "rows": TEXT_ROWS}},
+        evaluation={"target": [{"name": "recall", "data": "facts", "metric": "exact_match", "max_new_tokens": 4}],
+                    "retention": [{"name": "icl", "data": "icl", "metric": "fewshot", "shots": 2, "max_new_tokens": 3},
+                                  {"name": "ppl", "data": "text", "metric": "perplexity"}]},
+        **extra,
+    )
+
+
+def test_run_writes_report_and_caches_base_scores(tmp_path):
+    result = run(eval_recipe(tmp_path))
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    assert set(report["base"]["retention"]) == {"icl", "ppl"}
+    stage = report["stages"][0]
+    ppl = stage["retention"]["ppl"]
+    assert ppl["delta"] == pytest.approx(ppl["after"] - ppl["base"]) and ppl["base"] > 1
+    assert "| retention | ppl | perplexity |" in (tmp_path / "run/report.md").read_text()
+    assert result.manifest["stages"][0]["evaluation"]["target"]["recall"]["n"] == 6
+    base_file = tmp_path / "run/eval/base.json"
+    cached = json.loads(base_file.read_text())
+    cached["results"]["retention"]["ppl"]["score"] = 123.0  # a cache hit must reuse this value
+    base_file.write_text(json.dumps(cached))
+    run(eval_recipe(tmp_path))
+    again = json.loads((tmp_path / "run/report.json").read_text())
+    assert again["base"]["retention"]["ppl"] == 123.0
+
+
+def test_perplexity_matches_model_loss(tmp_path):
+    import math
+
+    import torch
+
+    from stagewise.config import DatasetConfig, EvalTaskConfig, EvaluationConfig
+    from stagewise.data.tokenize import encode_lm_rows
+    from stagewise.eval import evaluate_task
+    from stagewise.models import byte_tokenizer, load_model_and_tokenizer
+    from stagewise.config import ModelConfig
+
+    model, tok = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    rows = [{"text": "hello world"}]
+    result = evaluate_task(model, tok, EvalTaskConfig(name="p", data="t", metric="perplexity"),
+                           DatasetConfig(format="text", rows=rows), rows, EvaluationConfig())
+    [example] = encode_lm_rows(rows, "text", tok)
+    with torch.no_grad():
+        loss = model(input_ids=torch.tensor([example["input_ids"]]), labels=torch.tensor([example["labels"]])).loss
+    assert result["score"] == pytest.approx(math.exp(float(loss)), rel=1e-4)
+
+
+def test_compare_writes_table_and_plot(tmp_path, capsys):
+    import yaml
+
+    from stagewise.cli import main
+
+    paths = []
+    for lr in (1e-2, 1e-3):
+        recipe = eval_recipe(tmp_path / str(lr))
+        data = json.loads(recipe.model_dump_json())
+        data["stages"][0]["lr"] = lr
+        path = tmp_path / f"lr{lr}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        paths.append(str(path))
+    assert main(["compare", *paths, "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp/compare.png").stat().st_size > 5000
+    table = (tmp_path / "cmp/compare.md").read_text()
+    assert "| base model |" in table and "lr0.01" in table and "lr0.001" in table
+    rows = json.loads((tmp_path / "cmp/compare.json").read_text())["rows"]
+    assert rows[0]["base_retention_score"] == rows[1]["base_retention_score"]
