@@ -63,7 +63,7 @@ def _tiny_config(arch: str) -> Any:
     if arch == "llama":
         return LlamaConfig(
             vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
             pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
         )
     if arch == "gpt2":

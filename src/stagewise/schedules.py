@@ -1,16 +1,21 @@
 """Learning-rate rules layered on top of the stage's schedule (``lr_scheduler_type``).
 
-``uniform`` gives every trainable tensor the scheduled LR. Rules such as TempBalance
-register here and return Trainer callbacks that rescale per-group LRs after each step.
+A rule returns an :class:`LrPlan`: optionally a function that splits the optimizer's
+parameter groups (each group's LR then follows the schedule scaled by its own initial
+LR), and Trainer callbacks that adjust those groups during training. ``uniform`` gives
+every trainable tensor the scheduled LR; TempBalance registers in its strategy folder.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from transformers import TrainerCallback
 
 from .registry import LR_RULES, PluginConfig
+
+GroupSplitter = Callable[[torch.nn.Module, list[dict[str, Any]]], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -19,7 +24,13 @@ class LrRuleContext:
     seed: int
 
 
+@dataclass
+class LrPlan:
+    split_groups: GroupSplitter | None = None
+    callbacks: list[TrainerCallback] = field(default_factory=list)
+
+
 @LR_RULES.register("uniform")
-def uniform_lr(config: PluginConfig, model: torch.nn.Module, context: LrRuleContext) -> list[TrainerCallback]:
+def uniform_lr(config: PluginConfig, model: torch.nn.Module, context: LrRuleContext) -> LrPlan:
     """One LR for every trainable tensor, following the stage's schedule."""
-    return []
+    return LrPlan()

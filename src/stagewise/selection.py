@@ -3,7 +3,8 @@
 A selector sets ``requires_grad`` on every parameter; the Trainer then builds its
 optimizer over trainable tensors only, so frozen tensors get no gradient, no
 optimizer state and no weight decay: they stay bit-identical.
-Strategies register more selectors (HFT, LoRA, prompt tuning) in their folders.
+Strategies register more selectors (HFT, LoRA, prompt tuning) in their folders. A selector
+may return Trainer callbacks (e.g. HFT's per-epoch redraw); ``None`` means none.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from ..config import Recipe, StageConfig, stage_objective
 from ..data import LoadedDataset, encode_dataset
 from ..losses import LossContext
 from ..registry import LOSSES, LR_RULES, SELECTORS
-from ..schedules import LrRuleContext
+from ..schedules import GroupSplitter, LrRuleContext
 from ..selection import SelectionContext, count_parameters
 
 
@@ -44,6 +44,28 @@ class StageResult:
     tokens_per_s: float
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: str | None = None
+
+
+class StageTrainer(Trainer):
+    """``Trainer`` whose optimizer groups an LR rule may split (e.g. one group per layer)."""
+
+    def __init__(self, *args: Any, split_groups: GroupSplitter | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.split_groups = split_groups
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.split_groups is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        trainable = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in trainable if n in decay], "weight_decay": self.args.weight_decay},
+            {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(self.split_groups(opt_model, groups), **optimizer_kwargs)
+        return self.optimizer
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -126,27 +148,29 @@ def run_stage(
     objective = stage_objective(recipe, stage)
     labels = class_labels(recipe, stage, datasets) if objective == "classification" else None
 
-    SELECTORS.impl(stage.trainable)(model, stage.trainable, SelectionContext(seed=stage.seed, stage_index=index))
+    selection = SelectionContext(seed=stage.seed, stage_index=index)
+    selector_callbacks = SELECTORS.impl(stage.trainable)(model, stage.trainable, selection) or []
     trainable, total = count_parameters(model)
 
     train_examples = encode_stage_data(recipe, stage, stage.data, datasets, tokenizer, labels)
     class_counts = [sum(ex["labels"] == i for ex in train_examples) for i in range(len(labels))] if labels else []
     loss_fn = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=objective, class_counts=class_counts))
-    rule_callbacks = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr, seed=stage.seed))
+    lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr, seed=stage.seed))
 
     collator = (
         DataCollatorWithPadding(tokenizer)
         if objective == "classification"
         else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     )
-    trainer = Trainer(
+    trainer = StageTrainer(
         model=model,
         args=training_arguments(recipe, stage, stage_dir),
         train_dataset=ListDataset(train_examples),
         data_collator=collator,
         processing_class=tokenizer,
         compute_loss_func=loss_fn,
-        callbacks=[*rule_callbacks, *(callbacks or [])],
+        callbacks=[*selector_callbacks, *lr_plan.callbacks, *(callbacks or [])],
+        split_groups=lr_plan.split_groups,
     )
     checkpoint = get_last_checkpoint(str(stage_dir)) if recipe.resume_from_checkpoint and stage_dir.is_dir() else None
     started = time.perf_counter()

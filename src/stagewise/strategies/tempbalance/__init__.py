@@ -1,0 +1,164 @@
+"""TempBalance — per-layer learning rates from each weight matrix's spectrum.
+
+Zhou et al. NeurIPS 2023 ("Temperature Balancing, Layer-wise Weight Analysis, and Neural
+Network Training") with the linear map, and Liu et al. EMNLP 2024 ("Model Balancing Helps
+Low-data Training and Fine-tuning") with the block-wise sigmoid map. Every eligible matrix
+(≥ ``min_eigs`` eigenvalues) gets its own optimizer group whose LR is ``η_t · multiplier``:
+the multiplier sits in the group's initial LR, so HF's scheduler (warmup, cosine, ...) keeps
+scaling it. Alphas are recomputed every ``esd_interval`` steps (default: each epoch) and the
+new multipliers are applied to the scheduler's base LRs and the current groups at once.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from transformers import TrainerCallback
+
+from ...registry import LR_RULES, PluginConfig
+from ...schedules import LrPlan, LrRuleContext
+from ...selection import transformer_blocks
+from .esd import block_sigmoid_multipliers, eigenvalues, hill_alpha, linear_multipliers
+
+
+class TempBalanceConfig(PluginConfig):
+    lr_map: Literal["linear", "block_sigmoid"] = "linear"
+    xmin_pos: float = Field(default=2.0, gt=1)   # 2 = median (NeurIPS'23); EMNLP'24 GLUE used 1.5
+    min_eigs: int = Field(default=50, ge=2)     # fewer eigenvalues: no reliable fit, keep the base LR
+    skip_first_last: bool = False              # keep the base LR on the first and last eligible matrix
+    s1: float = 0.5                            # linear map: LR multiplier at the lowest alpha
+    s2: float = 1.5                            # linear map: LR multiplier at the highest alpha
+    s_min: float = 2.0                         # block_sigmoid: scale for blocks below the mean alpha
+    s_max: float = 1.0                         # block_sigmoid: scale for blocks above the mean alpha
+    temperature: float = 10.0                  # block_sigmoid: T
+    esd_interval: int | None = Field(default=None, ge=1)  # steps between recomputations; None = each epoch
+
+
+def matrix_modules(model: torch.nn.Module, config: TempBalanceConfig) -> dict[str, torch.nn.Module]:
+    """Trainable 2-D (or conv) weight modules with enough eigenvalues, in module order."""
+    found = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if (isinstance(weight, torch.nn.Parameter) and weight.requires_grad and weight.dim() >= 2
+                and not isinstance(module, torch.nn.Embedding) and min(weight.shape[:2]) >= config.min_eigs):
+            found[name] = module
+    if config.skip_first_last and len(found) > 2:
+        names = list(found)
+        found.pop(names[0]), found.pop(names[-1])
+    return found
+
+
+def layer_alphas(model: torch.nn.Module, config: TempBalanceConfig) -> dict[str, float]:
+    return {name: hill_alpha(eigenvalues(module.weight), config.xmin_pos)
+            for name, module in matrix_modules(model, config).items()}
+
+
+def block_of(name: str, stack: str) -> int | None:
+    if not name.startswith(stack + "."):
+        return None
+    return int(name[len(stack) + 1:].split(".")[0])
+
+
+class TempBalance:
+    """Owns the param-group layout and the multipliers for one stage."""
+
+    def __init__(self, model: torch.nn.Module, config: TempBalanceConfig, context: LrRuleContext) -> None:
+        self.model, self.config, self.base_lr = model, config, context.base_lr
+        self.stack = transformer_blocks(model)[0] if config.lr_map == "block_sigmoid" else ""
+        self.log_path: Path | None = None
+        self.alphas: dict[str, float] = {}
+        self.eligible: set[str] = set()
+
+    def group_key(self, module_name: str) -> str | None:
+        """Which multiplier a module's parameters follow (None: the base LR)."""
+        if self.config.lr_map == "block_sigmoid":
+            block = block_of(module_name, self.stack)
+            return None if block is None else f"block.{block}"
+        return module_name if module_name in self.eligible else None
+
+    def multipliers(self) -> dict[str, float]:
+        self.alphas = layer_alphas(self.model, self.config)
+        if self.config.lr_map == "linear":
+            return linear_multipliers(self.alphas, self.config.s1, self.config.s2)
+        per_block: dict[int, list[float]] = {}
+        for name, alpha in self.alphas.items():
+            block = block_of(name, self.stack)
+            if block is not None:
+                per_block.setdefault(block, []).append(alpha)
+        means = {block: sum(values) / len(values) for block, values in per_block.items()}
+        return {f"block.{block}": m for block, m in block_sigmoid_multipliers(
+            means, self.config.s_min, self.config.s_max, self.config.temperature).items()}
+
+    def split_groups(self, model: torch.nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Split the Trainer's decay/no-decay groups into one group per (multiplier key, decay)."""
+        self.eligible = set(matrix_modules(model, self.config))
+        owner = {id(p): name for name, module in model.named_modules() for p in module.parameters(recurse=False)}
+        multipliers = self.multipliers()
+        split: list[dict[str, Any]] = []
+        for group in groups:
+            buckets: dict[str | None, list[torch.nn.Parameter]] = {}
+            for param in group["params"]:
+                buckets.setdefault(self.group_key(owner.get(id(param), "")), []).append(param)
+            for key, params in buckets.items():
+                split.append({**group, "params": params, "tb_key": key,
+                              "lr": self.base_lr * multipliers.get(key, 1.0) if key else self.base_lr})
+        return split
+
+    def apply(self, optimizer: torch.optim.Optimizer, scheduler: Any, step: int) -> None:
+        """Recompute alphas and move every group's LR to η_t · new multiplier."""
+        multipliers = self.multipliers()
+        scale = scheduler.lr_lambdas[0](scheduler.last_epoch) if hasattr(scheduler, "lr_lambdas") else 1.0
+        lrs = {}
+        for index, group in enumerate(optimizer.param_groups):
+            key = group.get("tb_key")
+            base = self.base_lr * multipliers.get(key, 1.0) if key else self.base_lr
+            group["initial_lr"] = base
+            if hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs[index] = base
+            group["lr"] = base * scale
+            if key:
+                lrs[key] = group["lr"]
+        self.log(step, lrs)
+
+    def log(self, step: int, lrs: dict[str, float]) -> None:
+        if self.log_path is not None:
+            with self.log_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": step, "alpha": self.alphas, "lr": lrs}) + "\n")
+
+
+class TempBalanceCallback(TrainerCallback):
+    """Re-applies spectrum-based LRs every ``esd_interval`` steps or at each epoch start."""
+
+    def __init__(self, balance: TempBalance) -> None:
+        self.balance = balance
+        self.last_step = -1
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        self.balance.log_path = Path(args.output_dir) / "tempbalance.jsonl"
+        lrs = {g["tb_key"]: g["lr"] for g in optimizer.param_groups if g.get("tb_key")} if optimizer else {}
+        self.balance.log(state.global_step, lrs)
+        self.last_step = state.global_step
+
+    def _maybe_apply(self, state, optimizer, lr_scheduler) -> None:
+        if optimizer is not None and lr_scheduler is not None and state.global_step != self.last_step:
+            self.balance.apply(optimizer, lr_scheduler, state.global_step)
+            self.last_step = state.global_step
+
+    def on_epoch_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        if self.balance.config.esd_interval is None:
+            self._maybe_apply(state, optimizer, lr_scheduler)
+
+    def on_step_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        interval = self.balance.config.esd_interval
+        if interval is not None and state.global_step % interval == 0:
+            self._maybe_apply(state, optimizer, lr_scheduler)
+
+
+@LR_RULES.register("tempbalance", TempBalanceConfig)
+def tempbalance(config: TempBalanceConfig, model: torch.nn.Module, context: LrRuleContext) -> LrPlan:
+    """Per-layer LRs from each matrix's spectral power-law exponent (TempBalance)."""
+    balance = TempBalance(model, config, context)
+    return LrPlan(split_groups=balance.split_groups, callbacks=[TempBalanceCallback(balance)])
