@@ -65,6 +65,12 @@ class CrashAfterSave(TrainerCallback):
             raise KeyboardInterrupt("simulated kill")
 
 
-@pytest.fixture
-def snapshot() -> Snapshot:
-    return Snapshot()
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own cache for converted models, base-model scores and benchmarks."""
+    shared = Path(os.environ.get("STAGEWISE_CACHE", Path.home() / ".cache/stagewise"))
+    cache = tmp_path / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    (shared / "sources").mkdir(parents=True, exist_ok=True)  # the VADER source archive: fetched once, shared
+    (cache / "sources").symlink_to(shared / "sources")
+    monkeypatch.setenv("STAGEWISE_CACHE", str(cache))

@@ -90,7 +90,7 @@ def test_run_writes_report_and_caches_base_scores(tmp_path):
     assert ppl["delta"] == pytest.approx(ppl["after"] - ppl["base"]) and ppl["base"] > 1
     assert "| retention | ppl | perplexity |" in (tmp_path / "run/report.md").read_text()
     assert result.manifest["stages"][0]["evaluation"]["target"]["recall"]["n"] == 6
-    base_file = tmp_path / "run/eval/base.json"
+    [base_file] = (tmp_path / "cache/eval").glob("base-*.json")
     cached = json.loads(base_file.read_text())
     cached["results"]["retention"]["ppl"]["score"] = 123.0  # a cache hit must reuse this value
     base_file.write_text(json.dumps(cached))

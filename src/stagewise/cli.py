@@ -124,6 +124,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_spectra(args: argparse.Namespace) -> int:
+    from .config import ModelConfig
+    from .models import load_model_and_tokenizer
+    from .strategies.tempbalance import TempBalanceConfig, layer_alphas, plot_alphas
+
+    model_cfg = ModelConfig(model_name_or_path=args.model, task=args.task)
+    model, _ = load_model_and_tokenizer(model_cfg)
+    config = TempBalanceConfig(kind="tempbalance", xmin_pos=args.xmin_pos, min_eigs=args.min_eigs)
+    alphas = layer_alphas(model, config)
+    if not alphas:
+        raise StagewiseError(f"{args.model}: no weight matrix has {args.min_eigs} or more eigenvalues")
+    width = max(len(name) for name in alphas)
+    for name, alpha in alphas.items():
+        print(f"{name:{width}s}  alpha={alpha:.3f}")
+    values = list(alphas.values())
+    print(f"{len(values)} matrices; alpha mean {sum(values) / len(values):.3f}, min {min(values):.3f}, max {max(values):.3f}")
+    out = Path(args.out or Path(args.model if Path(args.model).is_dir() else ".") / "spectra.png")
+    plot_alphas(alphas, out, title=f"Hill alpha per layer: {args.model}")
+    print(f"wrote {out}")
+    return 0
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -146,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--set", dest="overrides", action="append", default=[],
                          help="key=value override applied to every recipe (repeatable)")
     compare.set_defaults(handler=cmd_compare)
+    spectra = sub.add_parser("spectra", help="per-layer power-law exponent (Hill alpha) of a model's weights")
+    spectra.add_argument("model", help="model folder, hub id or bundled name")
+    spectra.add_argument("--task", choices=["causal_lm", "sequence_classification"], default="causal_lm")
+    spectra.add_argument("--xmin-pos", type=float, default=2.0, help="xmin at eigenvalue index N/xmin_pos (2 = median)")
+    spectra.add_argument("--min-eigs", type=int, default=50, help="skip matrices with fewer eigenvalues")
+    spectra.add_argument("--out", help="PNG path (default: MODEL/spectra.png, or ./spectra.png)")
+    spectra.set_defaults(handler=cmd_spectra)
     evaluate = sub.add_parser("eval", help="score any checkpoint on a recipe's evaluation probes")
     evaluate.add_argument("--model", required=True, help="model folder, hub id or bundled name")
     evaluate.add_argument("--suite", required=True, help="recipe (file or bundled name) whose probes to run")

@@ -32,6 +32,7 @@ class ModelConfig(StrictModel):
     model_name_or_path: str
     task: Literal["causal_lm", "sequence_classification"] = "causal_lm"
     num_labels: int | None = Field(default=None, ge=2)
+    head_layers: Literal[1, 2] = 1  # classification head: 1 = HF's linear head, 2 = Linear-ReLU-Linear MLP
     trust_remote_code: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     revision: str | None = None

@@ -96,6 +96,41 @@ def _classification_kwargs(task: str, labels: list[str] | None) -> dict[str, Any
     }
 
 
+HEAD_ATTRIBUTES = ("classifier", "score")  # BERT-style and decoder-style classification heads
+
+
+def install_mlp_head(model: PreTrainedModel) -> None:
+    """Replace the linear classification head by a 2-layer MLP (two-stage fine-tuning's head).
+
+    The choice is recorded in the config (``stagewise_head_layers``) so ``load_pretrained``
+    rebuilds it; plain ``from_pretrained`` sees a linear head and re-initialises it.
+    """
+    name = next((attr for attr in HEAD_ATTRIBUTES if isinstance(getattr(model, attr, None), torch.nn.Linear)), None)
+    if name is None:
+        raise ModelError(f"model.head_layers: 2 needs a linear 'classifier' or 'score' head in {type(model).__name__}")
+    linear: torch.nn.Linear = getattr(model, name)
+    hidden = linear.in_features
+    dropout = getattr(model.config, "hidden_dropout_prob", 0.1) or 0.0
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout),
+                               torch.nn.Linear(hidden, linear.out_features, bias=linear.bias is not None))
+    setattr(model, name, head.to(linear.weight.dtype))
+    model.config.stagewise_head_layers = 2
+
+
+def restore_mlp_head(model: PreTrainedModel, folder: Path) -> None:
+    """Re-install a saved 2-layer head and load its weights from the folder's safetensors."""
+    if getattr(model.config, "stagewise_head_layers", 1) != 2:
+        return
+    from safetensors.torch import load_file
+
+    install_mlp_head(model)
+    name = next(attr for attr in HEAD_ATTRIBUTES if isinstance(getattr(model, attr, None), torch.nn.Sequential))
+    state = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state.update({k[len(name) + 1:]: v for k, v in load_file(str(file)).items() if k.startswith(name + ".")})
+    getattr(model, name).load_state_dict(state)
+
+
 def load_model_and_tokenizer(
     cfg: ModelConfig, labels: list[str] | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -110,12 +145,16 @@ def load_model_and_tokenizer(
         for key, value in extra.items():
             setattr(config, key, value)
         torch.manual_seed(0)  # tiny models are random but reproducible
-        model = _auto_class(cfg.task).from_config(config, dtype=dtype)
-        return model, byte_tokenizer()
-    from .bundled import BUNDLED, resolve_bundled
+        model, tokenizer = _auto_class(cfg.task).from_config(config, dtype=dtype), byte_tokenizer()
+    else:
+        from .bundled import BUNDLED, resolve_bundled
 
-    path = resolve_bundled(name) if name in BUNDLED else name
-    return load_pretrained(path, cfg, extra)
+        path = resolve_bundled(name) if name in BUNDLED else name
+        model, tokenizer = load_pretrained(path, cfg, extra)
+    if cfg.task == "sequence_classification" and cfg.head_layers == 2:
+        torch.manual_seed(0)
+        install_mlp_head(model)
+    return model, tokenizer
 
 
 def load_pretrained(
@@ -136,6 +175,8 @@ def load_pretrained(
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"model.model_name_or_path: cannot load {path!r}: {first}") from None
     prepare_tokenizer(tokenizer, model)
+    if Path(path).is_dir():
+        restore_mlp_head(model, Path(path))
     return model, tokenizer
 
 

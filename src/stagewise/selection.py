@@ -70,6 +70,11 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
 
 
+class HeadConfig(PluginConfig):
+    top_layers: int = Field(default=0, ge=0)  # also train this many top transformer blocks
+    pooler: bool = False                      # also train the encoder's pooler (BERT), as LP-FT's reference does
+
+
 class LayersConfig(PluginConfig):
     indices: list[int] = Field(min_length=1)
     with_head: bool = True
@@ -91,10 +96,21 @@ def select_none(model: torch.nn.Module, config: PluginConfig, context: Selection
     set_trainable(model, [])
 
 
-@SELECTORS.register("head")
-def select_head(model: torch.nn.Module, config: PluginConfig, context: SelectionContext) -> None:
-    """Train only the task head (lm_head or classifier): linear probing."""
-    set_trainable(model, head_parameters(model))
+@SELECTORS.register("head", HeadConfig)
+def select_head(model: torch.nn.Module, config: HeadConfig, context: SelectionContext) -> None:
+    """Train only the task head (lm_head or classifier), optionally with the pooler and top blocks."""
+    params = head_parameters(model)
+    if config.top_layers:
+        _, blocks = transformer_blocks(model)
+        if config.top_layers > len(blocks):
+            raise RecipeError(f"trainable.top_layers: {config.top_layers} exceeds the {len(blocks)} blocks")
+        params += [p for block in blocks[-config.top_layers:] for p in block.parameters()]
+    if config.pooler:
+        pooler = [p for n, p in model.named_parameters() if ".pooler." in f".{n}"]
+        if not pooler:
+            raise RecipeError(f"trainable.pooler: {type(model).__name__} has no pooler")
+        params += pooler
+    set_trainable(model, params)
 
 
 @SELECTORS.register("layers", LayersConfig)

@@ -15,6 +15,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from .. import __version__
+from ..bundled import cache_dir
 from ..config import Recipe, config_hash, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..errors import RecipeError
@@ -67,20 +68,31 @@ def check_model_task(recipe: Recipe) -> None:
             raise RecipeError(f"stages.{index}.data: language-modelling data needs model.task: causal_lm")
 
 
+def model_fingerprint(name: str) -> Any:
+    """A local folder's weights can change under the same path: include their sizes and mtimes."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return name
+    return [name, sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*.safetensors"))]
+
+
 def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> str:
     assert recipe.evaluation is not None
     used = {task.data for group in ("target", "retention") for task in getattr(recipe.evaluation, group)}
-    return config_hash(recipe_to_dict(recipe)["model"], recipe.evaluation.model_dump(mode="json"),
+    model = recipe_to_dict(recipe)["model"]
+    return config_hash(model, model_fingerprint(recipe.model.model_name_or_path),
+                       recipe.evaluation.model_dump(mode="json"),
                        {name: datasets[name].fingerprint for name in sorted(used)})
 
 
 class Evaluator:
-    """Evaluates the recipe's probes; the base model's scores are cached by config hash."""
+    """Evaluates the recipe's probes. The base model's scores are cached in the user cache by
+    (model, probes, probe data) hash, so recipes compared on the same probes score it once."""
 
-    def __init__(self, recipe: Recipe, datasets: dict[str, LoadedDataset], output_dir: Path, log: Any) -> None:
+    def __init__(self, recipe: Recipe, datasets: dict[str, LoadedDataset], log: Any) -> None:
         self.recipe, self.datasets, self.log = recipe, datasets, log
-        self.base_path = output_dir / "eval" / "base.json"
         self.key = evaluation_hash(recipe, datasets) if recipe.evaluation else None
+        self.base_path = cache_dir() / "eval" / f"base-{self.key}.json"
 
     def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         assert self.recipe.evaluation is not None
@@ -141,7 +153,7 @@ def run_recipe(
         log(f"[skip] stage {index} '{stage.name}' already completed (config {hashes[index]})")
         start = index + 1
 
-    evaluator = Evaluator(recipe, datasets, output_dir, log)
+    evaluator = Evaluator(recipe, datasets, log)
     for index in range(start):  # finished stages whose probes changed: re-score their saved weights
         entry = manifest.data["stages"][index]
         if evaluator.wants(index) and entry.get("evaluation_key") != evaluator.key:

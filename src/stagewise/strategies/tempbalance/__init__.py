@@ -56,6 +56,27 @@ def layer_alphas(model: torch.nn.Module, config: TempBalanceConfig) -> dict[str,
             for name, module in matrix_modules(model, config).items()}
 
 
+def plot_alphas(alphas: dict[str, float], path: Path, title: str) -> None:
+    """Alpha per matrix in module order (the ``stagewise spectra`` figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, len(alphas) * 0.06), 3.5), dpi=120)
+    ax.plot(range(len(alphas)), list(alphas.values()), marker=".", linewidth=0.8)
+    ax.set_xlabel("weight matrix (module order)")
+    ax.set_ylabel("Hill alpha")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def block_of(name: str, stack: str) -> int | None:
     if not name.startswith(stack + "."):
         return None
