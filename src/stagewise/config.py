@@ -84,6 +84,7 @@ class EvalTaskConfig(StrictModel):
     shots: int = Field(default=4, ge=0)  # fewshot: demonstrations per query, from the same task
     max_new_tokens: int = Field(default=24, ge=1)
     pattern: str | None = None  # regex metric: first group is the answer
+    use_prompt: Literal["auto", "always", "never"] = "auto"  # soft prompt (ProMoT): auto = on for target probes only
 
 
 class EvaluationConfig(StrictModel):

@@ -4,7 +4,7 @@ class-balanced and margin losses here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from .registry import LOSSES, PluginConfig
 
@@ -17,6 +17,14 @@ class LossContext:
 
     objective: str
     class_counts: list[int] = field(default_factory=list)
+
+
+@runtime_checkable
+class TrainerBuilder(Protocol):
+    """A loss that needs its own trainer (DPO): the stage runner calls ``build`` and trains it."""
+
+    def build(self, *, model: Any, tokenizer: Any, rows: list[dict[str, Any]], callbacks: list[Any],
+              args_for: Callable[..., Any]) -> Any: ...
 
 
 @LOSSES.register("ce")

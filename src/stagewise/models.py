@@ -188,11 +188,16 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_stage_output(
-    stage_dir: Path, cfg: ModelConfig
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Reload a finished stage's saved folder (used when resuming after skipped stages)."""
-    local = cfg.model_copy(update={"trust_remote_code": cfg.trust_remote_code, "revision": None})
-    return load_pretrained(stage_dir, local)
+def load_stage_output(stage_dir: Path, cfg: ModelConfig) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """Reload a finished stage's folder (after skipped stages), with its adapter if it has one."""
+    model, tokenizer = load_pretrained(stage_dir, cfg.model_copy(update={"revision": None}))
+    if (stage_dir / "adapter").is_dir():
+        from peft import PeftConfig, PeftModel
+
+        adapter = stage_dir / "adapter"
+        # PEFT refuses is_trainable for prompt adapters; selectors set requires_grad per stage anyway
+        trainable = not PeftConfig.from_pretrained(adapter).is_prompt_learning
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    return model, tokenizer
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,6 +23,7 @@ class PluginConfig(BaseModel):
     """Base of every registered entry's options; ``kind`` names the entry."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    acts_on_wrapper: ClassVar[bool] = False  # selectors only: receives the adapter-wrapped model
     kind: str
 
 

@@ -3,21 +3,64 @@
 A selector sets ``requires_grad`` on every parameter; the Trainer then builds its
 optimizer over trainable tensors only, so frozen tensors get no gradient, no
 optimizer state and no weight decay: they stay bit-identical.
-Strategies register more selectors (HFT, LoRA, prompt tuning) in their folders. A selector
-may return Trainer callbacks (e.g. HFT's per-epoch redraw); ``None`` means none.
+Strategies register more selectors (HFT, LoRA, prompt tuning) in their folders.
+
+Selectors see the plain transformers model; an attached adapter or soft prompt stays frozen
+unless the stage's selector is that add-on's own (``lora``, ``prompt``), whose config sets
+``acts_on_wrapper``. So ProMoT's stage 2 (``full`` on a model carrying its prompt) trains the
+base and keeps the prompt bit-identical. A selector may return a :class:`Selection`.
 """
 from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from pydantic import Field
 
 from .errors import RecipeError
 from .registry import SELECTORS, PluginConfig
+
+
+@dataclass
+class Selection:
+    """What a selector may hand back besides ``requires_grad`` flags."""
+
+    model: torch.nn.Module | None = None  # a replacement: the model wrapped with an adapter or prompt
+    callbacks: list[Any] = field(default_factory=list)
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside an adapter wrapper (itself when there is none)."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+ADDON_MARKERS = ("prompt_encoder", "lora_")
+
+
+def addon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters of an attached adapter or soft prompt."""
+    return [p for n, p in model.named_parameters() if any(marker in n for marker in ADDON_MARKERS)]
+
+
+def apply_selector(model: torch.nn.Module, config: PluginConfig, context: SelectionContext) -> tuple[torch.nn.Module, list[Any]]:
+    """Run a stage's selector; returns the (possibly newly wrapped) model and its callbacks."""
+    set_trainable(model, [])
+    target = model if config.acts_on_wrapper else base_model_of(model)
+    selection = SELECTORS.impl(config)(target, config, context) or Selection()
+    model = selection.model or model
+    if not config.acts_on_wrapper:
+        for param in addon_parameters(model):  # LoRA layers live inside the base model: keep them frozen
+            param.requires_grad_(False)
+    return model, selection.callbacks
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from ..bundled import cache_dir
 from ..config import config_hash
 from ..errors import DataError
-from . import chat, facts, general_text, icl_probes, math, sentiment
+from . import chat, facts, general_text, icl_probes, math, preference, sentiment
 
 VERSION = "v1"  # bump when a builder's output changes, so caches never mix versions
 BUILDERS: dict[str, Callable[..., dict[str, list[dict[str, Any]]]]] = {
@@ -25,6 +25,7 @@ BUILDERS: dict[str, Callable[..., dict[str, list[dict[str, Any]]]]] = {
     "chat": chat.build,
     "icl-probes": icl_probes.build,
     "general-text": general_text.build,
+    "preference": preference.build,
 }
 
 

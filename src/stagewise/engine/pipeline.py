@@ -66,6 +66,8 @@ def check_model_task(recipe: Recipe) -> None:
             )
         if objective == "lm" and recipe.model.task != "causal_lm":
             raise RecipeError(f"stages.{index}.data: language-modelling data needs model.task: causal_lm")
+        if (objective == "preference") != (stage.loss.kind == "dpo"):
+            raise RecipeError(f"stages.{index}.loss: preference data trains with loss: dpo, and dpo needs preference data")
 
 
 def model_fingerprint(name: str) -> Any:
@@ -198,7 +200,7 @@ def run_recipe(
         manifest.set_stage(index, entry)
         log(f"[stage {index}] '{stage.name}': training")
         try:
-            result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, callbacks)
+            model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, callbacks)
         except BaseException as err:
             entry.update(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
                          traceback=traceback.format_exc(limit=3)[-2000:])

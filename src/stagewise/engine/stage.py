@@ -18,7 +18,6 @@ import torch
 from transformers import (
     DataCollatorForSeq2Seq,
     DataCollatorWithPadding,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
@@ -28,10 +27,13 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..config import Recipe, StageConfig, stage_objective
 from ..data import LoadedDataset, encode_dataset
-from ..losses import LossContext
-from ..registry import LOSSES, LR_RULES, SELECTORS
+from ..losses import LossContext, TrainerBuilder
+from ..registry import LOSSES, LR_RULES
 from ..schedules import GroupSplitter, LrRuleContext
-from ..selection import SelectionContext, count_parameters
+from ..selection import SelectionContext, apply_selector, count_parameters, is_peft_model
+
+ADAPTER_DIR = "adapter"
+WRAPPED_WEIGHTS = "stagewise-wrapped-model.safetensors"  # exact resume state of an adapter-wrapped model
 
 
 @dataclass
@@ -66,6 +68,26 @@ class StageTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = optimizer_cls(self.split_groups(opt_model, groups), **optimizer_kwargs)
         return self.optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        """Checkpoints of an adapter-wrapped model keep base *and* adapter (PEFT saves only the
+        adapter, which would lose a ProMoT stage-2 base update on resume)."""
+        if not is_peft_model(self.model):
+            return super()._save(output_dir, state_dict)
+        from safetensors.torch import save_model
+
+        folder = Path(output_dir or self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(folder / WRAPPED_WEIGHTS))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        wrapped = Path(resume_from_checkpoint) / WRAPPED_WEIGHTS
+        if is_peft_model(self.model) and wrapped.is_file():
+            from safetensors.torch import load_model
+
+            load_model(self.model, str(wrapped))
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -103,8 +125,10 @@ def encode_stage_data(
     return examples
 
 
-def training_arguments(recipe: Recipe, stage: StageConfig, stage_dir: Path, **overrides: Any) -> TrainingArguments:
-    """Map a stage's keys onto ``TrainingArguments`` (HF names kept where they exist)."""
+def training_arguments(
+    recipe: Recipe, stage: StageConfig, stage_dir: Path, cls: type[TrainingArguments] = TrainingArguments, **extra: Any
+) -> TrainingArguments:
+    """Map a stage's keys onto ``TrainingArguments`` (or a TRL subclass; HF names kept)."""
     kwargs: dict[str, Any] = dict(
         output_dir=str(stage_dir),
         per_device_train_batch_size=stage.batch_size,
@@ -128,66 +152,80 @@ def training_arguments(recipe: Recipe, stage: StageConfig, stage_dir: Path, **ov
         include_num_input_tokens_seen="non_padding",
         disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),
+        **extra,
     )
     if stage.optim:
         kwargs["optim"] = stage.optim
-    kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
+    return cls(**kwargs)
+
+
+def save_stage_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """A ``save_pretrained`` folder; with an adapter, the clean base model there and the
+    adapter under ``adapter/`` (``PeftModel.from_pretrained(base, folder / "adapter")``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if is_peft_model(model):
+        base = model.get_base_model()
+        clean = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+        base.save_pretrained(folder, state_dict=clean)
+        model.save_pretrained(folder / ADAPTER_DIR)
+    else:
+        model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def run_stage(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     recipe: Recipe,
     index: int,
     datasets: dict[str, LoadedDataset],
     stage_dir: Path,
     callbacks: list[TrainerCallback] | None = None,
-) -> StageResult:
+) -> tuple[torch.nn.Module, StageResult]:
+    """Train one stage; returns the model to hand over (wrapped if the stage attached an add-on)."""
     stage = recipe.stages[index]
     objective = stage_objective(recipe, stage)
     labels = class_labels(recipe, stage, datasets) if objective == "classification" else None
 
-    selection = SelectionContext(seed=stage.seed, stage_index=index)
-    selector_callbacks = SELECTORS.impl(stage.trainable)(model, stage.trainable, selection) or []
+    model, selector_callbacks = apply_selector(model, stage.trainable, SelectionContext(seed=stage.seed, stage_index=index))
     trainable, total = count_parameters(model)
 
     train_examples = encode_stage_data(recipe, stage, stage.data, datasets, tokenizer, labels)
     class_counts = [sum(ex["labels"] == i for ex in train_examples) for i in range(len(labels))] if labels else []
-    loss_fn = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=objective, class_counts=class_counts))
+    loss = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=objective, class_counts=class_counts))
     lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr, seed=stage.seed))
+    all_callbacks = [*selector_callbacks, *lr_plan.callbacks, *(callbacks or [])]
 
-    collator = (
-        DataCollatorWithPadding(tokenizer)
-        if objective == "classification"
-        else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    )
-    trainer = StageTrainer(
-        model=model,
-        args=training_arguments(recipe, stage, stage_dir),
-        train_dataset=ListDataset(train_examples),
-        data_collator=collator,
-        processing_class=tokenizer,
-        compute_loss_func=loss_fn,
-        callbacks=[*selector_callbacks, *lr_plan.callbacks, *(callbacks or [])],
-        split_groups=lr_plan.split_groups,
-    )
+    if isinstance(loss, TrainerBuilder):  # e.g. DPO: TRL's trainer on preference rows
+        trainer = loss.build(model=model, tokenizer=tokenizer, rows=train_examples, callbacks=all_callbacks,
+                             args_for=lambda cls, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
+    else:
+        collator = (DataCollatorWithPadding(tokenizer) if objective == "classification"
+                    else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+        trainer = StageTrainer(
+            model=model, args=training_arguments(recipe, stage, stage_dir), train_dataset=ListDataset(train_examples),
+            data_collator=collator, processing_class=tokenizer, compute_loss_func=loss, callbacks=all_callbacks,
+            split_groups=lr_plan.split_groups,
+        )
     checkpoint = get_last_checkpoint(str(stage_dir)) if recipe.resume_from_checkpoint and stage_dir.is_dir() else None
     started = time.perf_counter()
     metrics: dict[str, float] = {}
     if trainable > 0:  # a stage that trains nothing (trainable: none) only evaluates and saves
         output = trainer.train(resume_from_checkpoint=checkpoint)
         metrics = {key: float(value) for key, value in output.metrics.items() if isinstance(value, (int, float))}
+        metrics.update(last_logged(trainer))
     wall = time.perf_counter() - started
     tokens = int(trainer.state.num_input_tokens_seen)
     if stage.eval:
         metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, labels))
-    trainer.save_model(str(stage_dir))
+    if getattr(stage.trainable, "merge_on_save", False) and is_peft_model(model):
+        model = model.merge_and_unload()
+    save_stage_model(model, tokenizer, stage_dir)
     trainer.save_state()
     trainer.save_metrics("train", metrics)
     for stale in stage_dir.glob("checkpoint-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    return StageResult(
+    return model, StageResult(
         trainable_params=trainable,
         total_params=total,
         train_rows=len(train_examples),
@@ -197,6 +235,16 @@ def run_stage(
         metrics=metrics,
         resumed_from=Path(checkpoint).name if checkpoint else None,
     )
+
+
+def last_logged(trainer: Trainer) -> dict[str, float]:
+    """The last logged value of each training metric (DPO's rewards/margins, accuracies, ...)."""
+    latest: dict[str, float] = {}
+    for record in trainer.state.log_history:
+        for key, value in record.items():
+            if "/" in key and isinstance(value, (int, float)):
+                latest[f"last_{key}"] = float(value)
+    return latest
 
 
 def evaluate_stage(

@@ -18,6 +18,7 @@ from ..config import GENERATION_METRICS, DatasetConfig, EvalTaskConfig, Evaluati
 from ..data.tokenize import encode_classification_rows, encode_lm_rows, encode_prompt
 from ..errors import DataError
 from ..generation import SamplingConfig, generate
+from ..selection import base_model_of, is_peft_model
 from . import metrics
 
 Result = dict[str, Any]
@@ -131,13 +132,24 @@ def evaluate_task(
     return {"metric": task.metric, "higher_is_better": task.metric != "perplexity", "n": len(rows), **result}
 
 
+def model_for(model: torch.nn.Module, task: EvalTaskConfig, group: str) -> torch.nn.Module:
+    """ProMoT's inference rule: a soft prompt is attached for the fine-tuned task (target
+    probes) and removed for other tasks (retention probes); ``always``/``never`` force it.
+    The bare model is the very base object inside the wrapper, so 'never' equals the bare model."""
+    if not (is_peft_model(model) and model.peft_config["default"].is_prompt_learning):
+        return model
+    attach = task.use_prompt == "always" or (task.use_prompt == "auto" and group == "target")
+    return model if attach else base_model_of(model)
+
+
 def evaluate_suite(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, evaluation: EvaluationConfig,
     dataset_configs: dict[str, DatasetConfig], rows: dict[str, list[dict[str, Any]]],
 ) -> dict[str, dict[str, Result]]:
     """``{"target": {name: result}, "retention": {name: result}}``."""
     return {
-        group: {task.name: evaluate_task(model, tokenizer, task, dataset_configs[task.data], rows[task.data], evaluation)
+        group: {task.name: evaluate_task(model_for(model, task, group), tokenizer, task, dataset_configs[task.data],
+                                         rows[task.data], evaluation)
                 for task in getattr(evaluation, group)}
         for group in ("target", "retention")
     }

@@ -29,7 +29,7 @@ from transformers import TrainerCallback
 
 from ...errors import RecipeError
 from ...registry import SELECTORS, PluginConfig
-from ...selection import SelectionContext, set_trainable, transformer_blocks
+from ...selection import Selection, SelectionContext, set_trainable, transformer_blocks
 
 ATTENTION_WORDS = ("attn", "attention")
 
@@ -152,12 +152,12 @@ class RedrawEachEpoch(TrainerCallback):
 
 
 @SELECTORS.register("hft", HFTConfig)
-def select_hft(model: torch.nn.Module, config: HFTConfig, context: SelectionContext) -> list[TrainerCallback]:
+def select_hft(model: torch.nn.Module, config: HFTConfig, context: SelectionContext) -> Selection | None:
     """Half Fine-Tuning: a random half of each block's attention/MLP/norm parameters train."""
     if config.redraw == "per_epoch":
         candidates = [p for block in block_parts(model) for _, m in block.attention + block.mlp + block.norms
                       for p in m.parameters()] + outer_parameters(model, config)
         set_trainable(model, candidates)  # the optimizer holds every candidate; each epoch masks by grad
-        return [RedrawEachEpoch(model, config, context)]
+        return Selection(callbacks=[RedrawEachEpoch(model, config, context)])
     set_trainable(model, draw_mask(model, config, mask_seed(context.seed, context.stage_index)))
-    return []
+    return None
