@@ -6,7 +6,7 @@ stderr and exit status 2; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -146,6 +146,29 @@ def cmd_spectra(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_categorize(args: argparse.Namespace) -> int:
+    from .config import DatasetConfig, ModelConfig
+    from .data import load_dataset_config
+    from .io import atomic_write_text
+    from .models import load_model_and_tokenizer
+    from .probing import CATEGORIES, ProbeSettings, categorize, model_answerer
+
+    rows = load_dataset_config("data", DatasetConfig(format="instruction", path=args.data,
+                                                     columns=dict(c.split("=", 1) for c in args.columns))).rows
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path=args.model))
+    settings = ProbeSettings(n_prompts=args.n_prompts, shots=args.shots, samples=args.samples,
+                             temperature=args.temperature, max_new_tokens=args.max_new_tokens, checker=args.checker)
+    results = categorize(rows, settings, model_answerer(model, tokenizer, args.batch_size))
+    out = Path(args.out)
+    atomic_write_text(out, "".join(json.dumps({**row, **result}, ensure_ascii=False) + "\n"
+                                   for row, result in zip(rows, results)))
+    for category in CATEGORIES:
+        count = sum(r["category"] == category for r in results)
+        print(f"{category:12s} {count:5d}  {count / len(results):6.1%}")
+    print(f"wrote {out} ({len(results)} items)")
+    return 0
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -168,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--set", dest="overrides", action="append", default=[],
                          help="key=value override applied to every recipe (repeatable)")
     compare.set_defaults(handler=cmd_compare)
+    probe = sub.add_parser("categorize", help="SliCK knowledge categories of QA items under a model")
+    probe.add_argument("--model", required=True, help="model folder, hub id or bundled name")
+    probe.add_argument("--data", required=True, help="QA file (JSONL/CSV/Parquet) with instruction/output")
+    probe.add_argument("--columns", nargs="*", default=[], help="renames, e.g. question=instruction answer=output")
+    probe.add_argument("--out", default="categories.jsonl")
+    probe.add_argument("--n-prompts", type=int, default=10, help="random few-shot prompts per item (SliCK: 10)")
+    probe.add_argument("--shots", type=int, default=4)
+    probe.add_argument("--samples", type=int, default=16, help="sampled answers per prompt (SliCK: 16)")
+    probe.add_argument("--temperature", type=float, default=0.5)
+    probe.add_argument("--max-new-tokens", type=int, default=16)
+    probe.add_argument("--checker", choices=["exact_match", "contains"], default="exact_match")
+    probe.add_argument("--batch-size", type=int, default=16)
+    probe.set_defaults(handler=cmd_categorize)
     spectra = sub.add_parser("spectra", help="per-layer power-law exponent (Hill alpha) of a model's weights")
     spectra.add_argument("model", help="model folder, hub id or bundled name")
     spectra.add_argument("--task", choices=["causal_lm", "sequence_classification"], default="causal_lm")

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import RecipeError
-from .registry import LOSSES, LR_RULES, SELECTORS, Registry, load_plugins
+from .registry import LOSSES, LR_RULES, SELECTORS, TRANSFORMS, Registry, load_plugins
 
 DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "classification", "fewshot"]
 
@@ -72,7 +72,7 @@ class StageEval(StrictModel):
 
 GENERATION_METRICS = ("exact_match", "contains", "last_integer", "regex")
 EvalMetric = Literal["exact_match", "contains", "last_integer", "regex", "fewshot", "perplexity",
-                     "accuracy", "macro_f1", "micro_f1"]
+                     "accuracy", "macro_f1", "micro_f1", "highly_known"]
 
 
 class EvalTaskConfig(StrictModel):
@@ -85,6 +85,8 @@ class EvalTaskConfig(StrictModel):
     max_new_tokens: int = Field(default=24, ge=1)
     pattern: str | None = None  # regex metric: first group is the answer
     use_prompt: Literal["auto", "always", "never"] = "auto"  # soft prompt (ProMoT): auto = on for target probes only
+    n_prompts: int = Field(default=10, ge=1)  # highly_known: SliCK's few-shot prompts per item
+    samples: int = Field(default=16, ge=0)    # highly_known: sampled answers per prompt (T = 0.5)
 
 
 class EvaluationConfig(StrictModel):
@@ -105,6 +107,7 @@ class StageConfig(StrictModel):
     trainable: Any = "full"
     loss: Any = "ce"
     lr_rule: Any = "uniform"
+    transforms: list[Any] = Field(default_factory=list)  # model-in-the-loop data steps (distill, select)
     lr: float = Field(default=5e-5, gt=0)
     epochs: float = Field(default=1.0, gt=0)
     max_steps: int = -1
@@ -331,18 +334,24 @@ def recipe_from_dict(
 def _resolve_plugins(recipe: Recipe, source: str, lines: dict[tuple, int]) -> None:
     for index, stage in enumerate(recipe.stages):
         for field, registry in PLUGIN_FIELDS.items():
-            loc = ("stages", index, field)
-            try:
-                raw = registry.normalize(getattr(stage, field))
-                config_cls = registry.get(raw["kind"]).config_cls
-                parsed = config_cls.model_validate(raw)
-            except ValidationError as exc:
-                raise_validation_error(exc, source, lines, config_cls, prefix=loc)
-            except RecipeError as err:
-                line = _line_for(loc, lines)
-                where = f"{source} line {line}" if line else source
-                raise RecipeError(f"{where}: stages.{index}.{field}: {err}") from None
-            setattr(stage, field, parsed)
+            setattr(stage, field, _parse_plugin(registry, getattr(stage, field), ("stages", index, field), source, lines))
+        stage.transforms = [
+            _parse_plugin(TRANSFORMS, raw, ("stages", index, "transforms", position), source, lines)
+            for position, raw in enumerate(stage.transforms)
+        ]
+
+
+def _parse_plugin(registry: Registry[Any], raw: Any, loc: tuple, source: str, lines: dict[tuple, int]) -> Any:
+    try:
+        data = registry.normalize(raw)
+        config_cls = registry.get(data["kind"]).config_cls
+        return config_cls.model_validate(data)
+    except ValidationError as exc:
+        raise_validation_error(exc, source, lines, config_cls, prefix=loc)
+    except RecipeError as err:
+        line = _line_for(loc, lines)
+        where = f"{source} line {line}" if line else source
+        raise RecipeError(f"{where}: {'.'.join(map(str, loc))}: {err}") from None
 
 
 def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> None:

@@ -85,11 +85,12 @@ class Registry(Generic[Impl]):
 SELECTORS: Registry[Callable[..., Any]] = Registry("trainable selector")
 LOSSES: Registry[Callable[..., Any]] = Registry("loss")
 LR_RULES: Registry[Callable[..., Any]] = Registry("lr_rule")
+TRANSFORMS: Registry[Callable[..., Any]] = Registry("data transform")
 
 
 def load_plugins() -> None:
     """Import every module that registers entries (idempotent; imports are cached)."""
     import importlib
 
-    for module in ("selection", "losses", "schedules", "strategies"):
+    for module in ("selection", "losses", "schedules", "transforms", "strategies"):
         importlib.import_module(f"{__package__}.{module}")

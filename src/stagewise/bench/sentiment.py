@@ -45,4 +45,7 @@ def build(seed: int = 0, imbalance: int = 10, minority_train: int = 60, threshol
     }
     for rows in splits.values():
         rng.shuffle(rows)
+    for split in ("train", "test"):  # the same rows as a generation task (one fixed format, for ProMoT)
+        splits[f"{split}_generative"] = [{"prompt": f"Review: {row['text']}\nSentiment:", "completion": f" {row['label']}"}
+                                         for row in splits[split]]
     return splits

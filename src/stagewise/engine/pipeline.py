@@ -24,7 +24,7 @@ from ..io import atomic_write_json, read_json
 from ..models import load_model_and_tokenizer, load_stage_output
 from ..report import build_report, write_report
 from .manifest import Manifest
-from .stage import class_labels, run_stage
+from .stage import ModelIdentity, class_labels, run_stage
 
 
 @dataclass
@@ -134,6 +134,7 @@ def run_recipe(
     check_model_task(recipe)
     datasets = {name: load_dataset_config(name, cfg) for name, cfg in recipe.datasets.items()}
     hashes = stage_hashes(recipe, datasets)
+    seed_key = config_hash(recipe_to_dict(recipe)["model"], model_fingerprint(recipe.model.model_name_or_path))
     output_dir = Path(recipe.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(output_dir, {
@@ -200,7 +201,9 @@ def run_recipe(
         manifest.set_stage(index, entry)
         log(f"[stage {index}] '{stage.name}': training")
         try:
-            model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, callbacks)
+            identity = ModelIdentity(key=hashes[index - 1] if index else seed_key, seed_key=seed_key,
+                                     load_seed=lambda: load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets)))
+            model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)
         except BaseException as err:
             entry.update(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
                          traceback=traceback.format_exc(limit=3)[-2000:])
@@ -217,6 +220,7 @@ def run_recipe(
             tokens_per_s=round(result.tokens_per_s, 1),
             metrics=result.metrics,
             resumed_from=result.resumed_from,
+            transforms=result.transforms,
         )
         entry["outputs"]["files"] = sorted(p.name for p in stage_dir.iterdir() if p.is_file())
         if evaluator.wants(index):

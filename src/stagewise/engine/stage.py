@@ -7,12 +7,13 @@ is a ``save_pretrained`` folder with ``trainer_state.json`` and ``train_results.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import (
@@ -28,7 +29,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..config import Recipe, StageConfig, stage_objective
 from ..data import LoadedDataset, encode_dataset
 from ..losses import LossContext, TrainerBuilder
-from ..registry import LOSSES, LR_RULES
+from ..registry import LOSSES, LR_RULES, TRANSFORMS
+from ..transforms import TransformContext
 from ..schedules import GroupSplitter, LrRuleContext
 from ..selection import SelectionContext, apply_selector, count_parameters, is_peft_model
 
@@ -46,6 +48,38 @@ class StageResult:
     tokens_per_s: float
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: str | None = None
+    transforms: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Who the model entering a stage is, for caches of model-generated data."""
+
+    key: str                                        # hash chain of the stages that produced it
+    seed_key: str                                   # the run's starting model
+    load_seed: Callable[[], tuple[Any, Any]]        # reload the starting model when needed
+
+
+def transform_stage_data(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, stage: StageConfig,
+    datasets: dict[str, LoadedDataset], stage_dir: Path, identity: ModelIdentity, log: Callable[[str], None],
+) -> tuple[dict[str, LoadedDataset], list[dict[str, Any]]]:
+    """Apply the stage's transforms (distill, select, ...) to each of its datasets, in order."""
+    if not stage.transforms:
+        return datasets, []
+    out, reports = dict(datasets), []
+    for name in stage.data:
+        rows = datasets[name].rows
+        for transform in stage.transforms:
+            log(f"[transform] {transform.kind} on {name!r} ({len(rows)} rows)")
+            context = TransformContext(model=model, tokenizer=tokenizer, dataset_name=name,
+                                       dataset=recipe.datasets[name], model_key=identity.key, seed=stage.seed,
+                                       stage_dir=stage_dir, log=log, load_seed_model=identity.load_seed,
+                                       seed_model_key=identity.seed_key)
+            rows, report = TRANSFORMS.impl(transform)(rows, transform, context)
+            reports.append({"kind": transform.kind, "data": name, **report})
+        out[name] = dataclasses.replace(datasets[name], rows=rows)
+    return out, reports
 
 
 class StageTrainer(Trainer):
@@ -180,10 +214,13 @@ def run_stage(
     index: int,
     datasets: dict[str, LoadedDataset],
     stage_dir: Path,
+    identity: ModelIdentity,
     callbacks: list[TrainerCallback] | None = None,
+    log: Callable[[str], None] = print,
 ) -> tuple[torch.nn.Module, StageResult]:
     """Train one stage; returns the model to hand over (wrapped if the stage attached an add-on)."""
     stage = recipe.stages[index]
+    datasets, transform_reports = transform_stage_data(model, tokenizer, recipe, stage, datasets, stage_dir, identity, log)
     objective = stage_objective(recipe, stage)
     labels = class_labels(recipe, stage, datasets) if objective == "classification" else None
 
@@ -234,6 +271,7 @@ def run_stage(
         tokens_per_s=tokens / wall if wall > 0 else 0.0,
         metrics=metrics,
         resumed_from=Path(checkpoint).name if checkpoint else None,
+        transforms=transform_reports,
     )
 
 

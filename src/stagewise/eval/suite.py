@@ -113,6 +113,19 @@ def classification_task(model, tokenizer, task: EvalTaskConfig, rows, batch_size
     return {"score": scores[task.metric], "scores": scores}
 
 
+def knowledge_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, batch_size: int) -> Result:
+    """Share of items the model knows for sure (SliCK HighlyKnown): Gradual Learning's
+    knowledge-acquired measure; the scores hold every category's count."""
+    from ..probing import ProbeSettings, categorize, model_answerer, summary
+
+    if cfg.format != "instruction":
+        raise DataError(f"evaluation {task.name!r}: metric 'highly_known' needs instruction-format QA rows")
+    settings = ProbeSettings(n_prompts=task.n_prompts, shots=task.shots, samples=task.samples,
+                             max_new_tokens=task.max_new_tokens)
+    counts = summary(categorize(rows, settings, model_answerer(model, tokenizer, batch_size)))
+    return {"score": counts["HighlyKnown"] / len(rows), "scores": {k: float(v) for k, v in counts.items()}}
+
+
 def evaluate_task(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: EvalTaskConfig, cfg: DatasetConfig,
     rows: list[dict[str, Any]], evaluation: EvaluationConfig,
@@ -123,6 +136,8 @@ def evaluate_task(
             result = generation_task(model, tokenizer, task, cfg, rows, evaluation.batch_size)
         elif task.metric == "fewshot":
             result = fewshot_task(model, tokenizer, task, cfg, rows, evaluation.batch_size)
+        elif task.metric == "highly_known":
+            result = knowledge_task(model, tokenizer, task, cfg, rows, evaluation.batch_size)
         elif task.metric == "perplexity":
             result = perplexity_task(model, tokenizer, cfg, rows, evaluation.batch_size, evaluation.max_length)
         else:

@@ -2,4 +2,4 @@
 
 Adding a strategy = a folder here, imported below, plus a recipe YAML.
 """
-from . import adapters, class_balanced, dpo, hft, tempbalance  # noqa: F401  (imported for their registrations)
+from . import adapters, class_balanced, dpo, gradual, hft, sdft, tempbalance  # noqa: F401  (registrations)

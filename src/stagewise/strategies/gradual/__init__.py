@@ -1,0 +1,95 @@
+"""Gradual Learning (Li et al. 2024, arXiv 2410.05802) on SliCK knowledge categories.
+
+A ``select`` transform keeps the training items whose category — measured with the model
+*entering the stage* — is in ``categories`` (stage 1: MaybeKnown), or that were *upgraded*
+since the run's seed model (``upgraded_from: [WeaklyKnown, Unknown]``, ``to: [MaybeKnown,
+HighlyKnown]``), plus a ``replay`` share of items in other categories (HighlyKnown).
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ...errors import DataError
+from ...probing import ProbeSettings, categorize, model_answerer, settings_dict, summary
+from ...registry import TRANSFORMS, PluginConfig
+from ...transforms import TransformContext, cached, rows_fingerprint
+
+Category = Literal["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"]
+
+
+class ReplayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    categories: list[Category] = Field(min_length=1)
+    ratio: float = Field(gt=0)  # replay items per selected (upgraded) item
+
+
+class SelectConfig(PluginConfig):
+    categories: list[Category] | None = None
+    upgraded_from: list[Category] | None = None
+    to: list[Category] | None = None
+    replay: ReplayConfig | None = None
+    n_prompts: int = Field(default=10, ge=1)     # SliCK N_ex = 10
+    shots: int = Field(default=4, ge=0)          # 4-shot prompts
+    samples: int = Field(default=16, ge=0)       # 16 samples at T = 0.5
+    temperature: float = Field(default=0.5, gt=0)
+    max_new_tokens: int = Field(default=16, ge=1)
+    checker: Literal["exact_match", "contains"] = "exact_match"
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "SelectConfig":
+        if (self.categories is None) == (self.upgraded_from is None):
+            raise ValueError("give either 'categories' or 'upgraded_from' (with 'to')")
+        if (self.upgraded_from is None) != (self.to is None):
+            raise ValueError("'upgraded_from' and 'to' go together")
+        return self
+
+    def probe(self, seed: int) -> ProbeSettings:
+        return ProbeSettings(self.n_prompts, self.shots, self.samples, self.temperature, self.max_new_tokens,
+                             self.checker, seed)
+
+
+def categories_for(model: Any, tokenizer: Any, model_key: str, rows: list[dict[str, Any]],
+                   settings: ProbeSettings) -> list[dict[str, Any]]:
+    return cached("categorize", [model_key, rows_fingerprint(rows), settings_dict(settings)],
+                  lambda: categorize(rows, settings, model_answerer(model, tokenizer)))
+
+
+def choose(rows: list[dict[str, Any]], now: list[str], before: list[str] | None, config: SelectConfig,
+           seed: int) -> list[dict[str, Any]]:
+    """The selection rule itself (pure): selected rows, then replay rows."""
+    if config.categories is not None:
+        picked = [i for i, c in enumerate(now) if c in config.categories]
+    else:
+        assert before is not None and config.upgraded_from and config.to
+        picked = [i for i, (b, c) in enumerate(zip(before, now)) if b in config.upgraded_from and c in config.to]
+    replayed: list[int] = []
+    if config.replay is not None:
+        chosen = set(picked)
+        pool = [i for i, c in enumerate(now) if c in config.replay.categories and i not in chosen]
+        count = min(len(pool), round(config.replay.ratio * len(picked)))
+        replayed = sorted(random.Random(seed).sample(pool, count))
+    return [rows[i] for i in picked] + [rows[i] for i in replayed]
+
+
+@TRANSFORMS.register("select", SelectConfig)
+def select(rows: list[dict[str, Any]], config: SelectConfig, context: TransformContext):
+    """Keep items by SliCK knowledge category (Gradual Learning's data selection)."""
+    if context.dataset.format != "instruction":
+        raise DataError("transform 'select' needs instruction-format QA rows (instruction/output)")
+    settings = config.probe(context.seed)
+    now = [r["category"] for r in categories_for(context.model, context.tokenizer, context.model_key, rows, settings)]
+    before = None
+    if config.upgraded_from is not None:
+        key = [context.seed_model_key, rows_fingerprint(rows), settings_dict(settings)]
+        before = [r["category"] for r in cached("categorize", key, lambda: categorize(
+            rows, settings, model_answerer(*context.load_seed_model())))]
+    selected = choose(rows, now, before, config, context.seed)
+    if not selected:
+        raise DataError(f"transform 'select' kept no row (categories now: {summary([{'category': c} for c in now])})")
+    report = {"rows_in": len(rows), "rows_out": len(selected), "categories_now": summary([{"category": c} for c in now])}
+    if before is not None:
+        report["categories_before"] = summary([{"category": c} for c in before])
+    return selected, report

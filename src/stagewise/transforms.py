@@ -1,0 +1,55 @@
+"""Data transforms: steps that rewrite or select a stage's training rows *with the model
+entering the stage* (SDFT's self-distillation, Gradual Learning's knowledge-based selection).
+
+A transform gets the rows of one dataset and a :class:`TransformContext`, and returns the
+new rows plus a small report (kept/selected counts) recorded in the manifest. Expensive
+model calls go through :func:`cached`, keyed by the model's identity (the chain of stage
+config hashes that produced it), the data and the settings, so a rerun does not regenerate.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .bundled import cache_dir
+from .config import DatasetConfig
+from .io import atomic_write_json, read_json
+
+
+@dataclass
+class TransformContext:
+    model: Any
+    tokenizer: Any
+    dataset_name: str
+    dataset: DatasetConfig
+    model_key: str                        # identity of the model entering the stage
+    seed: int
+    stage_dir: Path
+    log: Callable[[str], None]
+    load_seed_model: Callable[[], tuple[Any, Any]]  # the run's starting model (for "before" categories)
+    seed_model_key: str
+
+
+def cached(kind: str, key_parts: Any, compute: Callable[[], Any]) -> Any:
+    """JSON result of ``compute()`` stored under the user cache by a hash of ``key_parts``."""
+    digest = hashlib.sha256(json.dumps([kind, key_parts], sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = cache_dir() / "generations" / f"{kind}-{digest}.json"
+    if path.is_file():
+        return read_json(path)
+    result = compute()
+    atomic_write_json(path, result)
+    return result
+
+
+def rows_fingerprint(rows: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The transformed data, beside the stage's weights, for inspection."""
+    from .io import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

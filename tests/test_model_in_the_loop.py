@@ -1,0 +1,156 @@
+"""SDFT distillation, SliCK categorization and Gradual Learning selection; the generation
+machinery they share (batching must not change greedy answers; results are cached)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import make_recipe, run
+from stagewise.config import ModelConfig
+from stagewise.generation import SamplingConfig, generate
+from stagewise.models import load_model_and_tokenizer
+from stagewise.probing import ProbeSettings, categorize, slick_category
+from stagewise.strategies.gradual import SelectConfig, choose
+from stagewise.strategies.sdft import distill_prompt, merge_rewrites
+from stagewise.transforms import cached
+
+
+def test_distill_template_golden_strings():
+    row = {"instruction": "Add 2 and 3.", "output": "2 + 3 = 5\n#### 5"}
+    assert distill_prompt(row, "general") == (
+        "Below are an instruction that describes a task along with a reference answer. Using the reference answer "
+        "as a guide, write your own response.\n\n### Instruction:\nAdd 2 and 3.\n\n### Reference Answer:\n"
+        "2 + 3 = 5\n#### 5\n\n### Response:\n")
+    assert distill_prompt({**row, "input": "quickly"}, "refer").startswith(
+        "Below are an instruction that describes a task along with a reference answer. Refer to the reference "
+        "answer and write your own response.\n\n### Instruction:\nAdd 2 and 3.\n\nquickly\n\n")
+
+
+def test_rewrites_failing_filter_or_check_keep_the_original():
+    rows = [{"instruction": f"q{i}", "output": f"... #### {i}", "answer": str(i)} for i in range(5)]
+    rewrites = ["Adding gives 0.", "As the reference answer says, 1", "So the total is 7.", "Your turn: 3", " The answer is 4.0 "]
+    out, counts = merge_rewrites(rows, rewrites, "last_integer")
+    assert len(out) == len(rows)
+    assert [r["output"] for r in out] == ["Adding gives 0.", "... #### 1", "... #### 2", "... #### 3", "The answer is 4.0"]
+    assert counts == {"kept": 2, "rejected_filter": 2, "rejected_check": 1}
+
+
+def test_slick_rules():
+    assert slick_category([True, True], [False]) == "HighlyKnown"
+    assert slick_category([True, False], [False]) == "MaybeKnown"
+    assert slick_category([False, False], [False, True]) == "WeaklyKnown"
+    assert slick_category([False, False], [False, False]) == "Unknown"
+
+
+def test_mocked_generator_yields_exactly_the_four_categories():
+    items = [{"instruction": f"Q{i}?", "output": f"A{i}", "type": "t"} for i in range(4)]
+    settings = ProbeSettings(n_prompts=3, shots=2, samples=4, seed=0)
+    calls = {"greedy": 0, "sampled": 0}
+
+    def answer(prompts, sampling):
+        """Item i's correctness is fixed by (item, prompt, sample): 0 always, 1 on its first prompt
+        only, 2 only in one sample, 3 never."""
+        outputs = []
+        for position, prompt in enumerate(prompts):
+            item, prompt_index = divmod(position, settings.n_prompts)
+            gold, wrong = f"A{item}", "nope"
+            if not sampling.do_sample:
+                calls["greedy"] += 1
+                right = item == 0 or (item == 1 and prompt_index == 0)
+                outputs.append([gold if right else wrong])
+            else:
+                calls["sampled"] += 1
+                outputs.append([gold if item == 2 and prompt_index == 1 and s == 2 else wrong
+                                for s in range(sampling.num_return_sequences)])
+        return outputs
+
+    results = categorize(items, settings, answer)
+    assert [r["category"] for r in results] == ["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"]
+    assert results[1]["p_greedy"] == pytest.approx(1 / 3)
+    assert results[2]["p_sampled"] == pytest.approx(1 / 12)
+    assert calls == {"greedy": 12, "sampled": 12}
+
+
+def test_stage_two_selector_returns_upgraded_plus_replay_at_ratio():
+    rows = [{"id": i} for i in range(12)]
+    before = ["Unknown"] * 4 + ["WeaklyKnown"] * 4 + ["HighlyKnown"] * 4
+    now = ["MaybeKnown", "HighlyKnown", "Unknown", "Unknown",
+           "HighlyKnown", "WeaklyKnown", "MaybeKnown", "Unknown",
+           "HighlyKnown", "HighlyKnown", "HighlyKnown", "MaybeKnown"]
+    config = SelectConfig(kind="select", upgraded_from=["WeaklyKnown", "Unknown"], to=["MaybeKnown", "HighlyKnown"],
+                          replay={"categories": ["HighlyKnown"], "ratio": 0.5})
+    picked = choose(rows, now, before, config, seed=0)
+    upgraded = [{"id": 0}, {"id": 1}, {"id": 4}, {"id": 6}]
+    assert picked[:4] == upgraded
+    replay = picked[4:]
+    assert len(replay) == 2 and all(now[r["id"]] == "HighlyKnown" and r not in upgraded for r in replay)
+    stage_one = choose(rows, now, None, SelectConfig(kind="select", categories=["MaybeKnown"]), seed=0)
+    assert [r["id"] for r in stage_one] == [0, 6, 11]
+
+
+def test_select_config_needs_one_rule():
+    with pytest.raises(ValueError, match="give either 'categories' or 'upgraded_from'"):
+        SelectConfig(kind="select")
+    with pytest.raises(ValueError, match="'upgraded_from' and 'to' go together"):
+        SelectConfig(kind="select", upgraded_from=["Unknown"])
+
+
+def test_batched_greedy_equals_one_at_a_time():
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    prompts = [tokenizer(text)["input_ids"] for text in ["a", "hello there", "xyz xyz xyz xyz", "q"]]
+    batched = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=6), batch_size=4)
+    single = [generate(model, tokenizer, [p], SamplingConfig(max_new_tokens=6), batch_size=1)[0] for p in prompts]
+    assert batched == single
+    sampled = SamplingConfig(max_new_tokens=6, do_sample=True, temperature=1.0, num_return_sequences=3, seed=7)
+    first, again = generate(model, tokenizer, prompts, sampled), generate(model, tokenizer, prompts, sampled)
+    assert first == again and all(len(texts) == 3 for texts in first)
+
+
+def test_cached_results_are_not_recomputed():
+    calls = []
+    compute = lambda: calls.append(1) or {"value": 42}  # noqa: E731
+    assert cached("unit", ["k", 1], compute) == {"value": 42}
+    assert cached("unit", ["k", 1], compute) == {"value": 42}
+    assert cached("unit", ["k", 2], compute) == {"value": 42}
+    assert len(calls) == 2
+
+
+MATH = [{"instruction": f"What is {i} + {i}?", "output": f"{i} + {i} = {2 * i}\n#### {2 * i}", "answer": str(2 * i)}
+        for i in range(6)]
+
+
+def test_distill_stage_end_to_end_keeps_row_count(tmp_path):
+    stage = {"name": "sdft", "data": "math", "max_steps": 2, "batch_size": 2,
+             "transforms": [{"kind": "distill", "max_new_tokens": 8, "check": "last_integer"}]}
+    datasets = {"math": {"format": "instruction", "template": "alpaca", "rows": MATH}}
+    result = run(make_recipe(tmp_path, [stage], datasets=datasets))
+    [report] = result.manifest["stages"][0]["transforms"]
+    assert report["kind"] == "distill" and report["rows"] == 6
+    assert report["kept"] + report["rejected_filter"] + report["rejected_check"] == 6
+    distilled = (tmp_path / "run/0-sdft/distilled-math.jsonl").read_text().splitlines()
+    assert len(distilled) == 6
+    assert result.manifest["stages"][0]["train_rows"] == 6
+
+
+def test_gradual_select_stage_and_categorize_cli(tmp_path, capsys):
+    from stagewise.cli import main
+
+    qa = [{"instruction": f"Capital {i}?", "output": "x", "type": "c"} for i in range(6)]
+    probe = {"n_prompts": 2, "shots": 2, "samples": 2, "max_new_tokens": 2}
+    stages = [{"name": "all", "data": "qa", "max_steps": 1, "batch_size": 2,
+               "transforms": [{"kind": "select", "categories": ["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"], **probe}]},
+              {"name": "upgraded", "data": "qa", "max_steps": 1, "batch_size": 2,
+               "transforms": [{"kind": "select", "upgraded_from": ["WeaklyKnown", "Unknown", "MaybeKnown", "HighlyKnown"],
+                               "to": ["WeaklyKnown", "Unknown", "MaybeKnown", "HighlyKnown"], **probe}]}]
+    result = run(make_recipe(tmp_path, stages, datasets={"qa": {"format": "instruction", "rows": qa}}))
+    reports = [stage["transforms"][0] for stage in result.manifest["stages"]]
+    assert reports[0]["rows_out"] == 6 and sum(reports[0]["categories_now"].values()) == 6
+    assert sum(reports[1]["categories_before"].values()) == 6
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in qa))
+    assert main(["categorize", "--model", "tiny-llama", "--data", str(data), "--out", str(tmp_path / "cat.jsonl"),
+                 "--n-prompts", "2", "--samples", "2", "--max-new-tokens", "2"]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "cat.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and {"category", "p_greedy", "p_sampled", "instruction"} <= lines[0].keys()
+    assert "HighlyKnown" in capsys.readouterr().out
