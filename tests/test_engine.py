@@ -106,3 +106,24 @@ def test_model_task_mismatch_is_a_recipe_error(tmp_path):
                          datasets={"cls": {"format": "classification", "rows": CLASSIFICATION_ROWS}})
     with pytest.raises(RecipeError, match="stages.0.data: classification data needs model.task: sequence_classification"):
         run(recipe)
+
+
+def test_select_best_keeps_the_dev_best_epoch(tmp_path):
+    dev = [{"instruction": "say hi", "output": "hi"}]
+    recipe = make_recipe(
+        tmp_path, [{"name": "s", "data": "sft", "lr": 3e-2, "epochs": 4, "batch_size": 2,
+                    "eval": {"data": ["dev"], "select_best": True}}],
+        datasets={"sft": {"format": "instruction", "template": "alpaca", "rows": [
+                      {"instruction": "say hi", "output": "zzzz qqqq"}] * 4},
+                  "dev": {"format": "instruction", "template": "alpaca", "rows": dev}},
+    )
+    result = run(recipe)
+    history = [r for r in json.loads((tmp_path / "run/0-s/trainer_state.json").read_text())["log_history"]
+               if "eval_dev_loss" in r]
+    per_epoch, final = history[:4], history[4]  # then the post-training eval of the restored model
+    assert [r["epoch"] for r in per_epoch] == [1.0, 2.0, 3.0, 4.0]
+    best = min(per_epoch, key=lambda r: r["eval_dev_loss"])
+    assert final["eval_dev_loss"] == pytest.approx(best["eval_dev_loss"], rel=1e-6)
+    metrics = result.manifest["stages"][0]["metrics"]
+    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["eval_dev_loss"] == pytest.approx(best["eval_dev_loss"], rel=1e-5)

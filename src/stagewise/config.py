@@ -68,6 +68,7 @@ class StageEval(StrictModel):
 
     data: list[str]
     batch_size: int = Field(default=8, ge=1)
+    select_best: bool = False  # evaluate each epoch; keep the epoch with the lowest loss on data[0] (a dev split)
 
 
 GENERATION_METRICS = ("exact_match", "contains", "last_integer", "regex")

@@ -190,6 +190,9 @@ def training_arguments(
     )
     if stage.optim:
         kwargs["optim"] = stage.optim
+    if stage.eval and stage.eval.select_best:  # the stopping epoch is chosen on the dev split, never on test
+        kwargs.update(eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
+                      metric_for_best_model=f"eval_{stage.eval.data[0]}_loss", greater_is_better=False)
     return cls(**kwargs)
 
 
@@ -239,8 +242,11 @@ def run_stage(
     else:
         collator = (DataCollatorWithPadding(tokenizer) if objective == "classification"
                     else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+        dev = ({name: ListDataset(encode_stage_data(recipe, stage, [name], datasets, tokenizer, labels))
+                for name in stage.eval.data} if stage.eval and stage.eval.select_best else None)
         trainer = StageTrainer(
             model=model, args=training_arguments(recipe, stage, stage_dir), train_dataset=ListDataset(train_examples),
+            eval_dataset=dev,
             data_collator=collator, processing_class=tokenizer, compute_loss_func=loss, callbacks=all_callbacks,
             split_groups=lr_plan.split_groups,
         )
@@ -251,6 +257,9 @@ def run_stage(
         output = trainer.train(resume_from_checkpoint=checkpoint)
         metrics = {key: float(value) for key, value in output.metrics.items() if isinstance(value, (int, float))}
         metrics.update(last_logged(trainer))
+        if trainer.state.best_model_checkpoint:
+            metrics["best_epoch"] = float(next(r["epoch"] for r in trainer.state.log_history
+                                               if r.get(trainer.args.metric_for_best_model) == trainer.state.best_metric))
     wall = time.perf_counter() - started
     tokens = int(trainer.state.num_input_tokens_seen)
     if stage.eval:
