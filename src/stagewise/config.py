@@ -139,6 +139,23 @@ class StageConfig(StrictModel):
         return [value] if isinstance(value, str) else value
 
 
+class DistributedConfig(StrictModel):
+    """Sharding engines passed to the HF Trainer; plain DDP needs nothing here
+    (``torchrun --nproc_per_node=N -m stagewise run ...`` or ``accelerate launch``)."""
+
+    deepspeed: str | None = None            # a DeepSpeed JSON (ZeRO-2/3), e.g. recipes/distributed/zero3.json
+    fsdp: str | None = None                 # e.g. "full_shard auto_wrap"
+    fsdp_config: str | dict[str, Any] | None = None
+
+
+class PerformanceConfig(StrictModel):
+    """Speed knobs; off by default where they could change results."""
+
+    bf16: bool = False                      # bf16 autocast (CPU or GPU)
+    gradient_checkpointing: bool = False    # recompute activations: less memory, ~30% more compute
+    torch_compile: bool = False
+
+
 class Recipe(StrictModel):
     """A whole run: model, named datasets, ordered stages."""
 
@@ -147,6 +164,8 @@ class Recipe(StrictModel):
     datasets: dict[str, DatasetConfig]
     stages: list[StageConfig] = Field(min_length=1)
     evaluation: EvaluationConfig | None = None
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
     output_dir: str = "runs/default"
     report_to: list[str] = Field(default_factory=lambda: ["none"])
     resume_from_checkpoint: bool = True

@@ -36,5 +36,13 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
+        """Only the main process writes (every rank keeps the same in-memory manifest)."""
         self.data["updated"] = now()
-        atomic_write_json(self.path, self.data)
+        if is_main_process():
+            atomic_write_json(self.path, self.data)
+
+
+def is_main_process() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0

@@ -23,7 +23,7 @@ from ..eval import evaluate_suite
 from ..io import atomic_write_json, read_json
 from ..models import load_model_and_tokenizer, load_stage_output
 from ..report import build_report, write_report
-from .manifest import Manifest
+from .manifest import Manifest, is_main_process
 from .stage import ModelIdentity, class_labels, run_stage
 
 
@@ -33,6 +33,14 @@ class RunResult:
     manifest: dict[str, Any]
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def stage_dir_name(index: int, name: str) -> str:
@@ -169,7 +177,9 @@ def run_recipe(
         previous = manifest.previous(index)
         if stage_dir.exists() and (previous is None or previous.get("config_hash") != hashes[index]):
             log(f"[invalidate] stage {index} '{recipe.stages[index].name}' changed: removing {stage_dir}")
-            shutil.rmtree(stage_dir)
+            if is_main_process():
+                shutil.rmtree(stage_dir)
+    barrier()
 
     base_scores = evaluator.cached_base()
     if start == 0 or (evaluator.key is not None and base_scores is None):
@@ -227,6 +237,6 @@ def run_recipe(
             evaluator.score_stage(entry, model, tokenizer)
         manifest.set_stage(index, entry)
         source = stage_dir
-    if recipe.evaluation:
+    if recipe.evaluation and is_main_process():
         write_report(output_dir, build_report(manifest.data))
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)

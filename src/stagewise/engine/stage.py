@@ -190,6 +190,8 @@ def training_arguments(
     )
     if stage.optim:
         kwargs["optim"] = stage.optim
+    kwargs.update({k: v for k, v in recipe.distributed.model_dump().items() if v is not None})
+    kwargs.update(recipe.performance.model_dump())
     if stage.eval and stage.eval.select_best:  # the stopping epoch is chosen on the dev split, never on test
         kwargs.update(eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
                       metric_for_best_model=f"eval_{stage.eval.data[0]}_loss", greater_is_better=False)
@@ -266,7 +268,11 @@ def run_stage(
         metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, labels))
     if getattr(stage.trainable, "merge_on_save", False) and is_peft_model(model):
         model = model.merge_and_unload()
-    save_stage_model(model, tokenizer, stage_dir)
+    if is_peft_model(model) or model is not trainer.model:
+        if trainer.is_world_process_zero():
+            save_stage_model(model, tokenizer, stage_dir)
+    else:
+        trainer.save_model(str(stage_dir))  # gathers sharded (FSDP/ZeRO-3) weights; the main process writes
     trainer.save_state()
     trainer.save_metrics("train", metrics)
     for stale in stage_dir.glob("checkpoint-*"):
