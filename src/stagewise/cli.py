@@ -169,6 +169,14 @@ def cmd_categorize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_peak(args: argparse.Namespace) -> int:
+    from .speed import device_name, peak_flops
+
+    for dtype in args.dtypes:
+        print(f"{device_name()} {dtype}: {peak_flops(dtype, remeasure=True) / 1e9:.1f} GFLOP/s (measured matmul peak)")
+    return 0
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -211,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     spectra.add_argument("--min-eigs", type=int, default=50, help="skip matrices with fewer eigenvalues")
     spectra.add_argument("--out", help="PNG path (default: MODEL/spectra.png, or ./spectra.png)")
     spectra.set_defaults(handler=cmd_spectra)
+    peak = sub.add_parser("bench-peak", help="measure this machine's matmul FLOP/s (the MFU denominator)")
+    peak.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])
+    peak.set_defaults(handler=cmd_bench_peak)
     evaluate = sub.add_parser("eval", help="score any checkpoint on a recipe's evaluation probes")
     evaluate.add_argument("--model", required=True, help="model folder, hub id or bundled name")
     evaluate.add_argument("--suite", required=True, help="recipe (file or bundled name) whose probes to run")

@@ -33,6 +33,7 @@ from ..registry import LOSSES, LR_RULES, TRANSFORMS
 from ..transforms import TransformContext
 from ..schedules import GroupSplitter, LrRuleContext
 from ..selection import SelectionContext, apply_selector, count_parameters, is_peft_model
+from ..speed import mfu
 
 ADAPTER_DIR = "adapter"
 WRAPPED_WEIGHTS = "stagewise-wrapped-model.safetensors"  # exact resume state of an adapter-wrapped model
@@ -264,6 +265,10 @@ def run_stage(
                                                if r.get(trainer.args.metric_for_best_model) == trainer.state.best_metric))
     wall = time.perf_counter() - started
     tokens = int(trainer.state.num_input_tokens_seen)
+    if tokens and wall > 0:
+        context = sum(len(ex.get("input_ids", ())) for ex in train_examples) / max(len(train_examples), 1)
+        dtype = "bfloat16" if recipe.performance.bf16 else recipe.model.dtype
+        metrics["mfu"], metrics["peak_flops"] = mfu(model, tokens / wall, context, dtype)
     if stage.eval:
         metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, labels))
     if getattr(stage.trainable, "merge_on_save", False) and is_peft_model(model):
