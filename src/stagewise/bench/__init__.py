@@ -6,15 +6,13 @@ cache (``~/.cache/stagewise/bench/v1/...``) and read like any other dataset file
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from ..bundled import cache_dir
 from ..config import config_hash
 from ..errors import DataError
+from ..io import atomic_folder
 from . import chat, facts, general_text, icl_probes, math, preference, sentiment
 
 VERSION = "v1"  # bump when a builder's output changes, so caches never mix versions
@@ -35,19 +33,11 @@ def bench_dir(name: str, options: dict[str, Any] | None = None) -> Path:
 
 
 def write_splits(folder: Path, splits: dict[str, list[dict[str, Any]]]) -> None:
-    """All split files appear at once (a temp folder renamed into place)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    """All split files appear at once (a staging folder renamed into place)."""
+    with atomic_folder(folder) as staging:
         for split, rows in splits.items():
             with (staging / f"{split}.jsonl").open("w", encoding="utf-8") as handle:
                 handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def build(name: str, options: dict[str, Any] | None = None, force: bool = False) -> Path:
