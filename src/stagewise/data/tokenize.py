@@ -36,10 +36,9 @@ def chat_segments(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, s
         if message["role"] != "assistant":
             continue
         start = len(tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True))
-        end = len(tokenizer.apply_chat_template(messages[: index + 1], tokenize=False))
-        if not full.startswith(
-            tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
-        ) or start < cursor or end < start:
+        through_answer = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        end = len(through_answer)
+        if not full.startswith(through_answer) or start < cursor or end < start:
             raise DataError("the chat template does not render conversations prefix by prefix")
         segments += [(full[cursor:start], False), (full[start:end], True)]
         cursor = end

@@ -18,7 +18,7 @@ from .. import __version__
 from ..bundled import cache_dir
 from ..config import Recipe, config_hash, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
-from ..errors import RecipeError
+from ..errors import RecipeError, StagewiseError
 from ..eval import evaluate_suite
 from ..io import atomic_write_json, read_json
 from ..models import load_model_and_tokenizer, load_stage_output
@@ -214,6 +214,10 @@ def run_recipe(
             identity = ModelIdentity(key=hashes[index - 1] if index else seed_key, seed_key=seed_key,
                                      load_seed=lambda: load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets)))
             model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)
+        except StagewiseError as err:  # a recipe/data problem found while running: name the stage
+            entry.update(status="failed", error=str(err))
+            manifest.set_stage(index, entry)
+            raise type(err)(f"stages.{index} '{stage.name}': {err}") from None
         except BaseException as err:
             entry.update(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
                          traceback=traceback.format_exc(limit=3)[-2000:])

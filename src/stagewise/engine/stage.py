@@ -192,7 +192,10 @@ def training_arguments(
     if stage.optim:
         kwargs["optim"] = stage.optim
     kwargs.update({k: v for k, v in recipe.distributed.model_dump().items() if v is not None})
-    kwargs.update(recipe.performance.model_dump())
+    performance = recipe.performance
+    kwargs.update(bf16=performance.bf16, torch_compile=performance.torch_compile)
+    if performance.gradient_checkpointing:  # transformers 5 calls it activation checkpointing
+        kwargs["activation_checkpointing"] = True
     if stage.eval and stage.eval.select_best:  # the stopping epoch is chosen on the dev split, never on test
         kwargs.update(eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
                       metric_for_best_model=f"eval_{stage.eval.data[0]}_loss", greater_is_better=False)
