@@ -22,7 +22,7 @@ def test_contains_match_is_whole_word():
     assert contains_match("The capital of France is Paris.", ["Paris"])
     assert not contains_match("Parisian food", ["Paris"])
     assert contains_match("It has 8 legs", ["eight", "8"])
-    assert not contains_match("\nParis", ["Paris"]) is False  # first non-empty line is used
+    assert contains_match("\nParis", ["Paris"])  # the first non-empty line is used
 
 
 @pytest.mark.parametrize("text, expected", [

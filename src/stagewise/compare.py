@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import atomic_write_json, atomic_write_text
+from .report import fmt
 
 
 def comparison_rows(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -29,9 +30,6 @@ def comparison_rows(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
-    def fmt(value: Any, spec: str = ".3f") -> str:
-        return "-" if value is None else format(value, spec)
-
     lines = ["| recipe | target | retention | target gain | retention delta | retention ppl change |",
              "|---|---|---|---|---|---|"]
     if rows:
@@ -39,8 +37,8 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
                      "| - | - | - |")
     for row in rows:
         lines.append(f"| {row['recipe']} | {fmt(row['target_score'])} | {fmt(row['retention_score'])} "
-                     f"| {fmt(row['target_gain'], '+.3f')} | {fmt(row['retention_delta'], '+.3f')} "
-                     f"| {fmt(row['retention_perplexity_change'], '+.1%')} |")
+                     f"| {fmt(row['target_gain'], signed=True)} | {fmt(row['retention_delta'], signed=True)} "
+                     f"| {fmt(row['retention_perplexity_change'], '.1%', signed=True)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -62,7 +62,8 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any, spec: str = ".3f", signed: bool = False) -> str:
+def fmt(value: Any, spec: str = ".3f", signed: bool = False) -> str:
+    """A number for a table cell; '-' where there is none."""
     if value is None:
         return "-"
     return format(value, ("+" if signed else "") + spec)
@@ -72,13 +73,13 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines = [f"# stagewise report: {report['recipe'] or report['model']}", "", f"Base model: `{report['model']}`", ""]
     for stage in report["stages"]:
         lines += [f"## after {stage['stage']}", "",
-                  f"target gain: **{_fmt(stage['target_gain'], signed=True)}**, "
-                  f"retention delta: **{_fmt(stage['retention_delta'], signed=True)}**", "",
+                  f"target gain: **{fmt(stage['target_gain'], signed=True)}**, "
+                  f"retention delta: **{fmt(stage['retention_delta'], signed=True)}**", "",
                   "| group | probe | metric | base | after | delta |", "|---|---|---|---|---|---|"]
         for group in GROUPS:
             for name, row in stage[group].items():
-                lines.append(f"| {group} | {name} | {row['metric']} | {_fmt(row['base'])} | {_fmt(row['after'])} "
-                             f"| {_fmt(row['delta'], signed=True)} |")
+                lines.append(f"| {group} | {name} | {row['metric']} | {fmt(row['base'])} | {fmt(row['after'])} "
+                             f"| {fmt(row['delta'], signed=True)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -86,10 +87,6 @@ def report_markdown(report: dict[str, Any]) -> str:
 def write_report(output_dir: Path, report: dict[str, Any]) -> None:
     atomic_write_json(output_dir / "report.json", report)
     atomic_write_text(output_dir / "report.md", report_markdown(report))
-
-
-def _short(value: Any, spec: str = ".4g") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def print_run_summary(manifest: dict[str, Any], console: Console | None = None) -> None:
@@ -101,9 +98,9 @@ def print_run_summary(manifest: dict[str, Any], console: Console | None = None) 
         metrics = entry.get("metrics", {})
         table.add_row(
             f"{entry['index']}-{entry['name']}", entry.get("status", "?"),
-            _short(entry.get("trainable_fraction"), ".1%"), _short(entry.get("train_rows"), "d"),
-            _short(entry.get("tokens_per_s"), ".1f"), _short(entry.get("wall_time_s"), ".1f"),
-            _short(metrics.get("train_loss")),
+            fmt(entry.get("trainable_fraction"), ".1%"), fmt(entry.get("train_rows"), "d"),
+            fmt(entry.get("tokens_per_s"), ".1f"), fmt(entry.get("wall_time_s"), ".1f"),
+            fmt(metrics.get("train_loss"), ".4g"),
         )
     console.print(table)
     report = build_report(manifest)
@@ -115,10 +112,10 @@ def print_run_summary(manifest: dict[str, Any], console: Console | None = None) 
     for stage in report["stages"]:
         for group in GROUPS:
             for name, row in stage[group].items():
-                probes.add_row(stage["stage"], group, name, row["metric"], _fmt(row["base"]), _fmt(row["after"]),
-                               _fmt(row["delta"], signed=True))
+                probes.add_row(stage["stage"], group, name, row["metric"], fmt(row["base"]), fmt(row["after"]),
+                               fmt(row["delta"], signed=True))
     console.print(probes)
     final = report["final"]
-    console.print(f"target gain {_fmt(final['target_gain'], signed=True)} | "
-                  f"retention delta {_fmt(final['retention_delta'], signed=True)} | "
-                  f"retention perplexity change {_fmt(final['retention_perplexity_change'], '.1%', signed=True)}")
+    console.print(f"target gain {fmt(final['target_gain'], signed=True)} | "
+                  f"retention delta {fmt(final['retention_delta'], signed=True)} | "
+                  f"retention perplexity change {fmt(final['retention_perplexity_change'], '.1%', signed=True)}")
