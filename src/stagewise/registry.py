@@ -32,7 +32,6 @@ class Entry(Generic[Impl]):
     name: str
     config_cls: type[PluginConfig]
     impl: Impl
-    summary: str
 
 
 class Registry(Generic[Impl]):
@@ -48,9 +47,7 @@ class Registry(Generic[Impl]):
         def decorate(impl: Impl) -> Impl:
             if name in self._entries:
                 raise ValueError(f"{self.what} {name!r} is registered twice")
-            cls = config_cls or PluginConfig
-            summary = (impl.__doc__ or "").strip().splitlines()[0] if impl.__doc__ else ""
-            self._entries[name] = Entry(name, cls, impl, summary)
+            self._entries[name] = Entry(name, config_cls or PluginConfig, impl)
             return impl
 
         return decorate

@@ -21,7 +21,6 @@ GroupSplitter = Callable[[torch.nn.Module, list[dict[str, Any]]], list[dict[str,
 @dataclass(frozen=True)
 class LrRuleContext:
     base_lr: float
-    seed: int
 
 
 @dataclass

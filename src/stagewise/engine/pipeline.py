@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from .. import __version__
 from ..bundled import cache_dir
-from ..config import Recipe, config_hash, recipe_to_dict, stage_objective
+from ..config import Recipe, StageConfig, config_hash, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..errors import RecipeError, StagewiseError
 from ..eval import evaluate_suite
@@ -47,13 +47,23 @@ def stage_dir_name(index: int, name: str) -> str:
     return f"{index}-{name}"
 
 
+def stage_inputs(stage: StageConfig) -> list[str]:
+    """The datasets a stage reads: its training data, then its held-out data."""
+    return stage.data + (stage.eval.data if stage.eval else [])
+
+
+def seed_model_key(recipe: Recipe) -> str:
+    """Identity of the run's starting model: its recipe entry and, for a local folder, its weights."""
+    return config_hash(recipe_to_dict(recipe)["model"], model_fingerprint(recipe.model.model_name_or_path))
+
+
 def stage_hashes(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> list[str]:
-    """Per-stage hash over the model, the stage config, its data content, and the previous hash."""
+    """Per-stage hash over the starting model, the stage config, its data content, and the previous hash."""
     hashes: list[str] = []
-    parent = config_hash(recipe_to_dict(recipe)["model"])
+    parent = seed_model_key(recipe)
     for stage in recipe.stages:
-        used = stage.data + (stage.eval.data if stage.eval else [])
-        parent = config_hash(parent, stage.model_dump(mode="json"), {n: datasets[n].fingerprint for n in used})
+        parent = config_hash(parent, stage.model_dump(mode="json"),
+                             {n: datasets[n].fingerprint for n in stage_inputs(stage)})
         hashes.append(parent)
     return hashes
 
@@ -89,9 +99,7 @@ def model_fingerprint(name: str) -> Any:
 def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> str:
     assert recipe.evaluation is not None
     used = {task.data for group in ("target", "retention") for task in getattr(recipe.evaluation, group)}
-    model = recipe_to_dict(recipe)["model"]
-    return config_hash(model, model_fingerprint(recipe.model.model_name_or_path),
-                       recipe.evaluation.model_dump(mode="json"),
+    return config_hash(seed_model_key(recipe), recipe.evaluation.model_dump(mode="json"),
                        {name: datasets[name].fingerprint for name in sorted(used)})
 
 
@@ -142,7 +150,11 @@ def run_recipe(
     check_model_task(recipe)
     datasets = {name: load_dataset_config(name, cfg) for name, cfg in recipe.datasets.items()}
     hashes = stage_hashes(recipe, datasets)
-    seed_key = config_hash(recipe_to_dict(recipe)["model"], model_fingerprint(recipe.model.model_name_or_path))
+    seed_key = seed_model_key(recipe)
+
+    def load_seed() -> tuple[Any, Any]:
+        return load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets))
+
     output_dir = Path(recipe.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(output_dir, {
@@ -183,7 +195,7 @@ def run_recipe(
 
     base_scores = evaluator.cached_base()
     if start == 0 or (evaluator.key is not None and base_scores is None):
-        model, tokenizer = load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets))
+        model, tokenizer = load_seed()
         if evaluator.key is not None and base_scores is None:
             base_scores = evaluator.base(model, tokenizer)
     manifest.data["base_evaluation"] = base_scores
@@ -195,7 +207,6 @@ def run_recipe(
     for index in range(start, len(recipe.stages)):
         stage = recipe.stages[index]
         stage_dir = output_dir / stage_dir_name(index, stage.name)
-        used = stage.data + (stage.eval.data if stage.eval else [])
         entry: dict[str, Any] = {
             "index": index,
             "name": stage.name,
@@ -204,15 +215,14 @@ def run_recipe(
             "inputs": {
                 "model": str(source) if source else recipe.model.model_name_or_path,
                 "data": {n: {"source": datasets[n].source, "rows": len(datasets[n].rows),
-                             "fingerprint": datasets[n].fingerprint} for n in used},
+                             "fingerprint": datasets[n].fingerprint} for n in stage_inputs(stage)},
             },
             "outputs": {"dir": str(stage_dir)},
         }
         manifest.set_stage(index, entry)
         log(f"[stage {index}] '{stage.name}': training")
         try:
-            identity = ModelIdentity(key=hashes[index - 1] if index else seed_key, seed_key=seed_key,
-                                     load_seed=lambda: load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets)))
+            identity = ModelIdentity(key=hashes[index - 1] if index else seed_key, seed_key=seed_key, load_seed=load_seed)
             model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)
         except StagewiseError as err:  # a recipe/data problem found while running: name the stage
             entry.update(status="failed", error=str(err))

@@ -239,7 +239,7 @@ def run_stage(
     train_examples = encode_stage_data(recipe, stage, stage.data, datasets, tokenizer, labels)
     class_counts = [sum(ex["labels"] == i for ex in train_examples) for i in range(len(labels))] if labels else []
     loss = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=objective, class_counts=class_counts))
-    lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr, seed=stage.seed))
+    lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr))
     all_callbacks = [*selector_callbacks, *lr_plan.callbacks, *(callbacks or [])]
 
     if isinstance(loss, TrainerBuilder):  # e.g. DPO: TRL's trainer on preference rows

@@ -8,7 +8,7 @@ HighlyKnown]``), plus a ``replay`` share of items in other categories (HighlyKno
 from __future__ import annotations
 
 import random
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -51,10 +51,16 @@ class SelectConfig(PluginConfig):
                              self.checker, seed)
 
 
-def categories_for(model: Any, tokenizer: Any, model_key: str, rows: list[dict[str, Any]],
-                   settings: ProbeSettings) -> list[dict[str, Any]]:
-    return cached("categorize", [model_key, rows_fingerprint(rows), settings_dict(settings)],
-                  lambda: categorize(rows, settings, model_answerer(model, tokenizer)))
+def categories_for(model_key: str, load: Callable[[], tuple[Any, Any]], rows: list[dict[str, Any]],
+                   settings: ProbeSettings) -> list[str]:
+    """SliCK category per row under the model ``model_key`` names; ``load`` runs only on a cache miss."""
+    results = cached("categorize", [model_key, rows_fingerprint(rows), settings_dict(settings)],
+                     lambda: categorize(rows, settings, model_answerer(*load())))
+    return [r["category"] for r in results]
+
+
+def counts(categories: list[str]) -> dict[str, int]:
+    return summary([{"category": c} for c in categories])
 
 
 def choose(rows: list[dict[str, Any]], now: list[str], before: list[str] | None, config: SelectConfig,
@@ -80,16 +86,14 @@ def select(rows: list[dict[str, Any]], config: SelectConfig, context: TransformC
     if context.dataset.format != "instruction":
         raise DataError("transform 'select' needs instruction-format QA rows (instruction/output)")
     settings = config.probe(context.seed)
-    now = [r["category"] for r in categories_for(context.model, context.tokenizer, context.model_key, rows, settings)]
+    now = categories_for(context.model_key, lambda: (context.model, context.tokenizer), rows, settings)
     before = None
     if config.upgraded_from is not None:
-        key = [context.seed_model_key, rows_fingerprint(rows), settings_dict(settings)]
-        before = [r["category"] for r in cached("categorize", key, lambda: categorize(
-            rows, settings, model_answerer(*context.load_seed_model())))]
+        before = categories_for(context.seed_model_key, context.load_seed_model, rows, settings)
     selected = choose(rows, now, before, config, context.seed)
+    report: dict[str, Any] = {"rows_in": len(rows), "rows_out": len(selected), "categories_now": counts(now)}
     if not selected:
-        raise DataError(f"transform 'select' kept no row (categories now: {summary([{'category': c} for c in now])})")
-    report = {"rows_in": len(rows), "rows_out": len(selected), "categories_now": summary([{"category": c} for c in now])}
+        raise DataError(f"transform 'select' kept no row (categories now: {report['categories_now']})")
     if before is not None:
-        report["categories_before"] = summary([{"category": c} for c in before])
+        report["categories_before"] = counts(before)
     return selected, report
