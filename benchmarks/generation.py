@@ -12,38 +12,29 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-
-import torch  # noqa: E402
 
 from stagewise.bench import builtin_file  # noqa: E402
 from stagewise.config import DatasetConfig, ModelConfig  # noqa: E402
 from stagewise.data import load_dataset_config  # noqa: E402
-from stagewise.generation import SamplingConfig  # noqa: E402
+from stagewise.generation import SamplingConfig, generate  # noqa: E402
 from stagewise.models import load_model_and_tokenizer  # noqa: E402
 from stagewise.probing import ProbeSettings, categorize, model_answerer  # noqa: E402
 
 
 def loop_answerer(model, tokenizer):
-    """The naive baseline: one prompt, one sequence per generate call (KV cache still on)."""
+    """The naive baseline: one prompt, one sequence per generate call (same KV cache and
+    first-line stop as the batched path, so the ratio measures batching and prefill sharing)."""
 
-    @torch.inference_mode()
     def answer(prompts, sampling: SamplingConfig):
-        torch.manual_seed(sampling.seed)
+        single = replace(sampling, num_return_sequences=1)
         outputs = []
         for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt")
-            texts = []
-            for _ in range(sampling.num_return_sequences):
-                kwargs = dict(do_sample=sampling.do_sample, max_new_tokens=sampling.max_new_tokens,
-                              pad_token_id=tokenizer.pad_token_id)
-                if sampling.do_sample:
-                    kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k)
-                out = model.generate(**ids, **kwargs)
-                texts.append(tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-                             .strip().split("\n")[0])
-            outputs.append(texts)
+            ids = tokenizer(prompt)["input_ids"]
+            outputs.append([generate(model, tokenizer, [ids], replace(single, seed=sampling.seed + k), batch_size=1)[0][0]
+                            for k in range(sampling.num_return_sequences)])
         return outputs
 
     return answer
@@ -56,7 +47,7 @@ def main() -> None:
     parser.add_argument("--loop-items", type=int, default=10)
     parser.add_argument("--n-prompts", type=int, default=10)
     parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences decoded per batch")
     args = parser.parse_args()
     model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path=args.model))
     model.eval()

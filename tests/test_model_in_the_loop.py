@@ -3,12 +3,14 @@ machinery they share (batching must not change greedy answers; results are cache
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 
 from conftest import make_recipe, run
 from stagewise.config import ModelConfig
-from stagewise.generation import SamplingConfig, generate
+from stagewise.generation import GumbelSample, SamplingConfig, first_line, generate, sampling_processors
 from stagewise.models import load_model_and_tokenizer
 from stagewise.probing import ProbeSettings, categorize, slick_category
 from stagewise.strategies.gradual import SelectConfig, choose
@@ -46,30 +48,27 @@ def test_slick_rules():
 def test_mocked_generator_yields_exactly_the_four_categories():
     items = [{"instruction": f"Q{i}?", "output": f"A{i}", "type": "t"} for i in range(4)]
     settings = ProbeSettings(n_prompts=3, shots=2, samples=4, seed=0)
-    calls = {"greedy": 0, "sampled": 0}
+    calls = []
 
     def answer(prompts, sampling):
         """Item i's correctness is fixed by (item, prompt, sample): 0 always, 1 on its first prompt
-        only, 2 only in one sample, 3 never."""
+        only, 2 only in one sample, 3 never. The first sequence of each prompt is the greedy one."""
+        calls.append((len(prompts), sampling.num_return_sequences, sampling.greedy_first))
         outputs = []
         for position, prompt in enumerate(prompts):
             item, prompt_index = divmod(position, settings.n_prompts)
             gold, wrong = f"A{item}", "nope"
-            if not sampling.do_sample:
-                calls["greedy"] += 1
-                right = item == 0 or (item == 1 and prompt_index == 0)
-                outputs.append([gold if right else wrong])
-            else:
-                calls["sampled"] += 1
-                outputs.append([gold if item == 2 and prompt_index == 1 and s == 2 else wrong
-                                for s in range(sampling.num_return_sequences)])
+            greedy_right = item == 0 or (item == 1 and prompt_index == 0)
+            samples = [gold if item == 2 and prompt_index == 1 and s == 2 else wrong
+                       for s in range(sampling.num_return_sequences - 1)]
+            outputs.append([gold if greedy_right else wrong, *samples])
         return outputs
 
     results = categorize(items, settings, answer)
     assert [r["category"] for r in results] == ["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"]
     assert results[1]["p_greedy"] == pytest.approx(1 / 3)
     assert results[2]["p_sampled"] == pytest.approx(1 / 12)
-    assert calls == {"greedy": 12, "sampled": 12}
+    assert calls == [(12, 5, True)]  # 4 items x 3 prompts, 1 greedy + 4 samples each, in one pass
 
 
 def test_stage_two_selector_returns_upgraded_plus_replay_at_ratio():
@@ -105,6 +104,42 @@ def test_batched_greedy_equals_one_at_a_time():
     sampled = SamplingConfig(max_new_tokens=6, do_sample=True, temperature=1.0, num_return_sequences=3, seed=7)
     first, again = generate(model, tokenizer, prompts, sampled), generate(model, tokenizer, prompts, sampled)
     assert first == again and all(len(texts) == 3 for texts in first)
+    with_greedy = generate(model, tokenizer, prompts, replace(sampled, greedy_first=True))
+    assert [texts[0] for texts in with_greedy] == [texts[0] for texts in batched]
+
+
+def test_gumbel_draws_follow_the_softmax_and_greedy_rows_take_the_argmax():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    scores = probs.log().repeat(40_000, 1)
+    torch.manual_seed(0)
+    picks = GumbelSample(greedy_every=4)(None, scores.clone()).argmax(-1)
+    assert (picks[::4] == 0).all()  # greedy rows
+    sampled = torch.cat([picks[k::4] for k in (1, 2, 3)])
+    frequencies = torch.bincount(sampled, minlength=4).float() / len(sampled)
+    assert torch.allclose(frequencies, probs, atol=0.01), frequencies
+    warped = sampling_processors(SamplingConfig(do_sample=True, temperature=0.5, top_k=2), copies=1)(None, scores[:20_000].clone())
+    frequencies = torch.bincount(warped.argmax(-1), minlength=4).float() / 20_000
+    expected = torch.tensor([0.5 ** 2, 0.3 ** 2, 0, 0]) / (0.5 ** 2 + 0.3 ** 2)  # T=0.5 squares, top-2 kept
+    assert torch.allclose(frequencies, expected, atol=0.01), frequencies
+
+
+def test_shared_prefill_and_first_line_stop_match_plain_generation():
+    """Copies decoded from one prefilled cache equal a plain generate call; stopping at the
+    first line returns exactly the first line of the unstopped output."""
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    prompts = [tokenizer(text)["input_ids"] for text in ["Q: a?\nA:", "hello there\n", "xyz xyz xyz xyz"]]
+    plain = [ids[width:] for ids, width in zip(
+        model.generate(input_ids=torch.tensor([prompts[2]]), max_new_tokens=12, do_sample=False,
+                       pad_token_id=tokenizer.pad_token_id).tolist(), [len(prompts[2])])]
+    [[copy_a, copy_b]] = generate(model, tokenizer, [prompts[2]], SamplingConfig(max_new_tokens=12, num_return_sequences=2))
+    assert copy_a == copy_b == tokenizer.decode(plain[0], skip_special_tokens=True)
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
+    with torch.no_grad():  # make line breaks likely, so some outputs go on past their first line
+        model.get_output_embeddings().weight[newline] *= 4
+    full = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=12))
+    assert any("\n" in texts[0].strip() for texts in full)
+    stopped = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=12, first_line=True))
+    assert stopped == [[first_line(texts[0])] for texts in full]
 
 
 def test_cached_results_are_not_recomputed():

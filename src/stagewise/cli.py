@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--temperature", type=float, default=0.5)
     probe.add_argument("--max-new-tokens", type=int, default=16)
     probe.add_argument("--checker", choices=["exact_match", "contains"], default="exact_match")
-    probe.add_argument("--batch-size", type=int, default=16)
+    probe.add_argument("--batch-size", type=int, default=64, help="sequences decoded per batch")
     probe.set_defaults(handler=cmd_categorize)
     spectra = sub.add_parser("spectra", help="per-layer power-law exponent (Hill alpha) of a model's weights")
     spectra.add_argument("model", help="model folder, hub id or bundled name")

@@ -95,7 +95,7 @@ class EvaluationConfig(StrictModel):
 
     target: list[EvalTaskConfig] = Field(default_factory=list)
     retention: list[EvalTaskConfig] = Field(default_factory=list)
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1)   # sequences decoded (or scored) per batch
     max_length: int = Field(default=512, ge=8)
     after_each_stage: bool = True
 

@@ -62,10 +62,15 @@ def categorize(items: list[dict[str, Any]], settings: ProbeSettings, answer: Ans
     rng = random.Random(settings.seed)
     prompts = [qa_prompt(item, exemplars_for(items, index, settings.shots, rng))
                for index, item in enumerate(items) for _ in range(settings.n_prompts)]
-    greedy = answer(prompts, SamplingConfig(max_new_tokens=settings.max_new_tokens, seed=settings.seed))
-    sampled = answer(prompts, SamplingConfig(max_new_tokens=settings.max_new_tokens, do_sample=True,
-                                             temperature=settings.temperature, top_p=1.0, top_k=0,
-                                             num_return_sequences=settings.samples, seed=settings.seed))
+    if settings.samples:  # one pass: each prompt's first sequence is greedy, the rest sampled
+        outputs = answer(prompts, SamplingConfig(max_new_tokens=settings.max_new_tokens, do_sample=True,
+                                                 temperature=settings.temperature, top_p=1.0, top_k=0,
+                                                 num_return_sequences=1 + settings.samples, greedy_first=True,
+                                                 seed=settings.seed, first_line=True))
+    else:
+        outputs = answer(prompts, SamplingConfig(max_new_tokens=settings.max_new_tokens, seed=settings.seed,
+                                                 first_line=True))
+    greedy, sampled = [texts[:1] for texts in outputs], [texts[1:] for texts in outputs]
     check = CHECKERS[settings.checker]
     results = []
     for index, item in enumerate(items):
@@ -81,14 +86,13 @@ def categorize(items: list[dict[str, Any]], settings: ProbeSettings, answer: Ans
     return results
 
 
-def model_answerer(model: Any, tokenizer: Any, batch_size: int = 16) -> AnswerFn:
-    """Answers few-shot prompts with batched generation; each answer is cut at its first line."""
+def model_answerer(model: Any, tokenizer: Any, batch_size: int = 64) -> AnswerFn:
+    """Answers few-shot prompts with batched generation; each answer is its first line."""
 
     def answer(prompts: list[str], sampling: SamplingConfig) -> list[list[str]]:
         ids = [tokenizer(prompt)["input_ids"] for prompt in prompts]
-        outputs = generate(model, tokenizer, ids, sampling, batch_size=batch_size,
-                           desc="probe sampled" if sampling.do_sample else "probe greedy")
-        return [[text.strip().split("\n")[0] for text in texts] for texts in outputs]
+        return generate(model, tokenizer, ids, sampling, batch_size=batch_size,
+                        desc="probe")
 
     return answer
 

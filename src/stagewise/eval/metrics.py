@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 import string
 
+from ..generation import first_line
+
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -13,11 +15,6 @@ def normalize_answer(text: str) -> str:
     text = text.lower()
     text = "".join(ch for ch in text if ch not in string.punctuation)
     return " ".join(ARTICLES.sub(" ", text).split())
-
-
-def first_line(text: str) -> str:
-    stripped = text.strip()
-    return stripped.splitlines()[0] if stripped else ""
 
 
 def exact_match(prediction: str, golds: list[str]) -> bool:

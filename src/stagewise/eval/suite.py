@@ -33,8 +33,10 @@ def generation_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, 
     if cfg.format not in ("instruction", "prompt_completion", "chat"):
         raise DataError(f"evaluation {task.name!r}: metric {task.metric!r} needs instruction/prompt_completion data")
     prompts = [encode_prompt(row, cfg.format, tokenizer, cfg.template) for row in rows]
-    outputs = [texts[0] for texts in generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=task.max_new_tokens),
-                                              batch_size=batch_size, desc=f"eval {task.name}")]
+    short_answer = task.metric in ("exact_match", "contains")  # these compare the first line only
+    sampling = SamplingConfig(max_new_tokens=task.max_new_tokens, first_line=short_answer)
+    outputs = [texts[0] for texts in generate(model, tokenizer, prompts, sampling, batch_size=batch_size,
+                                              desc=f"eval {task.name}")]
     checks = {"exact_match": [], "contains": []}
     for row, output in zip(rows, outputs):
         golds = _golds(row)
@@ -65,7 +67,7 @@ def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, row
         pool = [other for other in rows if other["task"] == row["task"] and other is not row]
         demos = rng.sample(pool, min(task.shots, len(pool)))
         prompts.append(tokenizer(fewshot_prompt(row, demos))["input_ids"])
-    outputs = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=task.max_new_tokens),
+    outputs = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=task.max_new_tokens, first_line=True),
                        batch_size=batch_size, desc=f"eval {task.name}")
     per_task: dict[str, list[bool]] = {}
     for row, (output,) in zip(rows, outputs):
