@@ -1,4 +1,5 @@
-"""Training throughput in one run: plain transformers.Trainer vs stagewise full, HFT and LoRA.
+"""Training throughput in one run: plain transformers.Trainer vs stagewise full, HFT, LoRA and
+full fine-tuning with padding-free batching ("packed").
 
 Each mode runs in its own process on the same model and data (so peak memory is that mode's
 alone) and reports non-padding tokens/s, median step time, optimizer-state and peak memory,
@@ -19,8 +20,8 @@ import sys
 import tempfile
 import time
 
-MODES = ("plain", "full", "hft", "lora")
-TRAINABLE = {"full": "full", "hft": "hft", "lora": {"kind": "lora", "lora_rank": 16, "lora_target": "all"}}
+MODES = ("plain", "full", "hft", "lora", "packed")
+TRAINABLE = {"full": "full", "hft": "hft", "lora": {"kind": "lora", "lora_rank": 16, "lora_target": "all"}, "packed": "full"}
 
 
 def worker(mode: str, model_name: str, steps: int, batch: int, bf16: bool) -> dict:
@@ -70,7 +71,7 @@ def worker(mode: str, model_name: str, steps: int, batch: int, bf16: bool) -> di
                 "datasets": {"d": {"format": "instruction", "builtin": "facts:train"}},
                 "stages": [{"name": mode, "data": "d", "trainable": TRAINABLE[mode], "max_steps": steps, "batch_size": batch,
                             "max_length": max_length, "save_steps": 10**6, "optim": "adamw_torch"}],
-                "performance": {"bf16": bf16},
+                "performance": {"bf16": bf16, "padding_free": mode == "packed"},
                 "output_dir": tmp,
             })
             result = run_recipe(recipe, callbacks=[timer], log=lambda message: None)

@@ -1,7 +1,9 @@
 """Two CPU processes (torchrun, gloo) run a 2-stage HFT -> TempBalance recipe and end with the
-weights of a single-process run with the same global batch (fp reduction order aside)."""
+weights of a single-process run with the same global batch (fp reduction order aside); sharded
+generation and SliCK categorization gather to exactly the single-process answers."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -43,3 +45,41 @@ def test_two_process_run_matches_single_process(tmp_path):
         assert worst < 1e-3, (stage, worst)
     manifest = yaml.safe_load((tmp_path / "ddp/manifest.json").read_text())
     assert [s["status"] for s in manifest["stages"]] == ["completed", "completed"]
+
+
+SHARDED_GENERATION = """
+import json, sys
+from stagewise.config import ModelConfig
+from stagewise.distributed import init_from_launcher, is_main_process, rank_and_size
+from stagewise.generation import SamplingConfig, generate
+from stagewise.models import load_model_and_tokenizer
+from stagewise.probing import ProbeSettings, categorize, model_answerer
+
+init_from_launcher()
+model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+prompts = [tokenizer("x" * n)["input_ids"] for n in range(1, 8)]
+sampling = SamplingConfig(max_new_tokens=5, do_sample=True, num_return_sequences=3, seed=1)
+items = [{"instruction": f"q{i}", "output": "ab"} for i in range(5)]
+result = {"world": rank_and_size()[1], "generated": generate(model, tokenizer, prompts, sampling, batch_size=6),
+          "categories": categorize(items, ProbeSettings(n_prompts=2, shots=2, samples=3, max_new_tokens=4),
+                                   model_answerer(model, tokenizer, batch_size=8))}
+if is_main_process():
+    open(sys.argv[1], "w").write(json.dumps(result))
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_sharded_generation_gathers_the_single_process_answers_in_order(tmp_path):
+    script = tmp_path / "generate.py"
+    script.write_text(SHARDED_GENERATION)
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(["torchrun", "--nproc_per_node=2", str(script), str(tmp_path / "ddp.json")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run([sys.executable, str(script), str(tmp_path / "single.json")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp_result, single_result = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("ddp", "single"))
+    assert (ddp_result["world"], single_result["world"]) == (2, 1)
+    assert ddp_result["generated"] == single_result["generated"]
+    assert ddp_result["categories"] == single_result["categories"]

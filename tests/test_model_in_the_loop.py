@@ -10,7 +10,8 @@ import torch
 
 from conftest import make_recipe, run
 from stagewise.config import ModelConfig
-from stagewise.generation import GumbelSample, SamplingConfig, first_line, generate, sampling_processors
+from stagewise.generation import (GumbelSample, SamplingConfig, first_line, generate, prompt_generator,
+                                  sampling_processors)
 from stagewise.models import load_model_and_tokenizer
 from stagewise.probing import ProbeSettings, categorize, slick_category
 from stagewise.strategies.gradual import SelectConfig, choose
@@ -111,16 +112,24 @@ def test_batched_greedy_equals_one_at_a_time():
 def test_gumbel_draws_follow_the_softmax_and_greedy_rows_take_the_argmax():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     scores = probs.log().repeat(40_000, 1)
-    torch.manual_seed(0)
-    picks = GumbelSample(greedy_every=4)(None, scores.clone()).argmax(-1)
+    generators = [prompt_generator(0, index, torch.device("cpu")) for index in range(10_000)]
+    picks = GumbelSample(generators, copies=4, greedy_first=True)(None, scores.clone()).argmax(-1)
     assert (picks[::4] == 0).all()  # greedy rows
     sampled = torch.cat([picks[k::4] for k in (1, 2, 3)])
     frequencies = torch.bincount(sampled, minlength=4).float() / len(sampled)
     assert torch.allclose(frequencies, probs, atol=0.01), frequencies
-    warped = sampling_processors(SamplingConfig(do_sample=True, temperature=0.5, top_k=2), copies=1)(None, scores[:20_000].clone())
-    frequencies = torch.bincount(warped.argmax(-1), minlength=4).float() / 20_000
+    config = SamplingConfig(do_sample=True, temperature=0.5, top_k=2)
+    warped = sampling_processors(config, generators)(None, scores[:10_000].clone())
+    frequencies = torch.bincount(warped.argmax(-1), minlength=4).float() / 10_000
     expected = torch.tensor([0.5 ** 2, 0.3 ** 2, 0, 0]) / (0.5 ** 2 + 0.3 ** 2)  # T=0.5 squares, top-2 kept
-    assert torch.allclose(frequencies, expected, atol=0.01), frequencies
+    assert torch.allclose(frequencies, expected, atol=0.015), frequencies
+
+
+def test_sampled_answers_do_not_depend_on_batch_size():
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    prompts = [tokenizer(text)["input_ids"] for text in ["a", "hello there", "xyz xyz xyz xyz", "q", "Q: b?"]]
+    sampled = SamplingConfig(max_new_tokens=6, do_sample=True, temperature=1.0, num_return_sequences=3, seed=3)
+    assert generate(model, tokenizer, prompts, sampled, batch_size=3) == generate(model, tokenizer, prompts, sampled, batch_size=15)
 
 
 def test_shared_prefill_and_first_line_stop_match_plain_generation():

@@ -36,3 +36,36 @@ def test_manifest_records_mfu(tmp_path):
     expected = entry["tokens_per_s"] * flops_per_token(result.model, context) / metrics["peak_flops"]
     assert metrics["mfu"] == pytest.approx(expected, rel=1e-3)
     assert 0 < metrics["mfu"] < 1.5
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
+def test_padding_free_batch_gives_the_padded_loss_and_gradients(model_name):
+    """Packed into one row, examples see only themselves: loss and gradients equal the padded batch's."""
+    from conftest import INSTRUCTION_ROWS
+    from stagewise.data import encode_dataset
+    from stagewise.engine.stage import train_collator
+
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path=model_name))
+    model.eval()  # GPT-2's dropout would make the two passes differ
+    examples = encode_dataset(INSTRUCTION_ROWS, "instruction", tokenizer, template="alpaca", max_length=64)
+    assert len({len(e["input_ids"]) for e in examples}) > 1  # lengths differ, so the padded batch pads
+    results = []
+    for padding_free in (False, True):
+        batch = train_collator("lm", tokenizer, padding_free)(examples)
+        assert ("attention_mask" not in batch) == padding_free
+        model.zero_grad()
+        loss = model(**batch, use_cache=False).loss  # as in the Trainer (TrainingArguments.use_cache=False)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (padded_loss, padded_grads), (packed_loss, packed_grads) = results
+    assert packed_loss == pytest.approx(float(padded_loss), rel=1e-5)
+    assert max(float((padded_grads[n] - packed_grads[n]).abs().max()) for n in padded_grads) < 1e-5
+
+
+def test_padding_free_stage_trains_like_the_padded_one(tmp_path):
+    stage = {"name": "sft", "data": "sft", "max_steps": 2, "batch_size": 4, "lr": 1e-3}
+    padded = run(make_recipe(tmp_path / "a", [stage]))
+    packed = run(make_recipe(tmp_path / "b", [stage], performance={"padding_free": True}))
+    a, b = dict(padded.model.named_parameters()), dict(packed.model.named_parameters())
+    assert max(float((a[n] - b[n]).detach().abs().max()) for n in a) < 1e-4
+    assert packed.manifest["stages"][0]["train_tokens"] == padded.manifest["stages"][0]["train_tokens"]

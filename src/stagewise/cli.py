@@ -153,12 +153,17 @@ def cmd_categorize(args: argparse.Namespace) -> int:
     from .models import load_model_and_tokenizer
     from .probing import CATEGORIES, ProbeSettings, categorize, model_answerer
 
+    from .distributed import init_from_launcher, is_main_process
+
+    init_from_launcher()  # under torchrun/accelerate launch, ranks share the items
     rows = load_dataset_config("data", DatasetConfig(format="instruction", path=args.data,
                                                      columns=dict(c.split("=", 1) for c in args.columns))).rows
     model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path=args.model))
     settings = ProbeSettings(n_prompts=args.n_prompts, shots=args.shots, samples=args.samples,
                              temperature=args.temperature, max_new_tokens=args.max_new_tokens, checker=args.checker)
     results = categorize(rows, settings, model_answerer(model, tokenizer, args.batch_size))
+    if not is_main_process():
+        return 0
     out = Path(args.out)
     atomic_write_text(out, "".join(json.dumps({**row, **result}, ensure_ascii=False) + "\n"
                                    for row, result in zip(rows, results)))

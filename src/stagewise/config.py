@@ -154,6 +154,8 @@ class PerformanceConfig(StrictModel):
     bf16: bool = False                      # bf16 autocast (CPU or GPU)
     gradient_checkpointing: bool = False    # recompute activations: less memory, ~30% more compute
     torch_compile: bool = False
+    padding_free: bool = False              # LM stages: each batch's examples packed into one row, no padding;
+                                            # positions restart per example and attention stays inside it
 
 
 class Recipe(StrictModel):

@@ -18,6 +18,8 @@ from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, Pr
                           PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TemperatureLogitsWarper,
                           TopKLogitsWarper, TopPLogitsWarper)
 
+from .distributed import gather_ordered, rank_and_size
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -35,28 +37,38 @@ class SamplingConfig:
 class GumbelSample(LogitsProcessor):
     """Sampling as an argmax: adding Gumbel noise to the (temperature/top-k/top-p warped)
     scores and taking the argmax draws exactly from their softmax (the Gumbel-max trick).
-    On CPU it is about twice as fast as ``torch.multinomial`` over a 49k vocabulary, and it
-    lets one batch mix greedy rows (every ``greedy_every``-th row gets no noise) with sampled ones.
+
+    On CPU it is about twice as fast as ``torch.multinomial`` over a 49k vocabulary. Each
+    prompt draws its noise from its own generator, seeded by (seed, prompt index), so answers
+    do not depend on batch size or on how prompts are sharded over ranks; and one batch can
+    mix greedy rows (the first of each prompt's copies with ``greedy_first``, no noise) with sampled ones.
     """
 
-    def __init__(self, greedy_every: int = 0):
-        self.greedy_every = greedy_every
+    def __init__(self, generators: list[torch.Generator], copies: int, greedy_first: bool):
+        self.generators, self.copies, self.greedy_first = generators, copies, greedy_first
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        noise = -torch.log(-torch.log(torch.rand_like(scores, dtype=torch.float32).clamp_(min=1e-20)))
-        if self.greedy_every:
-            noise[::self.greedy_every] = 0.0
+        uniform = torch.cat([torch.rand((self.copies, scores.shape[1]), generator=g, device=scores.device)
+                             for g in self.generators])
+        noise = -torch.log(-torch.log(uniform.clamp_(min=1e-20)))
+        if self.greedy_first:
+            noise[::self.copies] = 0.0
         return scores.float() + noise
 
 
-def sampling_processors(sampling: SamplingConfig, copies: int) -> LogitsProcessorList:
+def prompt_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + index)
+
+
+def sampling_processors(sampling: SamplingConfig, generators: list[torch.Generator]) -> LogitsProcessorList:
     """HF's own warpers, then the Gumbel draw; ``generate`` runs in greedy mode and takes the argmax."""
     warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(float(sampling.temperature))]
     if sampling.top_k:
         warpers.append(TopKLogitsWarper(sampling.top_k))
     if sampling.top_p < 1.0:
         warpers.append(TopPLogitsWarper(sampling.top_p))
-    return LogitsProcessorList([*warpers, GumbelSample(copies if sampling.greedy_first else 0)])
+    sample = GumbelSample(generators, sampling.num_return_sequences, sampling.greedy_first)
+    return LogitsProcessorList([*warpers, sample])
 
 
 class FirstLineComplete(StoppingCriteria):
@@ -123,29 +135,31 @@ def generate(
     Prompts are batched by length (less padding) and left-padded so every row's new
     tokens start at the same position; the KV cache makes each new token O(1) in length.
     ``batch_size`` counts decoded sequences: a batch holds ``batch_size // num_return_sequences``
-    prompts (at least one).
+    prompts (at least one). Under several ranks each generates every n-th prompt (by length)
+    and all ranks get the full list back in order; every rank must call it.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     copies = sampling.num_return_sequences
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    rank, world_size = rank_and_size()
+    mine = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))[rank::world_size]
     per_batch = max(1, batch_size // copies)
-    results: list[list[str]] = [[] for _ in prompts]
-    generator_seed = torch.random.get_rng_state()
-    torch.manual_seed(sampling.seed)
+    shard: dict[int, list[str]] = {}
     kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
                   pad_token_id=pad_id, use_cache=True)
-    if sampling.do_sample:
-        kwargs["logits_processor"] = sampling_processors(sampling, copies)
-    shared = copies > 1 and _supports_shared_prefill(model) and min(len(p) for p in prompts) > 1
+    shared = copies > 1 and _supports_shared_prefill(model) and min(map(len, prompts), default=0) > 1
     try:
-        for start in tqdm(range(0, len(order), per_batch), desc=desc, leave=False):
-            batch = order[start:start + per_batch]
+        quiet = {"disable": True} if rank else {}  # one progress bar, rank 0's
+        for start in tqdm(range(0, len(mine), per_batch), desc=desc, leave=False, **quiet):
+            batch = mine[start:start + per_batch]
             input_ids, attention = (t.to(device) for t in _left_padded([prompts[i] for i in batch], pad_id))
             width = input_ids.shape[1]
             call = dict(kwargs)
+            if sampling.do_sample:
+                generators = [prompt_generator(sampling.seed, index, device) for index in batch]
+                call["logits_processor"] = sampling_processors(sampling, generators)
             if sampling.first_line:
                 call["stopping_criteria"] = StoppingCriteriaList([FirstLineComplete(tokenizer, width)])
             if shared:
@@ -156,8 +170,7 @@ def generate(
             if sampling.first_line:
                 texts = [first_line(text) for text in texts]
             for row, index in enumerate(batch):
-                results[index] = texts[row * copies:(row + 1) * copies]
+                shard[index] = texts[row * copies:(row + 1) * copies]
     finally:
-        torch.random.set_rng_state(generator_seed)
         model.train(was_training)
-    return results
+    return gather_ordered(shard, len(prompts))

@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from .config import ModelConfig
+from .distributed import local_device
 from .errors import ModelError
 
 CHAT_TEMPLATE = (
@@ -156,7 +157,7 @@ def load_model_and_tokenizer(
     if cfg.task == "sequence_classification" and cfg.head_layers == 2:
         torch.manual_seed(0)
         install_mlp_head(model)
-    return model, tokenizer
+    return model.to(local_device()), tokenizer
 
 
 def load_pretrained(
@@ -200,6 +201,6 @@ def load_stage_output(stage_dir: Path, cfg: ModelConfig) -> tuple[torch.nn.Modul
         # PEFT refuses is_trainable for prompt adapters; selectors set requires_grad per stage anyway
         trainable = not PeftConfig.from_pretrained(adapter).is_prompt_learning
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
-    return model, tokenizer
+    return model.to(local_device()), tokenizer
 
 

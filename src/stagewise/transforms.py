@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from .bundled import cache_dir
 from .config import DatasetConfig
+from .distributed import broadcast_from_main, is_main_process
 from .io import atomic_write_json, read_json
 
 
@@ -34,13 +35,19 @@ class TransformContext:
 
 
 def cached(kind: str, key_parts: Any, compute: Callable[[], Any]) -> Any:
-    """JSON result of ``compute()`` stored under the user cache by a hash of ``key_parts``."""
+    """JSON result of ``compute()`` stored under the user cache by a hash of ``key_parts``.
+
+    Under several ranks, rank 0 decides hit or miss for all (a miss computes on every rank,
+    sharded inside ``generate``) and alone writes the file.
+    """
     digest = hashlib.sha256(json.dumps([kind, key_parts], sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = cache_dir() / "generations" / f"{kind}-{digest}.json"
-    if path.is_file():
-        return read_json(path)
+    hit = broadcast_from_main(read_json(path) if path.is_file() else None)
+    if hit is not None:
+        return hit
     result = compute()
-    atomic_write_json(path, result)
+    if is_main_process():
+        atomic_write_json(path, result)
     return result
 
 
@@ -49,7 +56,8 @@ def rows_fingerprint(rows: list[dict[str, Any]]) -> str:
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """The transformed data, beside the stage's weights, for inspection."""
+    """The transformed data, beside the stage's weights, for inspection (written by rank 0)."""
     from .io import atomic_write_text
 
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    if is_main_process():
+        atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

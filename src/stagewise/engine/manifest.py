@@ -9,6 +9,7 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
+from ..distributed import is_main_process
 from ..io import atomic_write_json, read_json
 
 MANIFEST = "manifest.json"
@@ -41,8 +42,3 @@ class Manifest:
         if is_main_process():
             atomic_write_json(self.path, self.data)
 
-
-def is_main_process() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0

@@ -18,12 +18,13 @@ from .. import __version__
 from ..bundled import cache_dir
 from ..config import Recipe, StageConfig, config_hash, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
+from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
 from ..errors import RecipeError, StagewiseError
 from ..eval import evaluate_suite
 from ..io import atomic_write_json, read_json
 from ..models import load_model_and_tokenizer, load_stage_output
 from ..report import build_report, write_report
-from .manifest import Manifest, is_main_process
+from .manifest import Manifest
 from .stage import ModelIdentity, class_labels, run_stage
 
 
@@ -33,14 +34,6 @@ class RunResult:
     manifest: dict[str, Any]
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-
-
-def barrier() -> None:
-    """Wait for every rank (a no-op in a single process)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def stage_dir_name(index: int, name: str) -> str:
@@ -128,16 +121,17 @@ class Evaluator:
         entry["evaluation_key"] = self.key
 
     def cached_base(self) -> dict[str, Any] | None:
+        """Rank 0's view of the cache, so every rank agrees on whether to score the base model."""
+        cached = None
         if self.key is not None and self.base_path.is_file():
             cached = read_json(self.base_path)
-            if cached.get("key") == self.key:
-                return cached["results"]
-        return None
+        return broadcast_from_main(cached["results"] if cached and cached.get("key") == self.key else None)
 
     def base(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         self.log("[eval] base model")
         results = self(model, tokenizer)
-        atomic_write_json(self.base_path, {"key": self.key, "results": results})
+        if is_main_process():
+            atomic_write_json(self.base_path, {"key": self.key, "results": results})
         return results
 
 
@@ -147,6 +141,7 @@ def run_recipe(
     callbacks: list[TrainerCallback] | None = None,
     log: Any = print,
 ) -> RunResult:
+    init_from_launcher()
     check_model_task(recipe)
     datasets = {name: load_dataset_config(name, cfg) for name, cfg in recipe.datasets.items()}
     hashes = stage_hashes(recipe, datasets)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 from transformers import (
     DataCollatorForSeq2Seq,
+    DataCollatorWithFlattening,
     DataCollatorWithPadding,
     PreTrainedTokenizerBase,
     Trainer,
@@ -184,7 +185,8 @@ def training_arguments(
         save_total_limit=1,
         report_to=recipe.report_to,
         remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen=(
+            "all" if recipe.performance.padding_free and stage_objective(recipe, stage) == "lm" else "non_padding"),
         disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),
         **extra,
@@ -214,6 +216,19 @@ def save_stage_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
     else:
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def train_collator(objective: str, tokenizer: PreTrainedTokenizerBase, padding_free: bool) -> Any:
+    """Batches for the Trainer. Padding-free packs a batch's examples into one row whose
+    position ids restart per example; transformers turns that into a block-diagonal causal
+    mask (and flash-attention kernels into varlen calls), and the first label of each example
+    is masked, so the loss equals the padded batch's with no compute spent on padding. (The
+    Trainer turns the model's KV cache off; with a cache transformers skips packing detection.)"""
+    if objective == "classification":
+        return DataCollatorWithPadding(tokenizer)
+    if padding_free:
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
 
 def run_stage(
@@ -246,8 +261,7 @@ def run_stage(
         trainer = loss.build(model=model, tokenizer=tokenizer, rows=train_examples, callbacks=all_callbacks,
                              args_for=lambda cls, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
     else:
-        collator = (DataCollatorWithPadding(tokenizer) if objective == "classification"
-                    else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+        collator = train_collator(objective, tokenizer, recipe.performance.padding_free)
         dev = ({name: ListDataset(encode_stage_data(recipe, stage, [name], datasets, tokenizer, labels))
                 for name in stage.eval.data} if stage.eval and stage.eval.select_best else None)
         trainer = StageTrainer(
