@@ -83,3 +83,46 @@ def test_sharded_generation_gathers_the_single_process_answers_in_order(tmp_path
     assert (ddp_result["world"], single_result["world"]) == (2, 1)
     assert ddp_result["generated"] == single_result["generated"]
     assert ddp_result["categories"] == single_result["categories"]
+
+
+RESUMABLE_RUN = """
+import sys
+from transformers import TrainerCallback
+from stagewise.config import load_recipe
+from stagewise.engine import run_recipe
+
+class CrashAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise KeyboardInterrupt
+
+callbacks = [CrashAfterSave()] if sys.argv[2] == "crash" else []
+run_recipe(load_recipe(sys.argv[1]), callbacks=callbacks, log=lambda message: None)
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_two_process_run_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
+    script = tmp_path / "resumable.py"
+    script.write_text(RESUMABLE_RUN)
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    finals = []
+    for name, attempts in (("straight", ["go"]), ("killed", ["crash", "go"])):
+        recipe = {
+            "model": "tiny-llama",
+            "datasets": {"d": {"format": "instruction", "template": "alpaca", "rows": ROWS}},
+            "stages": [{"name": "hft", "data": "d", "trainable": "hft", "lr": 1e-2, "max_steps": 4,
+                        "batch_size": 1, "save_steps": 2}],
+            "output_dir": str(tmp_path / name),
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        for attempt in attempts:
+            done = subprocess.run(["torchrun", "--nproc_per_node=2", str(script), str(path), attempt],
+                                  capture_output=True, text=True, env=env, timeout=300)
+            assert (done.returncode == 0) == (attempt == "go"), done.stderr[-3000:]
+        finals.append(load_file(str(tmp_path / name / "0-hft/model.safetensors")))
+    manifest = json.loads((tmp_path / "killed/manifest.json").read_text())
+    assert manifest["stages"][0]["resumed_from"] == "checkpoint-2"
+    straight, resumed = finals
+    assert max(float((straight[k] - resumed[k]).abs().max()) for k in straight) < 1e-6
