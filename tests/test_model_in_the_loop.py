@@ -198,3 +198,19 @@ def test_gradual_select_stage_and_categorize_cli(tmp_path, capsys):
     lines = [json.loads(line) for line in (tmp_path / "cat.jsonl").read_text().splitlines()]
     assert len(lines) == 6 and {"category", "p_greedy", "p_sampled", "instruction"} <= lines[0].keys()
     assert "HighlyKnown" in capsys.readouterr().out
+
+
+def test_a_stage_whose_selection_keeps_nothing_stops_with_one_line(tmp_path):
+    """A random tiny model knows nothing: selecting HighlyKnown items leaves no training row."""
+    from stagewise.errors import DataError
+
+    qa = [{"instruction": f"Who is {name}?", "output": name} for name in ("ab", "cd", "ef", "gh")]
+    stage = {"name": "known", "data": ["qa", "more"], "max_steps": 1,
+             "transforms": [{"kind": "select", "categories": ["HighlyKnown"], "n_prompts": 2, "shots": 1,
+                             "samples": 1, "max_new_tokens": 3}]}
+    datasets = {name: {"format": "instruction", "template": "alpaca", "rows": qa} for name in ("qa", "more")}
+    with pytest.raises(DataError) as error:
+        run(make_recipe(tmp_path, [stage], datasets=datasets))
+    message = str(error.value)
+    assert "\n" not in message and "kept no training row" in message
+    assert "qa: 0 rows" in message and "more: 0 rows" in message and "'Unknown': 4" in message

@@ -29,6 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..config import Recipe, StageConfig, stage_objective
 from ..data import LoadedDataset, encode_dataset
+from ..errors import DataError
 from ..losses import LossContext, TrainerBuilder
 from ..registry import LOSSES, LR_RULES, TRANSFORMS
 from ..transforms import TransformContext
@@ -81,6 +82,11 @@ def transform_stage_data(
             rows, report = TRANSFORMS.impl(transform)(rows, transform, context)
             reports.append({"kind": transform.kind, "data": name, **report})
         out[name] = dataclasses.replace(datasets[name], rows=rows)
+    if not any(out[name].rows for name in stage.data):  # one dataset may end empty, the stage may not
+        kept = "; ".join(f"{r['data']}: {r.get('rows_out', r.get('rows'))} rows"
+                         + (f" (categories now {r['categories_now']})" if "categories_now" in r else "")
+                         for r in reports)
+        raise DataError(f"the transforms kept no training row ({kept})")
     return out, reports
 
 

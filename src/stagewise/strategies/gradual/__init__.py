@@ -92,8 +92,6 @@ def select(rows: list[dict[str, Any]], config: SelectConfig, context: TransformC
         before = categories_for(context.seed_model_key, context.load_seed_model, rows, settings)
     selected = choose(rows, now, before, config, context.seed)
     report: dict[str, Any] = {"rows_in": len(rows), "rows_out": len(selected), "categories_now": counts(now)}
-    if not selected:
-        raise DataError(f"transform 'select' kept no row (categories now: {report['categories_now']})")
     if before is not None:
         report["categories_before"] = counts(before)
     return selected, report
