@@ -214,3 +214,19 @@ def test_a_stage_whose_selection_keeps_nothing_stops_with_one_line(tmp_path):
     message = str(error.value)
     assert "\n" not in message and "kept no training row" in message
     assert "qa: 0 rows" in message and "more: 0 rows" in message and "'Unknown': 4" in message
+
+
+def test_a_dataset_emptied_by_a_transform_is_skipped_while_the_others_train(tmp_path):
+    import dataclasses
+
+    from stagewise.data import load_dataset_config
+    from stagewise.engine.stage import encode_stage_data
+
+    qa = [{"instruction": f"Who is {name}?", "output": name} for name in ("ab", "cd", "ef")]
+    datasets = {name: {"format": "instruction", "template": "alpaca", "rows": qa} for name in ("kept", "emptied")}
+    recipe = make_recipe(tmp_path, [{"name": "s", "data": ["kept", "emptied"]}], datasets=datasets)
+    loaded = {name: load_dataset_config(name, recipe.datasets[name]) for name in datasets}
+    loaded["emptied"] = dataclasses.replace(loaded["emptied"], rows=[])
+    _, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    examples = encode_stage_data(recipe, recipe.stages[0], ["kept", "emptied"], loaded, tokenizer, None)
+    assert len(examples) == 3

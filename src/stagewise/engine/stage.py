@@ -159,6 +159,8 @@ def encode_stage_data(
 ) -> list[dict[str, Any]]:
     examples: list[dict[str, Any]] = []
     for name in names:
+        if not datasets[name].rows:  # emptied by a transform (a stage with no rows at all stops earlier)
+            continue
         cfg = recipe.datasets[name]
         examples += encode_dataset(
             datasets[name].rows, cfg.format, tokenizer, template=cfg.template,
