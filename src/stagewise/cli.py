@@ -60,7 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = find_recipe(args.recipe)
     recipe = load_recipe(path, args.overrides)
     result = run_recipe(recipe, recipe_path=str(path), log=_log)
-    print_run_summary(result.manifest)
+    from .distributed import is_main_process
+
+    if is_main_process():  # one summary, not one per rank
+        print_run_summary(result.manifest)
     return 0
 
 

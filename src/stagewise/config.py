@@ -144,7 +144,7 @@ class DistributedConfig(StrictModel):
     (``torchrun --nproc_per_node=N -m stagewise run ...`` or ``accelerate launch``)."""
 
     deepspeed: str | None = None            # a DeepSpeed JSON (ZeRO-2/3), e.g. recipes/distributed/zero3.json
-    fsdp: str | None = None                 # e.g. "full_shard auto_wrap"
+    fsdp: bool | str | None = None          # true (settings in fsdp_config), or HF's older "full_shard auto_wrap"
     fsdp_config: str | dict[str, Any] | None = None
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from .. import __version__
@@ -143,6 +144,8 @@ def run_recipe(
 ) -> RunResult:
     init_from_launcher()
     check_model_task(recipe)
+    if recipe.distributed.fsdp and not torch.cuda.is_available():
+        log("[warning] distributed.fsdp: accelerate applies FSDP on GPUs only; on this CPU machine the run is plain DDP")
     datasets = {name: load_dataset_config(name, cfg) for name, cfg in recipe.datasets.items()}
     hashes = stage_hashes(recipe, datasets)
     seed_key = seed_model_key(recipe)
