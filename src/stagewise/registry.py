@@ -24,6 +24,7 @@ class PluginConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     acts_on_wrapper: ClassVar[bool] = False  # selectors only: receives the adapter-wrapped model
+    stage_wide: ClassVar[bool] = False       # transforms only: one pass over all the stage's datasets together
     kind: str
 
 

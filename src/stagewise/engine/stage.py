@@ -27,7 +27,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..config import Recipe, StageConfig, stage_objective
+from ..config import DatasetConfig, Recipe, StageConfig, stage_objective
 from ..data import LoadedDataset, encode_dataset
 from ..errors import DataError
 from ..losses import LossContext, TrainerBuilder
@@ -67,27 +67,41 @@ def transform_stage_data(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, stage: StageConfig,
     datasets: dict[str, LoadedDataset], stage_dir: Path, identity: ModelIdentity, log: Callable[[str], None],
 ) -> tuple[dict[str, LoadedDataset], list[dict[str, Any]]]:
-    """Apply the stage's transforms (distill, select, ...) to each of its datasets, in order."""
+    """Apply the stage's transforms (distill, select, ...) in order: each to every dataset on its
+    own, or, for a stage-wide transform (selection with replay ratios), once to all of them together."""
     if not stage.transforms:
         return datasets, []
-    out, reports = dict(datasets), []
-    for name in stage.data:
-        rows = datasets[name].rows
-        for transform in stage.transforms:
-            log(f"[transform] {transform.kind} on {name!r} ({len(rows)} rows)")
-            context = TransformContext(model=model, tokenizer=tokenizer, dataset_name=name,
-                                       dataset=recipe.datasets[name], model_key=identity.key, seed=stage.seed,
-                                       stage_dir=stage_dir, log=log, load_seed_model=identity.load_seed,
-                                       seed_model_key=identity.seed_key)
-            rows, report = TRANSFORMS.impl(transform)(rows, transform, context)
-            reports.append({"kind": transform.kind, "data": name, **report})
-        out[name] = dataclasses.replace(datasets[name], rows=rows)
-    if not any(out[name].rows for name in stage.data):  # one dataset may end empty, the stage may not
-        kept = "; ".join(f"{r['data']}: {r.get('rows_out', r.get('rows'))} rows"
-                         + (f" (categories now {r['categories_now']})" if "categories_now" in r else "")
-                         for r in reports)
-        raise DataError(f"the transforms kept no training row ({kept})")
-    return out, reports
+    rows = {name: datasets[name].rows for name in stage.data}
+    reports: list[dict[str, Any]] = []
+
+    def apply(transform: Any, name: str, dataset: DatasetConfig, part: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        log(f"[transform] {transform.kind} on {name!r} ({len(part)} rows)")
+        context = TransformContext(model=model, tokenizer=tokenizer, dataset_name=name, dataset=dataset,
+                                   model_key=identity.key, seed=stage.seed, stage_dir=stage_dir, log=log,
+                                   load_seed_model=identity.load_seed, seed_model_key=identity.seed_key)
+        out, report = TRANSFORMS.impl(transform)(part, transform, context)
+        reports.append({"kind": transform.kind, "data": name, **report})
+        return out
+
+    for transform in stage.transforms:
+        if not transform.stage_wide or len(stage.data) == 1:
+            rows = {name: apply(transform, name, recipe.datasets[name], part) for name, part in rows.items()}
+            continue
+        formats = {recipe.datasets[name].format for name in stage.data}
+        if len(formats) > 1:
+            raise DataError(f"transform {transform.kind!r} takes all of the stage's datasets at once; "
+                            f"they must share one format (got {sorted(formats)})")
+        origin = {id(row): name for name, part in rows.items() for row in part}
+        kept = apply(transform, "+".join(stage.data), recipe.datasets[stage.data[0]],
+                     [row for part in rows.values() for row in part])
+        rows = {name: [row for row in kept if origin[id(row)] == name] for name in stage.data}
+        reports[-1]["rows_out_per_dataset"] = {name: len(part) for name, part in rows.items()}
+    if not any(rows.values()):  # one dataset may end empty, the stage may not
+        kept_text = "; ".join(f"{r['kind']} on {r['data']}: {r.get('rows_out', r.get('rows'))} rows"
+                              + (f", categories now {r['categories_now']}" if "categories_now" in r else "")
+                              for r in reports)
+        raise DataError(f"the transforms kept no training row ({kept_text})")
+    return {**datasets, **{name: dataclasses.replace(datasets[name], rows=part) for name, part in rows.items()}}, reports
 
 
 class StageTrainer(Trainer):

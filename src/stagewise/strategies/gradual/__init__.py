@@ -3,12 +3,14 @@
 A ``select`` transform keeps the training items whose category — measured with the model
 *entering the stage* — is in ``categories`` (stage 1: MaybeKnown), or that were *upgraded*
 since the run's seed model (``upgraded_from: [WeaklyKnown, Unknown]``, ``to: [MaybeKnown,
-HighlyKnown]``), plus a ``replay`` share of items in other categories (HighlyKnown).
+HighlyKnown]``), plus a ``replay`` share of items in other categories (HighlyKnown). It runs
+once over all of a stage's datasets together, so the replay ratio counts against every upgraded
+item, as in the paper, and each dataset keeps its own selected rows.
 """
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,6 +29,7 @@ class ReplayConfig(BaseModel):
 
 
 class SelectConfig(PluginConfig):
+    stage_wide: ClassVar[bool] = True  # replay counts against the upgraded items of all the stage's data
     categories: list[Category] | None = None
     upgraded_from: list[Category] | None = None
     to: list[Category] | None = None
