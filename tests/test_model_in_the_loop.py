@@ -255,3 +255,15 @@ def test_a_dataset_emptied_by_a_transform_is_skipped_while_the_others_train(tmp_
     _, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
     examples = encode_stage_data(recipe, recipe.stages[0], ["kept", "emptied"], loaded, tokenizer, None)
     assert len(examples) == 3
+
+
+def test_stage_wide_selection_over_datasets_of_different_formats_is_one_line(tmp_path):
+    from stagewise.errors import DataError
+
+    datasets = {"qa": {"format": "instruction", "template": "alpaca", "rows": [{"instruction": "q", "output": "a"}]},
+                "prose": {"format": "text", "rows": [{"text": "some plain text"}]}}
+    stage = {"name": "s", "data": ["qa", "prose"], "max_steps": 1,
+             "transforms": [{"kind": "select", "categories": ["Unknown"], "n_prompts": 1, "samples": 0}]}
+    with pytest.raises(DataError, match=r"must share one format \(got \['instruction', 'text'\]\)") as error:
+        run(make_recipe(tmp_path, [stage], datasets=datasets))
+    assert "\n" not in str(error.value) and str(error.value).startswith("stages.0 's':")
