@@ -86,6 +86,9 @@ def test_stage_two_selector_returns_upgraded_plus_replay_at_ratio():
     assert picked[:4] == upgraded
     replay = picked[4:]
     assert len(replay) == 2 and all(now[r["id"]] == "HighlyKnown" and r not in upgraded for r in replay)
+    already_known = ["HighlyKnown"] * 11
+    picked = choose(rows, ["MaybeKnown", *already_known], ["Unknown", *already_known], config, seed=0)
+    assert len(picked) == 2  # 1 upgraded + 0.5 replay, rounded up (Python's round(0.5) would give 0)
     stage_one = choose(rows, now, None, SelectConfig(kind="select", categories=["MaybeKnown"]), seed=0)
     assert [r["id"] for r in stage_one] == [0, 6, 11]
 

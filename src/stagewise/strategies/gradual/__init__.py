@@ -78,7 +78,7 @@ def choose(rows: list[dict[str, Any]], now: list[str], before: list[str] | None,
     if config.replay is not None:
         chosen = set(picked)
         pool = [i for i, c in enumerate(now) if c in config.replay.categories and i not in chosen]
-        count = min(len(pool), round(config.replay.ratio * len(picked)))
+        count = min(len(pool), int(config.replay.ratio * len(picked) + 0.5))  # half rounds up, not to even
         replayed = sorted(random.Random(seed).sample(pool, count))
     return [rows[i] for i in picked] + [rows[i] for i in replayed]
 
