@@ -145,7 +145,7 @@ def generate(
     copies = sampling.num_return_sequences
     rank, world_size = rank_and_size()
     mine = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))[rank::world_size]
-    per_batch = max(1, batch_size // copies)
+    per_batch = max(1, batch_size // max(copies, 1))
     shard: dict[int, list[str]] = {}
     kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
                   pad_token_id=pad_id, use_cache=True)

@@ -42,7 +42,7 @@ def cached(kind: str, key_parts: Any, compute: Callable[[], Any]) -> Any:
     """
     digest = hashlib.sha256(json.dumps([kind, key_parts], sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = cache_dir() / "generations" / f"{kind}-{digest}.json"
-    hit = broadcast_from_main(read_json(path) if path.is_file() else None)
+    hit = broadcast_from_main(read_json(path) if is_main_process() and path.is_file() else None)
     if hit is not None:
         return hit
     result = compute()

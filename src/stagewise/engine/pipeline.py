@@ -124,7 +124,7 @@ class Evaluator:
     def cached_base(self) -> dict[str, Any] | None:
         """Rank 0's view of the cache, so every rank agrees on whether to score the base model."""
         cached = None
-        if self.key is not None and self.base_path.is_file():
+        if self.key is not None and is_main_process() and self.base_path.is_file():
             cached = read_json(self.base_path)
         return broadcast_from_main(cached["results"] if cached and cached.get("key") == self.key else None)
 
