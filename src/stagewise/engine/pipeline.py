@@ -145,7 +145,7 @@ def run_recipe(
     init_from_launcher()
     check_model_task(recipe)
     if recipe.distributed.fsdp and not torch.cuda.is_available():
-        log("[warning] distributed.fsdp: accelerate applies FSDP on GPUs only; on this CPU machine the run is plain DDP")
+        log("[warning] distributed.fsdp: without a GPU, the Trainer (accelerate) runs this as plain DDP, not sharded")
     datasets = {name: load_dataset_config(name, cfg) for name, cfg in recipe.datasets.items()}
     hashes = stage_hashes(recipe, datasets)
     seed_key = seed_model_key(recipe)
