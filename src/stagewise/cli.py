@@ -152,11 +152,10 @@ def cmd_spectra(args: argparse.Namespace) -> int:
 def cmd_categorize(args: argparse.Namespace) -> int:
     from .config import DatasetConfig, ModelConfig
     from .data import load_dataset_config
+    from .distributed import init_from_launcher, is_main_process
     from .io import atomic_write_text
     from .models import load_model_and_tokenizer
     from .probing import CATEGORIES, ProbeSettings, categorize, model_answerer
-
-    from .distributed import init_from_launcher, is_main_process
 
     init_from_launcher()  # under torchrun/accelerate launch, ranks share the items
     rows = load_dataset_config("data", DatasetConfig(format="instruction", path=args.data,

@@ -11,7 +11,7 @@ P_greedy and P_sampled are the fractions of correct greedy / sampled answers.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 from .eval.metrics import contains_match, exact_match
@@ -62,14 +62,11 @@ def categorize(items: list[dict[str, Any]], settings: ProbeSettings, answer: Ans
     rng = random.Random(settings.seed)
     prompts = [qa_prompt(item, exemplars_for(items, index, settings.shots, rng))
                for index, item in enumerate(items) for _ in range(settings.n_prompts)]
-    if settings.samples:  # one pass: each prompt's first sequence is greedy, the rest sampled
-        outputs = answer(prompts, SamplingConfig(max_new_tokens=settings.max_new_tokens, do_sample=True,
-                                                 temperature=settings.temperature, top_p=1.0, top_k=0,
-                                                 num_return_sequences=1 + settings.samples, greedy_first=True,
-                                                 seed=settings.seed, first_line=True))
-    else:
-        outputs = answer(prompts, SamplingConfig(max_new_tokens=settings.max_new_tokens, seed=settings.seed,
-                                                 first_line=True))
+    greedy_only = SamplingConfig(max_new_tokens=settings.max_new_tokens, seed=settings.seed, first_line=True)
+    # one pass: each prompt's first sequence is greedy, the rest sampled (SliCK's T, full vocabulary)
+    sampling = replace(greedy_only, do_sample=True, temperature=settings.temperature, greedy_first=True,
+                       num_return_sequences=1 + settings.samples) if settings.samples else greedy_only
+    outputs = answer(prompts, sampling)
     greedy, sampled = [texts[:1] for texts in outputs], [texts[1:] for texts in outputs]
     check = CHECKERS[settings.checker]
     results = []
@@ -91,8 +88,7 @@ def model_answerer(model: Any, tokenizer: Any, batch_size: int = 64) -> AnswerFn
 
     def answer(prompts: list[str], sampling: SamplingConfig) -> list[list[str]]:
         ids = [tokenizer(prompt)["input_ids"] for prompt in prompts]
-        return generate(model, tokenizer, ids, sampling, batch_size=batch_size,
-                        desc="probe")
+        return generate(model, tokenizer, ids, sampling, batch_size=batch_size, desc="probe")
 
     return answer
 

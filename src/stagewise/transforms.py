@@ -17,7 +17,7 @@ from typing import Any, Callable
 from .bundled import cache_dir
 from .config import DatasetConfig
 from .distributed import broadcast_from_main, is_main_process
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json, atomic_write_text, read_json
 
 
 @dataclass
@@ -57,7 +57,5 @@ def rows_fingerprint(rows: list[dict[str, Any]]) -> str:
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """The transformed data, beside the stage's weights, for inspection (written by rank 0)."""
-    from .io import atomic_write_text
-
     if is_main_process():
         atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
