@@ -98,14 +98,15 @@ def test_classification_stage_on_encoder(tmp_path):
     assert "eval_cls_loss" in result.manifest["stages"][0]["metrics"]
 
 
-def test_model_task_mismatch_is_a_recipe_error(tmp_path):
+def test_model_task_mismatch_is_a_recipe_error_at_validation(tmp_path):
+    """Found by `validate` as well as `run`: both accept exactly the same recipes."""
     from conftest import CLASSIFICATION_ROWS
     from stagewise.errors import RecipeError
 
-    recipe = make_recipe(tmp_path, [{"name": "cls", "data": "cls"}],
-                         datasets={"cls": {"format": "classification", "rows": CLASSIFICATION_ROWS}})
     with pytest.raises(RecipeError, match="stages.0.data: classification data needs model.task: sequence_classification"):
-        run(recipe)
+        make_recipe(tmp_path, [{"name": "cls", "data": "cls"}],
+                    datasets={"cls": {"format": "classification", "rows": CLASSIFICATION_ROWS}})
+    assert not (tmp_path / "run").exists()
 
 
 def test_select_best_keeps_the_dev_best_epoch(tmp_path):

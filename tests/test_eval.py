@@ -90,13 +90,26 @@ def test_run_writes_report_and_caches_base_scores(tmp_path):
     assert ppl["delta"] == pytest.approx(ppl["after"] - ppl["base"]) and ppl["base"] > 1
     assert "| retention | ppl | perplexity |" in (tmp_path / "run/report.md").read_text()
     assert result.manifest["stages"][0]["evaluation"]["target"]["recall"]["n"] == 6
+    from stagewise.engine import run_recipe
+
+    logs: list[str] = []
+    run_recipe(eval_recipe(tmp_path / "second"), log=logs.append)  # same model and probes: cache hit
+    assert "[eval] base model" not in logs
+    assert json.loads((tmp_path / "second/run/report.json").read_text())["base"] == report["base"]
+
     [base_file] = (tmp_path / "cache/eval").glob("base-*.json")
     cached = json.loads(base_file.read_text())
-    cached["results"]["retention"]["ppl"]["score"] = 123.0  # a cache hit must reuse this value
+    cached["payload"]["results"]["retention"]["ppl"]["score"] = 123.0  # edited: must not be trusted
     base_file.write_text(json.dumps(cached))
-    run(eval_recipe(tmp_path))
-    again = json.loads((tmp_path / "run/report.json").read_text())
-    assert again["base"]["retention"]["ppl"] == 123.0
+    logs.clear()
+    run_recipe(eval_recipe(tmp_path / "third"), log=logs.append)
+    assert any("does not match its hash" in line for line in logs) and "[eval] base model" in logs
+    again = json.loads((tmp_path / "third/run/report.json").read_text())
+    assert again["base"]["retention"]["ppl"] == report["base"]["retention"]["ppl"] != 123.0
+    base_file.write_text(base_file.read_text()[:40])  # truncated: scored again, no traceback
+    logs.clear()
+    run_recipe(eval_recipe(tmp_path / "fourth"), log=logs.append)
+    assert any("unreadable" in line for line in logs) and "[eval] base model" in logs
 
 
 def test_perplexity_matches_model_loss(tmp_path):

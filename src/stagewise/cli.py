@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     path = find_recipe(args.recipe)
     recipe = load_recipe(path, args.overrides)
-    result = run_recipe(recipe, recipe_path=str(path), log=_log)
+    result = run_recipe(recipe, recipe_path=str(path), log=_log, force=args.force)
     from .distributed import is_main_process
 
     if is_main_process():  # one summary, not one per rank
@@ -184,6 +184,14 @@ def cmd_bench_peak(args: argparse.Namespace) -> int:
     return 0
 
 
+def _close_progress_bars() -> None:
+    """A stage stopped mid-epoch leaves its bar open: close it so the error starts its own line."""
+    from tqdm.auto import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -199,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("recipe", help="recipe file, or the name of a bundled recipe")
         command.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.0.lr=1e-4")
         command.set_defaults(handler=handler)
+        if name == "run":
+            command.add_argument("--force", action="store_true",
+                                 help="write into an output_dir that holds files stagewise did not write "
+                                      "(or an unreadable manifest), replacing what is in the way")
     sub.add_parser("recipes", help="list the bundled recipes").set_defaults(handler=cmd_recipes)
     compare = sub.add_parser("compare", help="run several recipes and plot target score vs retention")
     compare.add_argument("recipes", nargs="+", help="recipe files or bundled recipe names")
@@ -243,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except StagewiseError as err:
+        _close_progress_bars()
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,16 +14,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .errors import RecipeError
 from .registry import LOSSES, LR_RULES, SELECTORS, TRANSFORMS, Registry, load_plugins
+from .schema import SAFE_NAME_HINT, StrictModel, is_safe_name
 
 DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "classification", "fewshot"]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelConfig(StrictModel):
@@ -51,6 +48,18 @@ class DatasetConfig(StrictModel):
     template: Literal["auto", "chat", "alpaca"] = "auto"
     labels: list[str] | None = None
     max_samples: int | None = Field(default=None, ge=1)
+    encoding: str = "utf-8"  # text encoding of a data file (JSONL/JSON/CSV)
+
+    @field_validator("encoding")
+    @classmethod
+    def _check_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError("unknown text encoding (e.g. utf-8, latin-1, utf-16)") from None
+        return value
 
     @field_validator("split")
     @classmethod
@@ -76,6 +85,16 @@ EvalMetric = Literal["exact_match", "contains", "last_integer", "regex", "fewsho
                      "accuracy", "macro_f1", "micro_f1", "highly_known"]
 
 
+_GENERATIVE = ("instruction", "prompt_completion", "chat")
+_CLASSIFICATION = ("classification",)
+METRIC_FORMATS: dict[str, tuple[str, ...]] = {  # which data formats each metric can score
+    **{metric: _GENERATIVE for metric in GENERATION_METRICS},
+    "fewshot": ("fewshot",), "highly_known": ("instruction",),
+    "perplexity": ("text", *_GENERATIVE),
+    "accuracy": _CLASSIFICATION, "macro_f1": _CLASSIFICATION, "micro_f1": _CLASSIFICATION,
+}
+
+
 class EvalTaskConfig(StrictModel):
     """One scored probe: a dataset and the metric that summarises it."""
 
@@ -88,6 +107,23 @@ class EvalTaskConfig(StrictModel):
     use_prompt: Literal["auto", "always", "never"] = "auto"  # soft prompt (ProMoT): auto = on for target probes only
     n_prompts: int = Field(default=10, ge=1)  # highly_known: SliCK's few-shot prompts per item
     samples: int = Field(default=16, ge=0)    # highly_known: sampled answers per prompt (T = 0.5)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not is_safe_name(value):
+            raise ValueError(f"expected {SAFE_NAME_HINT}")
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"invalid regular expression: {err}") from None
+        return value
 
 
 class EvaluationConfig(StrictModel):
@@ -111,7 +147,7 @@ class StageConfig(StrictModel):
     transforms: list[Any] = Field(default_factory=list)  # model-in-the-loop data steps (distill, select)
     lr: float = Field(default=5e-5, gt=0)
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int = -1
+    max_steps: int = Field(default=-1, ge=-1)  # -1: run for `epochs`
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     seed: int = 42
@@ -119,7 +155,7 @@ class StageConfig(StrictModel):
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(default=0.0, ge=0, le=1)
     max_grad_norm: float = Field(default=1.0, ge=0)
-    optim: str | None = None  # None = transformers' default (adamw_torch_fused)
+    optim: str | None = None  # None = transformers' default (adamw_torch_fused); a transformers OptimizerNames value
     max_length: int = Field(default=512, ge=8)
     train_on_prompt: bool = False
     save_steps: int = Field(default=50, ge=1)
@@ -129,8 +165,28 @@ class StageConfig(StrictModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", value):
-            raise ValueError("expected letters, digits, '_', '.', '+' or '-' (it names a folder)")
+        if not is_safe_name(value):
+            raise ValueError(f"expected {SAFE_NAME_HINT}")
+        return value
+
+    @field_validator("max_steps")
+    @classmethod
+    def _check_max_steps(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("expected -1 (train for `epochs`) or a positive number of steps")
+        return value
+
+    @field_validator("optim")
+    @classmethod
+    def _check_optim(cls, value: str | None) -> str | None:
+        if value is not None:
+            from transformers.training_args import OptimizerNames
+
+            known = [name.value for name in OptimizerNames]
+            if value not in known:
+                hint = difflib.get_close_matches(value, known, n=1)
+                maybe = f"did you mean {hint[0]!r}? " if hint else ""
+                raise ValueError(f"unknown optimizer ({maybe}expected a transformers optimizer name, e.g. adamw_torch, sgd, adafactor)")
         return value
 
     @field_validator("data", mode="before")
@@ -182,6 +238,23 @@ class Recipe(StrictModel):
     def _report_to_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("report_to")
+    @classmethod
+    def _check_report_to(cls, value: list[str]) -> list[str]:
+        from transformers.integrations.integration_utils import (
+            INTEGRATION_TO_CALLBACK,
+            get_available_reporting_integrations,
+        )
+
+        for name in value:
+            if name in ("none", "all"):
+                continue
+            if name not in INTEGRATION_TO_CALLBACK:
+                raise ValueError(f"unknown logger {name!r} (expected none, all or one of: {', '.join(INTEGRATION_TO_CALLBACK)})")
+            if name not in get_available_reporting_integrations():
+                raise ValueError(f"logger {name!r} is not installed (pip install {name.replace('_', '-')}), or use 'none'")
+        return value
+
 
 # The registered sections of a stage: field name -> registry that validates it.
 PLUGIN_FIELDS: dict[str, Registry[Any]] = {"trainable": SELECTORS, "loss": LOSSES, "lr_rule": LR_RULES}
@@ -192,32 +265,58 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader (a recipe is data, never code) that records each key's line."""
 
 
-def _compose_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> None:
-    lines[path] = node.start_mark.line + 1
+MAX_RECIPE_BYTES = 16 * 2**20
+MAX_YAML_VALUES = 200_000  # values after expanding aliases: a recipe is small, an alias bomb is not
+
+
+def _compose_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int], budget: list[int], source: str) -> None:
+    """Record each key's line; refuse duplicate keys and alias expansions past the budget."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise RecipeError(f"{source}: the YAML expands to more than {MAX_YAML_VALUES} values (nested aliases?)")
+    lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
             key = key_node.value
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            _compose_lines(value_node, path + (key,), lines)
-            lines[path + (key,)] = key_node.start_mark.line + 1
+            line = key_node.start_mark.line + 1
+            if key in seen and key != "<<":
+                dotted = ".".join(map(str, path + (key,)))
+                raise RecipeError(f"{source} line {line}: {dotted}: duplicate key (first given on line {seen[key]})")
+            seen[key] = line
+            _compose_lines(value_node, path + (key,), lines, budget, source)
+            lines[path + (key,)] = line
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _compose_lines(item, path + (index,), lines)
+            _compose_lines(item, path + (index,), lines, budget, source)
+
+
+def read_text_file(path: Path, what: str = "file") -> str:
+    """UTF-8 text, or one line naming the file and the first undecodable byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: {what} is not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x}); "
+                          "save it as UTF-8") from None
 
 
 def _read_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[tuple, int]]:
     try:
         node = yaml.compose(text, Loader=_LineLoader)
+        lines: dict[tuple, int] = {}
+        if node is not None:
+            _compose_lines(node, (), lines, [MAX_YAML_VALUES], source)
         data = yaml.load(text, Loader=_LineLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise RecipeError(f"{source}{where}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: the YAML is nested too deeply") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: expected a mapping of recipe keys at the top level")
-    lines: dict[tuple, int] = {}
-    _compose_lines(node, (), lines)
     return data, lines
 
 
@@ -324,7 +423,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
-    data, lines = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: recipe is larger than {MAX_RECIPE_BYTES // 2**20} MiB (put rows in a data file)")
+    data, lines = _read_yaml(read_text_file(path, "recipe"), str(path))
     return recipe_from_dict(data, source=str(path), lines=lines, overrides=overrides, base_dir=path.parent)
 
 
@@ -348,6 +449,7 @@ def recipe_from_dict(
         raise_validation_error(exc, source, lines, Recipe)
     _resolve_plugins(recipe, source, lines)
     _check_references(recipe, source, lines)
+    _check_distributed(recipe, source, lines, base_dir)
     if base_dir is not None:
         _resolve_paths(recipe, base_dir)
     return recipe
@@ -382,6 +484,9 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
         where = f"{source} line {line}" if line else source
         raise RecipeError(f"{where}: {'.'.join(map(str, loc))}: {message}")
 
+    for name in recipe.datasets:
+        if not is_safe_name(name):
+            fail(("datasets", name), f"dataset name {name!r}: expected {SAFE_NAME_HINT}")
     seen: set[str] = set()
     for index, stage in enumerate(recipe.stages):
         if stage.name in seen:
@@ -398,17 +503,66 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
             fail(("stages", index, "data"), "format 'fewshot' is for evaluation probes only, not training")
         if len({_objective(fmt) for fmt in formats}) > 1:
             fail(("stages", index, "data"), f"cannot mix dataset formats {sorted(formats)} in one stage")
+        problem = objective_problem(recipe, stage)
+        if problem:
+            fail(("stages", index, problem[0]), problem[1])
     if recipe.evaluation:
+        names: set[str] = set()
         for group in ("target", "retention"):
             for index, task in enumerate(getattr(recipe.evaluation, group)):
+                if task.name in names:
+                    fail(("evaluation", group, index, "name"), f"duplicate probe name {task.name!r}")
+                names.add(task.name)
                 if task.data not in recipe.datasets:
                     fail(("evaluation", group, index, "data"), f"unknown dataset {task.data!r}")
                 if task.metric == "regex" and not task.pattern:
                     fail(("evaluation", group, index, "metric"), "metric 'regex' needs a 'pattern'")
+                allowed = METRIC_FORMATS[task.metric]
+                if recipe.datasets[task.data].format not in allowed:
+                    fail(("evaluation", group, index, "metric"),
+                         f"metric {task.metric!r} needs {' or '.join(allowed)} data, but dataset {task.data!r} is "
+                         f"{recipe.datasets[task.data].format}")
     for name, dataset in recipe.datasets.items():
         sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None]
         if sum(sources) != 1:
             fail(("datasets", name), "expected exactly one of 'path', 'rows' or 'builtin'")
+
+
+def objective_problem(recipe: Recipe, stage: StageConfig) -> tuple[str, str] | None:
+    """(field, message) when the stage's data objective does not fit the model task or loss."""
+    objective = stage_objective(recipe, stage)
+    if objective == "classification" and recipe.model.task != "sequence_classification":
+        return "data", "classification data needs model.task: sequence_classification"
+    if objective != "classification" and recipe.model.task != "causal_lm":
+        return "data", f"{recipe.datasets[stage.data[0]].format} data needs model.task: causal_lm"
+    if (objective == "preference") != (stage.loss.kind == "dpo"):
+        return "loss", "preference data trains with loss: dpo, and dpo needs preference data"
+    return None
+
+
+def _check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], base_dir: Path | None) -> None:
+    """Sharding configs are handed to the Trainer: check the file and the package first."""
+    import importlib.util
+
+    dist = recipe.distributed
+    for field, value in (("deepspeed", dist.deepspeed), ("fsdp_config", dist.fsdp_config)):
+        if not isinstance(value, str):
+            continue
+        candidates = [Path(value)] + ([base_dir / value] if base_dir and not Path(value).is_absolute() else [])
+        found = next((c for c in candidates if c.is_file()), None)
+        line = _line_for(("distributed", field), lines)
+        where = f"{source} line {line}" if line else source
+        if found is None:
+            raise RecipeError(f"{where}: distributed.{field}: file {value!r} not found")
+        try:
+            json.loads(read_text_file(found, "config"))
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"{where}: distributed.{field}: {found} line {err.lineno}: invalid JSON ({err.msg})") from None
+        setattr(dist, field, str(found))
+    if dist.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        line = _line_for(("distributed", "deepspeed"), lines)
+        raise RecipeError(f"{source}{f' line {line}' if line else ''}: distributed.deepspeed: "
+                          "the deepspeed package is not installed (pip install deepspeed)")
 
 
 def _objective(data_format: str) -> str:

@@ -18,3 +18,11 @@ class DataError(StagewiseError):
 
 class ModelError(StagewiseError):
     """A model cannot be resolved or does not fit the requested use."""
+
+
+class OutputError(StagewiseError):
+    """The output folder cannot or must not be written: a file, read-only, foreign content, in use."""
+
+
+class TrainingError(StagewiseError):
+    """Training went wrong in a way the user can fix: a non-finite loss (diverged), for example."""

@@ -1,6 +1,11 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written manifest or report."""
+"""Atomic file writes: a crash mid-write never leaves a half-written manifest or report.
+
+Caches and finished outputs carry a content hash, checked before they are reused, so an
+edited, truncated or bit-flipped file is recomputed instead of trusted.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,6 +38,43 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def json_digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_verified_json(path: str | os.PathLike, payload: Any) -> None:
+    """``payload`` with its SHA-256, written atomically (see :func:`read_verified_json`)."""
+    atomic_write_json(path, {"sha256": json_digest(payload), "payload": payload})
+
+
+def read_verified_json(path: str | os.PathLike) -> tuple[Any, str | None]:
+    """(payload, None) when the file holds intact verified JSON, else (None, why it was refused)."""
+    try:
+        data = read_json(path)
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return None, f"unreadable ({type(err).__name__})"
+    if not isinstance(data, dict) or "payload" not in data or data.get("sha256") != json_digest(data["payload"]):
+        return None, "content does not match its hash (edited or corrupted)"
+    return data["payload"], None
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 2**22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_sha256(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` (relative POSIX paths), skipping top-level names in ``skip``."""
+    return {path.relative_to(folder).as_posix(): file_sha256(path)
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.relative_to(folder).parts[0] not in skip}
 
 
 @contextmanager

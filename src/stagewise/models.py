@@ -168,6 +168,8 @@ def load_pretrained(
     looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
     if looks_local and not Path(path).expanduser().is_dir():
         raise ModelError(f"model.model_name_or_path: folder {path!r} not found")
+    if Path(path).expanduser().is_dir():
+        check_weight_files(Path(path).expanduser())
     common = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
@@ -181,6 +183,26 @@ def load_pretrained(
     if Path(path).is_dir():
         restore_mlp_head(model, Path(path))
     return model, tokenizer
+
+
+def check_weight_files(folder: Path) -> None:
+    """One line for a folder whose weights are missing, only a pickle, or not valid safetensors
+    (truncated, garbage, hostile header); pickles are never loaded."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        what = f"only pickle weights ({', '.join(pickles)}), which stagewise never loads: convert them to safetensors" \
+            if pickles else "no *.safetensors weights"
+        raise ModelError(f"model folder {folder}: {what}")
+    for file in files:
+        try:  # reads the header and checks that the tensors cover the file exactly
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as err:  # SafetensorError, or OSError for an unreadable file
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise ModelError(f"{file}: not a valid safetensors file ({reason})") from None
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:

@@ -12,17 +12,18 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from .errors import RecipeError
+from .schema import StrictModel
 
 Impl = TypeVar("Impl", bound=Callable[..., Any])
 
 
-class PluginConfig(BaseModel):
+class PluginConfig(StrictModel):
     """Base of every registered entry's options; ``kind`` names the entry."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True, validate_assignment=False)
     acts_on_wrapper: ClassVar[bool] = False  # selectors only: receives the adapter-wrapped model
     stage_wide: ClassVar[bool] = False       # transforms only: one pass over all the stage's datasets together
     kind: str

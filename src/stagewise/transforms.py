@@ -17,7 +17,7 @@ from typing import Any, Callable
 from .bundled import cache_dir
 from .config import DatasetConfig
 from .distributed import broadcast_from_main, is_main_process
-from .io import atomic_write_json, atomic_write_text, read_json
+from .io import atomic_write_text, read_verified_json, write_verified_json
 
 
 @dataclass
@@ -38,16 +38,22 @@ def cached(kind: str, key_parts: Any, compute: Callable[[], Any]) -> Any:
     """JSON result of ``compute()`` stored under the user cache by a hash of ``key_parts``.
 
     Under several ranks, rank 0 decides hit or miss for all (a miss computes on every rank,
-    sharded inside ``generate``) and alone writes the file.
+    sharded inside ``generate``) and alone writes the file. An entry whose content no longer
+    matches its stored hash (edited, truncated) is computed again.
     """
     digest = hashlib.sha256(json.dumps([kind, key_parts], sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = cache_dir() / "generations" / f"{kind}-{digest}.json"
-    hit = broadcast_from_main(read_json(path) if is_main_process() and path.is_file() else None)
+    hit = None
+    if is_main_process():
+        hit, why = read_verified_json(path)
+        if why not in (None, "missing"):
+            print(f"[cache] {path}: {why}: computing it again", flush=True)
+    hit = broadcast_from_main(hit)
     if hit is not None:
         return hit
     result = compute()
     if is_main_process():
-        atomic_write_json(path, result)
+        write_verified_json(path, result)
     return result
 
 

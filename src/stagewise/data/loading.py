@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 import re
@@ -37,22 +38,33 @@ class LoadedDataset:
     fingerprint: str  # content hash: part of the stage config hash, so edited data reruns a stage
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
+def _decode(path: Path, encoding: str) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line}: not {encoding} text (byte {err.start} is 0x{data[err.start]:02x}); "
+                        "convert the file or set the dataset's 'encoding'") from None
+
+
+def _read_jsonl(path: Path, encoding: str) -> list[tuple[str, Any]]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"line {number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {number}: invalid JSON ({err.msg})") from None
+    for number, line in enumerate(_decode(path, encoding).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"line {number}", json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {number}: invalid JSON ({err.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path} line {number}: JSON nested too deeply") from None
     return rows
 
 
-def _read_json(path: Path) -> list[tuple[str, Any]]:
+def _read_json(path: Path, encoding: str) -> list[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_decode(path, encoding))
     except json.JSONDecodeError as err:
         raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
     if not isinstance(data, list):
@@ -60,18 +72,20 @@ def _read_json(path: Path) -> list[tuple[str, Any]]:
     return [(f"row {i}", row) for i, row in enumerate(data, start=1)]
 
 
-def _read_csv(path: Path) -> list[tuple[str, Any]]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = []
+def _read_csv(path: Path, encoding: str) -> list[tuple[str, Any]]:
+    reader = csv.DictReader(io.StringIO(_decode(path, encoding), newline=""))
+    rows = []
+    try:
         for row in reader:
             if None in row:
                 raise DataError(f"{path} line {reader.line_num}: more values than header columns")
             rows.append((f"line {reader.line_num}", row))
-        return rows
+    except csv.Error as err:
+        raise DataError(f"{path} line {reader.line_num}: malformed CSV ({err})") from None
+    return rows
 
 
-def _read_parquet(path: Path) -> list[tuple[str, Any]]:
+def _read_parquet(path: Path, encoding: str) -> list[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
@@ -106,6 +120,10 @@ def _check_row(row: Any, where: str, data_format: str, columns: dict[str, str]) 
             raise DataError(f"{where}: field {field!r} must be text, got {type(out[field]).__name__}")
     if data_format != "chat" and not any(out.get(f, "").strip() for f in required if f != "label"):
         raise DataError(f"{where}: all text fields are empty")
+    if data_format == "preference":
+        for field in ("chosen", "rejected"):
+            if not out[field].strip():
+                raise DataError(f"{where}: field {field!r} is empty (a preference pair needs both answers)")
     return out
 
 
@@ -162,7 +180,7 @@ def load_dataset_config(name: str, cfg: DatasetConfig, seed: int = 0) -> LoadedD
         reader = READERS.get(path.suffix.lower())
         if reader is None:
             raise DataError(f"datasets.{name}.path: {source!r} must end in one of {', '.join(READERS)}")
-        raw = reader(path)
+        raw = reader(path, cfg.encoding)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         prefix = f"{source} "
     rows = [_check_row(row, f"{prefix}{where}".strip(), cfg.format, cfg.columns) for where, row in raw]

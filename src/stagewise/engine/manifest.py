@@ -1,7 +1,8 @@
-"""The run manifest: every stage's inputs, outputs, config hash and metrics.
+"""The run manifest: every stage's inputs, outputs (with content hashes), config hash and metrics.
 
 Written atomically after every change of a stage's status, so an interrupted run
-leaves a manifest that says exactly which stages finished.
+leaves a manifest that says exactly which stages finished. It also lists the stage
+folders stagewise created in the output folder (``owned_dirs``): only those are ever removed.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..distributed import is_main_process
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json
 
 MANIFEST = "manifest.json"
 
@@ -20,11 +21,15 @@ def now() -> str:
 
 
 class Manifest:
-    def __init__(self, output_dir: Path, header: dict[str, Any]) -> None:
+    def __init__(self, output_dir: Path, header: dict[str, Any], previous: dict[str, Any]) -> None:
+        """``previous``: the folder's earlier manifest, already checked (``run_folder.read_manifest``)."""
         self.path = output_dir / MANIFEST
-        previous = read_json(self.path) if self.path.is_file() else {}
         self.previous_stages: list[dict[str, Any]] = previous.get("stages", [])
-        self.data: dict[str, Any] = {**header, "created": previous.get("created", now()), "stages": []}
+        self.owned: set[str] = set(previous.get("owned_dirs", [])) | {
+            Path(stage["outputs"]["dir"]).name for stage in self.previous_stages
+            if isinstance(stage.get("outputs"), dict) and "dir" in stage["outputs"]}
+        self.data: dict[str, Any] = {**header, "created": previous.get("created", now()), "stages": [],
+                                     "owned_dirs": sorted(self.owned)}
 
     def previous(self, index: int) -> dict[str, Any] | None:
         return self.previous_stages[index] if index < len(self.previous_stages) else None
@@ -35,6 +40,11 @@ class Manifest:
             stages.append({})
         stages[index] = entry
         self.save()
+
+    def own(self, folder_name: str) -> None:
+        """Record a stage folder stagewise is about to create (saved with the next ``set_stage``)."""
+        self.owned.add(folder_name)
+        self.data["owned_dirs"] = sorted(self.owned)
 
     def save(self) -> None:
         """Only the main process writes (every rank keeps the same in-memory manifest)."""

@@ -1,16 +1,21 @@
-"""Run a recipe: load and check all data first, then train stage after stage.
+"""Run a recipe: check and lock the output folder, load and check all data, then train
+stage after stage.
 
 Finished stages are skipped by config hash (the hash chains the previous stage's, so
-a changed stage invalidates itself and every later one); an interrupted stage resumes
-from its last checkpoint.
+a changed stage invalidates itself and every later one) once their saved files match the
+SHA-256 recorded when they were written; an interrupted stage resumes from its last
+complete checkpoint. A stage is ``running`` while it trains, ``trained`` once its weights
+are saved and hashed, ``completed`` once evaluated: a run stopped at any instant resumes
+without redoing finished work.
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -20,13 +25,16 @@ from ..bundled import cache_dir
 from ..config import Recipe, StageConfig, config_hash, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
-from ..errors import RecipeError, StagewiseError
+from ..errors import OutputError, StagewiseError
 from ..eval import evaluate_suite
-from ..io import atomic_write_json, read_json
+from ..io import file_sha256, folder_sha256, read_verified_json, write_verified_json
 from ..models import load_model_and_tokenizer, load_stage_output
 from ..report import build_report, write_report
 from .manifest import Manifest
+from .run_folder import check_foreign_content, check_writable_folder, read_manifest, run_lock
 from .stage import ModelIdentity, class_labels, run_stage
+
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -69,25 +77,19 @@ def base_labels(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> list[str]
     return None
 
 
-def check_model_task(recipe: Recipe) -> None:
-    for index, stage in enumerate(recipe.stages):
-        objective = stage_objective(recipe, stage)
-        if objective == "classification" and recipe.model.task != "sequence_classification":
-            raise RecipeError(
-                f"stages.{index}.data: classification data needs model.task: sequence_classification"
-            )
-        if objective == "lm" and recipe.model.task != "causal_lm":
-            raise RecipeError(f"stages.{index}.data: language-modelling data needs model.task: causal_lm")
-        if (objective == "preference") != (stage.loss.kind == "dpo"):
-            raise RecipeError(f"stages.{index}.loss: preference data trains with loss: dpo, and dpo needs preference data")
-
-
 def model_fingerprint(name: str) -> Any:
-    """A local folder's weights can change under the same path: include their sizes and mtimes."""
+    """A local folder's weights can change under the same path: include their content hashes."""
     folder = Path(name)
     if not folder.is_dir():
         return name
-    return [name, sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*.safetensors"))]
+    files = sorted(folder.glob("*.safetensors"))
+    return [name, _weights_sha256(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in files))]
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_sha256(files: tuple[tuple[str, int, int, int], ...]) -> list[tuple[str, str]]:
+    """Hashed once per process for the same files (a run asks for the seed identity several times)."""
+    return [(Path(path).name, file_sha256(path)) for path, *_ in files]
 
 
 def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> str:
@@ -122,17 +124,22 @@ class Evaluator:
         entry["evaluation_key"] = self.key
 
     def cached_base(self) -> dict[str, Any] | None:
-        """Rank 0's view of the cache, so every rank agrees on whether to score the base model."""
+        """Rank 0's view of the cache (verified against its hash), so every rank agrees on
+        whether to score the base model."""
         cached = None
-        if self.key is not None and is_main_process() and self.base_path.is_file():
-            cached = read_json(self.base_path)
-        return broadcast_from_main(cached["results"] if cached and cached.get("key") == self.key else None)
+        if self.key is not None and is_main_process():
+            payload, why = read_verified_json(self.base_path)
+            if isinstance(payload, dict) and payload.get("key") == self.key:
+                cached = payload["results"]
+            elif why != "missing":
+                self.log(f"[cache] {self.base_path}: {why}: scoring the base model again")
+        return broadcast_from_main(cached)
 
     def base(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         self.log("[eval] base model")
         results = self(model, tokenizer)
         if is_main_process():
-            atomic_write_json(self.base_path, {"key": self.key, "results": results})
+            write_verified_json(self.base_path, {"key": self.key, "results": results})
         return results
 
 
@@ -140,115 +147,203 @@ def run_recipe(
     recipe: Recipe,
     recipe_path: str | None = None,
     callbacks: list[TrainerCallback] | None = None,
-    log: Any = print,
+    log: Log = print,
+    force: bool = False,
 ) -> RunResult:
+    """Train every stage of ``recipe`` into ``recipe.output_dir``.
+
+    ``force`` takes over a folder that holds files stagewise did not write, or an unreadable
+    manifest; without it such a folder is refused with one line before any work starts.
+    """
     init_from_launcher()
-    check_model_task(recipe)
+    output_dir = Path(recipe.output_dir)
+    if is_main_process():
+        check_writable_folder(output_dir)
+    barrier()
+    try:
+        previous = read_manifest(output_dir)
+    except OutputError as err:
+        if not force:
+            raise
+        log(f"[force] {err}: starting afresh")
+        previous = {}
+    if not force:
+        check_foreign_content(output_dir, previous)
+    with run_lock(output_dir, log):
+        return _run_locked(recipe, recipe_path, callbacks, log, force, previous)
+
+
+def _run_locked(
+    recipe: Recipe, recipe_path: str | None, callbacks: list[TrainerCallback] | None, log: Log, force: bool,
+    previous: dict[str, Any],
+) -> RunResult:
     if recipe.distributed.fsdp and not torch.cuda.is_available():
         log("[warning] distributed.fsdp: without a GPU, the Trainer (accelerate) runs this as plain DDP, not sharded")
     datasets = {name: load_dataset_config(name, cfg) for name, cfg in recipe.datasets.items()}
     hashes = stage_hashes(recipe, datasets)
-    seed_key = seed_model_key(recipe)
-
-    def load_seed() -> tuple[Any, Any]:
-        return load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets))
-
     output_dir = Path(recipe.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(output_dir, {
         "stagewise_version": __version__,
         "recipe_path": recipe_path,
         "recipe": recipe_to_dict(recipe),
         "model": recipe.model.model_name_or_path,
-    })
-
-    start = 0
-    for index, stage in enumerate(recipe.stages):
-        previous = manifest.previous(index)
-        done = (previous and previous.get("config_hash") == hashes[index]
-                and previous.get("status") == "completed"
-                and (output_dir / stage_dir_name(index, stage.name)).is_dir())
-        if not done:
-            break
-        manifest.set_stage(index, previous)
-        log(f"[skip] stage {index} '{stage.name}' already completed (config {hashes[index]})")
-        start = index + 1
-
+    }, previous)
+    start = reusable_stages(recipe, manifest, hashes, log)
+    check_stage_folders(recipe, manifest, hashes, start, force)
     evaluator = Evaluator(recipe, datasets, log)
-    for index in range(start):  # finished stages whose probes changed: re-score their saved weights
-        entry = manifest.data["stages"][index]
-        if evaluator.wants(index) and entry.get("evaluation_key") != evaluator.key:
-            stage_model, stage_tokenizer = load_stage_output(Path(entry["outputs"]["dir"]), recipe.model)
-            evaluator.score_stage(entry, stage_model, stage_tokenizer)
-            manifest.set_stage(index, entry)
+    finish_reused_stages(recipe, manifest, evaluator, start)
 
-    for index in range(start, len(recipe.stages)):
-        stage_dir = output_dir / stage_dir_name(index, recipe.stages[index].name)
-        previous = manifest.previous(index)
-        if stage_dir.exists() and (previous is None or previous.get("config_hash") != hashes[index]):
-            log(f"[invalidate] stage {index} '{recipe.stages[index].name}' changed: removing {stage_dir}")
-            if is_main_process():
-                shutil.rmtree(stage_dir)
-    barrier()
+    def load_seed() -> tuple[Any, Any]:
+        return load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets))
 
     base_scores = evaluator.cached_base()
+    model = tokenizer = None
     if start == 0 or (evaluator.key is not None and base_scores is None):
         model, tokenizer = load_seed()
         if evaluator.key is not None and base_scores is None:
             base_scores = evaluator.base(model, tokenizer)
     manifest.data["base_evaluation"] = base_scores
-    source: Path | None = None
     if start > 0:
-        source = output_dir / stage_dir_name(start - 1, recipe.stages[start - 1].name)
-        model, tokenizer = load_stage_output(source, recipe.model)
+        model, tokenizer = load_stage_output(stage_folder(recipe, start - 1), recipe.model)
 
+    seed_key = seed_model_key(recipe)
     for index in range(start, len(recipe.stages)):
-        stage = recipe.stages[index]
-        stage_dir = output_dir / stage_dir_name(index, stage.name)
-        entry: dict[str, Any] = {
-            "index": index,
-            "name": stage.name,
-            "config_hash": hashes[index],
-            "status": "running",
-            "inputs": {
-                "model": str(source) if source else recipe.model.model_name_or_path,
-                "data": {n: {"source": datasets[n].source, "rows": len(datasets[n].rows),
-                             "fingerprint": datasets[n].fingerprint} for n in stage_inputs(stage)},
-            },
-            "outputs": {"dir": str(stage_dir)},
-        }
-        manifest.set_stage(index, entry)
-        log(f"[stage {index}] '{stage.name}': training")
-        try:
-            identity = ModelIdentity(key=hashes[index - 1] if index else seed_key, seed_key=seed_key, load_seed=load_seed)
-            model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)
-        except StagewiseError as err:  # a recipe/data problem found while running: name the stage
-            entry.update(status="failed", error=str(err))
-            manifest.set_stage(index, entry)
-            raise type(err)(f"stages.{index} '{stage.name}': {err}") from None
-        except BaseException as err:
-            entry.update(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
-                         traceback=traceback.format_exc(limit=3)[-2000:])
-            manifest.set_stage(index, entry)
-            raise
-        entry.update(
-            status="completed",
-            trainable_params=result.trainable_params,
-            total_params=result.total_params,
-            trainable_fraction=result.trainable_params / max(result.total_params, 1),
-            train_rows=result.train_rows,
-            train_tokens=result.train_tokens,
-            wall_time_s=round(result.wall_time_s, 3),
-            tokens_per_s=round(result.tokens_per_s, 1),
-            metrics=result.metrics,
-            resumed_from=result.resumed_from,
-            transforms=result.transforms,
-        )
-        entry["outputs"]["files"] = sorted(p.name for p in stage_dir.iterdir() if p.is_file())
-        if evaluator.wants(index):
-            evaluator.score_stage(entry, model, tokenizer)
-        manifest.set_stage(index, entry)
-        source = stage_dir
+        identity = ModelIdentity(key=hashes[index - 1] if index else seed_key, seed_key=seed_key, load_seed=load_seed)
+        model = train_and_record(model, tokenizer, recipe, index, datasets, hashes[index], manifest, evaluator,
+                                 identity, callbacks, log)
     if recipe.evaluation and is_main_process():
         write_report(output_dir, build_report(manifest.data))
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)
+
+
+def stage_folder(recipe: Recipe, index: int) -> Path:
+    return Path(recipe.output_dir) / stage_dir_name(index, recipe.stages[index].name)
+
+
+def reusable_stages(recipe: Recipe, manifest: Manifest, hashes: list[str], log: Log) -> int:
+    """How many leading stages are finished with this config and intact on disk (rank 0 decides)."""
+    start = 0
+    if is_main_process():
+        for index, stage in enumerate(recipe.stages):
+            previous = manifest.previous(index)
+            if not (previous and previous.get("config_hash") == hashes[index]
+                    and previous.get("status") in ("trained", "completed")):
+                break
+            problem = changed_output(stage_folder(recipe, index), previous.get("outputs", {}).get("sha256"))
+            if problem:
+                log(f"[verify] stage {index} '{stage.name}': {problem}: training it again")
+                break
+            log(f"[skip] stage {index} '{stage.name}' already {previous['status']} (config {hashes[index]})")
+            start = index + 1
+    return broadcast_from_main(start)
+
+
+def changed_output(stage_dir: Path, recorded: dict[str, str] | None) -> str | None:
+    """Why a finished stage's folder cannot be reused as written, or None when every file matches."""
+    if not recorded:
+        return "no content hashes were recorded for its outputs"
+    for name, digest in recorded.items():
+        path = stage_dir / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if file_sha256(path) != digest:
+            return f"{path} differs from what the stage wrote"
+    return None
+
+
+def finish_reused_stages(recipe: Recipe, manifest: Manifest, evaluator: Evaluator, start: int) -> None:
+    """Record the reused stages and score those never scored on these probes (changed probes,
+    or a run stopped during evaluation), from their saved weights."""
+    for index in range(start):
+        entry = dict(manifest.previous(index) or {})
+        if evaluator.wants(index) and entry.get("evaluation_key") != evaluator.key:
+            stage_model, stage_tokenizer = load_stage_output(stage_folder(recipe, index), recipe.model)
+            evaluator.score_stage(entry, stage_model, stage_tokenizer)
+        entry["status"] = "completed"
+        manifest.set_stage(index, entry)
+
+
+def check_stage_folders(
+    recipe: Recipe, manifest: Manifest, hashes: list[str], start: int, force: bool
+) -> None:
+    """Before anything is written: a folder in the way of a stage that will train must be one
+    stagewise created (it is replaced when that stage starts) unless ``force``."""
+    for index in range(start, len(recipe.stages)):
+        stage_dir = stage_folder(recipe, index)
+        if stage_dir.exists() and stage_dir.name not in manifest.owned and not force:
+            raise OutputError(f"{stage_dir}: stagewise did not create this folder but stage {index} would write "
+                              "there; move it away or pass --force")
+
+
+def clear_stale_stage_folder(recipe: Recipe, manifest: Manifest, index: int, config_hash_: str, log: Log) -> None:
+    """Right before stage ``index`` trains: remove its old folder, unless it holds an interrupted
+    run of the same config (resumed from its complete checkpoints)."""
+    stage_dir = stage_folder(recipe, index)
+    previous = manifest.previous(index)
+    if stage_dir.exists() and not (previous and previous.get("config_hash") == config_hash_
+                                   and previous.get("status") != "completed"):
+        log(f"[invalidate] stage {index} '{recipe.stages[index].name}' changed: removing {stage_dir}")
+        if is_main_process() and stage_dir.is_dir():
+            shutil.rmtree(stage_dir)
+        elif is_main_process():
+            stage_dir.unlink()
+    barrier()
+
+
+def train_and_record(
+    model: Any, tokenizer: Any, recipe: Recipe, index: int, datasets: dict[str, LoadedDataset], config_hash_: str,
+    manifest: Manifest, evaluator: Evaluator, identity: ModelIdentity, callbacks: list[TrainerCallback] | None,
+    log: Log,
+) -> Any:
+    """Train stage ``index`` and record it: running -> trained (outputs hashed) -> completed (scored)."""
+    stage = recipe.stages[index]
+    stage_dir = stage_folder(recipe, index)
+    source = str(stage_folder(recipe, index - 1)) if index else recipe.model.model_name_or_path
+    entry: dict[str, Any] = {
+        "index": index,
+        "name": stage.name,
+        "config_hash": config_hash_,
+        "status": "running",
+        "inputs": {
+            "model": source,
+            "data": {n: {"source": datasets[n].source, "rows": len(datasets[n].rows),
+                         "fingerprint": datasets[n].fingerprint} for n in stage_inputs(stage)},
+        },
+        "outputs": {"dir": str(stage_dir)},
+    }
+    clear_stale_stage_folder(recipe, manifest, index, config_hash_, log)
+    manifest.own(stage_dir.name)
+    manifest.set_stage(index, entry)
+    log(f"[stage {index}] '{stage.name}': training")
+    try:
+        model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)
+    except StagewiseError as err:  # a recipe/data problem found while running: name the stage
+        entry.update(status="failed", error=str(err))
+        manifest.set_stage(index, entry)
+        raise type(err)(f"stages.{index} '{stage.name}': {err}") from None
+    except BaseException as err:
+        entry.update(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
+                     traceback=traceback.format_exc(limit=3)[-2000:])
+        manifest.set_stage(index, entry)
+        raise
+    entry.update(
+        status="trained",
+        trainable_params=result.trainable_params,
+        total_params=result.total_params,
+        trainable_fraction=result.trainable_params / max(result.total_params, 1),
+        train_rows=result.train_rows,
+        train_tokens=result.train_tokens,
+        wall_time_s=round(result.wall_time_s, 3),
+        tokens_per_s=round(result.tokens_per_s, 1),
+        metrics=result.metrics,
+        resumed_from=result.resumed_from,
+        transforms=result.transforms,
+    )
+    entry["outputs"]["files"] = sorted(p.name for p in stage_dir.iterdir() if p.is_file())
+    entry["outputs"]["sha256"] = folder_sha256(stage_dir) if is_main_process() else {}
+    manifest.set_stage(index, entry)
+    if evaluator.wants(index):
+        evaluator.score_stage(entry, model, tokenizer)
+    entry["status"] = "completed"
+    manifest.set_stage(index, entry)
+    return model

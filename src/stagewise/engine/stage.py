@@ -25,17 +25,17 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..config import DatasetConfig, Recipe, StageConfig, stage_objective
 from ..data import LoadedDataset, encode_dataset
-from ..errors import DataError
+from ..errors import DataError, TrainingError
 from ..losses import LossContext, TrainerBuilder
 from ..registry import LOSSES, LR_RULES, TRANSFORMS
 from ..transforms import TransformContext
 from ..schedules import GroupSplitter, LrRuleContext
 from ..selection import SelectionContext, apply_selector, count_parameters, is_peft_model
 from ..speed import mfu
+from .checkpoints import CheckpointSeal, last_complete_checkpoint
 
 ADAPTER_DIR = "adapter"
 WRAPPED_WEIGHTS = "stagewise-wrapped-model.safetensors"  # exact resume state of an adapter-wrapped model
@@ -160,11 +160,17 @@ class ListDataset(torch.utils.data.Dataset):
 
 
 def class_labels(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset]) -> list[str]:
-    """Label names of a classification stage: declared, else sorted over its data."""
-    declared = recipe.datasets[stage.data[0]].labels
-    if declared:
-        return declared
-    return sorted({row["label"] for name in stage.data for row in datasets[name].rows})
+    """Label names of a classification stage: declared, else sorted over its data. At least two
+    classes (one would train a constant), and as many as ``model.num_labels`` when that is set."""
+    labels = recipe.datasets[stage.data[0]].labels or sorted(
+        {row["label"] for name in stage.data for row in datasets[name].rows})
+    where = f"datasets.{stage.data[0]}"
+    if len(labels) < 2:
+        raise DataError(f"{where}: classification needs at least 2 classes, found only {labels}")
+    if recipe.model.num_labels is not None and recipe.model.num_labels != len(labels):
+        raise DataError(f"model.num_labels is {recipe.model.num_labels} but {where} has {len(labels)} "
+                        f"labels {labels}; fix num_labels or the data")
+    return labels
 
 
 def encode_stage_data(
@@ -197,7 +203,9 @@ def training_arguments(
         max_steps=stage.max_steps,
         weight_decay=stage.weight_decay,
         lr_scheduler_type=stage.lr_scheduler_type,
-        warmup_steps=stage.warmup_ratio,
+        # transformers reads warmup_steps < 1 as a ratio of the total steps and >= 1 as a step
+        # count; just under 1 keeps ratio 1.0 a ratio (ceil(n * (1 - 1e-9)) = n for n < 1e9)
+        warmup_steps=min(stage.warmup_ratio, 1 - 1e-9),
         max_grad_norm=stage.max_grad_norm,
         seed=stage.seed,
         data_seed=stage.seed,
@@ -253,6 +261,24 @@ def train_collator(objective: str, tokenizer: PreTrainedTokenizerBase, padding_f
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
 
+class FiniteLossGuard(TrainerCallback):
+    """Stops a stage whose loss or gradient norm stops being finite (diverged): its weights
+    are garbage and must never be marked completed or handed to the next stage."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        for key in ("loss", "grad_norm", "train_loss"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise TrainingError(f"{key} became {value} at step {state.global_step}: training diverged "
+                                    "(lower the lr, or set max_grad_norm)")
+
+
+def check_finite_weights(model: torch.nn.Module) -> None:
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param).all():
+            raise TrainingError(f"parameter {name} holds NaN/inf after training: training diverged (lower the lr)")
+
+
 def run_stage(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -277,7 +303,7 @@ def run_stage(
     class_counts = [sum(ex["labels"] == i for ex in train_examples) for i in range(len(labels))] if labels else []
     loss = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=objective, class_counts=class_counts))
     lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr))
-    all_callbacks = [*selector_callbacks, *lr_plan.callbacks, *(callbacks or [])]
+    all_callbacks = [*selector_callbacks, *lr_plan.callbacks, CheckpointSeal(), FiniteLossGuard(), *(callbacks or [])]
 
     if isinstance(loss, TrainerBuilder):  # e.g. DPO: TRL's trainer on preference rows
         trainer = loss.build(model=model, tokenizer=tokenizer, rows=train_examples, callbacks=all_callbacks,
@@ -292,13 +318,15 @@ def run_stage(
             data_collator=collator, processing_class=tokenizer, compute_loss_func=loss, callbacks=all_callbacks,
             split_groups=lr_plan.split_groups,
         )
-    checkpoint = get_last_checkpoint(str(stage_dir)) if recipe.resume_from_checkpoint and stage_dir.is_dir() else None
+    checkpoint = (last_complete_checkpoint(stage_dir, log)
+                  if recipe.resume_from_checkpoint and stage_dir.is_dir() else None)
     started = time.perf_counter()
     metrics: dict[str, float] = {}
     if trainable > 0:  # a stage that trains nothing (trainable: none) only evaluates and saves
         output = trainer.train(resume_from_checkpoint=checkpoint)
         metrics = {key: float(value) for key, value in output.metrics.items() if isinstance(value, (int, float))}
         metrics.update(last_logged(trainer))
+        check_finite_weights(model)
         if trainer.state.best_model_checkpoint:
             metrics["best_epoch"] = float(next(r["epoch"] for r in trainer.state.log_history
                                                if r.get(trainer.args.metric_for_best_model) == trainer.state.best_metric))

@@ -1,0 +1,61 @@
+"""Crash-safe resume: a checkpoint counts only once it is complete.
+
+The HF Trainer writes a checkpoint file by file (weights, optimizer, scheduler, RNG,
+trainer_state.json last) and deletes the older checkpoint right after, so a kill at the
+wrong instant leaves a half-written newest checkpoint that ``get_last_checkpoint`` would
+pick. :class:`CheckpointSeal` writes ``stagewise-complete.json`` (every file and its size)
+once the Trainer has finished a checkpoint; :func:`last_complete_checkpoint` resumes from
+the newest sealed checkpoint whose files are all there at their recorded sizes, and removes
+the incomplete ones (stagewise wrote them), saying so in one log line each.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import TrainerCallback
+
+from ..distributed import is_main_process
+from ..io import atomic_write_json, read_json
+
+SEAL = "stagewise-complete.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {p.relative_to(folder).as_posix(): p.stat().st_size
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != SEAL}
+
+
+class CheckpointSeal(TrainerCallback):
+    """Marks each checkpoint complete after the Trainer has written all of it."""
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if is_main_process() and folder.is_dir():
+            atomic_write_json(folder / SEAL, {"step": state.global_step, "files": _files(folder)})
+
+
+def is_complete(folder: Path) -> bool:
+    try:
+        sealed = read_json(folder / SEAL)["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    present = _files(folder)
+    return isinstance(sealed, dict) and all(present.get(name) == size for name, size in sealed.items())
+
+
+def last_complete_checkpoint(stage_dir: Path, log: Callable[[str], None]) -> str | None:
+    """The newest complete ``checkpoint-N`` in ``stage_dir``; incomplete newer ones are removed."""
+    found = sorted(((int(m.group(1)), p) for p in stage_dir.glob("checkpoint-*")
+                    if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True)
+    for _, folder in found:
+        if is_complete(folder):
+            return str(folder)
+        log(f"[resume] {folder.name} is incomplete (the run was stopped while writing it): removed, "
+            "resuming from an earlier checkpoint or the stage start")
+        if is_main_process():
+            shutil.rmtree(folder, ignore_errors=True)
+    return None
