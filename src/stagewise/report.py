@@ -30,7 +30,8 @@ def compare_scores(base: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
         for name, result in after.get(group, {}).items():
             before = base.get(group, {}).get(name, {}).get("score")
             delta = None if before is None else result["score"] - before
-            rows[name] = {"metric": result["metric"], "base": before, "after": result["score"], "delta": delta}
+            rows[name] = {"metric": result["metric"], "base": before, "after": result["score"], "delta": delta,
+                          "truncated": result.get("truncated", 0)}  # inputs clipped to evaluation.max_length
             if result["higher_is_better"]:
                 scores.append(result["score"])
                 if delta is not None:
@@ -80,6 +81,10 @@ def report_markdown(report: dict[str, Any]) -> str:
             for name, row in stage[group].items():
                 lines.append(f"| {group} | {name} | {row['metric']} | {fmt(row['base'])} | {fmt(row['after'])} "
                              f"| {fmt(row['delta'], signed=True)} |")
+        clipped = [f"{name} ({row['truncated']})" for group in GROUPS for name, row in stage[group].items()
+                   if row.get("truncated")]
+        if clipped:
+            lines += ["", f"Prompts clipped to evaluation.max_length (kept their last tokens): {', '.join(clipped)}"]
         lines.append("")
     return "\n".join(lines)
 

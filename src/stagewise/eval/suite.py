@@ -29,10 +29,20 @@ def _golds(row: dict[str, Any]) -> list[str]:
     return [answer, *row.get("aliases", [])]
 
 
-def generation_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, batch_size: int) -> Result:
+def clip_prompts(prompts: list[list[int]], max_length: int, max_new_tokens: int) -> tuple[list[list[int]], int]:
+    """Keep each prompt's last tokens so prompt + answer fit ``max_length`` (the question and the
+    answer cue sit at the end); returns the prompts and how many were clipped."""
+    limit = max(max_length - max_new_tokens, 1)
+    clipped = sum(len(prompt) > limit for prompt in prompts)
+    return [prompt[-limit:] for prompt in prompts], clipped
+
+
+def generation_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig) -> Result:
     if cfg.format not in ("instruction", "prompt_completion", "chat"):
         raise DataError(f"evaluation {task.name!r}: metric {task.metric!r} needs instruction/prompt_completion data")
-    prompts = [encode_prompt(row, cfg.format, tokenizer, cfg.template) for row in rows]
+    batch_size = evaluation.batch_size
+    prompts, clipped = clip_prompts([encode_prompt(row, cfg.format, tokenizer, cfg.template) for row in rows],
+                                    evaluation.max_length, task.max_new_tokens)
     short_answer = task.metric in ("exact_match", "contains")  # these compare the first line only
     sampling = SamplingConfig(max_new_tokens=task.max_new_tokens, first_line=short_answer)
     outputs = [texts[0] for texts in generate(model, tokenizer, prompts, sampling, batch_size=batch_size,
@@ -49,7 +59,7 @@ def generation_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, 
             checks.setdefault("regex", []).append(metrics.regex_match(output, task.pattern or "", golds))
     scores = {name: sum(values) / len(values) for name, values in checks.items()}
     examples = [{"gold": _golds(r)[0], "prediction": o.strip()[:120]} for r, o in zip(rows[:3], outputs[:3])]
-    return {"score": scores[task.metric], "scores": scores, "examples": examples}
+    return {"score": scores[task.metric], "scores": scores, "examples": examples, "truncated": clipped}
 
 
 def fewshot_prompt(row: dict[str, Any], demos: list[dict[str, Any]]) -> str:
@@ -58,7 +68,7 @@ def fewshot_prompt(row: dict[str, Any], demos: list[dict[str, Any]]) -> str:
     return "\n\n".join([*shots, form.format(input=row["input"])])
 
 
-def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, batch_size: int) -> Result:
+def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig) -> Result:
     if cfg.format != "fewshot":
         raise DataError(f"evaluation {task.name!r}: metric 'fewshot' needs a dataset with format: fewshot")
     rng = random.Random(0)
@@ -67,14 +77,15 @@ def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, row
         pool = [other for other in rows if other["task"] == row["task"] and other is not row]
         demos = rng.sample(pool, min(task.shots, len(pool)))
         prompts.append(tokenizer(fewshot_prompt(row, demos))["input_ids"])
+    prompts, clipped = clip_prompts(prompts, evaluation.max_length, task.max_new_tokens)
     outputs = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=task.max_new_tokens, first_line=True),
-                       batch_size=batch_size, desc=f"eval {task.name}")
+                       batch_size=evaluation.batch_size, desc=f"eval {task.name}")
     per_task: dict[str, list[bool]] = {}
     for row, (output,) in zip(rows, outputs):
         per_task.setdefault(row["task"], []).append(metrics.exact_match(output, [row["output"]]))
     scores = {f"accuracy_{name}": sum(v) / len(v) for name, v in per_task.items()}
     scores["accuracy"] = sum(scores.values()) / len(scores)  # macro over tasks
-    return {"score": scores["accuracy"], "scores": scores}
+    return {"score": scores["accuracy"], "scores": scores, "truncated": clipped}
 
 
 @torch.inference_mode()
@@ -135,9 +146,9 @@ def evaluate_task(
     was_training = model.training
     try:
         if task.metric in GENERATION_METRICS:
-            result = generation_task(model, tokenizer, task, cfg, rows, evaluation.batch_size)
+            result = generation_task(model, tokenizer, task, cfg, rows, evaluation)
         elif task.metric == "fewshot":
-            result = fewshot_task(model, tokenizer, task, cfg, rows, evaluation.batch_size)
+            result = fewshot_task(model, tokenizer, task, cfg, rows, evaluation)
         elif task.metric == "highly_known":
             result = knowledge_task(model, tokenizer, task, cfg, rows, evaluation.batch_size)
         elif task.metric == "perplexity":

@@ -1,0 +1,148 @@
+"""What the crash-safety mechanisms do (test_reliability.py checks the error lines): warmup
+schedule, locks, verified outputs and caches, model identity by content, clipped evaluation
+inputs, diverged stages, --force."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import INSTRUCTION_ROWS, make_recipe, run
+from stagewise.engine import run_recipe
+
+STAGE = {"name": "a", "data": "sft", "lr": 1e-2, "max_steps": 4, "batch_size": 2, "save_steps": 2}
+
+
+@pytest.mark.parametrize("ratio,steps,expected", [(1.0, 100, 100), (0.1, 100, 10), (0.0, 100, 0), (0.5, 7, 4)])
+def test_warmup_ratio_counts_a_share_of_the_steps(tmp_path, ratio, steps, expected):
+    from stagewise.engine.stage import training_arguments
+
+    recipe = make_recipe(tmp_path, [{**STAGE, "warmup_ratio": ratio}])
+    args = training_arguments(recipe, recipe.stages[0], tmp_path / "s")
+    assert args.get_warmup_steps(steps) == expected
+
+
+def test_warmup_ratio_one_raises_the_lr_at_every_step(tmp_path):
+    result = run(make_recipe(tmp_path, [{**STAGE, "warmup_ratio": 1.0, "logging_steps": 1}]))
+    state = json.loads((tmp_path / "run/0-a/trainer_state.json").read_text())
+    lrs = [record["learning_rate"] for record in state["log_history"] if "learning_rate" in record]
+    assert len(lrs) == 4 and all(b > a for a, b in zip(lrs, lrs[1:])), lrs
+    assert result.manifest["stages"][0]["status"] == "completed"
+
+
+def test_stale_lock_is_taken_over_and_released(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".stagewise.lock").write_text(json.dumps({"pid": 4_000_000, "host": socket.gethostname(), "since": "x"}))
+    logs: list[str] = []
+    run_recipe(make_recipe(tmp_path, [STAGE]), log=logs.append)
+    assert any(line.startswith("[lock] taking over") for line in logs)
+    assert not (out / ".stagewise.lock").exists()
+
+
+def test_bit_flipped_stage_output_is_trained_again(tmp_path):
+    stages = [STAGE, {**STAGE, "name": "b", "trainable": {"kind": "layers", "indices": [-1]}}]
+    run(make_recipe(tmp_path, stages))
+    weights_file = tmp_path / "run/0-a/model.safetensors"
+    original = {n: t.clone() for n, t in load_file(str(weights_file)).items()}
+    final = load_file(str(tmp_path / "run/1-b/model.safetensors"))
+    data = bytearray(weights_file.read_bytes())
+    data[-3] ^= 0xFF  # inside the last tensor: still a valid file, different weights
+    weights_file.write_bytes(bytes(data))
+    logs: list[str] = []
+    run_recipe(make_recipe(tmp_path, stages), log=logs.append)
+    assert any("[verify] stage 0 'a'" in line and "differs from what the stage wrote" in line for line in logs), logs
+    for name, tensor in load_file(str(weights_file)).items():
+        assert torch.equal(tensor, original[name]), name
+    for name, tensor in load_file(str(tmp_path / "run/1-b/model.safetensors")).items():
+        assert torch.equal(tensor, final[name]), name
+    logs.clear()
+    run_recipe(make_recipe(tmp_path, stages), log=logs.append)  # intact now: both reused
+    assert sum(line.startswith("[skip]") for line in logs) == 2
+
+
+def test_edited_or_truncated_transform_cache_is_computed_again(tmp_path):
+    from stagewise.bundled import cache_dir
+    from stagewise.transforms import cached
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"rows": [1, 2, 3]}
+
+    assert cached("demo", ["k"], compute) == {"rows": [1, 2, 3]}
+    assert cached("demo", ["k"], compute) == {"rows": [1, 2, 3]} and len(calls) == 1
+    [path] = (cache_dir() / "generations").glob("demo-*.json")
+    stored = json.loads(path.read_text())
+    stored["payload"]["rows"] = [9]
+    path.write_text(json.dumps(stored))
+    assert cached("demo", ["k"], compute) == {"rows": [1, 2, 3]} and len(calls) == 2
+    path.write_text(path.read_text()[:10])
+    assert cached("demo", ["k"], compute) == {"rows": [1, 2, 3]} and len(calls) == 3
+
+
+def test_seed_model_identity_follows_weight_content_not_size_and_mtime(tmp_path):
+    from stagewise.engine import pipeline
+    from stagewise.models import load_model_and_tokenizer
+    from stagewise.config import ModelConfig
+
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    recipe = make_recipe(tmp_path, [STAGE], model=str(folder))
+    before = pipeline.seed_model_key(recipe)
+    weights = folder / "model.safetensors"
+    stat = weights.stat()
+    tensors = load_file(str(weights))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    assert weights.stat().st_size == stat.st_size
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    pipeline._weights_sha256.cache_clear()  # a new process: the per-process memo starts empty
+    assert pipeline.seed_model_key(recipe) != before
+
+
+def test_huge_evaluation_row_is_clipped_and_counted(tmp_path):
+    huge = {"instruction": "x" * 200_000, "output": "y"}  # unclipped: ~10^11 attention entries per head
+    recipe = make_recipe(
+        tmp_path, [STAGE],
+        datasets={"sft": {"format": "instruction", "template": "alpaca", "rows": INSTRUCTION_ROWS},
+                  "big": {"format": "instruction", "template": "alpaca", "rows": [huge, *INSTRUCTION_ROWS]}},
+        evaluation={"target": [{"name": "big", "data": "big", "metric": "contains", "max_new_tokens": 4}],
+                    "max_length": 64},
+    )
+    run(recipe)
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    assert report["stages"][0]["target"]["big"]["truncated"] == 1
+    assert "Prompts clipped to evaluation.max_length" in (tmp_path / "run/report.md").read_text()
+
+
+def test_diverged_stage_is_failed_never_completed(tmp_path):
+    from stagewise.errors import TrainingError
+
+    recipe = make_recipe(tmp_path, [{**STAGE, "lr": 1e12, "max_grad_norm": 0, "logging_steps": 1}])
+    with pytest.raises(TrainingError, match="training diverged"):
+        run(recipe)
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert manifest["stages"][0]["status"] == "failed"
+    assert not (tmp_path / "run/0-a/model.safetensors").exists()
+
+
+def test_force_takes_over_a_foreign_folder_and_keeps_unrelated_files(tmp_path):
+    from stagewise.errors import OutputError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="holds files stagewise did not write"):
+        run(make_recipe(tmp_path, [STAGE]))
+    run_recipe(make_recipe(tmp_path, [STAGE]), log=lambda m: None, force=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "0-a/model.safetensors").is_file()
