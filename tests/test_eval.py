@@ -152,3 +152,57 @@ def test_compare_writes_table_and_plot(tmp_path, capsys):
     assert "| base model |" in table and "lr0.01" in table and "lr0.001" in table
     rows = json.loads((tmp_path / "cmp/compare.json").read_text())["rows"]
     assert rows[0]["base_retention_score"] == rows[1]["base_retention_score"]
+
+
+def read_items(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_per_item_scores_are_written_and_reproduce_each_probe_score(tmp_path):
+    import math
+
+    result = run(eval_recipe(tmp_path))
+    out = tmp_path / "run"
+    for point, evaluation in (("base", result.manifest["base_evaluation"]),
+                              ("0-sft", result.manifest["stages"][0]["evaluation"])):
+        for group, probes in evaluation.items():
+            for name, summary in probes.items():
+                assert "items" not in summary and summary["items_file"] == f"eval/{point}/{name}.jsonl"
+                items = read_items(out / summary["items_file"])
+                assert len(items) == summary["n"]
+                if summary["metric"] == "perplexity":
+                    nll = sum(i["score"] * i["tokens"] for i in items) / sum(i["tokens"] for i in items)
+                    assert math.exp(nll) == pytest.approx(summary["score"], rel=1e-5)
+                elif summary["metric"] == "fewshot":  # macro over tasks; one task here
+                    assert sum(i["score"] for i in items) / len(items) == pytest.approx(summary["score"])
+                else:
+                    assert sum(i["score"] for i in items) / len(items) == pytest.approx(summary["score"])
+    base_ids = [i["id"] for i in read_items(out / "eval/base/recall.jsonl")]
+    assert base_ids == [i["id"] for i in read_items(out / "eval/0-sft/recall.jsonl")]
+    assert len(set(base_ids)) == len(FACT_ROWS)
+    assert result.manifest["stages"][0]["eval_time_s"] > 0 and result.manifest["base_eval_time_s"] > 0
+
+
+def test_item_ids_use_the_row_id_else_content_and_number_repeats():
+    from stagewise.eval.suite import item_ids
+
+    rows = [{"id": 7, "text": "a"}, {"text": "b"}, {"text": "b"}, {"text": "c"}]
+    ids = item_ids(rows)
+    assert ids[0] == "7" and ids[2] == ids[1] + "#2" and len(set(ids)) == 4
+    assert item_ids([{"text": "c"}]) == [ids[3]]  # content ids do not depend on position
+
+
+def test_every_epoch_traces_a_curve_of_points(tmp_path):
+    recipe = make_recipe(
+        tmp_path, [{"name": "sft", "data": "facts", "lr": 1e-2, "epochs": 3, "batch_size": 3}],
+        datasets={"facts": {"format": "instruction", "template": "alpaca", "rows": FACT_ROWS}},
+        evaluation={"target": [{"name": "recall", "data": "facts", "metric": "exact_match", "max_new_tokens": 4}],
+                    "every": "epoch"},
+    )
+    result = run(recipe)
+    curve = result.manifest["stages"][0]["curve"]
+    assert [point["epoch"] for point in curve] == [1.0, 2.0] and [p["step"] for p in curve] == [2, 4]
+    for point in curve:
+        items = read_items(tmp_path / "run" / point["evaluation"]["target"]["recall"]["items_file"])
+        assert len(items) == len(FACT_ROWS) and point["eval_time_s"] > 0
+    assert (tmp_path / "run/eval/0-sft/epoch-1/recall.jsonl").is_file()

@@ -134,6 +134,7 @@ class EvaluationConfig(StrictModel):
     batch_size: int = Field(default=16, ge=1)   # sequences decoded (or scored) per batch
     max_length: int = Field(default=512, ge=8)
     after_each_stage: bool = True
+    every: Literal["stage", "epoch"] = "stage"  # epoch: also score at each epoch's end (a gain/retention curve)
 
 
 class StageConfig(StrictModel):

@@ -11,7 +11,9 @@ without redoing finished work.
 from __future__ import annotations
 
 import functools
+import json
 import shutil
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
 from ..errors import OutputError, StagewiseError
 from ..eval import evaluate_suite
-from ..io import file_sha256, folder_sha256, read_verified_json, write_verified_json
+from ..io import atomic_write_text, file_sha256, folder_sha256, read_verified_json, write_verified_json
 from ..models import load_model_and_tokenizer, load_stage_output
 from ..report import build_report, write_report
 from .manifest import Manifest
@@ -100,11 +102,16 @@ def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> str:
 
 
 class Evaluator:
-    """Evaluates the recipe's probes. The base model's scores are cached in the user cache by
-    (model, probes, probe data) hash, so recipes compared on the same probes score it once."""
+    """Evaluates the recipe's probes at a named point (``base``, ``0-sft``, ``0-sft/epoch-1``).
+
+    Each probe's per-item scores go to ``eval/<point>/<probe>.jsonl`` in the run folder; the
+    manifest keeps the summary and that file's path. The base model's scores are cached in the
+    user cache by (model, probes, probe data) hash, so recipes compared on the same probes score
+    it once."""
 
     def __init__(self, recipe: Recipe, datasets: dict[str, LoadedDataset], log: Any) -> None:
         self.recipe, self.datasets, self.log = recipe, datasets, log
+        self.output_dir = Path(recipe.output_dir)
         self.key = evaluation_hash(recipe, datasets) if recipe.evaluation else None
         self.base_path = cache_dir() / "eval" / f"base-{self.key}.json"
 
@@ -113,6 +120,25 @@ class Evaluator:
         rows = {name: loaded.rows for name, loaded in self.datasets.items()}
         return evaluate_suite(model, tokenizer, self.recipe.evaluation, self.recipe.datasets, rows)
 
+    def record(self, point: str, results: dict[str, Any]) -> dict[str, Any]:
+        """Write each probe's items to ``eval/<point>/<probe>.jsonl``; return the results without them."""
+        summary: dict[str, Any] = {}
+        for group, probes in results.items():
+            summary[group] = {}
+            for name, result in probes.items():
+                relative = f"eval/{point}/{name}.jsonl"
+                if is_main_process():
+                    atomic_write_text(self.output_dir / relative, "".join(
+                        json.dumps(item, ensure_ascii=False) + "\n" for item in result.get("items", [])))
+                summary[group][name] = {**{k: v for k, v in result.items() if k != "items"}, "items_file": relative}
+        return summary
+
+    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, point: str) -> tuple[dict[str, Any], float]:
+        """(summary, wall seconds) of scoring ``model`` at ``point``."""
+        started = time.perf_counter()
+        summary = self.record(point, self(model, tokenizer))
+        return summary, round(time.perf_counter() - started, 3)
+
     def wants(self, index: int) -> bool:
         """Score after this stage? (every stage, or only the last one)."""
         evaluation = self.recipe.evaluation
@@ -120,12 +146,12 @@ class Evaluator:
 
     def score_stage(self, entry: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         self.log(f"[eval] after stage {entry['index']} '{entry['name']}'")
-        entry["evaluation"] = self(model, tokenizer)
+        entry["evaluation"], entry["eval_time_s"] = self.score(model, tokenizer, stage_dir_name(entry["index"], entry["name"]))
         entry["evaluation_key"] = self.key
 
     def cached_base(self) -> dict[str, Any] | None:
-        """Rank 0's view of the cache (verified against its hash), so every rank agrees on
-        whether to score the base model."""
+        """The cached base scores (verified against their hash; rank 0's view, so every rank
+        agrees on whether to score the base model), recorded into this run's eval/base/."""
         cached = None
         if self.key is not None and is_main_process():
             payload, why = read_verified_json(self.base_path)
@@ -133,14 +159,38 @@ class Evaluator:
                 cached = payload["results"]
             elif why != "missing":
                 self.log(f"[cache] {self.base_path}: {why}: scoring the base model again")
-        return broadcast_from_main(cached)
+        cached = broadcast_from_main(cached)
+        return None if cached is None else self.record("base", cached)
 
-    def base(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    def base(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[dict[str, Any], float]:
         self.log("[eval] base model")
+        started = time.perf_counter()
         results = self(model, tokenizer)
         if is_main_process():
             write_verified_json(self.base_path, {"key": self.key, "results": results})
-        return results
+        return self.record("base", results), round(time.perf_counter() - started, 3)
+
+
+class CurvePoints(TrainerCallback):
+    """``evaluation.every: epoch``: score the probes at the end of every epoch but the last (the
+    stage's own evaluation covers that), so each stage traces a (gain, retention) curve. Points
+    are recorded in the manifest entry's ``curve`` as they come (one per step, so a resumed stage
+    replaces the points it recomputes)."""
+
+    def __init__(self, evaluator: Evaluator, entry: dict[str, Any], manifest: Manifest, tokenizer: Any) -> None:
+        self.evaluator, self.entry, self.manifest, self.tokenizer = evaluator, entry, manifest, tokenizer
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step >= state.max_steps:
+            return
+        epoch = round(state.epoch or 0.0, 3)
+        point = f"{stage_dir_name(self.entry['index'], self.entry['name'])}/epoch-{epoch:g}"
+        self.evaluator.log(f"[eval] {point}")
+        summary, seconds = self.evaluator.score(model, self.tokenizer, point)
+        curve = [p for p in self.entry.get("curve", []) if p["step"] != state.global_step]
+        curve.append({"epoch": epoch, "step": state.global_step, "evaluation": summary, "eval_time_s": seconds})
+        self.entry["curve"] = sorted(curve, key=lambda p: p["step"])
+        self.manifest.set_stage(self.entry["index"], self.entry)
 
 
 def run_recipe(
@@ -201,7 +251,7 @@ def _run_locked(
     if start == 0 or (evaluator.key is not None and base_scores is None):
         model, tokenizer = load_seed()
         if evaluator.key is not None and base_scores is None:
-            base_scores = evaluator.base(model, tokenizer)
+            base_scores, manifest.data["base_eval_time_s"] = evaluator.base(model, tokenizer)
     manifest.data["base_evaluation"] = base_scores
     if start > 0:
         model, tokenizer = load_stage_output(stage_folder(recipe, start - 1), recipe.model)
@@ -311,10 +361,15 @@ def train_and_record(
         },
         "outputs": {"dir": str(stage_dir)},
     }
+    previous = manifest.previous(index)
+    if previous and previous.get("config_hash") == config_hash_ and previous.get("curve"):
+        entry["curve"] = previous["curve"]  # points before a resumed checkpoint are not recomputed
     clear_stale_stage_folder(recipe, manifest, index, config_hash_, log)
     manifest.own(stage_dir.name)
     manifest.set_stage(index, entry)
     log(f"[stage {index}] '{stage.name}': training")
+    if recipe.evaluation and recipe.evaluation.every == "epoch":
+        callbacks = [*(callbacks or []), CurvePoints(evaluator, entry, manifest, tokenizer)]
     try:
         model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)
     except StagewiseError as err:  # a recipe/data problem found while running: name the stage

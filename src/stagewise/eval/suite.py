@@ -3,9 +3,15 @@
 Generation probes render each prompt exactly as training does (same template and
 special tokens) and decode greedily in batches; few-shot probes use their own plain
 format (the point is to see whether in-context ability survives fine-tuning).
+
+Every result carries ``items``: one record per row with a stable ``id`` (the row's own
+``id`` field, else a hash of its content), the item's ``score`` and the model's prediction,
+so two runs on the same probe can be compared item by item (``stagewise study``).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from typing import Any
@@ -22,6 +28,19 @@ from ..selection import base_model_of, is_peft_model
 from . import metrics
 
 Result = dict[str, Any]
+
+
+def item_ids(rows: list[dict[str, Any]]) -> list[str]:
+    """Stable ids: the row's ``id``, else the first 12 hex digits of its content's SHA-1;
+    a repeated row gets ``#2``, ``#3``, ... in order of appearance."""
+    seen: dict[str, int] = {}
+    ids = []
+    for row in rows:
+        base = str(row["id"]) if "id" in row else hashlib.sha1(
+            json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return ids
 
 
 def _golds(row: dict[str, Any]) -> list[str]:
@@ -59,7 +78,9 @@ def generation_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, 
             checks.setdefault("regex", []).append(metrics.regex_match(output, task.pattern or "", golds))
     scores = {name: sum(values) / len(values) for name, values in checks.items()}
     examples = [{"gold": _golds(r)[0], "prediction": o.strip()[:120]} for r, o in zip(rows[:3], outputs[:3])]
-    return {"score": scores[task.metric], "scores": scores, "examples": examples, "truncated": clipped}
+    items = [{"id": i, "score": float(ok), "prediction": o.strip()[:200]}
+             for i, ok, o in zip(item_ids(rows), checks[task.metric], outputs)]
+    return {"score": scores[task.metric], "scores": scores, "examples": examples, "truncated": clipped, "items": items}
 
 
 def fewshot_prompt(row: dict[str, Any], demos: list[dict[str, Any]]) -> str:
@@ -81,30 +102,40 @@ def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, row
     outputs = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=task.max_new_tokens, first_line=True),
                        batch_size=evaluation.batch_size, desc=f"eval {task.name}")
     per_task: dict[str, list[bool]] = {}
-    for row, (output,) in zip(rows, outputs):
-        per_task.setdefault(row["task"], []).append(metrics.exact_match(output, [row["output"]]))
+    items = []
+    for item_id, row, (output,) in zip(item_ids(rows), rows, outputs):
+        correct = metrics.exact_match(output, [row["output"]])
+        per_task.setdefault(row["task"], []).append(correct)
+        items.append({"id": item_id, "score": float(correct), "task": row["task"], "prediction": output.strip()[:200]})
     scores = {f"accuracy_{name}": sum(v) / len(v) for name, v in per_task.items()}
     scores["accuracy"] = sum(scores.values()) / len(scores)  # macro over tasks
-    return {"score": scores["accuracy"], "scores": scores, "truncated": clipped}
+    return {"score": scores["accuracy"], "scores": scores, "truncated": clipped, "items": items}
 
 
 @torch.inference_mode()
 def perplexity_task(model, tokenizer, cfg: DatasetConfig, rows, batch_size: int, max_length: int) -> Result:
-    examples = encode_lm_rows(rows, cfg.format, tokenizer, cfg.template, False, max_length)
+    """Corpus perplexity; each item's score is its mean token negative log-likelihood."""
+    encoded = [(item_id, encode_lm_rows([row], cfg.format, tokenizer, cfg.template, False, max_length))
+               for item_id, row in zip(item_ids(rows), rows)]
+    ids = [item_id for item_id, example in encoded if example]
+    examples = [example[0] for _, example in encoded if example]
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
+    item_nll: list[float] = []
+    item_tokens: list[int] = []
     model.eval()
     for start in tqdm(range(0, len(examples), batch_size), desc="eval perplexity", leave=False):
         batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
         nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
-        total_nll += float(nll)
-        total_tokens += int((labels != -100).sum())
-    mean = total_nll / max(total_tokens, 1)
-    return {"score": math.exp(min(mean, 50.0)), "scores": {"perplexity": math.exp(min(mean, 50.0)), "nll": mean}}
+            logits[:, :-1].transpose(1, 2).float(), labels, ignore_index=-100, reduction="none")
+        item_nll += nll.sum(dim=1).tolist()
+        item_tokens += (labels != -100).sum(dim=1).tolist()
+    mean = sum(item_nll) / max(sum(item_tokens), 1)
+    items = [{"id": i, "score": n / max(t, 1), "tokens": t} for i, n, t in zip(ids, item_nll, item_tokens)]
+    return {"score": math.exp(min(mean, 50.0)), "scores": {"perplexity": math.exp(min(mean, 50.0)), "nll": mean},
+            "items": items}
 
 
 @torch.inference_mode()
@@ -122,8 +153,10 @@ def classification_task(model, tokenizer, task: EvalTaskConfig, rows, batch_size
         batch = tokenizer.pad([{k: v for k, v in ex.items() if k != "labels"} for ex in chunk], return_tensors="pt")
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         predicted += logits.argmax(-1).tolist()
-    scores = metrics.classification_scores(predicted, [ex["labels"] for ex in examples], labels)
-    return {"score": scores[task.metric], "scores": scores}
+    gold = [ex["labels"] for ex in examples]
+    scores = metrics.classification_scores(predicted, gold, labels)
+    items = [{"id": i, "score": float(p == g), "prediction": labels[p]} for i, p, g in zip(item_ids(rows), predicted, gold)]
+    return {"score": scores[task.metric], "scores": scores, "items": items}
 
 
 def knowledge_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, batch_size: int) -> Result:
@@ -135,8 +168,10 @@ def knowledge_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, r
         raise DataError(f"evaluation {task.name!r}: metric 'highly_known' needs instruction-format QA rows")
     settings = ProbeSettings(n_prompts=task.n_prompts, shots=task.shots, samples=task.samples,
                              max_new_tokens=task.max_new_tokens)
-    counts = summary(categorize(rows, settings, model_answerer(model, tokenizer, batch_size)))
-    return {"score": counts["HighlyKnown"] / len(rows), "scores": {k: float(v) for k, v in counts.items()}}
+    results = categorize(rows, settings, model_answerer(model, tokenizer, batch_size))
+    counts = summary(results)
+    items = [{"id": i, "score": float(r["category"] == "HighlyKnown"), **r} for i, r in zip(item_ids(rows), results)]
+    return {"score": counts["HighlyKnown"] / len(rows), "scores": {k: float(v) for k, v in counts.items()}, "items": items}
 
 
 def evaluate_task(
