@@ -102,6 +102,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from .study import load_study, plan, run_study
+
+    study = load_study(args.study, find_recipe)
+    if args.dry_run:
+        runs = plan(study)
+        for run, done in runs:
+            print(f"{'done   ' if done else 'to run '} {run.point:30s} seed {run.seed:<4d} {run.recipe.output_dir}")
+        print(f"{sum(done for _, done in runs)} of {len(runs)} runs done")
+        return 0
+    results = run_study(study, log=_log)
+    out = Path(study.config.output_dir)
+    print((out / "study.md").read_text(), end="")
+    cost = results["cost"]
+    print(f"wall {cost['wall_s'] / 60:.1f} min: training {cost['train_s'] / 60:.1f} min, evaluation {cost['eval_s'] / 60:.1f} min")
+    print(f"wrote {out / 'study.json'}, {out / 'study.md'}, {out / 'study.png'}, {out / 'forest.png'}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .config import load_recipe
     from .data import load_dataset_config
@@ -218,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--set", dest="overrides", action="append", default=[],
                          help="key=value override applied to every recipe (repeatable)")
     compare.set_defaults(handler=cmd_compare)
+    study = sub.add_parser("study", help="arms x seeds: paired per-item comparisons with 95% intervals")
+    study.add_argument("study", help="study file (YAML: arms, seeds, baseline, output_dir)")
+    study.add_argument("--dry-run", action="store_true", help="list the runs and which are already done")
+    study.set_defaults(handler=cmd_study)
     probe = sub.add_parser("categorize", help="SliCK knowledge categories of QA items under a model")
     probe.add_argument("--model", required=True, help="model folder, hub id or bundled name")
     probe.add_argument("--data", required=True, help="QA file (JSONL/CSV/Parquet) with instruction/output")

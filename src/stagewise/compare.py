@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, save_figure
 from .report import fmt
 
 
@@ -65,10 +65,7 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("gain vs forgetting")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def write_comparison(reports: dict[str, dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:

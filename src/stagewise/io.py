@@ -77,6 +77,21 @@ def folder_sha256(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
             if path.is_file() and path.relative_to(folder).parts[0] not in skip}
 
 
+def save_figure(fig: Any, path: str | os.PathLike, **savefig: Any) -> None:
+    """A matplotlib figure written atomically (temp file beside it, then renamed) and closed."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, **savefig)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_folder(target: Path) -> Iterator[Path]:
     """Fill a staging folder beside ``target``; it replaces ``target`` only if the block succeeds."""

@@ -22,16 +22,22 @@ def is_safe_name(name: Any) -> bool:
     return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None and len(name) <= 128
 
 
-def _accepts_bool(annotation: Any) -> bool:
-    if annotation is bool or annotation is Any:
-        return True
-    origin = get_origin(annotation)
+def _misplaced_bool(value: Any, annotation: Any) -> bool:
+    """True where ``value`` is (or holds, in a list or dict) a boolean that ``annotation`` does not take."""
+    if annotation is Any or annotation is bool:
+        return False
+    origin, args = get_origin(annotation), get_args(annotation)
     if origin is Union or origin is types.UnionType:
-        return any(_accepts_bool(arg) for arg in get_args(annotation))
+        return all(_misplaced_bool(value, arg) for arg in args)
     if origin is not None and str(origin).endswith("Literal"):
-        return any(isinstance(arg, bool) for arg in get_args(annotation))
-    # containers (list, dict) and models validate their own items
-    return origin is not None or (isinstance(annotation, type) and issubclass(annotation, BaseModel))
+        return isinstance(value, bool) and not any(isinstance(arg, bool) for arg in args)
+    if isinstance(value, bool):
+        return not (isinstance(annotation, type) and issubclass(annotation, BaseModel))
+    if origin in (list, set, tuple) and args and isinstance(value, (list, tuple, set)):
+        return any(_misplaced_bool(item, args[0]) for item in value)
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return any(_misplaced_bool(item, args[1]) for item in value.values())
+    return False
 
 
 class StrictModel(BaseModel):
@@ -42,9 +48,8 @@ class StrictModel(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and info.field_name is not None:
-            if not _accepts_bool(cls.model_fields[info.field_name].annotation):
-                raise ValueError(f"expected a {_kind(cls.model_fields[info.field_name].annotation)}, got a boolean")
+        if info.field_name is not None and _misplaced_bool(value, cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a {_kind(cls.model_fields[info.field_name].annotation)}, got a boolean")
         return value
 
 

@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 from transformers import TrainerCallback
 
+from ...io import save_figure
 from ...registry import LR_RULES, PluginConfig
 from ...schedules import LrPlan, LrRuleContext
 from ...selection import transformer_blocks
@@ -70,11 +71,7 @@ def plot_alphas(alphas: dict[str, float], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def block_of(name: str, stack: str) -> int | None:

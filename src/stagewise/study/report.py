@@ -1,0 +1,129 @@
+"""What a person reads from a study: study.md (tables), study.png (gain vs retention, one line
+per arm along its curve, the base model at the origin) and forest.png (paired differences vs the
+baseline with their 95% intervals)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..io import save_figure
+from ..report import fmt
+
+
+def _ci(interval: dict[str, Any] | None, spec: str = "+.3f") -> str:
+    if not interval or interval.get("estimate") is None:
+        return "-"
+    if interval.get("low") is None:
+        return f"{format(interval['estimate'], spec)} (no CI)"
+    return f"{format(interval['estimate'], spec)} [{format(interval['low'], spec)}, {format(interval['high'], spec)}]"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else ("<0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def study_markdown(results: dict[str, Any]) -> str:
+    probes = results["probes"]
+    lines = [f"# stagewise study: {results['study']}", "",
+             f"Baseline arm: **{results['baseline']}**; seeds {results['seeds']}; {results['bootstrap']} bootstrap "
+             "resamples. Intervals are 95% percentile bootstrap intervals: changes from the base model resample seeds, "
+             "then items within each seed; differences vs the baseline are paired on the same items (each arm "
+             "averaged over its seeds), with two-sided bootstrap p-values, Holm-adjusted across arms per probe.", "",
+             "## Probes", "", "| probe | group | metric | items | base | minimal detectable difference |",
+             "|---|---|---|---|---|---|"]
+    for name, probe in probes.items():
+        direction = "" if probe["higher_is_better"] else " (mean NLL per item, lower is better)"
+        lines.append(f"| {name} | {probe['group']} | {probe['metric']}{direction} | {probe['items']} | "
+                     f"{fmt(probe['base'])} | {fmt(probe['minimal_detectable_difference'], '.3f')} |")
+    for name, probe in probes.items():
+        lines += ["", f"## {probe['group']}: {name}", "",
+                  "| arm | score | change from base [95% CI] | vs baseline [95% CI] | p | p (Holm) |",
+                  "|---|---|---|---|---|---|"]
+        for row_name, row in results["rows"].items():
+            entry = row["probes"][name]
+            versus = entry.get("vs_baseline")
+            lines.append(f"| {row_name} | {fmt(entry['score'])} | {_ci(entry['delta'])} | "
+                         f"{_ci(versus) if versus else '(baseline)'} | {_p(versus and versus['p_value'])} | "
+                         f"{_p(versus and versus.get('p_holm'))} |")
+    levels = results["gain_levels"]
+    lines += ["", f"## Retention at matched target gain ({results['match_on']})", "",
+              f"Read along each arm's curve (training order from the base model) at the baseline's final gain "
+              f"{levels[0]:+.3f}" + (f" and at {', '.join(f'{g:+.3f}' for g in levels[1:])}" if levels[1:] else "")
+              + "; '-' means the arm never reached that gain.", "",
+              "| arm | retention probe | " + " | ".join(f"at gain {g:+.3f}" for g in levels) + " |",
+              "|---|---|" + "---|" * len(levels)]
+    for arm, per_probe in results["matched"].items():
+        for probe, values in per_probe.items():
+            if probe == "curve":
+                continue
+            lines.append(f"| {arm} | {probe} | " + " | ".join(_ci(v) for v in values) + " |")
+    cost = results.get("cost")
+    if cost:
+        lines += ["", f"Cost: {cost['runs']} runs, {cost['wall_s'] / 60:.1f} min wall; training {cost['train_s'] / 60:.1f} min, "
+                      f"evaluation {cost['eval_s'] / 60:.1f} min (as recorded by the runs executed in this invocation)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_gain_retention(results: dict[str, Any], path: Path) -> None:
+    """One panel per retention probe: target gain (x) vs retention change (y), each arm's curve
+    with the base model at (0, 0) and a 95% interval bar on its final point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    retention = [name for name, probe in results["probes"].items() if probe["group"] == "retention"]
+    columns = min(len(retention), 3) or 1
+    rows_n = math.ceil(len(retention) / columns) or 1
+    fig, axes = plt.subplots(rows_n, columns, figsize=(5 * columns, 4 * rows_n), squeeze=False)
+    match = results["match_on"]
+    for ax, probe in zip(axes.flat, retention):
+        for arm, matched in results["matched"].items():
+            xs = [0.0] + [point["gain"] for point in matched["curve"]]
+            ys = [0.0] + [point[probe] for point in matched["curve"]]
+            line, = ax.plot(xs, ys, marker="o", markersize=3, label=arm)
+            final = [row for row in results["rows"].values() if row["arm"] == arm][-1]["probes"]
+            gain, ret = final[match]["delta"], final[probe]["delta"]
+            ax.errorbar(gain["estimate"], ret["estimate"], color=line.get_color(), capsize=3,
+                        xerr=[[gain["estimate"] - gain["low"]], [gain["high"] - gain["estimate"]]],
+                        yerr=[[ret["estimate"] - ret["low"]], [ret["high"] - ret["estimate"]]])
+        ax.scatter([0], [0], marker="*", s=120, color="black", zorder=5, label="base model")
+        ax.axvline(results["gain_levels"][0], color="grey", linestyle=":", linewidth=1)
+        higher = results["probes"][probe]["higher_is_better"]
+        ax.set_xlabel(f"target gain ({match})")
+        ax.set_ylabel(f"change on {probe}" + ("" if higher else " (NLL, lower is better)"))
+        ax.set_title(probe)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(retention):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("gain vs retention (mean over seeds; bars: 95% CI of the final point)")
+    save_figure(fig, path, dpi=130, bbox_inches="tight")
+
+
+def plot_forest(results: dict[str, Any], path: Path) -> None:
+    """Paired difference vs the baseline, per probe and arm, with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, estimates, lows, highs = [], [], [], []
+    for probe in results["probes"]:
+        for name, row in results["rows"].items():
+            versus = row["probes"][probe].get("vs_baseline")
+            if versus:
+                labels.append(f"{probe}: {name}")
+                estimates.append(versus["estimate"])
+                lows.append(versus["estimate"] - versus["low"])
+                highs.append(versus["high"] - versus["estimate"])
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
+    positions = list(range(len(labels)))[::-1]
+    ax.errorbar(estimates, positions, xerr=[lows, highs], fmt="o", capsize=3)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(positions)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlabel(f"difference vs baseline '{results['baseline']}' (paired, 95% CI)")
+    ax.grid(alpha=0.3, axis="x")
+    save_figure(fig, path, dpi=130, bbox_inches="tight")

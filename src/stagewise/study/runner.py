@@ -1,0 +1,66 @@
+"""Run every (arm, sweep value, seed) of a study through the normal engine, then analyse.
+
+Each run has its own output folder under ``<output_dir>/runs/``, so finished runs are reused
+(by config hash) and an interrupted study resumes where it stopped.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import recipe_to_dict
+from ..engine.run_folder import read_manifest
+from ..errors import OutputError
+from ..io import atomic_write_json, atomic_write_text
+from .analysis import analyse
+from .config import Study, StudyRun
+from .report import plot_forest, plot_gain_retention, study_markdown
+
+
+def is_complete(run: StudyRun) -> bool:
+    """Finished with exactly this recipe (the engine also checks data and weights before reuse)."""
+    try:
+        manifest = read_manifest(Path(run.recipe.output_dir))
+    except OutputError:
+        return False
+    stages = manifest.get("stages", [])
+    return (manifest.get("recipe") == recipe_to_dict(run.recipe) and len(stages) == len(run.recipe.stages)
+            and all(stage.get("status") == "completed" for stage in stages))
+
+
+def plan(study: Study) -> list[tuple[StudyRun, bool]]:
+    return [(run, is_complete(run)) for run in study.runs]
+
+
+def cost(manifest: dict[str, Any]) -> tuple[float, float]:
+    """(training seconds, evaluation seconds) spent by one run as recorded in its manifest;
+    a reused base-score cache costs nothing."""
+    train = sum(stage.get("wall_time_s", 0.0) for stage in manifest["stages"])
+    evaluate = manifest.get("base_eval_time_s", 0.0) + sum(
+        stage.get("eval_time_s", 0.0) + sum(p.get("eval_time_s", 0.0) for p in stage.get("curve", []))
+        for stage in manifest["stages"])
+    return train, evaluate
+
+
+def run_study(study: Study, log: Callable[[str], None]) -> dict[str, Any]:
+    from ..engine import run_recipe
+
+    manifests: dict[StudyRun, dict[str, Any]] = {}
+    started = time.perf_counter()
+    for number, (run, done) in enumerate(plan(study), start=1):
+        label = f"{run.point} seed {run.seed}"
+        log(f"[study] run {number}/{len(study.runs)}: {label}{' (done, reused)' if done else ''}")
+        result = run_recipe(run.recipe, recipe_path=str(run.recipe_path), log=log)
+        manifests[run] = result.manifest
+    wall = time.perf_counter() - started
+    results = analyse(study, manifests)
+    train, evaluate = map(sum, zip(*(cost(manifest) for manifest in manifests.values())))
+    results["cost"] = {"wall_s": round(wall, 1), "train_s": round(train, 1), "eval_s": round(evaluate, 1),
+                       "runs": len(study.runs)}
+    out = Path(study.config.output_dir)
+    atomic_write_json(out / "study.json", results)
+    plot_gain_retention(results, out / "study.png")
+    plot_forest(results, out / "forest.png")
+    atomic_write_text(out / "study.md", study_markdown(results))
+    return results

@@ -1,0 +1,111 @@
+"""`stagewise study` end to end on tiny models, its resume, its outputs and its bad inputs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from stagewise.cli import main
+
+FACTS = [{"instruction": f"Where was P{i} born?", "output": f"Town{i}"} for i in range(8)]
+TEXT = [{"text": f"the quick brown fox number {i}"} for i in range(6)]
+
+
+def write_study(tmp_path, **changes):
+    recipe = {
+        "model": "tiny-llama",
+        "datasets": {"facts": {"format": "instruction", "template": "alpaca", "rows": FACTS},
+                     "text": {"format": "text", "rows": TEXT}},
+        "stages": [{"name": "sft", "data": "facts", "lr": 1e-2, "epochs": 2, "batch_size": 4}],
+        "evaluation": {"target": [{"name": "recall", "data": "facts", "metric": "contains", "max_new_tokens": 4}],
+                       "retention": [{"name": "ppl", "data": "text", "metric": "perplexity"}],
+                       "every": "epoch"},
+        "output_dir": "unused",
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(recipe))
+    study = {
+        "arms": {"full": {"recipe": "base.yaml"},
+                 "top": {"recipe": "base.yaml", "overrides": ["stages.0.trainable={kind: layers, indices: [-1]}"]},
+                 "lr": {"recipe": "base.yaml", "sweep": {"key": "stages.0.lr", "values": [1e-3, 1e-2]}}},
+        "baseline": "full",
+        "seeds": [0, 1],
+        "bootstrap": 200,
+        "gain_levels": [0.05],
+        "output_dir": str(tmp_path / "study"),
+        **changes,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def test_study_runs_every_arm_and_seed_and_writes_its_outputs(tmp_path, capsys):
+    path = write_study(tmp_path)
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "0 of 8 runs done" in capsys.readouterr().out
+    assert main(["study", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "| full |" in printed and "(baseline)" in printed and "minimal detectable difference" in printed
+    out = tmp_path / "study"
+    results = json.loads((out / "study.json").read_text())
+    assert set(results["rows"]) == {"full", "top", "lr@0.001", "lr@0.01"}
+    for name in ("top", "lr@0.001", "lr@0.01"):
+        versus = results["rows"][name]["probes"]["recall"]["vs_baseline"]
+        assert versus["low"] <= versus["estimate"] <= versus["high"] and 0 < versus["p_holm"] <= 1
+    assert "vs_baseline" not in results["rows"]["full"]["probes"]["recall"]
+    assert results["probes"]["recall"]["items"] == 8 and results["probes"]["ppl"]["items"] == 6
+    # every epoch-1 point plus the final point, per arm; a sweep arm's curve is its sweep values
+    assert len(results["matched"]["full"]["curve"]) == 2 and len(results["matched"]["lr"]["curve"]) == 2
+    assert len(results["matched"]["full"]["ppl"]) == 2  # baseline's gain and the extra level
+    assert results["cost"]["runs"] == 8 and results["cost"]["train_s"] > 0 and results["cost"]["eval_s"] > 0
+    for name in ("study.md", "study.png", "forest.png"):
+        assert (out / name).stat().st_size > 0
+    runs = sorted(p.relative_to(out).as_posix() for p in out.glob("runs/*/**/seed-*"))
+    assert runs == ["runs/full/seed-0", "runs/full/seed-1", "runs/lr/lr=0.001/seed-0", "runs/lr/lr=0.001/seed-1",
+                    "runs/lr/lr=0.01/seed-0", "runs/lr/lr=0.01/seed-1", "runs/top/seed-0", "runs/top/seed-1"]
+    manifest = json.loads((out / "runs/top/seed-1/manifest.json").read_text())
+    assert manifest["recipe"]["stages"][0]["seed"] == 1
+
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "8 of 8 runs done" in capsys.readouterr().out
+    assert main(["study", str(path)]) == 0  # everything reused: same numbers
+    again = json.loads((out / "study.json").read_text())
+    assert again["rows"] == results["rows"]
+
+
+def test_the_baseline_compared_with_itself_is_no_difference(tmp_path):
+    """Two arms with the same recipe and seeds train the same weights: zero difference, p = 1."""
+    path = write_study(tmp_path, arms={"full": {"recipe": "base.yaml"}, "copy": {"recipe": "base.yaml"}})
+    assert main(["study", str(path)]) == 0
+    versus = json.loads((tmp_path / "study/study.json").read_text())["rows"]["copy"]["probes"]["recall"]["vs_baseline"]
+    assert versus["estimate"] == 0 and versus["half_width"] == 0 and versus["p_value"] == 1
+
+
+def one_line_error(capsys, argv, expected):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and expected in err, err
+
+
+@pytest.mark.parametrize("changes,expected", [
+    ({"armz": {}}, "armz: unknown key (did you mean 'arms'?"),
+    ({"baseline": "nope"}, "line 15: baseline: 'nope' is not an arm"),
+    ({"seeds": [0, 1.5]}, "seeds.1"),
+    ({"seeds": [0, True]}, "seeds: Value error, expected a number, got a boolean"),
+    ({"seeds": [1, 1]}, "seeds must be distinct"),
+    ({"arms": {"full": {"recipe": "missing.yaml"}, "b": {"recipe": "base.yaml"}}}, "arms.full.recipe: missing.yaml: recipe file not found"),
+    ({"arms": {"full": {"recipe": "base.yaml"}, "b": {"recipe": "base.yaml", "sweep": {"key": "stages.0.lrr", "values": [1]}}}},
+     "arms.b.sweep.key"),
+    ({"arms": {"full": {"recipe": "base.yaml"}, "b": {"recipe": "base.yaml", "overrides": ["evaluation.retention=[]"]}}},
+     "arms.b: its probes differ from arm 'full'"),
+    ({"arms": {"full": {"recipe": "base.yaml"}, "a/b": {"recipe": "base.yaml"}}}, "arm name 'a/b'"),
+    ({"arms": {"full": {"recipe": "base.yaml", "sweep": {"key": "stages.0.lr", "values": [1e-3]}}, "b": {"recipe": "base.yaml"}}},
+     "the baseline arm cannot sweep"),
+    ({"match_on": "ppl"}, "match_on: 'ppl' is not a target probe"),
+    ({"arms": {"full": {"recipe": "base.yaml"}}}, "arms: Dictionary should have at least 2 items"),
+])
+def test_bad_study_files_are_one_line(tmp_path, capsys, changes, expected):
+    path = write_study(tmp_path, **changes)
+    one_line_error(capsys, ["study", str(path), "--dry-run"], expected)
+    assert not (tmp_path / "study").exists()
