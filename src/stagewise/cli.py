@@ -132,7 +132,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     recipe = load_recipe(find_recipe(args.suite))
     if recipe.evaluation is None:
         raise StagewiseError(f"{args.suite}: the suite recipe has no 'evaluation' section")
-    used = {task.data for group in GROUPS for task in getattr(recipe.evaluation, group)}
+    used = {task.data for group in GROUPS for task in getattr(recipe.evaluation, group) if task.data}
     rows = {name: load_dataset_config(name, recipe.datasets[name]).rows for name in used}
     model_cfg = recipe.model.model_copy(update={"model_name_or_path": args.model, **({"task": args.task} if args.task else {})})
     model, tokenizer = load_model_and_tokenizer(model_cfg)

@@ -82,7 +82,7 @@ class StageEval(StrictModel):
 
 GENERATION_METRICS = ("exact_match", "contains", "last_integer", "regex")
 EvalMetric = Literal["exact_match", "contains", "last_integer", "regex", "fewshot", "perplexity",
-                     "accuracy", "macro_f1", "micro_f1", "highly_known"]
+                     "accuracy", "macro_f1", "micro_f1", "highly_known", "lm_eval"]
 
 
 _GENERATIVE = ("instruction", "prompt_completion", "chat")
@@ -92,6 +92,7 @@ METRIC_FORMATS: dict[str, tuple[str, ...]] = {  # which data formats each metric
     "fewshot": ("fewshot",), "highly_known": ("instruction",),
     "perplexity": ("text", *_GENERATIVE),
     "accuracy": _CLASSIFICATION, "macro_f1": _CLASSIFICATION, "micro_f1": _CLASSIFICATION,
+    "lm_eval": (),  # lm-eval loads its own data
 }
 
 
@@ -99,7 +100,7 @@ class EvalTaskConfig(StrictModel):
     """One scored probe: a dataset and the metric that summarises it."""
 
     name: str
-    data: str
+    data: str | None = None  # the dataset scored (every metric but lm_eval, which loads its own)
     metric: EvalMetric
     shots: int = Field(default=4, ge=0)  # fewshot: demonstrations per query, from the same task
     max_new_tokens: int = Field(default=24, ge=1)
@@ -107,6 +108,10 @@ class EvalTaskConfig(StrictModel):
     use_prompt: Literal["auto", "always", "never"] = "auto"  # soft prompt (ProMoT): auto = on for target probes only
     n_prompts: int = Field(default=10, ge=1)  # highly_known: SliCK's few-shot prompts per item
     samples: int = Field(default=16, ge=0)    # highly_known: sampled answers per prompt (T = 0.5)
+    tasks: list[str] | None = None            # lm_eval: lm-evaluation-harness task names
+    num_fewshot: int | None = Field(default=None, ge=0)  # lm_eval: None = each task's default
+    limit: int | None = Field(default=None, ge=1)        # lm_eval: first N documents per task
+    include_path: str | None = None           # lm_eval: a folder of the user's own task YAMLs
 
     @field_validator("name")
     @classmethod
@@ -514,6 +519,11 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                 if task.name in names:
                     fail(("evaluation", group, index, "name"), f"duplicate probe name {task.name!r}")
                 names.add(task.name)
+                if task.metric == "lm_eval":
+                    _check_lm_eval(task, ("evaluation", group, index), fail)
+                    continue
+                if task.data is None:
+                    fail(("evaluation", group, index), "required key 'data' is missing (the dataset to score)")
                 if task.data not in recipe.datasets:
                     fail(("evaluation", group, index, "data"), f"unknown dataset {task.data!r}")
                 if task.metric == "regex" and not task.pattern:
@@ -527,6 +537,19 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
         sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None]
         if sum(sources) != 1:
             fail(("datasets", name), "expected exactly one of 'path', 'rows' or 'builtin'")
+
+
+def _check_lm_eval(task: EvalTaskConfig, loc: tuple, fail: Any) -> None:
+    from .eval.lm_eval_probe import check_tasks
+
+    if not task.tasks:
+        fail(loc + ("tasks",), "metric 'lm_eval' needs 'tasks' (lm-eval task names, e.g. [arc_easy])")
+    if task.include_path and not Path(task.include_path).is_dir():
+        fail(loc + ("include_path",), f"folder {task.include_path!r} not found")
+    try:
+        check_tasks(task.tasks, task.include_path)
+    except RecipeError as err:
+        fail(loc + ("tasks",), str(err))
 
 
 def objective_problem(recipe: Recipe, stage: StageConfig) -> tuple[str, str] | None:

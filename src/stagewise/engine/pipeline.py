@@ -96,7 +96,7 @@ def _weights_sha256(files: tuple[tuple[str, int, int, int], ...]) -> list[tuple[
 
 def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> str:
     assert recipe.evaluation is not None
-    used = {task.data for group in ("target", "retention") for task in getattr(recipe.evaluation, group)}
+    used = {task.data for group in ("target", "retention") for task in getattr(recipe.evaluation, group) if task.data}
     return config_hash(seed_model_key(recipe), recipe.evaluation.model_dump(mode="json"),
                        {name: datasets[name].fingerprint for name in sorted(used)})
 

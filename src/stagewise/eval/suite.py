@@ -186,6 +186,10 @@ def evaluate_task(
             result = fewshot_task(model, tokenizer, task, cfg, rows, evaluation)
         elif task.metric == "highly_known":
             result = knowledge_task(model, tokenizer, task, cfg, rows, evaluation.batch_size)
+        elif task.metric == "lm_eval":
+            from .lm_eval_probe import lm_eval_task
+
+            result = lm_eval_task(model, tokenizer, task, evaluation.batch_size, evaluation.max_length)
         elif task.metric == "perplexity":
             result = perplexity_task(model, tokenizer, cfg, rows, evaluation.batch_size, evaluation.max_length)
         else:
@@ -211,8 +215,8 @@ def evaluate_suite(
 ) -> dict[str, dict[str, Result]]:
     """``{"target": {name: result}, "retention": {name: result}}``."""
     return {
-        group: {task.name: evaluate_task(model_for(model, task, group), tokenizer, task, dataset_configs[task.data],
-                                         rows[task.data], evaluation)
+        group: {task.name: evaluate_task(model_for(model, task, group), tokenizer, task, dataset_configs.get(task.data),
+                                         rows.get(task.data, []), evaluation)
                 for task in getattr(evaluation, group)}
         for group in ("target", "retention")
     }

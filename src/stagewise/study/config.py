@@ -132,7 +132,8 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
                     fail(loc, str(err))
                 if recipe.evaluation is None:
                     fail(("arms", arm_name, "recipe"), f"{recipe_path} has no evaluation section: nothing to compare")
-                signature = {group: [(t.name, t.metric, recipe.datasets[t.data].model_dump(mode="json"))
+                signature = {group: [(t.name, t.metric, t.tasks,
+                                      recipe.datasets[t.data].model_dump(mode="json") if t.data else None)
                                      for t in getattr(recipe.evaluation, group)] for group in ("target", "retention")}
                 if probes and signature != next(iter(probes.values())):
                     other = next(iter(probes))
