@@ -99,3 +99,22 @@ def test_matched_retention_on_a_constructed_curve():
     assert result["low"] <= -0.2 <= result["high"] and result["high"] - result["low"] < 0.2
     never = matched_retention(target, retention, target_base, retention_base, 0.9, n_boot=50)
     assert never["reached"] is False and never["estimate"] is None
+
+
+def test_f1_statistics_match_hand_computed_values_and_pair():
+    from stagewise.stats import f1_per_class, paired_statistic_difference, statistic_delta_interval
+
+    gold = np.array([0, 0, 1, 1, 1, 1])
+    predicted = np.array([0, 1, 1, 1, 1, 0])
+    # class 0: tp 1, predicted 2, gold 2 -> 0.5; class 1: tp 3, predicted 4, gold 4 -> 0.75
+    assert f1_per_class(predicted, gold, 2) == pytest.approx([0.5, 0.75])
+
+    def macro(values, idx):
+        return float(f1_per_class(values[idx], gold[idx], 2).mean())
+
+    arm = np.stack([predicted, predicted])
+    same = paired_statistic_difference(arm, arm.copy(), macro, n_boot=200)
+    assert same.interval.estimate == 0 and same.interval.half_width == 0 and same.p_value == 1
+    perfect = np.stack([gold, gold])
+    delta = statistic_delta_interval(perfect, predicted, macro, n_boot=200)
+    assert delta.estimate == pytest.approx(1 - 0.625) and delta.low <= delta.estimate <= delta.high

@@ -109,3 +109,31 @@ def test_bad_study_files_are_one_line(tmp_path, capsys, changes, expected):
     path = write_study(tmp_path, **changes)
     one_line_error(capsys, ["study", str(path), "--dry-run"], expected)
     assert not (tmp_path / "study").exists()
+
+
+def test_classification_study_reports_macro_and_per_class_f1(tmp_path):
+    rows = [{"text": f"{'good' if i % 3 else 'bad'} film {i}", "label": "pos" if i % 3 else "neg"} for i in range(12)]
+    recipe = {
+        "model": {"model_name_or_path": "tiny-bert", "task": "sequence_classification"},
+        "datasets": {"train": {"format": "classification", "rows": rows, "labels": ["neg", "pos"]}},
+        "stages": [{"name": "ft", "data": "train", "lr": 1e-2, "max_steps": 3, "batch_size": 4}],
+        "evaluation": {"target": [{"name": "sentiment", "data": "train", "metric": "macro_f1"}]},
+    }
+    (tmp_path / "cls.yaml").write_text(yaml.safe_dump(recipe))
+    study = {"arms": {"plain": {"recipe": "cls.yaml"}, "slow": {"recipe": "cls.yaml", "overrides": ["stages.0.lr=1e-4"]}},
+             "baseline": "plain", "seeds": [0, 1, 2], "bootstrap": 200, "output_dir": str(tmp_path / "study")}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    assert main(["study", str(tmp_path / "study.yaml")]) == 0
+    results = json.loads((tmp_path / "study/study.json").read_text())
+    assert set(results["probes"]) == {"sentiment", "sentiment:f1_neg", "sentiment:f1_pos"}
+    manifest = json.loads((tmp_path / "study/runs/plain/seed-0/manifest.json").read_text())
+    reported = manifest["stages"][0]["evaluation"]["target"]["sentiment"]["scores"]
+    seed0 = [json.loads(line) for line in (tmp_path / "study/runs/plain/seed-0/eval/0-ft/sentiment.jsonl").read_text().splitlines()]
+    assert all("gold" in item for item in seed0)
+    scores = [json.loads((tmp_path / f"study/runs/plain/seed-{s}/manifest.json").read_text())
+              ["stages"][0]["evaluation"]["target"]["sentiment"]["scores"] for s in range(3)]
+    plain = results["rows"]["plain"]["probes"]
+    assert plain["sentiment"]["score"] == pytest.approx(sum(s["macro_f1"] for s in scores) / 3)
+    assert plain["sentiment:f1_neg"]["score"] == pytest.approx(sum(s["f1_neg"] for s in scores) / 3)
+    assert "f1_neg" in reported and "vs_baseline" in results["rows"]["slow"]["probes"]["sentiment:f1_neg"]
+    assert results["gain_levels"] == [] and "not computed" in (tmp_path / "study/study.md").read_text()

@@ -117,7 +117,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     print((out / "study.md").read_text(), end="")
     cost = results["cost"]
     print(f"wall {cost['wall_s'] / 60:.1f} min: training {cost['train_s'] / 60:.1f} min, evaluation {cost['eval_s'] / 60:.1f} min")
-    print(f"wrote {out / 'study.json'}, {out / 'study.md'}, {out / 'study.png'}, {out / 'forest.png'}")
+    written = [out / name for name in ("study.json", "study.md", "study.png", "forest.png") if (out / name).is_file()]
+    print(f"wrote {', '.join(map(str, written))}")
     return 0
 
 

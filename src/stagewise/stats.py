@@ -136,3 +136,49 @@ def matched_retention(
         return {"estimate": estimate, "low": None, "high": None, "reached": True, "reached_in_resamples": reached}
     interval = _percentile(np.asarray(draws), estimate, conf)
     return {**interval.to_dict(), "reached": True, "reached_in_resamples": reached}
+
+
+def f1_per_class(predicted: np.ndarray, gold: np.ndarray, n_classes: int) -> np.ndarray:
+    """F1 of each class from label indices (0 where a class is neither predicted nor present)."""
+    scores = np.zeros(n_classes)
+    for label in range(n_classes):
+        tp = np.sum((predicted == label) & (gold == label))
+        denominator = np.sum(predicted == label) + np.sum(gold == label)
+        scores[label] = 2 * tp / denominator if denominator else 0.0
+    return scores
+
+
+def statistic_delta_interval(after: np.ndarray, base: np.ndarray, statistic, n_boot: int = 2000,
+                             level: float = 0.95, seed: int = 0) -> Interval:
+    """Like :func:`mean_delta_interval` for a statistic that is not a mean of items (macro-F1,
+    a class's F1): ``statistic(values, item_index)`` scores one seed's (or the base model's)
+    predictions on the drawn items; seeds, then items within each seed, are resampled."""
+    seeds, items = after.shape
+    estimate = np.mean([statistic(after[s], np.arange(items)) for s in range(seeds)]) - statistic(base, np.arange(items))
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        drawn = rng.integers(0, seeds, size=seeds)
+        draws[b] = np.mean([statistic(after[s], idx) - statistic(base, idx)
+                            for s, idx in ((s, rng.integers(0, items, size=items)) for s in drawn)])
+    return _percentile(draws, float(estimate), level)
+
+
+def paired_statistic_difference(arm: np.ndarray, baseline: np.ndarray, statistic, n_boot: int = 2000,
+                                level: float = 0.95, seed: int = 0) -> PairedDifference:
+    """Like :func:`paired_difference` for a statistic that is not a mean of items: the same items
+    are drawn for both arms; each arm's statistic is averaged over its seeds."""
+    items = arm.shape[1]
+
+    def value(scores: np.ndarray, idx: np.ndarray) -> float:
+        return float(np.mean([statistic(row, idx) for row in scores]))
+
+    everything = np.arange(items)
+    estimate = value(arm, everything) - value(baseline, everything)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, items, size=items)
+        draws[b] = value(arm, idx) - value(baseline, idx)
+    p = 2 * min(float(np.mean(draws <= 0)), float(np.mean(draws >= 0)))
+    return PairedDifference(_percentile(draws, estimate, level), min(1.0, max(p, 1 / n_boot)), items, n_boot)

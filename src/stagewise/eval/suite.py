@@ -155,7 +155,8 @@ def classification_task(model, tokenizer, task: EvalTaskConfig, rows, batch_size
         predicted += logits.argmax(-1).tolist()
     gold = [ex["labels"] for ex in examples]
     scores = metrics.classification_scores(predicted, gold, labels)
-    items = [{"id": i, "score": float(p == g), "prediction": labels[p]} for i, p, g in zip(item_ids(rows), predicted, gold)]
+    items = [{"id": i, "score": float(p == g), "prediction": labels[p], "gold": labels[g]}
+             for i, p, g in zip(item_ids(rows), predicted, gold)]
     return {"score": scores[task.metric], "scores": scores, "items": items}
 
 

@@ -13,20 +13,54 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..stats import holm, matched_retention, mean_delta_interval, paired_difference
+from ..stats import (
+    f1_per_class,
+    holm,
+    matched_retention,
+    mean_delta_interval,
+    paired_difference,
+    paired_statistic_difference,
+    statistic_delta_interval,
+)
 from .config import Study, StudyRun
 
 GROUPS = ("target", "retention")
+CLASSIFICATION = ("macro_f1", "micro_f1", "accuracy")  # probes whose items carry prediction and gold labels
 
 
 @dataclass
 class Probe:
+    """A probe's items (aligned by id) and the base model's values on them: per-item scores, or
+    for a classification probe the predicted label indices (its statistics are F1s, not means)."""
+
     name: str
     group: str
     metric: str
     higher_is_better: bool
     ids: list[str]
     base: np.ndarray
+    labels: list[str] = field(default_factory=list)
+    gold: np.ndarray | None = None
+
+    @property
+    def classification(self) -> bool:
+        return self.metric in CLASSIFICATION
+
+    def statistics(self) -> list[tuple[str, Any]]:
+        """(name, statistic) pairs reported for this probe; None = the mean of per-item scores."""
+        if not self.classification:
+            return [(self.name, None)]
+        gold, n = self.gold, len(self.labels)
+
+        def overall(values: np.ndarray, idx: np.ndarray) -> float:
+            if self.metric == "macro_f1":
+                return float(f1_per_class(values[idx], gold[idx], n).mean())
+            return float(np.mean(values[idx] == gold[idx]))  # accuracy = micro-F1 for single-label data
+
+        def class_f1(label: int) -> Any:
+            return lambda values, idx: float(f1_per_class(values[idx], gold[idx], n)[label])
+
+        return [(self.name, overall)] + [(f"{self.name}:f1_{name}", class_f1(i)) for i, name in enumerate(self.labels)]
 
 
 @dataclass
@@ -42,11 +76,17 @@ class Row:
         return self.points[-1]
 
 
-def _items(run_dir: Path, summary: dict[str, Any], probe: str) -> dict[str, float]:
+def _items(run_dir: Path, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     path = run_dir / summary["items_file"]
     if not path.is_file():
         raise DataError(f"{path}: per-item scores missing (rerun the study to recompute them)")
-    return {item["id"]: float(item["score"]) for item in map(json.loads, path.read_text().splitlines())}
+    return {item["id"]: item for item in map(json.loads, path.read_text().splitlines())}
+
+
+def _values(probe: Probe, items: dict[str, dict[str, Any]]) -> list[float]:
+    if probe.classification:
+        return [float(probe.labels.index(item["prediction"])) for item in items.values()]
+    return [float(item["score"]) for item in items.values()]
 
 
 def _points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -66,9 +106,13 @@ def load_scores(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> tupl
     probes = []
     for group in GROUPS:
         for name, summary in base[group].items():
-            scores = _items(run_dir, summary, name)
-            probes.append(Probe(name, group, summary["metric"], summary["higher_is_better"], list(scores),
-                                np.array(list(scores.values()))))
+            items = _items(run_dir, summary)
+            probe = Probe(name, group, summary["metric"], summary["higher_is_better"], list(items), np.array([]))
+            if probe.classification:
+                probe.labels = sorted({item["gold"] for item in items.values()} | {i["prediction"] for i in items.values()})
+                probe.gold = np.array([probe.labels.index(item["gold"]) for item in items.values()], dtype=float)
+            probe.base = np.array(_values(probe, items))
+            probes.append(probe)
     rows: dict[str, Row] = {}
     for run in study.runs:
         row = rows.setdefault(run.point, Row(run.point, run.arm))
@@ -77,10 +121,10 @@ def load_scores(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> tupl
             if index == len(row.points):
                 row.points.append({probe.name: [] for probe in probes})
             for probe in probes:
-                scores = _items(run_dir, evaluation[probe.group][probe.name], probe.name)
-                if list(scores) != probe.ids:
+                items = _items(run_dir, evaluation[probe.group][probe.name])
+                if list(items) != probe.ids:
                     raise DataError(f"{run_dir}: probe {probe.name!r} holds other items than the base model's")
-                row.points[index][probe.name].append(list(scores.values()))
+                row.points[index][probe.name].append(_values(probe, items))
     for row in rows.values():
         row.points = [{name: np.array(seeds) for name, seeds in point.items()} for point in row.points]
     return probes, list(rows.values())
@@ -91,43 +135,51 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
     probes, rows = load_scores(study, manifests)
     baseline = next(row for row in rows if row.name == config.baseline)
     n_boot = config.bootstrap
+    statistics = [(probe, name, statistic) for probe in probes for name, statistic in probe.statistics()]
     table: dict[str, dict[str, Any]] = {}
     for row in rows:
         table[row.name] = {"arm": row.arm, "seeds": len(config.seeds), "probes": {}}
-        for probe in probes:
+        for probe, name, statistic in statistics:
             final = row.final[probe.name]
-            entry: dict[str, Any] = {
-                "score": float(final.mean()),
-                "delta": mean_delta_interval(final, probe.base, n_boot).to_dict(),
-            }
-            if row is not baseline:
-                entry["vs_baseline"] = paired_difference(final, baseline.final[probe.name], n_boot).to_dict()
-            table[row.name]["probes"][probe.name] = entry
+            if statistic is None:
+                entry: dict[str, Any] = {"score": float(final.mean()),
+                                         "delta": mean_delta_interval(final, probe.base, n_boot).to_dict()}
+                if row is not baseline:
+                    entry["vs_baseline"] = paired_difference(final, baseline.final[probe.name], n_boot).to_dict()
+            else:
+                entry = {"score": float(np.mean([statistic(seed, np.arange(final.shape[1])) for seed in final])),
+                         "delta": statistic_delta_interval(final, probe.base, statistic, n_boot).to_dict()}
+                if row is not baseline:
+                    entry["vs_baseline"] = paired_statistic_difference(
+                        final, baseline.final[probe.name], statistic, n_boot).to_dict()
+            table[row.name]["probes"][name] = entry
     mdd: dict[str, float | None] = {}
-    for probe in probes:
-        compared = [name for name, row in table.items() if "vs_baseline" in row["probes"][probe.name]]
-        adjusted = holm([table[name]["probes"][probe.name]["vs_baseline"]["p_value"] for name in compared])
-        for name, p in zip(compared, adjusted):
-            table[name]["probes"][probe.name]["vs_baseline"]["p_holm"] = p
-        widths = [table[name]["probes"][probe.name]["vs_baseline"]["half_width"] for name in compared]
-        mdd[probe.name] = median(widths) if widths else None
+    for _, name, _ in statistics:
+        compared = [row for row, values in table.items() if "vs_baseline" in values["probes"][name]]
+        adjusted = holm([table[row]["probes"][name]["vs_baseline"]["p_value"] for row in compared])
+        for row, p in zip(compared, adjusted):
+            table[row]["probes"][name]["vs_baseline"]["p_holm"] = p
+        widths = [table[row]["probes"][name]["vs_baseline"]["half_width"] for row in compared]
+        mdd[name] = median(widths) if widths else None
 
     match = next(probe for probe in probes if probe.name == study.match_on)
-    baseline_gain = float((baseline.final[match.name] - match.base[None, :]).mean())
-    levels = [baseline_gain, *config.gain_levels]
+    retention = [probe for probe in probes if probe.group == "retention" and not probe.classification]
     matched: dict[str, Any] = {}
-    for arm, arm_config in config.arms.items():
+    levels: list[float] = []
+    if not match.classification and retention:  # gain/retention curves need per-item score probes
+        levels = [float((baseline.final[match.name] - match.base[None, :]).mean()), *config.gain_levels]
+    for arm, arm_config in (config.arms.items() if levels else ()):
         arm_rows = [row for row in rows if row.arm == arm]
         curve = [row.final for row in arm_rows] if arm_config.sweep else arm_rows[0].points
         matched[arm] = {
             probe.name: [{"gain": level, **matched_retention(
                 [point[match.name] for point in curve], [point[probe.name] for point in curve],
                 match.base, probe.base, level, n_boot)} for level in levels]
-            for probe in probes if probe.group == "retention"}
+            for probe in retention}
         matched[arm]["curve"] = [
             {"gain": float((point[match.name] - match.base[None, :]).mean()),
              **{probe.name: float((point[probe.name] - probe.base[None, :]).mean())
-                for probe in probes if probe.group == "retention"}} for point in curve]
+                for probe in retention}} for point in curve]
     return {
         "study": str(study.source),
         "baseline": config.baseline,
@@ -135,9 +187,11 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
         "bootstrap": n_boot,
         "match_on": match.name,
         "gain_levels": levels,
-        "probes": {probe.name: {"group": probe.group, "metric": probe.metric, "higher_is_better": probe.higher_is_better,
-                                "items": len(probe.ids), "base": float(probe.base.mean()),
-                                "minimal_detectable_difference": mdd[probe.name]} for probe in probes},
+        "probes": {name: {"group": probe.group, "metric": probe.metric if name == probe.name else "f1",
+                          "higher_is_better": probe.higher_is_better, "items": len(probe.ids),
+                          "base": float(probe.base.mean()) if statistic is None
+                          else statistic(probe.base, np.arange(len(probe.ids))),
+                          "minimal_detectable_difference": mdd[name]} for probe, name, statistic in statistics},
         "rows": table,
         "matched": matched,
     }

@@ -141,7 +141,7 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
                                              "items, so every arm needs the same evaluation section")
                 probes.setdefault(arm_name, signature)
                 runs.append(StudyRun(arm_name, seed, value, recipe, recipe_path))
-    target_names = [name for name, _, _ in next(iter(probes.values()))["target"]]
+    target_names = [signature[0] for signature in next(iter(probes.values()))["target"]]
     if not target_names:
         fail(("arms",), "the arms' recipes have no target probe: no gain to match")
     match_on = config.match_on or target_names[0]

@@ -47,6 +47,10 @@ def study_markdown(results: dict[str, Any]) -> str:
                          f"{_ci(versus) if versus else '(baseline)'} | {_p(versus and versus['p_value'])} | "
                          f"{_p(versus and versus.get('p_holm'))} |")
     levels = results["gain_levels"]
+    if not levels:
+        lines += ["", "Retention at matched target gain: not computed (it needs a per-item score target probe and "
+                      "at least one such retention probe)."]
+        return "\n".join(lines + _cost(results)) + "\n"
     lines += ["", f"## Retention at matched target gain ({results['match_on']})", "",
               f"Read along each arm's curve (training order from the base model) at the baseline's final gain "
               f"{levels[0]:+.3f}" + (f" and at {', '.join(f'{g:+.3f}' for g in levels[1:])}" if levels[1:] else "")
@@ -58,22 +62,30 @@ def study_markdown(results: dict[str, Any]) -> str:
             if probe == "curve":
                 continue
             lines.append(f"| {arm} | {probe} | " + " | ".join(_ci(v) for v in values) + " |")
+    return "\n".join(lines + _cost(results)) + "\n"
+
+
+def _cost(results: dict[str, Any]) -> list[str]:
     cost = results.get("cost")
-    if cost:
-        lines += ["", f"Cost: {cost['runs']} runs, {cost['wall_s'] / 60:.1f} min wall; training {cost['train_s'] / 60:.1f} min, "
-                      f"evaluation {cost['eval_s'] / 60:.1f} min (as recorded by the runs executed in this invocation)."]
-    return "\n".join(lines) + "\n"
+    if not cost:
+        return []
+    return ["", f"Cost: {cost['runs']} runs, {cost['wall_s'] / 60:.1f} min wall for this invocation; training "
+                f"{cost['train_s'] / 60:.1f} min and evaluation {cost['eval_s'] / 60:.1f} min as recorded by the runs "
+                "(a reused run counts its recorded times)."]
 
 
 def plot_gain_retention(results: dict[str, Any], path: Path) -> None:
     """One panel per retention probe: target gain (x) vs retention change (y), each arm's curve
-    with the base model at (0, 0) and a 95% interval bar on its final point."""
+    with the base model at (0, 0) and a 95% interval bar on its final point (nothing to draw
+    without matched-gain curves)."""
+    if not results["gain_levels"]:
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    retention = [name for name, probe in results["probes"].items() if probe["group"] == "retention"]
+    retention = [name for name in next(iter(results["matched"].values())) if name != "curve"]
     columns = min(len(retention), 3) or 1
     rows_n = math.ceil(len(retention) / columns) or 1
     fig, axes = plt.subplots(rows_n, columns, figsize=(5 * columns, 4 * rows_n), squeeze=False)
