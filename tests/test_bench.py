@@ -1,13 +1,18 @@
 """Benchmark builders: deterministic by seed, fixed disjoint splits, real source text."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from stagewise import bench
 from stagewise.bench import facts, icl_probes
 
 
-@pytest.mark.parametrize("name", list(bench.BUILDERS))
+SEEDED = [name for name, builder in bench.BUILDERS.items() if "seed" in inspect.signature(builder).parameters]
+
+
+@pytest.mark.parametrize("name", SEEDED)
 def test_builders_are_deterministic_by_seed(name):
     first, again, other = bench.BUILDERS[name](seed=0), bench.BUILDERS[name](seed=0), bench.BUILDERS[name](seed=1)
     assert first == again
@@ -55,3 +60,21 @@ def test_builtin_file_errors_are_one_line():
         bench.builtin_file("nope:train")
     with pytest.raises(DataError, match="expected 'facts:<split>' with split one of: dev, known_dev"):
         bench.builtin_file("facts:nosuch")
+
+
+def test_geo_knowledge_items_are_unique_real_and_never_answered_by_their_question():
+    from stagewise.bench.geo_knowledge import build, candidates
+
+    splits = candidates()
+    ids = [row["id"] for rows in splits.values() for row in rows]
+    assert len(ids) == len(set(ids))
+    for rows in splits.values():
+        for row in rows:
+            assert row["output"].lower() not in row["instruction"].lower()
+    lyon = next(row for row in splits["world_cities"] if row["instruction"].endswith("city of Lyon?"))
+    assert lyon["output"] == "France"
+    assert any(row["output"] == "Canberra" for row in splits["country_facts"] if row["id"] == "capital-AU")
+    known = build()  # default: the items the bundled SmolLM2 answers correctly
+    for name, rows in known.items():
+        assert set(r["id"] for r in rows) <= set(r["id"] for r in splits[name])
+    assert len(known["world_cities"]) >= 300 and len(known["us_cities"]) >= 300

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from .errors import RecipeError
 from .registry import LOSSES, LR_RULES, SELECTORS, TRANSFORMS, Registry, load_plugins
-from .schema import SAFE_NAME_HINT, StrictModel, is_safe_name
+from .schema import SAFE_NAME_HINT, SafeName, StrictModel, is_safe_name
 
 DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "classification", "fewshot"]
 
@@ -99,7 +99,7 @@ METRIC_FORMATS: dict[str, tuple[str, ...]] = {  # which data formats each metric
 class EvalTaskConfig(StrictModel):
     """One scored probe: a dataset and the metric that summarises it."""
 
-    name: str
+    name: SafeName
     data: str | None = None  # the dataset scored (every metric but lm_eval, which loads its own)
     metric: EvalMetric
     shots: int = Field(default=4, ge=0)  # fewshot: demonstrations per query, from the same task
@@ -112,13 +112,6 @@ class EvalTaskConfig(StrictModel):
     num_fewshot: int | None = Field(default=None, ge=0)  # lm_eval: None = each task's default
     limit: int | None = Field(default=None, ge=1)        # lm_eval: first N documents per task
     include_path: str | None = None           # lm_eval: a folder of the user's own task YAMLs
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not is_safe_name(value):
-            raise ValueError(f"expected {SAFE_NAME_HINT}")
-        return value
 
     @field_validator("pattern")
     @classmethod
@@ -145,7 +138,7 @@ class EvaluationConfig(StrictModel):
 class StageConfig(StrictModel):
     """One training stage. The model entering it is the previous stage's output."""
 
-    name: str
+    name: SafeName
     data: list[str]
     trainable: Any = "full"
     loss: Any = "ce"
@@ -167,13 +160,6 @@ class StageConfig(StrictModel):
     save_steps: int = Field(default=50, ge=1)
     logging_steps: int = Field(default=10, ge=1)
     eval: StageEval | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, value: str) -> str:
-        if not is_safe_name(value):
-            raise ValueError(f"expected {SAFE_NAME_HINT}")
-        return value
 
     @field_validator("max_steps")
     @classmethod

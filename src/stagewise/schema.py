@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 import types
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, field_validator
 
 # A name that becomes a path component (stage folders, dataset files, probe files):
 # letters, digits and _ . + -, not starting with '.', so never '..' or a hidden file.
@@ -20,6 +20,15 @@ SAFE_NAME_HINT = "letters, digits, '_', '.', '+' or '-', not starting with '.' (
 
 def is_safe_name(name: Any) -> bool:
     return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None and len(name) <= 128
+
+
+def _check_safe_name(value: str) -> str:
+    if not is_safe_name(value):
+        raise ValueError(f"expected {SAFE_NAME_HINT}")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_check_safe_name)]  # a recipe name that becomes a path component
 
 
 def _misplaced_bool(value: Any, annotation: Any) -> bool:
