@@ -293,7 +293,7 @@ def read_text_file(path: Path, what: str = "file") -> str:
                           "save it as UTF-8") from None
 
 
-def _read_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[tuple, int]]:
+def read_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[tuple, int]]:
     try:
         node = yaml.compose(text, Loader=_LineLoader)
         lines: dict[tuple, int] = {}
@@ -350,7 +350,7 @@ def apply_override(data: dict[str, Any], parts: list[str], value: Any, text: str
 
 
 # ---------------------------------------------------------------- validation errors
-def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+def line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
     loc = tuple(int(p) if isinstance(p, str) and p.isdigit() else p for p in loc)
     while loc:
         if loc in lines:
@@ -403,7 +403,7 @@ def raise_validation_error(
     errors = exc.errors()
     first = errors[0]
     loc = prefix + tuple(first["loc"])
-    line = _line_for(loc, lines)
+    line = line_for(loc, lines)
     where = f"{source} line {line}" if line else source
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     raise RecipeError(f"{where}: {_describe(first, model_cls, prefix)}{more}") from None
@@ -417,7 +417,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: recipe file not found")
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise RecipeError(f"{path}: recipe is larger than {MAX_RECIPE_BYTES // 2**20} MiB (put rows in a data file)")
-    data, lines = _read_yaml(read_text_file(path, "recipe"), str(path))
+    data, lines = read_yaml(read_text_file(path, "recipe"), str(path))
     return recipe_from_dict(data, source=str(path), lines=lines, overrides=overrides, base_dir=path.parent)
 
 
@@ -465,14 +465,14 @@ def _parse_plugin(registry: Registry[Any], raw: Any, loc: tuple, source: str, li
     except ValidationError as exc:
         raise_validation_error(exc, source, lines, config_cls, prefix=loc)
     except RecipeError as err:
-        line = _line_for(loc, lines)
+        line = line_for(loc, lines)
         where = f"{source} line {line}" if line else source
         raise RecipeError(f"{where}: {'.'.join(map(str, loc))}: {err}") from None
 
 
 def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> None:
     def fail(loc: tuple, message: str) -> None:
-        line = _line_for(loc, lines)
+        line = line_for(loc, lines)
         where = f"{source} line {line}" if line else source
         raise RecipeError(f"{where}: {'.'.join(map(str, loc))}: {message}")
 
@@ -560,7 +560,7 @@ def _check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], bas
             continue
         candidates = [Path(value)] + ([base_dir / value] if base_dir and not Path(value).is_absolute() else [])
         found = next((c for c in candidates if c.is_file()), None)
-        line = _line_for(("distributed", field), lines)
+        line = line_for(("distributed", field), lines)
         where = f"{source} line {line}" if line else source
         if found is None:
             raise RecipeError(f"{where}: distributed.{field}: file {value!r} not found")
@@ -570,7 +570,7 @@ def _check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], bas
             raise RecipeError(f"{where}: distributed.{field}: {found} line {err.lineno}: invalid JSON ({err.msg})") from None
         setattr(dist, field, str(found))
     if dist.deepspeed and importlib.util.find_spec("deepspeed") is None:
-        line = _line_for(("distributed", "deepspeed"), lines)
+        line = line_for(("distributed", "deepspeed"), lines)
         raise RecipeError(f"{source}{f' line {line}' if line else ''}: distributed.deepspeed: "
                           "the deepspeed package is not installed (pip install deepspeed)")
 

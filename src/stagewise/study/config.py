@@ -12,8 +12,8 @@ from pydantic import Field, ValidationError, field_validator
 from ..config import (
     MAX_RECIPE_BYTES,
     Recipe,
-    _line_for,
-    _read_yaml,
+    line_for,
+    read_yaml,
     load_recipe,
     raise_validation_error,
     read_text_file,
@@ -88,14 +88,14 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
         raise RecipeError(f"{path}: study file not found")
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise RecipeError(f"{path}: study file is too large")
-    data, lines = _read_yaml(read_text_file(path, "study file"), str(path))
+    data, lines = read_yaml(read_text_file(path, "study file"), str(path))
     try:
         config = StudyConfig.model_validate(data)
     except ValidationError as exc:
         raise_validation_error(exc, str(path), lines, StudyConfig)
 
     def fail(loc: tuple, message: str) -> None:
-        line = _line_for(loc, lines)
+        line = line_for(loc, lines)
         raise RecipeError(f"{path}{f' line {line}' if line else ''}: {'.'.join(map(str, loc))}: {message}")
 
     for name in config.arms:
