@@ -146,3 +146,27 @@ def test_force_takes_over_a_foreign_folder_and_keeps_unrelated_files(tmp_path):
     run_recipe(make_recipe(tmp_path, [STAGE]), log=lambda m: None, force=True)
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "0-a/model.safetensors").is_file()
+
+
+def test_evaluation_inside_training_is_off_the_training_clock(tmp_path):
+    """A callback that spends time off the training clock (curve evaluation) and says so via
+    ``off_clock_s`` does not count in the stage's wall time or tokens/s."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class Busy(TrainerCallback):
+        def __init__(self, declare: bool) -> None:
+            self.declare, self.off_clock_s = declare, 0.0
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            time.sleep(1.0)
+            if self.declare:
+                self.off_clock_s += 1.0
+
+    stage = {**STAGE, "max_steps": -1, "epochs": 2}
+    walls = {}
+    for declare in (False, True):
+        result = run(make_recipe(tmp_path / str(declare), [stage]), [Busy(declare)])
+        walls[declare] = result.manifest["stages"][0]["wall_time_s"]
+    assert walls[False] >= 2.0 and walls[True] < walls[False] - 1.5, walls

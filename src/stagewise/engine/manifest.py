@@ -21,15 +21,24 @@ def now() -> str:
 
 
 class Manifest:
-    def __init__(self, output_dir: Path, header: dict[str, Any], previous: dict[str, Any]) -> None:
-        """``previous``: the folder's earlier manifest, already checked (``run_folder.read_manifest``)."""
+    def __init__(self, output_dir: Path, header: dict[str, Any], previous: dict[str, Any], n_stages: int) -> None:
+        """``previous``: the folder's earlier manifest, already checked (``run_folder.read_manifest``).
+
+        In a new folder it is saved at once: the manifest is the first thing a run writes there, so
+        a folder holding a run's other files always has one (an existing manifest is left as it is
+        until a stage changes). It keeps the earlier run's stage records, each replaced as its stage
+        is reused or retrained, so a run stopped early forgets nothing.
+        """
         self.path = output_dir / MANIFEST
         self.previous_stages: list[dict[str, Any]] = previous.get("stages", [])
         self.owned: set[str] = set(previous.get("owned_dirs", [])) | {
             Path(stage["outputs"]["dir"]).name for stage in self.previous_stages
             if isinstance(stage.get("outputs"), dict) and "dir" in stage["outputs"]}
-        self.data: dict[str, Any] = {**header, "created": previous.get("created", now()), "stages": [],
+        self.data: dict[str, Any] = {**header, "created": previous.get("created", now()),
+                                     "stages": [dict(stage) for stage in self.previous_stages[:n_stages]],
                                      "owned_dirs": sorted(self.owned)}
+        if not previous:
+            self.save()
 
     def previous(self, index: int) -> dict[str, Any] | None:
         return self.previous_stages[index] if index < len(self.previous_stages) else None

@@ -179,6 +179,7 @@ class CurvePoints(TrainerCallback):
 
     def __init__(self, evaluator: Evaluator, entry: dict[str, Any], manifest: Manifest, tokenizer: Any) -> None:
         self.evaluator, self.entry, self.manifest, self.tokenizer = evaluator, entry, manifest, tokenizer
+        self.off_clock_s = 0.0  # seconds spent evaluating inside train(): the stage runner subtracts them
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if state.global_step >= state.max_steps:
@@ -187,6 +188,7 @@ class CurvePoints(TrainerCallback):
         point = f"{stage_dir_name(self.entry['index'], self.entry['name'])}/epoch-{epoch:g}"
         self.evaluator.log(f"[eval] {point}")
         summary, seconds = self.evaluator.score(model, self.tokenizer, point)
+        self.off_clock_s += seconds
         curve = [p for p in self.entry.get("curve", []) if p["step"] != state.global_step]
         curve.append({"epoch": epoch, "step": state.global_step, "evaluation": summary, "eval_time_s": seconds})
         self.entry["curve"] = sorted(curve, key=lambda p: p["step"])
@@ -237,7 +239,7 @@ def _run_locked(
         "recipe_path": recipe_path,
         "recipe": recipe_to_dict(recipe),
         "model": recipe.model.model_name_or_path,
-    }, previous)
+    }, previous, len(recipe.stages))
     start = reusable_stages(recipe, manifest, hashes, log)
     check_stage_folders(recipe, manifest, hashes, start, force)
     evaluator = Evaluator(recipe, datasets, log)

@@ -330,7 +330,8 @@ def run_stage(
         if trainer.state.best_model_checkpoint:
             metrics["best_epoch"] = float(next(r["epoch"] for r in trainer.state.log_history
                                                if r.get(trainer.args.metric_for_best_model) == trainer.state.best_metric))
-    wall = time.perf_counter() - started
+    # evaluation run from inside train() (curve points) is not training time
+    wall = time.perf_counter() - started - sum(getattr(cb, "off_clock_s", 0.0) for cb in callbacks or [])
     tokens = int(trainer.state.num_input_tokens_seen)
     if tokens and wall > 0:
         context = sum(len(ex.get("input_ids", ())) for ex in train_examples) / max(len(train_examples), 1)
