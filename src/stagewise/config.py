@@ -410,14 +410,19 @@ def raise_validation_error(
 
 
 # ---------------------------------------------------------------- loading
+def read_yaml_file(path: Path, what: str) -> tuple[dict[str, Any], dict[tuple, int]]:
+    """A recipe or study file: present, not oversized, UTF-8, valid YAML (with each key's line)."""
+    if not path.is_file():
+        raise RecipeError(f"{path}: {what} file not found")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {what} is larger than {MAX_RECIPE_BYTES // 2**20} MiB (put rows in a data file)")
+    return read_yaml(read_text_file(path, what), str(path))
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; every problem is a one-line RecipeError."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    if path.stat().st_size > MAX_RECIPE_BYTES:
-        raise RecipeError(f"{path}: recipe is larger than {MAX_RECIPE_BYTES // 2**20} MiB (put rows in a data file)")
-    data, lines = read_yaml(read_text_file(path, "recipe"), str(path))
+    data, lines = read_yaml_file(path, "recipe")
     return recipe_from_dict(data, source=str(path), lines=lines, overrides=overrides, base_dir=path.parent)
 
 

@@ -9,15 +9,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from ..config import (
-    MAX_RECIPE_BYTES,
-    Recipe,
-    line_for,
-    read_yaml,
-    load_recipe,
-    raise_validation_error,
-    read_text_file,
-)
+from ..config import Recipe, line_for, load_recipe, raise_validation_error, read_yaml_file
 from ..errors import RecipeError, StagewiseError
 from ..schema import SAFE_NAME_HINT, StrictModel, is_safe_name
 
@@ -84,11 +76,7 @@ def _sweep_label(key: str, value: Any) -> str:
 def load_study(path: str | Path, find_recipe: Any) -> Study:
     """Read, validate and expand a study file; every problem is one line with the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: study file not found")
-    if path.stat().st_size > MAX_RECIPE_BYTES:
-        raise RecipeError(f"{path}: study file is too large")
-    data, lines = read_yaml(read_text_file(path, "study file"), str(path))
+    data, lines = read_yaml_file(path, "study")
     try:
         config = StudyConfig.model_validate(data)
     except ValidationError as exc:
