@@ -22,7 +22,7 @@ from stagewise.config import ModelConfig, recipe_from_dict
 from stagewise.data import encode_dataset, load_dataset_config
 from stagewise.config import DatasetConfig
 from stagewise.engine import run_recipe
-from stagewise.engine.stage import ListDataset
+from stagewise.data import ListDataset
 from stagewise.models import load_model_and_tokenizer
 
 

@@ -26,6 +26,7 @@ def install(phase: str, n: int) -> list:
 
     import stagewise.engine.checkpoints as checkpoints
     import stagewise.engine.pipeline as pipeline
+    import stagewise.eval.evaluator as evaluator
     import stagewise.io as stagewise_io
 
     callbacks: list = []
@@ -65,7 +66,7 @@ def install(phase: str, n: int) -> list:
                     die()
         modeling_utils.safe_save_file = save_file
     elif phase == "eval":
-        original_suite = pipeline.evaluate_suite
+        original_suite = evaluator.evaluate_suite
         count = [0]
 
         def evaluate_suite(*args, **kwargs):
@@ -73,7 +74,7 @@ def install(phase: str, n: int) -> list:
             if count[0] == n:
                 die()
             return original_suite(*args, **kwargs)
-        pipeline.evaluate_suite = evaluate_suite
+        evaluator.evaluate_suite = evaluate_suite
     elif phase == "manifest":
         original_replace = stagewise_io.os.replace
         count = [0]

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from conftest import CrashAfterSave, Snapshot, make_recipe, run
 from stagewise.generation import generate
-from stagewise.selection import base_model_of
+from stagewise.addons import base_model_of, model_for_probe
 
 PROMOT = [
     {"name": "prompt", "data": "sft", "trainable": {"kind": "prompt", "num_virtual_tokens": 4}, "lr": 0.2,
@@ -47,17 +47,18 @@ def test_promot_loss_differs_with_and_without_prompt(tmp_path):
     assert not torch.isclose(with_prompt, without)
 
 
-def test_use_prompt_never_equals_the_bare_model_and_saved_layout_loads(tmp_path):
+def test_addon_never_equals_the_bare_model_and_saved_layout_loads(tmp_path):
     from stagewise.config import EvalTaskConfig
-    from stagewise.eval.suite import model_for
 
     result = run(make_recipe(tmp_path, PROMOT))
     model, tokenizer = result.model, result.tokenizer
     prompts = [tokenizer("say hi")["input_ids"], tokenizer("count")["input_ids"]]
-    never = model_for(model, EvalTaskConfig(name="x", data="d", metric="contains", use_prompt="never"), "target")
-    auto_retention = model_for(model, EvalTaskConfig(name="x", data="d", metric="contains"), "retention")
-    auto_target = model_for(model, EvalTaskConfig(name="x", data="d", metric="contains"), "target")
-    assert auto_target is model and never is auto_retention is base_model_of(model)
+    never = model_for_probe(model, EvalTaskConfig(name="x", data="d", metric="contains", addon="never"), "target")
+    auto_retention = model_for_probe(model, EvalTaskConfig(name="x", data="d", metric="contains"), "retention")
+    auto_target = model_for_probe(model, EvalTaskConfig(name="x", data="d", metric="contains"), "target")
+    always = model_for_probe(model, EvalTaskConfig(name="x", data="d", metric="contains", use_prompt="always"),
+                             "retention")  # the key's earlier name is still read
+    assert auto_target is always is model and never is auto_retention is base_model_of(model)
     bare = AutoModelForCausalLM.from_pretrained(tmp_path / "run/1-full")
     assert generate(never, tokenizer, prompts) == generate(bare, tokenizer, prompts)
     with_prompt = PeftModel.from_pretrained(bare, tmp_path / "run/1-full/adapter")
@@ -119,7 +120,7 @@ def test_dpo_stage_after_sft_moves_the_margin(tmp_path):
     recipe = make_recipe(
         tmp_path,
         [{"name": "sft", "data": "sft", "max_steps": 2, "batch_size": 2},
-         {"name": "dpo", "data": "pref", "loss": {"kind": "dpo", "beta": 0.1}, "trainable": "hft", "lr": 5e-3,
+         {"name": "dpo", "data": "pref", "trainer": {"kind": "dpo", "beta": 0.1}, "trainable": "hft", "lr": 5e-3,
           "max_steps": 8, "batch_size": 4, "logging_steps": 1}],
         datasets={"sft": {"format": "instruction", "template": "alpaca",
                           "rows": [{"instruction": "hi", "output": "there"}] * 4},
@@ -134,5 +135,11 @@ def test_dpo_stage_after_sft_moves_the_margin(tmp_path):
 def test_dpo_needs_preference_data(tmp_path):
     from stagewise.errors import RecipeError
 
-    with pytest.raises(RecipeError, match="stages.0.loss: preference data trains with loss: dpo"):
-        run(make_recipe(tmp_path, [{"name": "s", "data": "sft", "loss": "dpo"}]))
+    with pytest.raises(RecipeError, match="stages.0.trainer: trainer 'dpo' takes preference data, not lm"):
+        make_recipe(tmp_path, [{"name": "s", "data": "sft", "trainer": "dpo"}])
+    preference = {"pref": {"format": "preference", "rows": PREFERENCES}}
+    with pytest.raises(RecipeError, match=r"stages.0.trainer: trainer 'hf' takes lm or classification data, not "
+                                          r"preference \(this stage can use: dpo\)"):
+        make_recipe(tmp_path, [{"name": "s", "data": "pref"}], datasets=preference)
+    with pytest.raises(RecipeError, match="stages.0.loss: trainer 'dpo' defines its own objective"):
+        make_recipe(tmp_path, [{"name": "s", "data": "pref", "trainer": "dpo", "loss": "ldam"}], datasets=preference)

@@ -18,18 +18,23 @@ def test_weights_and_margins_for_100_vs_20():
     assert float(effective_number_weights([5, 7, 9], 0.99).sum()) == pytest.approx(3.0)
 
 
-def test_ldam_loss_equals_the_reference_formula():
+@pytest.mark.parametrize("scale", [1.0, 30.0])  # the two-stage reference's s = 1, the LDAM paper's s = 30
+def test_ldam_loss_equals_the_reference_formula(scale):
     torch.manual_seed(0)
     logits, labels = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 0, 1])
-    compute = ldam(LDAMConfig(kind="ldam"), LossContext(objective="classification", class_counts=[100, 20]))
+    compute = ldam(LDAMConfig(kind="ldam", scale=scale),
+                   LossContext(objective="classification", class_counts=[100, 20]))
     weights, margins = torch.tensor([0.33444, 1.66556]), torch.tensor([0.33437, 0.5])
-    # CE(s*(z - m_y * onehot(y)), y, weight=w), s = 1, written out by hand:
+    # CE(s*(z - m_y * onehot(y)), y, weight=w), written out by hand:
     adjusted = logits.clone()
     for row, label in enumerate(labels):
         adjusted[row, label] -= margins[label]
-    nll = -F.log_softmax(adjusted, dim=-1)[torch.arange(6), labels]
+    nll = -F.log_softmax(scale * adjusted, dim=-1)[torch.arange(6), labels]
     expected = (weights[labels] * nll).sum() / weights[labels].sum()
     assert float(compute({"logits": logits}, labels)) == pytest.approx(float(expected), rel=1e-4)
+    if scale == 30.0:  # at s = 30 the margins dominate: the loss differs from the unscaled one
+        unscaled = ldam(LDAMConfig(kind="ldam"), LossContext(objective="classification", class_counts=[100, 20]))
+        assert float(compute({"logits": logits}, labels)) > 2 * float(unscaled({"logits": logits}, labels))
 
 
 def test_focal_loss_reduces_to_ce_at_gamma_zero():
@@ -83,5 +88,6 @@ def test_mlp_head_reloads_from_the_stage_folder(tmp_path):
 def test_class_balanced_loss_on_lm_stage_is_a_recipe_error(tmp_path):
     from stagewise.errors import RecipeError
 
-    with pytest.raises(RecipeError, match="loss 'ldam' needs a classification stage"):
-        run(make_recipe(tmp_path, [{"name": "s", "data": "sft", "loss": "ldam", "max_steps": 1}]))
+    with pytest.raises(RecipeError, match=r"stages.0.loss: loss 'ldam' takes classification data, not lm "
+                                          r"\(this stage can use: ce\)"):
+        make_recipe(tmp_path, [{"name": "s", "data": "sft", "loss": "ldam", "max_steps": 1}])

@@ -28,6 +28,8 @@ def test_contains_match_is_whole_word():
 @pytest.mark.parametrize("text, expected", [
     ("The answer is 1,234.", 1234), ("x=3.5", None), ("3.0", 3), ("-7", -7), ("no digits", None),
     ("5 apples then 12", 12), ("#### 72", 72),
+    # the reference (sail-sg/sdft find_last_integer) reads whitespace between digit groups as a separator
+    ("The answer is 1 234.", 1234), ("1 234 567", 1234567), ("-1 000.00", -1000), ("3\n4", 34),
 ])
 def test_last_integer(text, expected):
     assert last_integer(text) == expected

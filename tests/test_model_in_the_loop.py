@@ -217,7 +217,7 @@ def test_a_stage_whose_selection_keeps_nothing_stops_with_one_line(tmp_path):
         run(make_recipe(tmp_path, [stage], datasets=datasets))
     message = str(error.value)
     assert "\n" not in message and "kept no training row" in message
-    assert "select on qa+more: 0 rows" in message and "'Unknown': 8" in message
+    assert "select on qa+more: rows in 8, rows out 0, categories now" in message and "'Unknown': 8" in message
 
 
 def test_selection_runs_over_all_stage_datasets_and_hands_rows_back_to_their_own():
@@ -260,13 +260,14 @@ def test_a_dataset_emptied_by_a_transform_is_skipped_while_the_others_train(tmp_
     assert len(examples) == 3
 
 
-def test_stage_wide_selection_over_datasets_of_different_formats_is_one_line(tmp_path):
-    from stagewise.errors import DataError
+def test_selection_over_datasets_of_another_format_is_refused_at_validation(tmp_path):
+    from stagewise.errors import RecipeError
 
     datasets = {"qa": {"format": "instruction", "template": "alpaca", "rows": [{"instruction": "q", "output": "a"}]},
                 "prose": {"format": "text", "rows": [{"text": "some plain text"}]}}
     stage = {"name": "s", "data": ["qa", "prose"], "max_steps": 1,
              "transforms": [{"kind": "select", "categories": ["Unknown"], "n_prompts": 1, "samples": 0}]}
-    with pytest.raises(DataError, match=r"must share one format \(got \['instruction', 'text'\]\)") as error:
-        run(make_recipe(tmp_path, [stage], datasets=datasets))
-    assert "\n" not in str(error.value) and str(error.value).startswith("stages.0 's':")
+    with pytest.raises(RecipeError, match=r"stages.0.transforms.0: data transform 'select' takes data of format "
+                                          r"instruction, not instruction, text") as error:
+        make_recipe(tmp_path, [stage], datasets=datasets)
+    assert "\n" not in str(error.value)

@@ -126,3 +126,58 @@ def test_tempbalance_resume_equals_uninterrupted(tmp_path):
     resumed = run(make_recipe(tmp_path / "b", [stage]))
     for name, tensor in reference.model.state_dict().items():
         assert torch.allclose(tensor, resumed.model.state_dict()[name], atol=1e-7), name
+
+
+def reference_multipliers(model: torch.nn.Module, xmin_pos: float = 2.0, eigs_thresh: int = 50,
+                          lr_min_ratio: float = 0.5, lr_max_ratio: float = 1.5) -> dict[str, float]:
+    """The reference's rule, written out independently (YefanZhou/TempBalance ``Tempbalance``:
+    ``net_esd_estimator`` over every nn.Linear/Conv layer in module order, then
+    ``build_optimizer_param_group``: drop the first and the last row, drop layers with fewer
+    than ``eigs_thresh`` eigenvalues, ``tb_linear_map`` = np.interp(alpha, [min, max], [0.5, 1.5])).
+    GPT-2's Conv1D (a linear layer stored transposed) counts as a linear layer here, as in stagewise."""
+    import numpy as np
+    from transformers.pytorch_utils import Conv1D
+
+    rows = []
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, Conv1D)):
+            eigs = np.sort(np.square(np.linalg.svd(module.weight.detach().double().numpy(), compute_uv=False)))
+            i = int(len(eigs) / xmin_pos)
+            with np.errstate(divide="ignore"):  # a 2-class head has one eigenvalue above xmin (dropped below)
+                alpha = 1 + (len(eigs) - i) / np.sum(np.log(eigs[i:] / eigs[i]))
+            rows.append((name, alpha, len(eigs)))
+    rows = [row for row in rows[1:-1] if row[2] >= eigs_thresh]
+    alphas = np.array([alpha for _, alpha, _ in rows])
+    lrs = np.interp(alphas, [alphas.min(), alphas.max()], [lr_min_ratio, lr_max_ratio])
+    return {name: float(lr) for (name, _, _), lr in zip(rows, lrs)}
+
+
+@pytest.mark.parametrize("model_name, task", [("tiny-llama", "causal_lm"), ("tiny-gpt2", "causal_lm"),
+                                              ("tiny-bert", "sequence_classification")])
+def test_default_layer_set_and_multipliers_match_the_reference_rule(model_name, task):
+    from stagewise.config import ModelConfig
+    from stagewise.models import load_model_and_tokenizer
+    from stagewise.schedules import LrRuleContext
+    from stagewise.strategies.tempbalance import TempBalance, TempBalanceConfig
+
+    model, _ = load_model_and_tokenizer(ModelConfig(model_name_or_path=model_name, task=task, num_labels=2
+                                                    if task == "sequence_classification" else None))
+    torch.manual_seed(0)
+    with torch.no_grad():  # a spread of spectra, so the linear map has a range to interpolate over
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.mul_(torch.rand(()) * 3 + 0.1).add_(torch.randn_like(param) * torch.rand(()))
+    config = TempBalanceConfig(kind="tempbalance")
+    assert config.skip_first_last  # the reference's default
+    balance = TempBalance(model, config, LrRuleContext(base_lr=1.0))
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = balance.split_groups(model, [{"params": params, "weight_decay": 0.0}])
+    ours = {g["tb_key"]: g["lr"] for g in groups if g["tb_key"]}
+    expected = reference_multipliers(model)
+    assert ours.keys() == expected.keys()
+    assert ours == pytest.approx(expected, rel=1e-5)
+    names = [name for name, module in model.named_modules() if isinstance(getattr(module, "weight", None), torch.nn.Parameter)
+             and module.weight.dim() == 2 and not isinstance(module, torch.nn.Embedding)]
+    assert names[0] not in ours and names[-1] not in ours  # the first layer and the head keep the base LR
+    if task == "sequence_classification":  # BERT: the last layer is the classifier, the pooler stays in
+        assert names[-1] == "classifier" and "bert.pooler.dense" in ours

@@ -147,55 +147,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_spectra(args: argparse.Namespace) -> int:
-    from .config import ModelConfig
-    from .models import load_model_and_tokenizer
-    from .strategies.tempbalance import TempBalanceConfig, layer_alphas, plot_alphas
-
-    model_cfg = ModelConfig(model_name_or_path=args.model, task=args.task)
-    model, _ = load_model_and_tokenizer(model_cfg)
-    config = TempBalanceConfig(kind="tempbalance", xmin_pos=args.xmin_pos, min_eigs=args.min_eigs)
-    alphas = layer_alphas(model, config)
-    if not alphas:
-        raise StagewiseError(f"{args.model}: no weight matrix has {args.min_eigs} or more eigenvalues")
-    width = max(len(name) for name in alphas)
-    for name, alpha in alphas.items():
-        print(f"{name:{width}s}  alpha={alpha:.3f}")
-    values = list(alphas.values())
-    print(f"{len(values)} matrices; alpha mean {sum(values) / len(values):.3f}, min {min(values):.3f}, max {max(values):.3f}")
-    out = Path(args.out or Path(args.model if Path(args.model).is_dir() else ".") / "spectra.png")
-    plot_alphas(alphas, out, title=f"Hill alpha per layer: {args.model}")
-    print(f"wrote {out}")
-    return 0
-
-
-def cmd_categorize(args: argparse.Namespace) -> int:
-    from .config import DatasetConfig, ModelConfig
-    from .data import load_dataset_config
-    from .distributed import init_from_launcher, is_main_process
-    from .io import atomic_write_text
-    from .models import load_model_and_tokenizer
-    from .probing import CATEGORIES, ProbeSettings, categorize, model_answerer
-
-    init_from_launcher()  # under torchrun/accelerate launch, ranks share the items
-    rows = load_dataset_config("data", DatasetConfig(format="instruction", path=args.data,
-                                                     columns=dict(c.split("=", 1) for c in args.columns))).rows
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path=args.model))
-    settings = ProbeSettings(n_prompts=args.n_prompts, shots=args.shots, samples=args.samples,
-                             temperature=args.temperature, max_new_tokens=args.max_new_tokens, checker=args.checker)
-    results = categorize(rows, settings, model_answerer(model, tokenizer, args.batch_size))
-    if not is_main_process():
-        return 0
-    out = Path(args.out)
-    atomic_write_text(out, "".join(json.dumps({**row, **result}, ensure_ascii=False) + "\n"
-                                   for row, result in zip(rows, results)))
-    for category in CATEGORIES:
-        count = sum(r["category"] == category for r in results)
-        print(f"{category:12s} {count:5d}  {count / len(results):6.1%}")
-    print(f"wrote {out} ({len(results)} items)")
-    return 0
-
-
 def cmd_bench_peak(args: argparse.Namespace) -> int:
     from .speed import device_name, peak_flops
 
@@ -242,26 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("study", help="study file (YAML: arms, seeds, baseline, output_dir)")
     study.add_argument("--dry-run", action="store_true", help="list the runs and which are already done")
     study.set_defaults(handler=cmd_study)
-    probe = sub.add_parser("categorize", help="SliCK knowledge categories of QA items under a model")
-    probe.add_argument("--model", required=True, help="model folder, hub id or bundled name")
-    probe.add_argument("--data", required=True, help="QA file (JSONL/CSV/Parquet) with instruction/output")
-    probe.add_argument("--columns", nargs="*", default=[], help="renames, e.g. question=instruction answer=output")
-    probe.add_argument("--out", default="categories.jsonl")
-    probe.add_argument("--n-prompts", type=int, default=10, help="random few-shot prompts per item (SliCK: 10)")
-    probe.add_argument("--shots", type=int, default=4)
-    probe.add_argument("--samples", type=int, default=16, help="sampled answers per prompt (SliCK: 16)")
-    probe.add_argument("--temperature", type=float, default=0.5)
-    probe.add_argument("--max-new-tokens", type=int, default=16)
-    probe.add_argument("--checker", choices=["exact_match", "contains"], default="exact_match")
-    probe.add_argument("--batch-size", type=int, default=64, help="sequences decoded per batch")
-    probe.set_defaults(handler=cmd_categorize)
-    spectra = sub.add_parser("spectra", help="per-layer power-law exponent (Hill alpha) of a model's weights")
-    spectra.add_argument("model", help="model folder, hub id or bundled name")
-    spectra.add_argument("--task", choices=["causal_lm", "sequence_classification"], default="causal_lm")
-    spectra.add_argument("--xmin-pos", type=float, default=2.0, help="xmin at eigenvalue index N/xmin_pos (2 = median)")
-    spectra.add_argument("--min-eigs", type=int, default=50, help="skip matrices with fewer eigenvalues")
-    spectra.add_argument("--out", help="PNG path (default: MODEL/spectra.png, or ./spectra.png)")
-    spectra.set_defaults(handler=cmd_spectra)
     peak = sub.add_parser("bench-peak", help="measure this machine's matmul FLOP/s (the MFU denominator)")
     peak.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])
     peak.set_defaults(handler=cmd_bench_peak)
@@ -271,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--task", choices=["causal_lm", "sequence_classification"], help="override model.task")
     evaluate.add_argument("--out", help="write the scores to this JSON file")
     evaluate.set_defaults(handler=cmd_eval)
+    from .registry import COMMANDS, load_plugins
+
+    load_plugins()
+    for entry in COMMANDS.entries():  # commands that strategies contribute
+        entry.impl(sub)
     return parser
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
 
 from .errors import RecipeError
-from .registry import LOSSES, LR_RULES, SELECTORS, TRANSFORMS, Registry, load_plugins
+from .registry import LOSSES, LR_RULES, METRICS, SELECTORS, TRAINERS, TRANSFORMS, Registry, load_plugins
 from .schema import SAFE_NAME_HINT, SafeName, StrictModel, is_safe_name
 
 DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "classification", "fewshot"]
@@ -80,32 +80,17 @@ class StageEval(StrictModel):
     select_best: bool = False  # evaluate each epoch; keep the epoch with the lowest loss on data[0] (a dev split)
 
 
-GENERATION_METRICS = ("exact_match", "contains", "last_integer", "regex")
-EvalMetric = Literal["exact_match", "contains", "last_integer", "regex", "fewshot", "perplexity",
-                     "accuracy", "macro_f1", "micro_f1", "highly_known", "lm_eval"]
-
-
-_GENERATIVE = ("instruction", "prompt_completion", "chat")
-_CLASSIFICATION = ("classification",)
-METRIC_FORMATS: dict[str, tuple[str, ...]] = {  # which data formats each metric can score
-    **{metric: _GENERATIVE for metric in GENERATION_METRICS},
-    "fewshot": ("fewshot",), "highly_known": ("instruction",),
-    "perplexity": ("text", *_GENERATIVE),
-    "accuracy": _CLASSIFICATION, "macro_f1": _CLASSIFICATION, "micro_f1": _CLASSIFICATION,
-    "lm_eval": (),  # lm-eval loads its own data
-}
-
-
 class EvalTaskConfig(StrictModel):
     """One scored probe: a dataset and the metric that summarises it."""
 
     name: SafeName
     data: str | None = None  # the dataset scored (every metric but lm_eval, which loads its own)
-    metric: EvalMetric
+    metric: str              # a registered metric (README: evaluation metrics)
     shots: int = Field(default=4, ge=0)  # fewshot: demonstrations per query, from the same task
     max_new_tokens: int = Field(default=24, ge=1)
     pattern: str | None = None  # regex metric: first group is the answer
-    use_prompt: Literal["auto", "always", "never"] = "auto"  # soft prompt (ProMoT): auto = on for target probes only
+    addon: Literal["auto", "always", "never"] = Field(  # score with the stage's add-on attached? auto = the
+        default="auto", validation_alias=AliasChoices("addon", "use_prompt"))  # add-on's rule (soft prompt: target only)
     n_prompts: int = Field(default=10, ge=1)  # highly_known: SliCK's few-shot prompts per item
     samples: int = Field(default=16, ge=0)    # highly_known: sampled answers per prompt (T = 0.5)
     tasks: list[str] | None = None            # lm_eval: lm-evaluation-harness task names
@@ -144,6 +129,7 @@ class StageConfig(StrictModel):
     loss: Any = "ce"
     lr_rule: Any = "uniform"
     transforms: list[Any] = Field(default_factory=list)  # model-in-the-loop data steps (distill, select)
+    trainer: Any = "hf"  # what runs the optimisation: hf (transformers Trainer) or a registered one (dpo)
     lr: float = Field(default=5e-5, gt=0)
     epochs: float = Field(default=1.0, gt=0)
     max_steps: int = Field(default=-1, ge=-1)  # -1: run for `epochs`
@@ -249,7 +235,8 @@ class Recipe(StrictModel):
 
 
 # The registered sections of a stage: field name -> registry that validates it.
-PLUGIN_FIELDS: dict[str, Registry[Any]] = {"trainable": SELECTORS, "loss": LOSSES, "lr_rule": LR_RULES}
+PLUGIN_FIELDS: dict[str, Registry[Any, Any]] = {  # in the order their fit is checked: the trainer decides the most
+    "trainer": TRAINERS, "trainable": SELECTORS, "loss": LOSSES, "lr_rule": LR_RULES}
 
 
 # ---------------------------------------------------------------- YAML with lines
@@ -462,7 +449,7 @@ def _resolve_plugins(recipe: Recipe, source: str, lines: dict[tuple, int]) -> No
         ]
 
 
-def _parse_plugin(registry: Registry[Any], raw: Any, loc: tuple, source: str, lines: dict[tuple, int]) -> Any:
+def _parse_plugin(registry: Registry[Any, Any], raw: Any, loc: tuple, source: str, lines: dict[tuple, int]) -> Any:
     try:
         data = registry.normalize(raw)
         config_cls = registry.get(data["kind"]).config_cls
@@ -500,9 +487,9 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
             fail(("stages", index, "data"), "format 'fewshot' is for evaluation probes only, not training")
         if len({_objective(fmt) for fmt in formats}) > 1:
             fail(("stages", index, "data"), f"cannot mix dataset formats {sorted(formats)} in one stage")
-        problem = objective_problem(recipe, stage)
+        problem = stage_problem(recipe, stage)
         if problem:
-            fail(("stages", index, problem[0]), problem[1])
+            fail(("stages", index, *problem[0]), problem[1])
     if recipe.evaluation:
         names: set[str] = set()
         for group in ("target", "retention"):
@@ -510,48 +497,58 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                 if task.name in names:
                     fail(("evaluation", group, index, "name"), f"duplicate probe name {task.name!r}")
                 names.add(task.name)
-                if task.metric == "lm_eval":
-                    _check_lm_eval(task, ("evaluation", group, index), fail)
-                    continue
-                if task.data is None:
-                    fail(("evaluation", group, index), "required key 'data' is missing (the dataset to score)")
-                if task.data not in recipe.datasets:
-                    fail(("evaluation", group, index, "data"), f"unknown dataset {task.data!r}")
-                if task.metric == "regex" and not task.pattern:
-                    fail(("evaluation", group, index, "metric"), "metric 'regex' needs a 'pattern'")
-                allowed = METRIC_FORMATS[task.metric]
-                if recipe.datasets[task.data].format not in allowed:
-                    fail(("evaluation", group, index, "metric"),
-                         f"metric {task.metric!r} needs {' or '.join(allowed)} data, but dataset {task.data!r} is "
-                         f"{recipe.datasets[task.data].format}")
+                problem = probe_problem(recipe, task)
+                if problem:
+                    fail(("evaluation", group, index, problem[0]), problem[1])
     for name, dataset in recipe.datasets.items():
         sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None]
         if sum(sources) != 1:
             fail(("datasets", name), "expected exactly one of 'path', 'rows' or 'builtin'")
 
 
-def _check_lm_eval(task: EvalTaskConfig, loc: tuple, fail: Any) -> None:
-    from .eval.lm_eval_probe import check_tasks
-
-    if not task.tasks:
-        fail(loc + ("tasks",), "metric 'lm_eval' needs 'tasks' (lm-eval task names, e.g. [arc_easy])")
-    if task.include_path and not Path(task.include_path).is_dir():
-        fail(loc + ("include_path",), f"folder {task.include_path!r} not found")
+def probe_problem(recipe: Recipe, task: EvalTaskConfig) -> tuple[str, str] | None:
+    """(field, message) when a probe's metric is unknown or cannot score its data or model."""
     try:
-        check_tasks(task.tasks, task.include_path)
+        entry = METRICS.get(task.metric)
     except RecipeError as err:
-        fail(loc + ("tasks",), str(err))
+        return "metric", str(err)
+    if entry.traits.needs_data:
+        if task.data is None:
+            return "data", "required key 'data' is missing (the dataset to score)"
+        if task.data not in recipe.datasets:
+            return "data", f"unknown dataset {task.data!r}"
+    problem = entry.traits.check(task) if entry.traits.check else None
+    if problem:
+        return problem
+    if entry.traits.needs_data:
+        data_format = recipe.datasets[task.data].format
+        problem_text = entry.requires.problem(_objective(data_format), {data_format}, recipe.model.task)
+        if problem_text:
+            return "metric", f"metric {task.metric!r} {problem_text} (dataset {task.data!r})"
+    return None
 
 
-def objective_problem(recipe: Recipe, stage: StageConfig) -> tuple[str, str] | None:
-    """(field, message) when the stage's data objective does not fit the model task or loss."""
+def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], str] | None:
+    """(key path in the stage, message) when the stage's data does not fit its model, or one of its registered
+    entries (selector, loss, LR rule, trainer, transforms) does not serve its data and model."""
     objective = stage_objective(recipe, stage)
     if objective == "classification" and recipe.model.task != "sequence_classification":
-        return "data", "classification data needs model.task: sequence_classification"
+        return ("data",), "classification data needs model.task: sequence_classification"
     if objective != "classification" and recipe.model.task != "causal_lm":
-        return "data", f"{recipe.datasets[stage.data[0]].format} data needs model.task: causal_lm"
-    if (objective == "preference") != (stage.loss.kind == "dpo"):
-        return "loss", "preference data trains with loss: dpo, and dpo needs preference data"
+        return ("data",), f"{recipe.datasets[stage.data[0]].format} data needs model.task: causal_lm"
+    formats = {recipe.datasets[name].format for name in stage.data}
+    takes_loss = TRAINERS.get(stage.trainer.kind).traits.takes_loss
+    if not takes_loss and stage.loss.kind != "ce":
+        return ("loss",), f"trainer {stage.trainer.kind!r} defines its own objective; remove `loss: {stage.loss.kind}`"
+    used = [((field,), registry, getattr(stage, field)) for field, registry in PLUGIN_FIELDS.items()
+            if takes_loss or field != "loss"]
+    used += [(("transforms", i), TRANSFORMS, t) for i, t in enumerate(stage.transforms)]
+    for field, registry, config in used:
+        problem = registry.get(config.kind).requires.problem(objective, formats, recipe.model.task)
+        if problem:
+            others = [name for name in registry.serving(objective, formats, recipe.model.task) if name != config.kind]
+            hint = f" (this stage can use: {', '.join(others)})" if others else ""
+            return field, f"{registry.what} {config.kind!r} {problem}{hint}"
     return None
 
 

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 from .eval.metrics import contains_match, exact_match
+from .eval.suite import item_ids
 from .generation import SamplingConfig, generate
+from .registry import METRICS, Requires
 
 CATEGORIES = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
 CHECKERS = {"exact_match": exact_match, "contains": contains_match}
@@ -99,3 +101,16 @@ def summary(results: list[dict[str, Any]]) -> dict[str, int]:
 
 def settings_dict(settings: ProbeSettings) -> dict[str, Any]:
     return asdict(settings)
+
+
+@METRICS.register("highly_known", requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)))
+def highly_known(model: Any, tokenizer: Any, task: Any, dataset: Any, rows: list[dict[str, Any]],
+                 evaluation: Any) -> dict[str, Any]:
+    """Share of items the model knows for sure (SliCK HighlyKnown): Gradual Learning's
+    knowledge-acquired measure; the scores hold every category's count."""
+    settings = ProbeSettings(n_prompts=task.n_prompts, shots=task.shots, samples=task.samples,
+                             max_new_tokens=task.max_new_tokens)
+    results = categorize(rows, settings, model_answerer(model, tokenizer, evaluation.batch_size))
+    counts = summary(results)
+    items = [{"id": i, "score": float(r["category"] == "HighlyKnown"), **r} for i, r in zip(item_ids(rows), results)]
+    return {"score": counts["HighlyKnown"] / len(rows), "scores": {k: float(v) for k, v in counts.items()}, "items": items}

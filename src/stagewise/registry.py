@@ -1,55 +1,126 @@
-"""The one place strategies register: trainable selectors, losses, LR rules, data transforms.
+"""The one place strategies register, and what each entry declares.
 
-A strategy is a folder under ``stagewise/strategies`` whose ``__init__`` calls
-``SELECTORS.register(...)`` (or one of the other registries) with a pydantic config
-class and an implementation, like a PEFT tuner registering its config and model.
-Recipes name a registered entry by ``kind``; its config class validates the rest
-of the keys, so a typo in a strategy option is a recipe error with a line number.
+Extension points: trainable **selectors**, **losses**, **LR rules**, data **transforms**,
+**trainers**, evaluation **metrics**, model **add-ons** (an adapter or soft prompt attached to
+the model) and CLI **commands**. A strategy is a folder under ``stagewise/strategies`` whose
+``__init__`` registers into some of them with a pydantic config class, what the entry
+*requires* of the stage (data objective and format, model task) and the point's *traits*
+(e.g. a selector that wraps the model), like a PEFT tuner registering its config and model.
+The engine asks the entry instead of naming it: ``config`` checks every stage's entries
+against its data and model at validation time, and the shared test matrix runs every entry.
+Each point's call shape is a typed protocol beside its context (``selection.Selector``,
+``losses.LossBuilder``, ``schedules.LrRule``, ``transforms.Transform``, ``trainers.TrainerFactory``,
+``eval.metrics.Metric``, ``addons.AddOn``).
 """
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from pydantic import ConfigDict
 
 from .errors import RecipeError
 from .schema import StrictModel
 
-Impl = TypeVar("Impl", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    import argparse
+
+    from .addons import AddOn
+    from .eval.metrics import Metric
+    from .losses import LossBuilder
+    from .schedules import LrRule
+    from .selection import Selector
+    from .trainers import TrainerFactory
+    from .transforms import Transform
+
+Impl = TypeVar("Impl")
+Traits = TypeVar("Traits")
 
 
 class PluginConfig(StrictModel):
     """Base of every registered entry's options; ``kind`` names the entry."""
 
     model_config = ConfigDict(frozen=True, validate_assignment=False)
-    acts_on_wrapper: ClassVar[bool] = False  # selectors only: receives the adapter-wrapped model
-    stage_wide: ClassVar[bool] = False       # transforms only: one pass over all the stage's datasets together
     kind: str
 
 
 @dataclass(frozen=True)
-class Entry(Generic[Impl]):
+class Requires:
+    """What an entry needs from the stage (or probe) it is used in; ``None`` = anything."""
+
+    objectives: tuple[str, ...] | None = None   # data objectives: lm, classification, preference
+    formats: tuple[str, ...] | None = None      # data formats (finer: instruction, text, ...)
+    model_tasks: tuple[str, ...] | None = None  # causal_lm, sequence_classification
+
+    def problem(self, objective: str, formats: set[str], model_task: str) -> str | None:
+        """Why this entry cannot serve a stage with this data and model, or None."""
+        if self.objectives is not None and objective not in self.objectives:
+            return f"takes {' or '.join(self.objectives)} data, not {objective}"
+        if self.formats is not None and not formats <= set(self.formats):
+            return f"takes data of format {' or '.join(self.formats)}, not {', '.join(sorted(formats))}"
+        if self.model_tasks is not None and model_task not in self.model_tasks:
+            return f"needs model.task {' or '.join(self.model_tasks)}, not {model_task}"
+        return None
+
+
+@dataclass(frozen=True)
+class NoTraits:
+    """Points whose entries declare nothing beyond their requirements."""
+
+
+@dataclass(frozen=True)
+class SelectorTraits:
+    wraps_model: bool = False   # attaches (or trains) an add-on: gets the wrapped model, trains only the add-on
+
+
+@dataclass(frozen=True)
+class TransformTraits:
+    stage_wide: bool = False    # one pass over all of the stage's datasets together (not one per dataset)
+
+
+@dataclass(frozen=True)
+class TrainerTraits:
+    takes_loss: bool = True     # trains with the stage's `loss` (False: the trainer defines its own objective)
+
+
+@dataclass(frozen=True)
+class MetricTraits:
+    higher_is_better: bool = True
+    needs_data: bool = True     # scores one of the recipe's datasets (False: loads its own, e.g. lm-eval)
+    check: Callable[[Any], tuple[str, str] | None] | None = None  # probe validation: (key, problem) or None
+
+
+@dataclass(frozen=True)
+class Entry(Generic[Impl, Traits]):
     name: str
     config_cls: type[PluginConfig]
     impl: Impl
+    requires: Requires
+    traits: Traits
+    example: dict[str, Any] = field(default_factory=dict)  # a minimal valid config (docs, shared tests)
 
 
-class Registry(Generic[Impl]):
-    """Name -> (config class, implementation) for one extension point."""
+class Registry(Generic[Impl, Traits]):
+    """Name -> entry for one extension point."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, traits_cls: type[Traits]) -> None:
         self.what = what
-        self._entries: dict[str, Entry[Impl]] = {}
+        self.traits_cls = traits_cls
+        self._entries: dict[str, Entry[Impl, Traits]] = {}
 
-    def register(self, name: str, config_cls: type[PluginConfig] | None = None) -> Callable[[Impl], Impl]:
-        """Decorator: ``@SELECTORS.register("hft", HFTConfig)`` on the implementation."""
+    def register(self, name: str, config_cls: type[PluginConfig] | None = None, *, requires: Requires | None = None,
+                 traits: Traits | None = None, example: dict[str, Any] | None = None) -> Callable[[Impl], Impl]:
+        """Decorator: ``@SELECTORS.register("hft", HFTConfig)`` on the implementation.
+
+        ``example`` is the entry's smallest valid recipe value beyond ``kind`` (required keys);
+        the shared test matrix builds every entry from it."""
 
         def decorate(impl: Impl) -> Impl:
             if name in self._entries:
                 raise ValueError(f"{self.what} {name!r} is registered twice")
-            self._entries[name] = Entry(name, config_cls or PluginConfig, impl)
+            self._entries[name] = Entry(name, config_cls or PluginConfig, impl, requires or Requires(),
+                                        traits if traits is not None else self.traits_cls(), dict(example or {}))
             return impl
 
         return decorate
@@ -57,7 +128,10 @@ class Registry(Generic[Impl]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def get(self, name: str) -> Entry[Impl]:
+    def entries(self) -> list[Entry[Impl, Traits]]:
+        return [self._entries[name] for name in self.names()]
+
+    def get(self, name: str) -> Entry[Impl, Traits]:
         try:
             return self._entries[name]
         except KeyError:
@@ -80,16 +154,24 @@ class Registry(Generic[Impl]):
     def impl(self, config: PluginConfig) -> Impl:
         return self.get(config.kind).impl
 
+    def serving(self, objective: str, formats: set[str], model_task: str) -> list[str]:
+        """Entries that accept this data and model (for 'use X instead' hints)."""
+        return [e.name for e in self.entries() if e.requires.problem(objective, formats, model_task) is None]
 
-SELECTORS: Registry[Callable[..., Any]] = Registry("trainable selector")
-LOSSES: Registry[Callable[..., Any]] = Registry("loss")
-LR_RULES: Registry[Callable[..., Any]] = Registry("lr_rule")
-TRANSFORMS: Registry[Callable[..., Any]] = Registry("data transform")
+
+SELECTORS: Registry[Selector, SelectorTraits] = Registry("trainable selector", SelectorTraits)
+LOSSES: Registry[LossBuilder, NoTraits] = Registry("loss", NoTraits)
+LR_RULES: Registry[LrRule, NoTraits] = Registry("lr_rule", NoTraits)
+TRANSFORMS: Registry[Transform, TransformTraits] = Registry("data transform", TransformTraits)
+TRAINERS: Registry[TrainerFactory, TrainerTraits] = Registry("trainer", TrainerTraits)
+METRICS: Registry[Metric, MetricTraits] = Registry("metric", MetricTraits)
+ADDONS: Registry[AddOn, NoTraits] = Registry("add-on", NoTraits)
+COMMANDS: Registry[Callable[[argparse._SubParsersAction], None], NoTraits] = Registry("command", NoTraits)
 
 
 def load_plugins() -> None:
     """Import every module that registers entries (idempotent; imports are cached)."""
     import importlib
 
-    for module in ("selection", "losses", "schedules", "transforms", "strategies"):
+    for module in ("selection", "losses", "schedules", "transforms", "trainers", "eval", "probing", "strategies"):
         importlib.import_module(f"{__package__}.{module}")

@@ -3,23 +3,24 @@
 A selector sets ``requires_grad`` on every parameter; the Trainer then builds its
 optimizer over trainable tensors only, so frozen tensors get no gradient, no
 optimizer state and no weight decay: they stay bit-identical.
-Strategies register more selectors (HFT, LoRA, prompt tuning) in their folders.
+Strategies register more selectors in their folders.
 
-Selectors see the plain transformers model; an attached adapter or soft prompt stays frozen
-unless the stage's selector is that add-on's own (``lora``, ``prompt``), whose config sets
-``acts_on_wrapper``. So ProMoT's stage 2 (``full`` on a model carrying its prompt) trains the
-base and keeps the prompt bit-identical. A selector may return a :class:`Selection`.
+Selectors see the plain transformers model; an attached add-on (adapter, soft prompt) stays
+frozen unless the stage's selector is one that wraps the model (``SelectorTraits.wraps_model``),
+so a ``full`` stage on a model carrying a prompt trains the base and keeps the prompt
+bit-identical (see ``addons``). A selector may return a :class:`Selection`.
 """
 from __future__ import annotations
 
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from pydantic import Field
 
+from .addons import addon_parameters, base_model_of
 from .errors import RecipeError
 from .registry import SELECTORS, PluginConfig
 
@@ -32,33 +33,21 @@ class Selection:
     callbacks: list[Any] = field(default_factory=list)
 
 
-def is_peft_model(model: torch.nn.Module) -> bool:
-    from peft import PeftModel
+class Selector(Protocol):
+    """Sets ``requires_grad`` on ``model``'s parameters; may return a :class:`Selection`."""
 
-    return isinstance(model, PeftModel)
-
-
-def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside an adapter wrapper (itself when there is none)."""
-    return model.get_base_model() if is_peft_model(model) else model
-
-
-ADDON_MARKERS = ("prompt_encoder", "lora_")
-
-
-def addon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Parameters of an attached adapter or soft prompt."""
-    return [p for n, p in model.named_parameters() if any(marker in n for marker in ADDON_MARKERS)]
+    def __call__(self, model: torch.nn.Module, config: Any, context: SelectionContext) -> Selection | None: ...
 
 
 def apply_selector(model: torch.nn.Module, config: PluginConfig, context: SelectionContext) -> tuple[torch.nn.Module, list[Any]]:
     """Run a stage's selector; returns the (possibly newly wrapped) model and its callbacks."""
     set_trainable(model, [])
-    target = model if config.acts_on_wrapper else base_model_of(model)
-    selection = SELECTORS.impl(config)(target, config, context) or Selection()
+    entry = SELECTORS.get(config.kind)
+    target = model if entry.traits.wraps_model else base_model_of(model)
+    selection = entry.impl(target, config, context) or Selection()
     model = selection.model or model
-    if not config.acts_on_wrapper:
-        for param in addon_parameters(model):  # LoRA layers live inside the base model: keep them frozen
+    if not entry.traits.wraps_model:
+        for param in addon_parameters(model):  # adapter layers may live inside the base model: keep them frozen
             param.requires_grad_(False)
     return model, selection.callbacks
 
@@ -156,7 +145,7 @@ def select_head(model: torch.nn.Module, config: HeadConfig, context: SelectionCo
     set_trainable(model, params)
 
 
-@SELECTORS.register("layers", LayersConfig)
+@SELECTORS.register("layers", LayersConfig, example={"indices": [-1]})
 def select_layers(model: torch.nn.Module, config: LayersConfig, context: SelectionContext) -> None:
     """Train the listed transformer blocks (negative = from the top), optionally with the head."""
     _, blocks = transformer_blocks(model)
@@ -179,7 +168,7 @@ def _name_matcher(pattern: str) -> Callable[[str], bool]:
     return lambda name: regex.search(name) is not None
 
 
-@SELECTORS.register("modules", ModulesConfig)
+@SELECTORS.register("modules", ModulesConfig, example={"patterns": ["*.weight"]})
 def select_modules(model: torch.nn.Module, config: ModulesConfig, context: SelectionContext) -> None:
     """Train parameters whose names match a glob (``*.mlp.*``) or regex (``re:...``)."""
     params = []

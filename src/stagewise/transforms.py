@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from .bundled import cache_dir
 from .config import DatasetConfig
@@ -34,7 +34,15 @@ class TransformContext:
     seed_model_key: str
 
 
-def cached(kind: str, key_parts: Any, compute: Callable[[], Any]) -> Any:
+class Transform(Protocol):
+    """Rewrites or selects one dataset's rows (all of the stage's, if stage-wide); returns the
+    new rows and a small report for the manifest (counts; shown if no row is left)."""
+
+    def __call__(self, rows: list[dict[str, Any]], config: Any, context: TransformContext
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
+
+
+def cached(kind: str, key_parts: Any, compute: Callable[[], Any], log: Callable[[str], None] = print) -> Any:
     """JSON result of ``compute()`` stored under the user cache by a hash of ``key_parts``.
 
     Under several ranks, rank 0 decides hit or miss for all (a miss computes on every rank,
@@ -47,7 +55,7 @@ def cached(kind: str, key_parts: Any, compute: Callable[[], Any]) -> Any:
     if is_main_process():
         hit, why = read_verified_json(path)
         if why not in (None, "missing"):
-            print(f"[cache] {path}: {why}: computing it again", flush=True)
+            log(f"[cache] {path}: {why}: computing it again")
     hit = broadcast_from_main(hit)
     if hit is not None:
         return hit

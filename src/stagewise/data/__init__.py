@@ -1,5 +1,5 @@
 """Data: read files or in-memory rows, check them against their format, tokenize."""
 from .loading import FORMAT_FIELDS, LoadedDataset, load_dataset_config
-from .tokenize import encode_dataset
+from .tokenize import ListDataset, encode_dataset
 
-__all__ = ["FORMAT_FIELDS", "LoadedDataset", "encode_dataset", "load_dataset_config"]
+__all__ = ["FORMAT_FIELDS", "ListDataset", "LoadedDataset", "encode_dataset", "load_dataset_config"]

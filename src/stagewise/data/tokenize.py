@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import DataError
@@ -148,3 +149,16 @@ def encode_dataset(
     if not encoded:
         raise DataError(f"no row has a trainable token within max_length={max_length}")
     return encoded
+
+
+class ListDataset(torch.utils.data.Dataset):
+    """Encoded examples held in memory (our datasets are small; no Arrow round trip)."""
+
+    def __init__(self, examples: list[dict[str, Any]]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.examples[index]

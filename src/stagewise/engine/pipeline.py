@@ -11,9 +11,7 @@ without redoing finished work.
 from __future__ import annotations
 
 import functools
-import json
 import shutil
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +21,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from .. import __version__
-from ..bundled import cache_dir
 from ..config import Recipe, StageConfig, config_hash, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
 from ..errors import OutputError, StagewiseError
-from ..eval import evaluate_suite
-from ..io import atomic_write_text, file_sha256, folder_sha256, read_verified_json, write_verified_json
+from ..eval import Evaluator
+from ..io import file_sha256, folder_sha256
 from ..models import load_model_and_tokenizer, load_stage_output
 from ..report import build_report, write_report
 from .manifest import Manifest
@@ -92,83 +89,6 @@ def model_fingerprint(name: str) -> Any:
 def _weights_sha256(files: tuple[tuple[str, int, int, int], ...]) -> list[tuple[str, str]]:
     """Hashed once per process for the same files (a run asks for the seed identity several times)."""
     return [(Path(path).name, file_sha256(path)) for path, *_ in files]
-
-
-def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> str:
-    assert recipe.evaluation is not None
-    used = {task.data for group in ("target", "retention") for task in getattr(recipe.evaluation, group) if task.data}
-    return config_hash(seed_model_key(recipe), recipe.evaluation.model_dump(mode="json"),
-                       {name: datasets[name].fingerprint for name in sorted(used)})
-
-
-class Evaluator:
-    """Evaluates the recipe's probes at a named point (``base``, ``0-sft``, ``0-sft/epoch-1``).
-
-    Each probe's per-item scores go to ``eval/<point>/<probe>.jsonl`` in the run folder; the
-    manifest keeps the summary and that file's path. The base model's scores are cached in the
-    user cache by (model, probes, probe data) hash, so recipes compared on the same probes score
-    it once."""
-
-    def __init__(self, recipe: Recipe, datasets: dict[str, LoadedDataset], log: Any) -> None:
-        self.recipe, self.datasets, self.log = recipe, datasets, log
-        self.output_dir = Path(recipe.output_dir)
-        self.key = evaluation_hash(recipe, datasets) if recipe.evaluation else None
-        self.base_path = cache_dir() / "eval" / f"base-{self.key}.json"
-
-    def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-        assert self.recipe.evaluation is not None
-        rows = {name: loaded.rows for name, loaded in self.datasets.items()}
-        return evaluate_suite(model, tokenizer, self.recipe.evaluation, self.recipe.datasets, rows)
-
-    def record(self, point: str, results: dict[str, Any]) -> dict[str, Any]:
-        """Write each probe's items to ``eval/<point>/<probe>.jsonl``; return the results without them."""
-        summary: dict[str, Any] = {}
-        for group, probes in results.items():
-            summary[group] = {}
-            for name, result in probes.items():
-                relative = f"eval/{point}/{name}.jsonl"
-                if is_main_process():
-                    atomic_write_text(self.output_dir / relative, "".join(
-                        json.dumps(item, ensure_ascii=False) + "\n" for item in result.get("items", [])))
-                summary[group][name] = {**{k: v for k, v in result.items() if k != "items"}, "items_file": relative}
-        return summary
-
-    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, point: str) -> tuple[dict[str, Any], float]:
-        """(summary, wall seconds) of scoring ``model`` at ``point``."""
-        started = time.perf_counter()
-        summary = self.record(point, self(model, tokenizer))
-        return summary, round(time.perf_counter() - started, 3)
-
-    def wants(self, index: int) -> bool:
-        """Score after this stage? (every stage, or only the last one)."""
-        evaluation = self.recipe.evaluation
-        return evaluation is not None and (evaluation.after_each_stage or index == len(self.recipe.stages) - 1)
-
-    def score_stage(self, entry: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.log(f"[eval] after stage {entry['index']} '{entry['name']}'")
-        entry["evaluation"], entry["eval_time_s"] = self.score(model, tokenizer, stage_dir_name(entry["index"], entry["name"]))
-        entry["evaluation_key"] = self.key
-
-    def cached_base(self) -> dict[str, Any] | None:
-        """The cached base scores (verified against their hash; rank 0's view, so every rank
-        agrees on whether to score the base model), recorded into this run's eval/base/."""
-        cached = None
-        if self.key is not None and is_main_process():
-            payload, why = read_verified_json(self.base_path)
-            if isinstance(payload, dict) and payload.get("key") == self.key:
-                cached = payload["results"]
-            elif why != "missing":
-                self.log(f"[cache] {self.base_path}: {why}: scoring the base model again")
-        cached = broadcast_from_main(cached)
-        return None if cached is None else self.record("base", cached)
-
-    def base(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[dict[str, Any], float]:
-        self.log("[eval] base model")
-        started = time.perf_counter()
-        results = self(model, tokenizer)
-        if is_main_process():
-            write_verified_json(self.base_path, {"key": self.key, "results": results})
-        return self.record("base", results), round(time.perf_counter() - started, 3)
 
 
 class CurvePoints(TrainerCallback):
@@ -242,7 +162,7 @@ def _run_locked(
     }, previous, len(recipe.stages))
     start = reusable_stages(recipe, manifest, hashes, log)
     check_stage_folders(recipe, manifest, hashes, start, force)
-    evaluator = Evaluator(recipe, datasets, log)
+    evaluator = Evaluator(recipe, datasets, seed_model_key(recipe), log)
     finish_reused_stages(recipe, manifest, evaluator, start)
 
     def load_seed() -> tuple[Any, Any]:
@@ -310,7 +230,7 @@ def finish_reused_stages(recipe: Recipe, manifest: Manifest, evaluator: Evaluato
         entry = dict(manifest.previous(index) or {})
         if evaluator.wants(index) and entry.get("evaluation_key") != evaluator.key:
             stage_model, stage_tokenizer = load_stage_output(stage_folder(recipe, index), recipe.model)
-            evaluator.score_stage(entry, stage_model, stage_tokenizer)
+            evaluator.score_stage(entry, stage_model, stage_tokenizer, stage_dir_name(index, entry["name"]))
         entry["status"] = "completed"
         manifest.set_stage(index, entry)
 
@@ -400,7 +320,7 @@ def train_and_record(
     entry["outputs"]["sha256"] = folder_sha256(stage_dir) if is_main_process() else {}
     manifest.set_stage(index, entry)
     if evaluator.wants(index):
-        evaluator.score_stage(entry, model, tokenizer)
+        evaluator.score_stage(entry, model, tokenizer, stage_dir.name)
     entry["status"] = "completed"
     manifest.set_stage(index, entry)
     return model

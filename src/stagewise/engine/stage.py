@@ -1,8 +1,9 @@
-"""Run one stage: select trainable tensors, build a fresh Trainer, train, save.
+"""Run one stage: transform its data, select trainable tensors, hand everything to the stage's
+trainer entry, train, save.
 
-One stage = one ``transformers.Trainer`` with a fresh optimizer over the trainable
-tensors only. The model object (and any adapter or prompt attached to it) carries
-over to the next stage. Outputs follow Hugging Face conventions: the stage folder
+One stage = one trainer (``transformers.Trainer`` or a registered TRL one) with a fresh
+optimizer over the trainable tensors only. The model object (and any add-on attached to
+it) carries over to the next stage. Outputs follow Hugging Face conventions: the stage folder
 is a ``save_pretrained`` folder with ``trainer_state.json`` and ``train_results.json``.
 """
 from __future__ import annotations
@@ -26,19 +27,20 @@ from transformers import (
     TrainingArguments,
 )
 
+from ..addons import is_addon_parameter, is_peft_model, model_to_save
 from ..config import DatasetConfig, Recipe, StageConfig, stage_objective
-from ..data import LoadedDataset, encode_dataset
+from ..data import ListDataset, LoadedDataset, encode_dataset
 from ..errors import DataError, TrainingError
-from ..losses import LossContext, TrainerBuilder
-from ..registry import LOSSES, LR_RULES, TRANSFORMS
-from ..transforms import TransformContext
-from ..schedules import GroupSplitter, LrRuleContext
-from ..selection import SelectionContext, apply_selector, count_parameters, is_peft_model
+from ..losses import LossContext
+from ..registry import LOSSES, LR_RULES, TRAINERS, TRANSFORMS
+from ..schedules import LrRuleContext
+from ..selection import SelectionContext, apply_selector, count_parameters
 from ..speed import mfu
+from ..trainers import TrainerInputs
+from ..transforms import TransformContext
 from .checkpoints import CheckpointSeal, last_complete_checkpoint
 
 ADAPTER_DIR = "adapter"
-WRAPPED_WEIGHTS = "stagewise-wrapped-model.safetensors"  # exact resume state of an adapter-wrapped model
 
 
 @dataclass
@@ -84,7 +86,7 @@ def transform_stage_data(
         return out
 
     for transform in stage.transforms:
-        if not transform.stage_wide or len(stage.data) == 1:
+        if not TRANSFORMS.get(transform.kind).traits.stage_wide or len(stage.data) == 1:
             rows = {name: apply(transform, name, recipe.datasets[name], part) for name, part in rows.items()}
             continue
         formats = {recipe.datasets[name].format for name in stage.data}
@@ -97,66 +99,10 @@ def transform_stage_data(
         rows = {name: [row for row in kept if origin[id(row)] == name] for name in stage.data}
         reports[-1]["rows_out_per_dataset"] = {name: len(part) for name, part in rows.items()}
     if not any(rows.values()):  # one dataset may end empty, the stage may not
-        kept_text = "; ".join(f"{r['kind']} on {r['data']}: {r.get('rows_out', r.get('rows'))} rows"
-                              + (f", categories now {r['categories_now']}" if "categories_now" in r else "")
-                              for r in reports)
+        kept_text = "; ".join(f"{r['kind']} on {r['data']}: " + ", ".join(
+            f"{key.replace('_', ' ')} {value}" for key, value in r.items() if key not in ("kind", "data")) for r in reports)
         raise DataError(f"the transforms kept no training row ({kept_text})")
     return {**datasets, **{name: dataclasses.replace(datasets[name], rows=part) for name, part in rows.items()}}, reports
-
-
-class StageTrainer(Trainer):
-    """``Trainer`` whose optimizer groups an LR rule may split (e.g. one group per layer)."""
-
-    def __init__(self, *args: Any, split_groups: GroupSplitter | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.split_groups = split_groups
-
-    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
-        if self.split_groups is None or self.optimizer is not None:
-            return super().create_optimizer(model)
-        opt_model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(opt_model))
-        trainable = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for n, p in trainable if n in decay], "weight_decay": self.args.weight_decay},
-            {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
-        ]
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        self.optimizer = optimizer_cls(self.split_groups(opt_model, groups), **optimizer_kwargs)
-        return self.optimizer
-
-    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
-        """Checkpoints of an adapter-wrapped model keep base *and* adapter (PEFT saves only the
-        adapter, which would lose a ProMoT stage-2 base update on resume)."""
-        if not is_peft_model(self.model):
-            return super()._save(output_dir, state_dict)
-        from safetensors.torch import save_model
-
-        folder = Path(output_dir or self.args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_model(self.model, str(folder / WRAPPED_WEIGHTS))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        wrapped = Path(resume_from_checkpoint) / WRAPPED_WEIGHTS
-        if is_peft_model(self.model) and wrapped.is_file():
-            from safetensors.torch import load_model
-
-            load_model(self.model, str(wrapped))
-            return
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-
-
-class ListDataset(torch.utils.data.Dataset):
-    """Encoded examples held in memory (our datasets are small; no Arrow round trip)."""
-
-    def __init__(self, examples: list[dict[str, Any]]) -> None:
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.examples[index]
 
 
 def class_labels(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset]) -> list[str]:
@@ -235,12 +181,12 @@ def training_arguments(
 
 
 def save_stage_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """A ``save_pretrained`` folder; with an adapter, the clean base model there and the
-    adapter under ``adapter/`` (``PeftModel.from_pretrained(base, folder / "adapter")``)."""
+    """A ``save_pretrained`` folder; with an add-on, the clean base model there and the
+    add-on under ``adapter/`` (``PeftModel.from_pretrained(base, folder / "adapter")``)."""
     folder.mkdir(parents=True, exist_ok=True)
     if is_peft_model(model):
         base = model.get_base_model()
-        clean = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if "lora_" not in k}
+        clean = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if not is_addon_parameter(k)}
         base.save_pretrained(folder, state_dict=clean)
         model.save_pretrained(folder / ADAPTER_DIR)
     else:
@@ -290,70 +236,30 @@ def run_stage(
     callbacks: list[TrainerCallback] | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[torch.nn.Module, StageResult]:
-    """Train one stage; returns the model to hand over (wrapped if the stage attached an add-on)."""
+    """Train one stage: data -> transforms -> selector -> objective -> trainer -> train -> save.
+    Returns the model to hand over (wrapped if the stage attached an add-on)."""
     stage = recipe.stages[index]
     datasets, transform_reports = transform_stage_data(model, tokenizer, recipe, stage, datasets, stage_dir, identity, log)
-    objective = stage_objective(recipe, stage)
-    labels = class_labels(recipe, stage, datasets) if objective == "classification" else None
-
+    data = prepare_data(recipe, stage, datasets, tokenizer)
     model, selector_callbacks = apply_selector(model, stage.trainable, SelectionContext(seed=stage.seed, stage_index=index))
     trainable, total = count_parameters(model)
-
-    train_examples = encode_stage_data(recipe, stage, stage.data, datasets, tokenizer, labels)
-    class_counts = [sum(ex["labels"] == i for ex in train_examples) for i in range(len(labels))] if labels else []
-    loss = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=objective, class_counts=class_counts))
-    lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr))
-    all_callbacks = [*selector_callbacks, *lr_plan.callbacks, CheckpointSeal(), FiniteLossGuard(), *(callbacks or [])]
-
-    if isinstance(loss, TrainerBuilder):  # e.g. DPO: TRL's trainer on preference rows
-        trainer = loss.build(model=model, tokenizer=tokenizer, rows=train_examples, callbacks=all_callbacks,
-                             args_for=lambda cls, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
-    else:
-        collator = train_collator(objective, tokenizer, recipe.performance.padding_free)
-        dev = ({name: ListDataset(encode_stage_data(recipe, stage, [name], datasets, tokenizer, labels))
-                for name in stage.eval.data} if stage.eval and stage.eval.select_best else None)
-        trainer = StageTrainer(
-            model=model, args=training_arguments(recipe, stage, stage_dir), train_dataset=ListDataset(train_examples),
-            eval_dataset=dev,
-            data_collator=collator, processing_class=tokenizer, compute_loss_func=loss, callbacks=all_callbacks,
-            split_groups=lr_plan.split_groups,
-        )
+    trainer = build_trainer(model, tokenizer, recipe, stage, stage_dir, data, selector_callbacks,
+                            [CheckpointSeal(), FiniteLossGuard(), *(callbacks or [])])
     checkpoint = (last_complete_checkpoint(stage_dir, log)
                   if recipe.resume_from_checkpoint and stage_dir.is_dir() else None)
     started = time.perf_counter()
-    metrics: dict[str, float] = {}
-    if trainable > 0:  # a stage that trains nothing (trainable: none) only evaluates and saves
-        output = trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = {key: float(value) for key, value in output.metrics.items() if isinstance(value, (int, float))}
-        metrics.update(last_logged(trainer))
-        check_finite_weights(model)
-        if trainer.state.best_model_checkpoint:
-            metrics["best_epoch"] = float(next(r["epoch"] for r in trainer.state.log_history
-                                               if r.get(trainer.args.metric_for_best_model) == trainer.state.best_metric))
+    metrics = train(trainer, checkpoint) if trainable > 0 else {}  # trainable: none only evaluates and saves
     # evaluation run from inside train() (curve points) is not training time
     wall = time.perf_counter() - started - sum(getattr(cb, "off_clock_s", 0.0) for cb in callbacks or [])
     tokens = int(trainer.state.num_input_tokens_seen)
-    if tokens and wall > 0:
-        context = sum(len(ex.get("input_ids", ())) for ex in train_examples) / max(len(train_examples), 1)
-        dtype = "bfloat16" if recipe.performance.bf16 else recipe.model.dtype
-        metrics["mfu"], metrics["peak_flops"] = mfu(model, tokens / wall, context, dtype)
+    metrics.update(throughput(recipe, model, data.examples, tokens, wall))
     if stage.eval:
-        metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, labels))
-    if getattr(stage.trainable, "merge_on_save", False) and is_peft_model(model):
-        model = model.merge_and_unload()
-    if is_peft_model(model) or model is not trainer.model:
-        if trainer.is_world_process_zero():
-            save_stage_model(model, tokenizer, stage_dir)
-    else:
-        trainer.save_model(str(stage_dir))  # gathers sharded (FSDP/ZeRO-3) weights; the main process writes
-    trainer.save_state()
-    trainer.save_metrics("train", metrics)
-    for stale in stage_dir.glob("checkpoint-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, data.labels))
+    model = save_stage(trainer, model_to_save(model, stage.trainable), tokenizer, stage_dir, metrics)
     return model, StageResult(
         trainable_params=trainable,
         total_params=total,
-        train_rows=len(train_examples),
+        train_rows=len(data.examples),
         train_tokens=tokens,
         wall_time_s=wall,
         tokens_per_s=tokens / wall if wall > 0 else 0.0,
@@ -363,8 +269,85 @@ def run_stage(
     )
 
 
+@dataclass
+class StageData:
+    """A stage's data after transforms: raw rows, encoded examples, class labels, dev sets."""
+
+    objective: str
+    rows: list[dict[str, Any]]
+    examples: list[dict[str, Any]]
+    labels: list[str] | None
+    dev: dict[str, ListDataset] | None  # scored each epoch to pick the best one (eval.select_best)
+
+
+def prepare_data(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset],
+                 tokenizer: PreTrainedTokenizerBase) -> StageData:
+    objective = stage_objective(recipe, stage)
+    labels = class_labels(recipe, stage, datasets) if objective == "classification" else None
+    rows = [row for name in stage.data for row in datasets[name].rows]
+    examples = encode_stage_data(recipe, stage, stage.data, datasets, tokenizer, labels)
+    dev = ({name: ListDataset(encode_stage_data(recipe, stage, [name], datasets, tokenizer, labels))
+            for name in stage.eval.data} if stage.eval and stage.eval.select_best else None)
+    return StageData(objective, rows, examples, labels, dev)
+
+
+def build_trainer(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, stage: StageConfig, stage_dir: Path,
+    data: StageData, selector_callbacks: list[TrainerCallback], callbacks: list[TrainerCallback],
+) -> Trainer:
+    """The stage's loss and LR plan, handed with the data to the stage's trainer entry."""
+    class_counts = [sum(ex["labels"] == i for ex in data.examples) for i in range(len(data.labels))] if data.labels else []
+    loss = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=data.objective, class_counts=class_counts))
+    lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr))
+    inputs = TrainerInputs(
+        model=model, tokenizer=tokenizer, rows=data.rows, examples=data.examples, dev=data.dev,
+        collator=train_collator(data.objective, tokenizer, recipe.performance.padding_free), loss=loss,
+        split_groups=lr_plan.split_groups, callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks],
+        args_for=lambda cls=TrainingArguments, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
+    return TRAINERS.impl(stage.trainer)(stage.trainer, inputs)
+
+
+def train(trainer: Trainer, checkpoint: str | None) -> dict[str, float]:
+    """Run the trainer (from ``checkpoint`` if resuming); the run's final and last-logged metrics."""
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = {key: float(value) for key, value in output.metrics.items() if isinstance(value, (int, float))}
+    metrics.update(last_logged(trainer))
+    check_finite_weights(trainer.model)
+    if trainer.state.best_model_checkpoint:
+        metrics["best_epoch"] = float(next(r["epoch"] for r in trainer.state.log_history
+                                           if r.get(trainer.args.metric_for_best_model) == trainer.state.best_metric))
+    return metrics
+
+
+def throughput(recipe: Recipe, model: torch.nn.Module, examples: list[dict[str, Any]], tokens: int,
+               wall: float) -> dict[str, float]:
+    """MFU and the peak it is measured against (nothing when no token was trained)."""
+    if not tokens or wall <= 0:
+        return {}
+    context = sum(len(ex.get("input_ids", ())) for ex in examples) / max(len(examples), 1)
+    dtype = "bfloat16" if recipe.performance.bf16 else recipe.model.dtype
+    value, peak = mfu(model, tokens / wall, context, dtype)
+    return {"mfu": value, "peak_flops": peak}
+
+
+def save_stage(trainer: Trainer, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, stage_dir: Path,
+               metrics: dict[str, float]) -> torch.nn.Module:
+    """Weights (a ``save_pretrained`` folder), trainer_state.json and train_results.json; the
+    checkpoints are removed once the stage's own files are written."""
+    if is_peft_model(model) or model is not trainer.model:
+        if trainer.is_world_process_zero():
+            save_stage_model(model, tokenizer, stage_dir)
+    else:
+        trainer.save_model(str(stage_dir))  # gathers sharded (FSDP/ZeRO-3) weights; the main process writes
+    trainer.save_state()
+    trainer.save_metrics("train", metrics)
+    for stale in stage_dir.glob("checkpoint-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return model
+
+
 def last_logged(trainer: Trainer) -> dict[str, float]:
-    """The last logged value of each training metric (DPO's rewards/margins, accuracies, ...)."""
+    """The last logged value of each namespaced training metric (a TRL trainer's rewards/margins, ...)."""
     latest: dict[str, float] = {}
     for record in trainer.state.log_history:
         for key, value in record.items():

@@ -12,6 +12,7 @@ import functools
 from typing import Any
 
 from ..errors import DataError, RecipeError
+from ..registry import METRICS, MetricTraits
 
 # lm-eval's metric keys look like "acc,none"; these are read first, in this order
 PREFERRED = ("acc_norm", "acc", "exact_match", "f1", "mcc", "bleu")
@@ -24,6 +25,21 @@ def task_manager(include_path: str | None) -> Any:
     except ImportError:
         raise RecipeError("metric 'lm_eval' needs the lm-eval package (pip install 'stagewise[lm-eval]')") from None
     return TaskManager(include_path=include_path, verbosity="ERROR")
+
+
+def check_probe(task: Any) -> tuple[str, str] | None:
+    """Validation of an lm_eval probe: tasks given and known to lm-eval, include_path a folder."""
+    from pathlib import Path
+
+    if not task.tasks:
+        return "tasks", "metric 'lm_eval' needs 'tasks' (lm-eval task names, e.g. [arc_easy])"
+    if task.include_path and not Path(task.include_path).is_dir():
+        return "include_path", f"folder {task.include_path!r} not found"
+    try:
+        check_tasks(task.tasks, task.include_path)
+    except RecipeError as err:
+        return "tasks", str(err)
+    return None
 
 
 def check_tasks(tasks: list[str], include_path: str | None) -> None:
@@ -48,12 +64,14 @@ def _main_metric(results: dict[str, Any]) -> tuple[str, float, float | None]:
     return name, float(values[name]), float(stderr) if isinstance(stderr, (int, float)) else None
 
 
-def lm_eval_task(model: Any, tokenizer: Any, task: Any, batch_size: int, max_length: int) -> dict[str, Any]:
+@METRICS.register("lm_eval", traits=MetricTraits(needs_data=False, check=check_probe))
+def lm_eval_task(model: Any, tokenizer: Any, task: Any, dataset: Any, rows: Any, evaluation: Any) -> dict[str, Any]:
+    """The tasks' main metrics averaged; lm-eval loads its own data (``rows`` is empty)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     manager = task_manager(task.include_path)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=evaluation.batch_size, max_length=evaluation.max_length)
     try:
         output = simple_evaluate(model=lm, tasks=list(task.tasks), num_fewshot=task.num_fewshot, limit=task.limit,
                                  task_manager=manager, log_samples=True, verbosity="ERROR", random_seed=0,

@@ -1,13 +1,22 @@
-"""Answer checkers and scores, as plain functions with hand-checkable values."""
+"""Answer checkers and scores, as plain functions with hand-checkable values, and the call
+shape of a registered metric."""
 from __future__ import annotations
 
 import re
 import string
+from typing import Any, Protocol
 
 from ..generation import first_line
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+NUMBER = re.compile(r"-?\d+(?:[,\s]\d+)*(?:\.\d+)?")  # sail-sg/sdft eval/utils.py find_last_integer
+
+
+class Metric(Protocol):
+    """Scores ``rows`` of a probe; returns ``score``, ``scores`` and per-item ``items`` (id, score)."""
+
+    def __call__(self, model: Any, tokenizer: Any, task: Any, dataset: Any, rows: list[dict[str, Any]],
+                 evaluation: Any) -> dict[str, Any]: ...
 
 
 def normalize_answer(text: str) -> str:
@@ -30,12 +39,13 @@ def contains_match(prediction: str, golds: list[str]) -> bool:
 
 
 def last_integer(text: str) -> int | None:
-    """The last number in ``text`` as an integer; thousands commas stripped, a non-zero
-    decimal part makes it invalid (None). "The answer is 1,234." -> 1234, "x=3.5" -> None."""
+    """The last number in ``text`` as an integer, read as SDFT's reference ``find_last_integer``
+    does: commas and whitespace between digit groups are thousands separators ("1 234" and
+    "1,234" -> 1234), a non-zero decimal part makes it invalid (None: "x=3.5")."""
     matches = NUMBER.findall(text)
     if not matches:
         return None
-    number = matches[-1].replace(",", "")
+    number = re.sub(r"[,\s]", "", matches[-1])
     whole, _, fraction = number.partition(".")
     if fraction and int(fraction) != 0:
         return None

@@ -1,4 +1,4 @@
-"""Score a model on a recipe's evaluation probes.
+"""Score a model on a recipe's evaluation probes; the built-in metrics register here.
 
 Generation probes render each prompt exactly as training does (same template and
 special tokens) and decode greedily in batches; few-shot probes use their own plain
@@ -20,11 +20,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..config import GENERATION_METRICS, DatasetConfig, EvalTaskConfig, EvaluationConfig
+from ..addons import model_for_probe
+from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig
 from ..data.tokenize import encode_classification_rows, encode_lm_rows, encode_prompt
 from ..errors import DataError
 from ..generation import SamplingConfig, generate
-from ..selection import base_model_of, is_peft_model
+from ..registry import METRICS, MetricTraits, Requires
 from . import metrics
 
 Result = dict[str, Any]
@@ -56,31 +57,38 @@ def clip_prompts(prompts: list[list[int]], max_length: int, max_new_tokens: int)
     return [prompt[-limit:] for prompt in prompts], clipped
 
 
+GENERATIVE = Requires(formats=("instruction", "prompt_completion", "chat"), model_tasks=("causal_lm",))
+
+
 def generation_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig) -> Result:
-    if cfg.format not in ("instruction", "prompt_completion", "chat"):
-        raise DataError(f"evaluation {task.name!r}: metric {task.metric!r} needs instruction/prompt_completion data")
-    batch_size = evaluation.batch_size
+    """Greedy answers scored by ``task.metric``; ``scores`` also holds exact_match and contains."""
     prompts, clipped = clip_prompts([encode_prompt(row, cfg.format, tokenizer, cfg.template) for row in rows],
                                     evaluation.max_length, task.max_new_tokens)
     short_answer = task.metric in ("exact_match", "contains")  # these compare the first line only
     sampling = SamplingConfig(max_new_tokens=task.max_new_tokens, first_line=short_answer)
-    outputs = [texts[0] for texts in generate(model, tokenizer, prompts, sampling, batch_size=batch_size,
+    outputs = [texts[0] for texts in generate(model, tokenizer, prompts, sampling, batch_size=evaluation.batch_size,
                                               desc=f"eval {task.name}")]
-    checks = {"exact_match": [], "contains": []}
+    checks: dict[str, list[bool]] = {"exact_match": [], "contains": [], task.metric: []}
     for row, output in zip(rows, outputs):
         golds = _golds(row)
         checks["exact_match"].append(metrics.exact_match(output, golds))
         checks["contains"].append(metrics.contains_match(output, golds))
         if task.metric == "last_integer":
             gold = int(row["answer"]) if "answer" in row else metrics.last_integer(golds[0])
-            checks.setdefault("last_integer", []).append(metrics.last_integer(output) == gold)
-        if task.metric == "regex":
-            checks.setdefault("regex", []).append(metrics.regex_match(output, task.pattern or "", golds))
+            checks["last_integer"].append(metrics.last_integer(output) == gold)
+        elif task.metric == "regex":
+            checks["regex"].append(metrics.regex_match(output, task.pattern or "", golds))
     scores = {name: sum(values) / len(values) for name, values in checks.items()}
     examples = [{"gold": _golds(r)[0], "prediction": o.strip()[:120]} for r, o in zip(rows[:3], outputs[:3])]
     items = [{"id": i, "score": float(ok), "prediction": o.strip()[:200]}
              for i, ok, o in zip(item_ids(rows), checks[task.metric], outputs)]
     return {"score": scores[task.metric], "scores": scores, "examples": examples, "truncated": clipped, "items": items}
+
+
+for _name in ("exact_match", "contains", "last_integer"):
+    METRICS.register(_name, requires=GENERATIVE)(generation_task)
+METRICS.register("regex", requires=GENERATIVE, traits=MetricTraits(
+    check=lambda task: None if task.pattern else ("metric", "metric 'regex' needs a 'pattern'")))(generation_task)
 
 
 def fewshot_prompt(row: dict[str, Any], demos: list[dict[str, Any]]) -> str:
@@ -89,9 +97,9 @@ def fewshot_prompt(row: dict[str, Any], demos: list[dict[str, Any]]) -> str:
     return "\n\n".join([*shots, form.format(input=row["input"])])
 
 
+@METRICS.register("fewshot", requires=Requires(formats=("fewshot",), model_tasks=("causal_lm",)))
 def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig) -> Result:
-    if cfg.format != "fewshot":
-        raise DataError(f"evaluation {task.name!r}: metric 'fewshot' needs a dataset with format: fewshot")
+    """In-context ability: ``shots`` demonstrations from the same task, exact match per task."""
     rng = random.Random(0)
     prompts = []
     for row in rows:
@@ -112,9 +120,12 @@ def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, row
     return {"score": scores["accuracy"], "scores": scores, "truncated": clipped, "items": items}
 
 
+@METRICS.register("perplexity", requires=Requires(formats=("text", *GENERATIVE.formats), model_tasks=("causal_lm",)),
+                  traits=MetricTraits(higher_is_better=False))
 @torch.inference_mode()
-def perplexity_task(model, tokenizer, cfg: DatasetConfig, rows, batch_size: int, max_length: int) -> Result:
+def perplexity_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig) -> Result:
     """Corpus perplexity; each item's score is its mean token negative log-likelihood."""
+    batch_size, max_length = evaluation.batch_size, evaluation.max_length
     encoded = [(item_id, encode_lm_rows([row], cfg.format, tokenizer, cfg.template, False, max_length))
                for item_id, row in zip(item_ids(rows), rows)]
     ids = [item_id for item_id, example in encoded if example]
@@ -139,7 +150,9 @@ def perplexity_task(model, tokenizer, cfg: DatasetConfig, rows, batch_size: int,
 
 
 @torch.inference_mode()
-def classification_task(model, tokenizer, task: EvalTaskConfig, rows, batch_size: int, max_length: int) -> Result:
+def classification_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig) -> Result:
+    """The classifier's argmax over its labels; ``scores`` holds accuracy, micro/macro F1 and per-class F1."""
+    batch_size, max_length = evaluation.batch_size, evaluation.max_length
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     unknown = sorted({row["label"] for row in rows} - set(labels))
     if unknown:
@@ -160,19 +173,9 @@ def classification_task(model, tokenizer, task: EvalTaskConfig, rows, batch_size
     return {"score": scores[task.metric], "scores": scores, "items": items}
 
 
-def knowledge_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, batch_size: int) -> Result:
-    """Share of items the model knows for sure (SliCK HighlyKnown): Gradual Learning's
-    knowledge-acquired measure; the scores hold every category's count."""
-    from ..probing import ProbeSettings, categorize, model_answerer, summary
-
-    if cfg.format != "instruction":
-        raise DataError(f"evaluation {task.name!r}: metric 'highly_known' needs instruction-format QA rows")
-    settings = ProbeSettings(n_prompts=task.n_prompts, shots=task.shots, samples=task.samples,
-                             max_new_tokens=task.max_new_tokens)
-    results = categorize(rows, settings, model_answerer(model, tokenizer, batch_size))
-    counts = summary(results)
-    items = [{"id": i, "score": float(r["category"] == "HighlyKnown"), **r} for i, r in zip(item_ids(rows), results)]
-    return {"score": counts["HighlyKnown"] / len(rows), "scores": {k: float(v) for k, v in counts.items()}, "items": items}
+CLASSIFICATION = Requires(formats=("classification",), model_tasks=("sequence_classification",))
+for _name in ("accuracy", "macro_f1", "micro_f1"):
+    METRICS.register(_name, requires=CLASSIFICATION)(classification_task)
 
 
 def evaluate_task(
@@ -180,34 +183,12 @@ def evaluate_task(
     rows: list[dict[str, Any]], evaluation: EvaluationConfig,
 ) -> Result:
     was_training = model.training
+    entry = METRICS.get(task.metric)
     try:
-        if task.metric in GENERATION_METRICS:
-            result = generation_task(model, tokenizer, task, cfg, rows, evaluation)
-        elif task.metric == "fewshot":
-            result = fewshot_task(model, tokenizer, task, cfg, rows, evaluation)
-        elif task.metric == "highly_known":
-            result = knowledge_task(model, tokenizer, task, cfg, rows, evaluation.batch_size)
-        elif task.metric == "lm_eval":
-            from .lm_eval_probe import lm_eval_task
-
-            result = lm_eval_task(model, tokenizer, task, evaluation.batch_size, evaluation.max_length)
-        elif task.metric == "perplexity":
-            result = perplexity_task(model, tokenizer, cfg, rows, evaluation.batch_size, evaluation.max_length)
-        else:
-            result = classification_task(model, tokenizer, task, rows, evaluation.batch_size, evaluation.max_length)
+        result = entry.impl(model, tokenizer, task, cfg, rows, evaluation)
     finally:
         model.train(was_training)
-    return {"metric": task.metric, "higher_is_better": task.metric != "perplexity", "n": len(rows), **result}
-
-
-def model_for(model: torch.nn.Module, task: EvalTaskConfig, group: str) -> torch.nn.Module:
-    """ProMoT's inference rule: a soft prompt is attached for the fine-tuned task (target
-    probes) and removed for other tasks (retention probes); ``always``/``never`` force it.
-    The bare model is the very base object inside the wrapper, so 'never' equals the bare model."""
-    if not (is_peft_model(model) and model.peft_config["default"].is_prompt_learning):
-        return model
-    attach = task.use_prompt == "always" or (task.use_prompt == "auto" and group == "target")
-    return model if attach else base_model_of(model)
+    return {"metric": task.metric, "higher_is_better": entry.traits.higher_is_better, "n": len(rows), **result}
 
 
 def evaluate_suite(
@@ -216,7 +197,7 @@ def evaluate_suite(
 ) -> dict[str, dict[str, Result]]:
     """``{"target": {name: result}, "retention": {name: result}}``."""
     return {
-        group: {task.name: evaluate_task(model_for(model, task, group), tokenizer, task, dataset_configs.get(task.data),
+        group: {task.name: evaluate_task(model_for_probe(model, task, group), tokenizer, task, dataset_configs.get(task.data),
                                          rows.get(task.data, []), evaluation)
                 for task in getattr(evaluation, group)}
         for group in ("target", "retention")

@@ -1,5 +1,5 @@
-"""Strategies: one folder each, registering selectors / losses / LR rules / transforms.
+"""Strategies: one folder each, registering into the extension points of ``stagewise.registry``.
 
-Adding a strategy = a folder here, imported below, plus a recipe YAML.
+Adding a strategy = a folder here, imported below, plus a recipe YAML (README: "Adding a strategy").
 """
-from . import adapters, class_balanced, dpo, gradual, hft, sdft, tempbalance  # noqa: F401  (registrations)
+from . import class_balanced, dpo, gradual, hft, lora, promot, sdft, tempbalance  # noqa: F401  (registrations)

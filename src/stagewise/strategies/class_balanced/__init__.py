@@ -18,7 +18,7 @@ from pydantic import Field
 
 from ...errors import RecipeError
 from ...losses import LossContext
-from ...registry import LOSSES, PluginConfig
+from ...registry import LOSSES, PluginConfig, Requires
 
 
 def effective_number_weights(counts: list[int], beta: float) -> torch.Tensor:
@@ -66,9 +66,10 @@ class FocalConfig(PluginConfig):
     beta: float | None = Field(default=None, ge=0, lt=1)  # set to class-balance the focal loss
 
 
+CLASSIFICATION = Requires(objectives=("classification",), model_tasks=("sequence_classification",))
+
+
 def _needs_classes(name: str, context: LossContext) -> None:
-    if context.objective != "classification" or not context.class_counts:
-        raise RecipeError(f"loss {name!r} needs a classification stage")
     if min(context.class_counts) == 0:
         raise RecipeError(f"loss {name!r}: a class has no training example (counts {context.class_counts})")
 
@@ -78,7 +79,7 @@ def _logits_and_labels(outputs: Any, labels: torch.Tensor) -> tuple[torch.Tensor
     return logits, labels.view(-1)
 
 
-@LOSSES.register("class_balanced_ce", ClassBalancedConfig)
+@LOSSES.register("class_balanced_ce", ClassBalancedConfig, requires=CLASSIFICATION)
 def class_balanced_ce(config: ClassBalancedConfig, context: LossContext):
     """Cross-entropy weighted by inverse effective class counts (Cui et al. 2019)."""
     _needs_classes("class_balanced_ce", context)
@@ -91,7 +92,7 @@ def class_balanced_ce(config: ClassBalancedConfig, context: LossContext):
     return compute
 
 
-@LOSSES.register("ldam", LDAMConfig)
+@LOSSES.register("ldam", LDAMConfig, requires=CLASSIFICATION)
 def ldam(config: LDAMConfig, context: LossContext):
     """LDAM margins with class-balanced weights (Cao et al. 2019; two-stage fine-tuning stage 1)."""
     _needs_classes("ldam", context)
@@ -105,7 +106,7 @@ def ldam(config: LDAMConfig, context: LossContext):
     return compute
 
 
-@LOSSES.register("focal", FocalConfig)
+@LOSSES.register("focal", FocalConfig, requires=CLASSIFICATION)
 def focal(config: FocalConfig, context: LossContext):
     """Focal loss (Lin et al. 2017), class-balanced when ``beta`` is set (Cui et al. 2019)."""
     _needs_classes("focal", context)

@@ -10,13 +10,12 @@ item, as in the paper, and each dataset keeps its own selected rows.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ...errors import DataError
 from ...probing import ProbeSettings, categorize, model_answerer, settings_dict, summary
-from ...registry import TRANSFORMS, PluginConfig
+from ...registry import TRANSFORMS, PluginConfig, Requires, TransformTraits
 from ...transforms import TransformContext, cached, rows_fingerprint
 
 Category = Literal["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"]
@@ -29,7 +28,6 @@ class ReplayConfig(BaseModel):
 
 
 class SelectConfig(PluginConfig):
-    stage_wide: ClassVar[bool] = True  # replay counts against the upgraded items of all the stage's data
     categories: list[Category] | None = None
     upgraded_from: list[Category] | None = None
     to: list[Category] | None = None
@@ -55,10 +53,10 @@ class SelectConfig(PluginConfig):
 
 
 def categories_for(model_key: str, load: Callable[[], tuple[Any, Any]], rows: list[dict[str, Any]],
-                   settings: ProbeSettings) -> list[str]:
+                   settings: ProbeSettings, log: Callable[[str], None]) -> list[str]:
     """SliCK category per row under the model ``model_key`` names; ``load`` runs only on a cache miss."""
     results = cached("categorize", [model_key, rows_fingerprint(rows), settings_dict(settings)],
-                     lambda: categorize(rows, settings, model_answerer(*load())))
+                     lambda: categorize(rows, settings, model_answerer(*load())), log)
     return [r["category"] for r in results]
 
 
@@ -83,18 +81,18 @@ def choose(rows: list[dict[str, Any]], now: list[str], before: list[str] | None,
     return [rows[i] for i in picked] + [rows[i] for i in replayed]
 
 
-@TRANSFORMS.register("select", SelectConfig)
+@TRANSFORMS.register("select", SelectConfig, requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)),
+                     traits=TransformTraits(stage_wide=True), example={"categories": ["MaybeKnown"]})  # replay counts against the upgraded items of all datasets
 def select(rows: list[dict[str, Any]], config: SelectConfig, context: TransformContext):
     """Keep items by SliCK knowledge category (Gradual Learning's data selection)."""
-    if context.dataset.format != "instruction":
-        raise DataError("transform 'select' needs instruction-format QA rows (instruction/output)")
     settings = config.probe(context.seed)
-    now = categories_for(context.model_key, lambda: (context.model, context.tokenizer), rows, settings)
+    now = categories_for(context.model_key, lambda: (context.model, context.tokenizer), rows, settings, context.log)
     before = None
     if config.upgraded_from is not None:
-        before = categories_for(context.seed_model_key, context.load_seed_model, rows, settings)
+        before = categories_for(context.seed_model_key, context.load_seed_model, rows, settings, context.log)
     selected = choose(rows, now, before, config, context.seed)
     report: dict[str, Any] = {"rows_in": len(rows), "rows_out": len(selected), "categories_now": counts(now)}
     if before is not None:
         report["categories_before"] = counts(before)
     return selected, report
+from . import command  # noqa: E402,F401  (registers `stagewise categorize`)

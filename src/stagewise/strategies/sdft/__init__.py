@@ -8,33 +8,47 @@ has exactly as many rows as the input.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
 
-from ...errors import DataError
 from ...eval.metrics import exact_match, last_integer
 from ...generation import SamplingConfig, generate
-from ...registry import TRANSFORMS, PluginConfig
+from ...registry import TRANSFORMS, PluginConfig, Requires
 from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
 
-TEMPLATES = {
-    "general": (
+
+@dataclass(frozen=True)
+class DistillTemplate:
+    """A rewrite request: an optional system turn, the user text, and the start of the answer
+    (generation continues from it; it is not part of the rewrite)."""
+
+    user: str
+    system: str | None = None
+    answer_prefix: str = ""
+
+
+TEMPLATES = {  # sail-sg/sdft src/llmtuner/data/template.py
+    "general": DistillTemplate(
         "Below are an instruction that describes a task along with a reference answer. "
         "Using the reference answer as a guide, write your own response.\n\n"
-        "### Instruction:\n{instruction}\n\n### Reference Answer:\n{original_response}\n\n### Response:\n"
-    ),
-    "refer": (
+        "### Instruction:\n{instruction}\n\n### Reference Answer:\n{original_response}\n\n### Response:\n"),
+    "refer": DistillTemplate(
         "Below are an instruction that describes a task along with a reference answer. "
         "Refer to the reference answer and write your own response.\n\n"
-        "### Instruction:\n{instruction}\n\n### Reference Answer:\n{original_response}\n\n### Response:\n"
-    ),
+        "### Instruction:\n{instruction}\n\n### Reference Answer:\n{original_response}\n\n### Response:\n"),
+    "gsm8k_distill": DistillTemplate(  # the reference's math template: a math system turn, and the answer
+        "{instruction}\n\n{original_response}",  # starts "Great! Let's think step by step. "
+        system="You are an expert in math. Below are a math question and its reference answer. Refer to the "
+               "reference answer and write a response that appropriately answers the question.",
+        answer_prefix="Great! Let's think step by step. "),
 }
 BANNED = ("reference answer", "your response", "my response", "your own response", "now it's your turn")
 
 
 class DistillConfig(PluginConfig):
-    template: Literal["general", "refer"] = "general"
+    template: Literal["general", "refer", "gsm8k_distill"] = "general"
     chat_template: Literal["auto", "always", "never"] = "auto"  # wrap the rewrite prompt as a user turn
     temperature: float = Field(default=0.95, gt=0)   # reference sampling settings
     top_p: float = Field(default=0.7, gt=0, le=1)
@@ -45,8 +59,9 @@ class DistillConfig(PluginConfig):
 
 
 def distill_prompt(row: dict[str, Any], template: str) -> str:
+    """The user text of the rewrite request (without system turn or answer prefix)."""
     instruction = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-    return TEMPLATES[template].format(instruction=instruction, original_response=row["output"])
+    return TEMPLATES[template].user.format(instruction=instruction, original_response=row["output"])
 
 
 def passes_filter(rewrite: str) -> bool:
@@ -83,23 +98,29 @@ def merge_rewrites(rows: list[dict[str, Any]], rewrites: list[str], check: str) 
 
 
 def encode_distill_prompts(rows: list[dict[str, Any]], tokenizer: Any, config: DistillConfig) -> list[list[int]]:
+    """Token ids of each row's rewrite request: as chat turns (system, user, then the answer
+    prefix) when the tokenizer has a chat template, else as plain text in the same order."""
+    template = TEMPLATES[config.template]
     use_chat = config.chat_template == "always" or (config.chat_template == "auto" and bool(tokenizer.chat_template))
+    prefix = tokenizer(template.answer_prefix, add_special_tokens=False)["input_ids"] if template.answer_prefix else []
     prompts = []
     for row in rows:
         text = distill_prompt(row, config.template)
         if use_chat:
-            prompts.append(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                         tokenize=True, return_dict=True)["input_ids"])
+            turns = ([{"role": "system", "content": template.system}] if template.system else [])
+            turns.append({"role": "user", "content": text})
+            prompts.append(tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True,
+                                                         return_dict=True)["input_ids"] + prefix)
         else:
-            prompts.append(tokenizer(text)["input_ids"])
+            system = f"{template.system}\n\n" if template.system else ""
+            prefix_text = f"\n\n{template.answer_prefix}" if template.answer_prefix else ""
+            prompts.append(tokenizer(system + text + prefix_text)["input_ids"])
     return prompts
 
 
-@TRANSFORMS.register("distill", DistillConfig)
+@TRANSFORMS.register("distill", DistillConfig, requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)))
 def distill(rows: list[dict[str, Any]], config: DistillConfig, context: TransformContext):
     """SDFT: the seed model rewrites each answer; failed rewrites keep the original."""
-    if context.dataset.format != "instruction":
-        raise DataError("transform 'distill' needs instruction-format rows (instruction/output)")
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, do_sample=True, temperature=config.temperature,
                               top_p=config.top_p, top_k=config.top_k, seed=context.seed)
 
@@ -110,7 +131,7 @@ def distill(rows: list[dict[str, Any]], config: DistillConfig, context: Transfor
         return [texts[0] for texts in outputs]
 
     settings = config.model_dump(exclude={"batch_size", "check"})
-    rewrites = cached("distill", [context.model_key, rows_fingerprint(rows), settings], rewrite)
+    rewrites = cached("distill", [context.model_key, rows_fingerprint(rows), settings], rewrite, context.log)
     distilled, counts = merge_rewrites(rows, rewrites, config.check)
     write_rows(context.stage_dir / f"distilled-{context.dataset_name}.jsonl", distilled)
     return distilled, {"rows": len(rows), **counts}

@@ -29,27 +29,30 @@ class TempBalanceConfig(PluginConfig):
     lr_map: Literal["linear", "block_sigmoid"] = "linear"
     xmin_pos: float = Field(default=2.0, gt=1)   # 2 = median (NeurIPS'23); EMNLP'24 GLUE used 1.5
     min_eigs: int = Field(default=50, ge=2)     # fewer eigenvalues: no reliable fit, keep the base LR
-    skip_first_last: bool = False              # keep the base LR on the first and last eligible matrix
+    skip_first_last: bool = True               # reference default (remove_first_layer/remove_last_layer): the first
+                                               # and last weight matrix in module order keep the base LR
     s1: float = 0.5                            # linear map: LR multiplier at the lowest alpha
     s2: float = 1.5                            # linear map: LR multiplier at the highest alpha
     s_min: float = 2.0                         # block_sigmoid: scale for blocks below the mean alpha
     s_max: float = 1.0                         # block_sigmoid: scale for blocks above the mean alpha
     temperature: float = 10.0                  # block_sigmoid: T
-    esd_interval: int | None = Field(default=None, ge=1)  # steps between recomputations; None = each epoch
+    esd_interval: int | None = Field(default=None, ge=1)  # steps between recomputations (Model Balancing's
+                                                          # reference: 100); None = at each epoch's start
 
 
 def matrix_modules(model: torch.nn.Module, config: TempBalanceConfig) -> dict[str, torch.nn.Module]:
-    """Trainable 2-D (or conv) weight modules with enough eigenvalues, in module order."""
-    found = {}
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if (isinstance(weight, torch.nn.Parameter) and weight.requires_grad and weight.dim() >= 2
-                and not isinstance(module, torch.nn.Embedding) and min(weight.shape[:2]) >= config.min_eigs):
-            found[name] = module
-    if config.skip_first_last and len(found) > 2:
-        names = list(found)
-        found.pop(names[0]), found.pop(names[-1])
-    return found
+    """The weight matrices that get their own LR, in module order, by the reference's rule
+    (``Tempbalance.build_optimizer_param_group``): every linear/conv layer (embeddings are not
+    layers), the first and the last dropped when ``skip_first_last`` (on a causal LM the last is
+    the LM head, tied to the embedding; on BERT the classifier, not the pooler), then those with
+    fewer than ``min_eigs`` eigenvalues. Frozen matrices (another selector's choice) keep no group."""
+    layers = [(name, module) for name, module in model.named_modules()
+              if isinstance(getattr(module, "weight", None), torch.nn.Parameter) and module.weight.dim() >= 2
+              and not isinstance(module, torch.nn.Embedding)]
+    if config.skip_first_last:
+        layers = layers[1:-1]
+    return {name: module for name, module in layers
+            if module.weight.requires_grad and min(module.weight.shape[:2]) >= config.min_eigs}
 
 
 def layer_alphas(model: torch.nn.Module, config: TempBalanceConfig) -> dict[str, float]:
@@ -158,7 +161,10 @@ class TempBalanceCallback(TrainerCallback):
         self.balance.log_path = Path(args.output_dir) / "tempbalance.jsonl"
         lrs = {g["tb_key"]: g["lr"] for g in optimizer.param_groups if g.get("tb_key")} if optimizer else {}
         self.balance.log(state.global_step, lrs)
-        self.last_step = state.global_step
+        # resumed from a checkpoint written at an epoch's end: the uninterrupted run recomputed at the
+        # next epoch's start, after that checkpoint was saved, so the resumed run must do it too
+        at_epoch_end = state.global_step > 0 and state.epoch is not None and float(state.epoch).is_integer()
+        self.last_step = -1 if at_epoch_end and self.balance.config.esd_interval is None else state.global_step
 
     def _maybe_apply(self, state, optimizer, lr_scheduler) -> None:
         if optimizer is not None and lr_scheduler is not None and state.global_step != self.last_step:
@@ -180,3 +186,4 @@ def tempbalance(config: TempBalanceConfig, model: torch.nn.Module, context: LrRu
     """Per-layer LRs from each matrix's spectral power-law exponent (TempBalance)."""
     balance = TempBalance(model, config, context)
     return LrPlan(split_groups=balance.split_groups, callbacks=[TempBalanceCallback(balance)])
+from . import command  # noqa: E402,F401  (registers `stagewise spectra`)

@@ -1,0 +1,71 @@
+"""Add-ons: trainable parts attached to a model through PEFT (LoRA adapters, soft prompts, ...).
+
+A selector that wraps the model (``SelectorTraits.wraps_model``) attaches its add-on and trains
+only it; under any other selector an attached add-on stays frozen, so ProMoT's stage 2 trains
+the base and keeps the prompt bit-identical. The engine and the evaluator never name an
+add-on: they ask each registered one (``ADDONS``) whether it is attached, which parameters are
+its own, what to save, and which model scores a probe.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from .registry import ADDONS
+
+if TYPE_CHECKING:
+    from .registry import PluginConfig
+
+
+class AddOn(Protocol):
+    marker: str  # substring of the add-on's parameter names (and of nothing else)
+
+    def attached(self, model: torch.nn.Module) -> bool:
+        """Does ``model`` carry this add-on?"""
+
+    def for_saving(self, model: torch.nn.Module, selector: PluginConfig) -> torch.nn.Module:
+        """The model to save and hand to the next stage (e.g. the adapter merged in)."""
+
+    def for_probe(self, model: torch.nn.Module, probe: Any, group: str) -> torch.nn.Module:
+        """The model that scores ``probe`` of ``group`` (target/retention): with or without the add-on."""
+
+
+def is_peft_model(model: torch.nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside an add-on wrapper (itself when there is none)."""
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def peft_task_type(model: torch.nn.Module) -> str:
+    return "SEQ_CLS" if "ForSequenceClassification" in type(model).__name__ else "CAUSAL_LM"
+
+
+def attached_addons(model: torch.nn.Module) -> list[AddOn]:
+    return [entry.impl for entry in ADDONS.entries() if entry.impl.attached(model)]
+
+
+def is_addon_parameter(name: str) -> bool:
+    return any(entry.impl.marker in name for entry in ADDONS.entries())
+
+
+def addon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Parameters of every attached add-on."""
+    return [p for n, p in model.named_parameters() if is_addon_parameter(n)]
+
+
+def model_to_save(model: torch.nn.Module, selector: PluginConfig) -> torch.nn.Module:
+    for addon in attached_addons(model):
+        model = addon.for_saving(model, selector)
+    return model
+
+
+def model_for_probe(model: torch.nn.Module, probe: Any, group: str) -> torch.nn.Module:
+    for addon in attached_addons(model):
+        model = addon.for_probe(model, probe, group)
+    return model

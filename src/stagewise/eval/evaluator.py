@@ -1,0 +1,97 @@
+"""The run's evaluator: scores the recipe's probes at named points and records the items."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..bundled import cache_dir
+from ..config import Recipe, config_hash
+from ..data import LoadedDataset
+from ..distributed import broadcast_from_main, is_main_process
+from ..io import atomic_write_text, read_verified_json, write_verified_json
+from .suite import evaluate_suite
+
+
+def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset], seed_key: str) -> str:
+    """Identity of the base model's scores: the model, the probes and the probed data."""
+    assert recipe.evaluation is not None
+    used = {task.data for group in ("target", "retention") for task in getattr(recipe.evaluation, group) if task.data}
+    return config_hash(seed_key, recipe.evaluation.model_dump(mode="json"),
+                       {name: datasets[name].fingerprint for name in sorted(used)})
+
+
+class Evaluator:
+    """Evaluates the recipe's probes at a named point (``base``, ``0-sft``, ``0-sft/epoch-1``).
+
+    Each probe's per-item scores go to ``eval/<point>/<probe>.jsonl`` in the run folder; the
+    manifest keeps the summary and that file's path. The base model's scores are cached in the
+    user cache by (model, probes, probe data) hash, so recipes compared on the same probes score
+    it once."""
+
+    def __init__(self, recipe: Recipe, datasets: dict[str, LoadedDataset], seed_key: str,
+                 log: Callable[[str], None]) -> None:
+        self.recipe, self.datasets, self.log = recipe, datasets, log
+        self.output_dir = Path(recipe.output_dir)
+        self.key = evaluation_hash(recipe, datasets, seed_key) if recipe.evaluation else None
+        self.base_path = cache_dir() / "eval" / f"base-{self.key}.json"
+
+    def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+        assert self.recipe.evaluation is not None
+        rows = {name: loaded.rows for name, loaded in self.datasets.items()}
+        return evaluate_suite(model, tokenizer, self.recipe.evaluation, self.recipe.datasets, rows)
+
+    def record(self, point: str, results: dict[str, Any]) -> dict[str, Any]:
+        """Write each probe's items to ``eval/<point>/<probe>.jsonl``; return the results without them."""
+        summary: dict[str, Any] = {}
+        for group, probes in results.items():
+            summary[group] = {}
+            for name, result in probes.items():
+                relative = f"eval/{point}/{name}.jsonl"
+                if is_main_process():
+                    atomic_write_text(self.output_dir / relative, "".join(
+                        json.dumps(item, ensure_ascii=False) + "\n" for item in result.get("items", [])))
+                summary[group][name] = {**{k: v for k, v in result.items() if k != "items"}, "items_file": relative}
+        return summary
+
+    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, point: str) -> tuple[dict[str, Any], float]:
+        """(summary, wall seconds) of scoring ``model`` at ``point``."""
+        started = time.perf_counter()
+        summary = self.record(point, self(model, tokenizer))
+        return summary, round(time.perf_counter() - started, 3)
+
+    def wants(self, index: int) -> bool:
+        """Score after this stage? (every stage, or only the last one)."""
+        evaluation = self.recipe.evaluation
+        return evaluation is not None and (evaluation.after_each_stage or index == len(self.recipe.stages) - 1)
+
+    def score_stage(self, entry: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                    point: str) -> None:
+        """Score a stage's model into its manifest entry."""
+        self.log(f"[eval] after stage {entry['index']} '{entry['name']}'")
+        entry["evaluation"], entry["eval_time_s"] = self.score(model, tokenizer, point)
+        entry["evaluation_key"] = self.key
+
+    def cached_base(self) -> dict[str, Any] | None:
+        """The cached base scores (verified against their hash; rank 0's view, so every rank
+        agrees on whether to score the base model), recorded into this run's eval/base/."""
+        cached = None
+        if self.key is not None and is_main_process():
+            payload, why = read_verified_json(self.base_path)
+            if isinstance(payload, dict) and payload.get("key") == self.key:
+                cached = payload["results"]
+            elif why != "missing":
+                self.log(f"[cache] {self.base_path}: {why}: scoring the base model again")
+        cached = broadcast_from_main(cached)
+        return None if cached is None else self.record("base", cached)
+
+    def base(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[dict[str, Any], float]:
+        self.log("[eval] base model")
+        started = time.perf_counter()
+        results = self(model, tokenizer)
+        if is_main_process():
+            write_verified_json(self.base_path, {"key": self.key, "results": results})
+        return self.record("base", results), round(time.perf_counter() - started, 3)

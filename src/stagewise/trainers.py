@@ -1,0 +1,105 @@
+"""The trainer slot: what runs a stage's optimisation, given everything the engine prepared.
+
+A trainer entry receives the stage's model (trainable tensors already selected), its rows and
+encoded examples, collator, loss, LR plan (optimizer-group split and callbacks), callbacks and
+dev sets (:class:`TrainerInputs`) and returns a ``transformers.Trainer`` (or a TRL subclass).
+Built with :func:`stage_trainer_class`, every trainer honours the LR rule's optimizer groups
+and keeps adapter-wrapped checkpoints whole, so every selector and LR rule works with every
+trainer. ``hf`` (the default) is the plain Trainer; strategies register TRL trainers (DPO, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .addons import is_peft_model
+from .data import ListDataset
+from .losses import LossFn
+from .registry import TRAINERS, PluginConfig, Requires
+from .schedules import GroupSplitter
+
+WRAPPED_WEIGHTS = "stagewise-wrapped-model.safetensors"  # exact resume state of an add-on-wrapped model
+
+
+@dataclass
+class TrainerInputs:
+    model: torch.nn.Module
+    tokenizer: Any
+    rows: list[dict[str, Any]]                  # the stage's training rows after transforms (raw)
+    examples: list[dict[str, Any]]              # the same rows encoded for the model (input_ids, labels)
+    dev: dict[str, torch.utils.data.Dataset] | None  # held-out sets scored each epoch (select_best)
+    collator: Any
+    loss: LossFn | None                         # the stage's loss (None: the model's own)
+    split_groups: GroupSplitter | None          # the LR rule's optimizer-group split
+    callbacks: list[TrainerCallback]
+    args_for: Callable[..., TrainingArguments]  # args_for(cls=TrainingArguments, **extra): the stage's arguments
+
+
+class TrainerFactory(Protocol):
+    def __call__(self, config: Any, inputs: TrainerInputs) -> Trainer: ...
+
+
+class StageTrainerMixin:
+    """Adds to any ``Trainer`` subclass: optimizer groups an LR rule may split (e.g. one per
+    layer), and checkpoints of an add-on-wrapped model that keep base *and* add-on (PEFT saves
+    only the adapter, which would lose a base update made under a frozen prompt on resume)."""
+
+    def __init__(self, *args: Any, split_groups: GroupSplitter | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.split_groups = split_groups
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.split_groups is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        trainable = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in trainable if n in decay], "weight_decay": self.args.weight_decay},
+            {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
+        ]
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(self.split_groups(opt_model, groups), **optimizer_kwargs)
+        return self.optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        if not is_peft_model(self.model):
+            return super()._save(output_dir, state_dict)
+        from safetensors.torch import save_model
+
+        folder = Path(output_dir or self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(folder / WRAPPED_WEIGHTS))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        wrapped = Path(resume_from_checkpoint) / WRAPPED_WEIGHTS
+        if is_peft_model(self.model) and wrapped.is_file():
+            from safetensors.torch import load_model
+
+            load_model(self.model, str(wrapped))
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def stage_trainer_class(base: type[Trainer]) -> type[Trainer]:
+    """``base`` with :class:`StageTrainerMixin` (one class per base)."""
+    if base not in _CLASSES:
+        _CLASSES[base] = type(f"Stage{base.__name__}", (StageTrainerMixin, base), {})
+    return _CLASSES[base]
+
+
+@TRAINERS.register("hf", requires=Requires(objectives=("lm", "classification")))
+def hf_trainer(config: PluginConfig, inputs: TrainerInputs) -> Trainer:
+    """transformers' Trainer on the encoded examples, with the stage's loss."""
+    return stage_trainer_class(Trainer)(
+        model=inputs.model, args=inputs.args_for(), train_dataset=ListDataset(inputs.examples),
+        eval_dataset=inputs.dev, data_collator=inputs.collator, processing_class=inputs.tokenizer,
+        compute_loss_func=inputs.loss, callbacks=inputs.callbacks, split_groups=inputs.split_groups,
+    )
