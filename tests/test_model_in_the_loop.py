@@ -168,39 +168,84 @@ MATH = [{"instruction": f"What is {i} + {i}?", "output": f"{i} + {i} = {2 * i}\n
         for i in range(6)]
 
 
-def test_distill_stage_end_to_end_keeps_row_count(tmp_path):
-    stage = {"name": "sdft", "data": "math", "max_steps": 2, "batch_size": 2,
-             "transforms": [{"kind": "distill", "max_new_tokens": 8, "check": "last_integer"}]}
+def test_distill_stage_trains_on_the_seed_models_own_rewrites(tmp_path):
+    """Every row comes back; each kept row's answer is exactly what the model entering the stage
+    wrote for it (regenerated here with the same sampling) and differs from the original."""
+    from stagewise.strategies.sdft import DistillConfig, encode_distill_prompts
+
+    stage = {"name": "sdft", "data": "math", "max_steps": 2, "batch_size": 2, "seed": 7,
+             "transforms": [{"kind": "distill", "max_new_tokens": 8, "check": "none"}]}
     datasets = {"math": {"format": "instruction", "template": "alpaca", "rows": MATH}}
     result = run(make_recipe(tmp_path, [stage], datasets=datasets))
     [report] = result.manifest["stages"][0]["transforms"]
     assert report["kind"] == "distill" and report["rows"] == 6
-    assert report["kept"] + report["rejected_filter"] + report["rejected_check"] == 6
-    distilled = (tmp_path / "run/0-sdft/distilled-math.jsonl").read_text().splitlines()
-    assert len(distilled) == 6
-    assert result.manifest["stages"][0]["train_rows"] == 6
+    assert report["kept"] + report["rejected_filter"] + report["rejected_check"] == 6 and report["kept"] >= 1
+    distilled = [json.loads(line) for line in (tmp_path / "run/0-sdft/distilled-math.jsonl").read_text().splitlines()]
+    assert len(distilled) == 6 and result.manifest["stages"][0]["train_rows"] == 6
+
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    config = DistillConfig(kind="distill", max_new_tokens=8, check="none")
+    sampling = SamplingConfig(max_new_tokens=8, do_sample=True, temperature=config.temperature, top_p=config.top_p,
+                              top_k=config.top_k, seed=7)
+    own = [texts[0].strip() for texts in generate(model, tokenizer, encode_distill_prompts(MATH, tokenizer, config),
+                                                   sampling, batch_size=config.batch_size)]
+    for row, original, rewrite in zip(distilled, MATH, own):
+        if "original_output" in row:  # kept: the model's words, not the dataset's
+            assert row["output"] == rewrite and row["output"] != original["output"]
+            assert row["original_output"] == original["output"]
+        else:
+            assert row == original
 
 
-def test_gradual_select_stage_and_categorize_cli(tmp_path, capsys):
+def test_gsm8k_distill_request_golden_tokens():
+    """The reference's math template: system turn, question + reference as the user turn, and the
+    answer opened with "Great! Let's think step by step. " (chat), or the same text in order."""
+    from stagewise.strategies.sdft import DistillConfig, encode_distill_prompts
+
+    _, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    row = {"instruction": "What is 2 + 3?", "output": "2 + 3 = 5\n#### 5"}
+    system = ("You are an expert in math. Below are a math question and its reference answer. Refer to the "
+              "reference answer and write a response that appropriately answers the question.")
+    plain = encode_distill_prompts([row], tokenizer, DistillConfig(kind="distill", template="gsm8k_distill",
+                                                                   chat_template="never"))
+    assert tokenizer.decode(plain[0], skip_special_tokens=True) == (
+        f"{system}\n\nWhat is 2 + 3?\n\n2 + 3 = 5\n#### 5\n\nGreat! Let's think step by step. ")
+    chat = encode_distill_prompts([row], tokenizer, DistillConfig(kind="distill", template="gsm8k_distill",
+                                                                  chat_template="always"))
+    expected = tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": "What is 2 + 3?\n\n2 + 3 = 5\n#### 5"}],
+        add_generation_prompt=True, tokenize=False) + "Great! Let's think step by step. "
+    assert tokenizer.decode(chat[0]) == expected
+
+
+def test_gradual_select_keeps_exactly_one_categorys_items_and_categorize_cli(tmp_path, capsys):
+    """Half the items' gold answers are the model's own greedy answers (zero-shot, so each prompt
+    is fixed): those are HighlyKnown, the rest Unknown; selecting HighlyKnown keeps exactly them."""
     from stagewise.cli import main
+    from stagewise.probing import model_answerer, qa_prompt
 
-    qa = [{"instruction": f"Capital {i}?", "output": "x", "type": "c"} for i in range(6)]
-    probe = {"n_prompts": 2, "shots": 2, "samples": 2, "max_new_tokens": 2}
-    stages = [{"name": "all", "data": "qa", "max_steps": 1, "batch_size": 2,
-               "transforms": [{"kind": "select", "categories": ["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"], **probe}]},
-              {"name": "upgraded", "data": "qa", "max_steps": 1, "batch_size": 2,
-               "transforms": [{"kind": "select", "upgraded_from": ["WeaklyKnown", "Unknown", "MaybeKnown", "HighlyKnown"],
-                               "to": ["WeaklyKnown", "Unknown", "MaybeKnown", "HighlyKnown"], **probe}]}]
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    questions = [f"Capital {i}?" for i in range(8)]
+    greedy = model_answerer(model, tokenizer)([qa_prompt({"instruction": q}, []) for q in questions],
+                                              SamplingConfig(max_new_tokens=3, first_line=True))
+    qa = [{"instruction": q, "output": answer[0].strip() if i % 2 == 0 else "zzz qqq", "id": f"q{i}"}
+          for i, (q, answer) in enumerate(zip(questions, greedy))]
+    assert all(row["output"] for row in qa)
+    probe = {"n_prompts": 1, "shots": 0, "samples": 0, "max_new_tokens": 3}
+    stages = [{"name": "known", "data": "qa", "max_steps": 1, "batch_size": 2,
+               "transforms": [{"kind": "select", "categories": ["HighlyKnown"], **probe}]}]
     result = run(make_recipe(tmp_path, stages, datasets={"qa": {"format": "instruction", "rows": qa}}))
-    reports = [stage["transforms"][0] for stage in result.manifest["stages"]]
-    assert reports[0]["rows_out"] == 6 and sum(reports[0]["categories_now"].values()) == 6
-    assert sum(reports[1]["categories_before"].values()) == 6
+    [report] = result.manifest["stages"][0]["transforms"]
+    assert report["categories_now"] == {"HighlyKnown": 4, "MaybeKnown": 0, "WeaklyKnown": 0, "Unknown": 4}
+    assert report["rows_out"] == 4 and result.manifest["stages"][0]["train_rows"] == 4
+    selected = [json.loads(line) for line in (tmp_path / "run/0-known/selected-qa.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in selected] == ["q0", "q2", "q4", "q6"]
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in qa))
     assert main(["categorize", "--model", "tiny-llama", "--data", str(data), "--out", str(tmp_path / "cat.jsonl"),
-                 "--n-prompts", "2", "--samples", "2", "--max-new-tokens", "2"]) == 0
+                 "--n-prompts", "1", "--shots", "0", "--samples", "0", "--max-new-tokens", "3"]) == 0
     lines = [json.loads(line) for line in (tmp_path / "cat.jsonl").read_text().splitlines()]
-    assert len(lines) == 6 and {"category", "p_greedy", "p_sampled", "instruction"} <= lines[0].keys()
+    assert [line["category"] for line in lines] == ["HighlyKnown", "Unknown"] * 4
     assert "HighlyKnown" in capsys.readouterr().out
 
 

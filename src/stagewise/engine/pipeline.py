@@ -31,7 +31,7 @@ from ..models import load_model_and_tokenizer, load_stage_output
 from ..report import build_report, write_report
 from .manifest import Manifest
 from .run_folder import check_foreign_content, check_writable_folder, read_manifest, run_lock
-from .stage import ModelIdentity, class_labels, run_stage
+from .stage import ModelIdentity, StageResult, class_labels, run_stage
 
 Log = Callable[[str], None]
 
@@ -270,22 +270,7 @@ def train_and_record(
     """Train stage ``index`` and record it: running -> trained (outputs hashed) -> completed (scored)."""
     stage = recipe.stages[index]
     stage_dir = stage_folder(recipe, index)
-    source = str(stage_folder(recipe, index - 1)) if index else recipe.model.model_name_or_path
-    entry: dict[str, Any] = {
-        "index": index,
-        "name": stage.name,
-        "config_hash": config_hash_,
-        "status": "running",
-        "inputs": {
-            "model": source,
-            "data": {n: {"source": datasets[n].source, "rows": len(datasets[n].rows),
-                         "fingerprint": datasets[n].fingerprint} for n in stage_inputs(stage)},
-        },
-        "outputs": {"dir": str(stage_dir)},
-    }
-    previous = manifest.previous(index)
-    if previous and previous.get("config_hash") == config_hash_ and previous.get("curve"):
-        entry["curve"] = previous["curve"]  # points before a resumed checkpoint are not recomputed
+    entry = running_entry(recipe, index, datasets, config_hash_, manifest.previous(index))
     clear_stale_stage_folder(recipe, manifest, index, config_hash_, log)
     manifest.own(stage_dir.name)
     manifest.set_stage(index, entry)
@@ -303,6 +288,39 @@ def train_and_record(
                      traceback=traceback.format_exc(limit=3)[-2000:])
         manifest.set_stage(index, entry)
         raise
+    record_trained(entry, result, stage_dir)
+    manifest.set_stage(index, entry)
+    if evaluator.wants(index):
+        evaluator.score_stage(entry, model, tokenizer, stage_dir.name)
+    entry["status"] = "completed"
+    manifest.set_stage(index, entry)
+    return model
+
+
+def running_entry(recipe: Recipe, index: int, datasets: dict[str, LoadedDataset], config_hash_: str,
+                  previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest entry of a stage about to train: its inputs, and the curve points a resumed
+    run of the same config already has (points before its checkpoint are not recomputed)."""
+    stage = recipe.stages[index]
+    entry: dict[str, Any] = {
+        "index": index,
+        "name": stage.name,
+        "config_hash": config_hash_,
+        "status": "running",
+        "inputs": {
+            "model": str(stage_folder(recipe, index - 1)) if index else recipe.model.model_name_or_path,
+            "data": {n: {"source": datasets[n].source, "rows": len(datasets[n].rows),
+                         "fingerprint": datasets[n].fingerprint} for n in stage_inputs(stage)},
+        },
+        "outputs": {"dir": str(stage_folder(recipe, index))},
+    }
+    if previous and previous.get("config_hash") == config_hash_ and previous.get("curve"):
+        entry["curve"] = previous["curve"]
+    return entry
+
+
+def record_trained(entry: dict[str, Any], result: StageResult, stage_dir: Path) -> None:
+    """The stage's figures and the SHA-256 of every file it wrote (checked before reuse)."""
     entry.update(
         status="trained",
         trainable_params=result.trainable_params,
@@ -318,9 +336,3 @@ def train_and_record(
     )
     entry["outputs"]["files"] = sorted(p.name for p in stage_dir.iterdir() if p.is_file())
     entry["outputs"]["sha256"] = folder_sha256(stage_dir) if is_main_process() else {}
-    manifest.set_stage(index, entry)
-    if evaluator.wants(index):
-        evaluator.score_stage(entry, model, tokenizer, stage_dir.name)
-    entry["status"] = "completed"
-    manifest.set_stage(index, entry)
-    return model

@@ -69,7 +69,7 @@ def transform_stage_data(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, stage: StageConfig,
     datasets: dict[str, LoadedDataset], stage_dir: Path, identity: ModelIdentity, log: Callable[[str], None],
 ) -> tuple[dict[str, LoadedDataset], list[dict[str, Any]]]:
-    """Apply the stage's transforms (distill, select, ...) in order: each to every dataset on its
+    """Apply the stage's transforms in order: each to every dataset on its
     own, or, for a stage-wide transform (selection with replay ratios), once to all of them together."""
     if not stage.transforms:
         return datasets, []

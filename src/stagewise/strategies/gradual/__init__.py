@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...probing import ProbeSettings, categorize, model_answerer, settings_dict, summary
 from ...registry import TRANSFORMS, PluginConfig, Requires, TransformTraits
-from ...transforms import TransformContext, cached, rows_fingerprint
+from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
 
 Category = Literal["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"]
 
@@ -91,6 +91,7 @@ def select(rows: list[dict[str, Any]], config: SelectConfig, context: TransformC
     if config.upgraded_from is not None:
         before = categories_for(context.seed_model_key, context.load_seed_model, rows, settings, context.log)
     selected = choose(rows, now, before, config, context.seed)
+    write_rows(context.stage_dir / f"selected-{context.dataset_name}.jsonl", selected)
     report: dict[str, Any] = {"rows_in": len(rows), "rows_out": len(selected), "categories_now": counts(now)}
     if before is not None:
         report["categories_before"] = counts(before)
