@@ -1,6 +1,6 @@
 """One test matrix over every registered entry (in the style of PEFT's shared tests).
 
-Cases are generated from the registries: every selector, loss, LR rule and trainer runs on
+Cases are generated from the registries: every selector, loss, regularizer, LR rule and trainer runs on
 each tiny model (Llama, GPT-2, BERT) whose data and task it declares it serves, built from its
 registered ``example`` config. A newly registered entry is tested here without a new test:
 - frozen tensors are bit-identical after training, and trainable ones moved;
@@ -20,7 +20,8 @@ import yaml
 from transformers import TrainerCallback
 
 from conftest import CLASSIFICATION_ROWS, INSTRUCTION_ROWS, CrashAfterSave, make_recipe, run
-from stagewise.registry import LOSSES, LR_RULES, METRICS, SELECTORS, TRAINERS, TRANSFORMS, load_plugins
+from stagewise.registry import (LOSSES, LR_RULES, METRICS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS,
+                                load_plugins)
 from stagewise.schedules import LrRuleContext
 
 load_plugins()
@@ -104,14 +105,18 @@ def test_selector_freezes_exactly_what_it_does_not_select(tmp_path, name, model,
 
 
 def loss_cases() -> list[Any]:
-    return [pytest.param(entry.name, model, data_format, id=f"{entry.name}-{model}")
-            for entry in LOSSES.entries() for model, data_format in setting_for(entry, "hf")]
+    return [pytest.param(field, entry.name, model, data_format, id=f"{field}-{entry.name}-{model}")
+            for registry, field in ((LOSSES, "loss"), (REGULARIZERS, "regularizer"))
+            for entry in registry.entries() for model, data_format in setting_for(entry, "hf")]
 
 
-@pytest.mark.parametrize("name, model, data_format", loss_cases())
-def test_loss_trains_and_keeps_the_optimizer_on_trainable_tensors(tmp_path, name, model, data_format):
+@pytest.mark.parametrize("field, name, model, data_format", loss_cases())
+def test_objective_trains_and_keeps_the_optimizer_on_trainable_tensors(tmp_path, field, name, model, data_format):
+    """Every loss and regularizer (its example config names the stage's own dataset 'd')."""
     watch = OptimizerWatch()
-    result = run(stage_recipe(tmp_path, model, data_format, loss=config_of(LOSSES.get(name)), trainable="head"), [watch])
+    registry = LOSSES if field == "loss" else REGULARIZERS
+    result = run(stage_recipe(tmp_path, model, data_format, trainable="head", **{field: config_of(registry.get(name))}),
+                 [watch])
     assert watch.optimized == watch.trainable
     assert torch.isfinite(torch.tensor(result.manifest["stages"][0]["metrics"]["train_loss"]))
     after = dict(watch.model.named_parameters())
@@ -171,7 +176,7 @@ def unserved_cases() -> list[Any]:
     """For every entry that declares requirements: one model/data it does not serve."""
     cases = []
     for field, registry in (("trainer", TRAINERS), ("trainable", SELECTORS), ("loss", LOSSES), ("lr_rule", LR_RULES),
-                            ("transforms", TRANSFORMS), ("metric", METRICS)):
+                            ("regularizer", REGULARIZERS), ("transforms", TRANSFORMS), ("metric", METRICS)):
         for entry in registry.entries():
             for model, task in MODELS.items():
                 unserved = [f for f in ("instruction", "text", "classification", "preference")
@@ -193,7 +198,7 @@ def test_an_unserved_combination_is_one_line_at_validate(tmp_path, capsys, field
                               "datasets": {"d": {"format": data_format, "rows": DATA[data_format]}},
                               "stages": [stage], "output_dir": str(tmp_path / "run")}
     registry = {"trainer": TRAINERS, "trainable": SELECTORS, "loss": LOSSES, "lr_rule": LR_RULES,
-                "transforms": TRANSFORMS, "metric": METRICS}[field]
+                "regularizer": REGULARIZERS, "transforms": TRANSFORMS, "metric": METRICS}[field]
     config = config_of(registry.get(name))
     if field == "metric":
         recipe["evaluation"] = {"target": [{"name": "p", "data": "d", **{k: v for k, v in config.items() if k != "kind"},

@@ -17,7 +17,8 @@ import yaml
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
 
 from .errors import RecipeError
-from .registry import LOSSES, LR_RULES, METRICS, SELECTORS, TRAINERS, TRANSFORMS, Registry, load_plugins
+from .registry import (LOSSES, LR_RULES, METRICS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS, PluginConfig,
+                       Registry, load_plugins)
 from .schema import SAFE_NAME_HINT, SafeName, StrictModel, is_safe_name
 
 DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "classification", "fewshot"]
@@ -127,6 +128,7 @@ class StageConfig(StrictModel):
     data: list[str]
     trainable: Any = "full"
     loss: Any = "ce"
+    regularizer: Any = "none"  # a penalty added to the loss: none, l2sp or ewc (anchored to the entering model)
     lr_rule: Any = "uniform"
     transforms: list[Any] = Field(default_factory=list)  # model-in-the-loop data steps (distill, select)
     trainer: Any = "hf"  # what runs the optimisation: hf (transformers Trainer) or a registered one (dpo)
@@ -236,7 +238,7 @@ class Recipe(StrictModel):
 
 # The registered sections of a stage: field name -> registry that validates it.
 PLUGIN_FIELDS: dict[str, Registry[Any, Any]] = {  # in the order their fit is checked: the trainer decides the most
-    "trainer": TRAINERS, "trainable": SELECTORS, "loss": LOSSES, "lr_rule": LR_RULES}
+    "trainer": TRAINERS, "trainable": SELECTORS, "loss": LOSSES, "regularizer": REGULARIZERS, "lr_rule": LR_RULES}
 
 
 # ---------------------------------------------------------------- YAML with lines
@@ -476,12 +478,14 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
         if stage.name in seen:
             fail(("stages", index, "name"), f"duplicate stage name {stage.name!r}")
         seen.add(stage.name)
-        named = [("data", stage.data)] + ([("eval", stage.eval.data)] if stage.eval else [])
+        named = [(("data",), stage.data)] + ([(("eval",), stage.eval.data)] if stage.eval else [])
+        named += [((field, key), [getattr(config, key)]) for field, config in plugin_configs(stage)
+                  for key in config.dataset_fields if getattr(config, key) is not None]
         for field, names in named:
             for name in names:
                 if name not in recipe.datasets:
                     known = ", ".join(recipe.datasets) or "none"
-                    fail(("stages", index, field), f"unknown dataset {name!r} (datasets defined: {known})")
+                    fail(("stages", index, *field), f"unknown dataset {name!r} (datasets defined: {known})")
         formats = {recipe.datasets[name].format for name in stage.data}
         if "fewshot" in formats:
             fail(("stages", index, "data"), "format 'fewshot' is for evaluation probes only, not training")
@@ -504,6 +508,12 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
         sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None]
         if sum(sources) != 1:
             fail(("datasets", name), "expected exactly one of 'path', 'rows' or 'builtin'")
+
+
+def plugin_configs(stage: StageConfig) -> list[tuple[Any, PluginConfig]]:
+    """(key, config) of every registered entry a stage uses."""
+    return ([(field, getattr(stage, field)) for field in PLUGIN_FIELDS]
+            + [(("transforms", i), t) for i, t in enumerate(stage.transforms)])
 
 
 def probe_problem(recipe: Recipe, task: EvalTaskConfig) -> tuple[str, str] | None:

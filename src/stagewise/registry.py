@@ -1,6 +1,6 @@
 """The one place strategies register, and what each entry declares.
 
-Extension points: trainable **selectors**, **losses**, **LR rules**, data **transforms**,
+Extension points: trainable **selectors**, **losses**, **regularizers**, **LR rules**, data **transforms**,
 **trainers**, evaluation **metrics**, model **add-ons** (an adapter or soft prompt attached to
 the model) and CLI **commands**. A strategy is a folder under ``stagewise/strategies`` whose
 ``__init__`` registers into some of them with a pydantic config class, what the entry
@@ -9,14 +9,14 @@ the model) and CLI **commands**. A strategy is a folder under ``stagewise/strate
 The engine asks the entry instead of naming it: ``config`` checks every stage's entries
 against its data and model at validation time, and the shared test matrix runs every entry.
 Each point's call shape is a typed protocol beside its context (``selection.Selector``,
-``losses.LossBuilder``, ``schedules.LrRule``, ``transforms.Transform``, ``trainers.TrainerFactory``,
+``losses.LossBuilder``, ``regularizers.Regularizer``, ``schedules.LrRule``, ``transforms.Transform``, ``trainers.TrainerFactory``,
 ``eval.metrics.Metric``, ``addons.AddOn``).
 """
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, TypeVar
 
 from pydantic import ConfigDict
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .addons import AddOn
     from .eval.metrics import Metric
     from .losses import LossBuilder
+    from .regularizers import Regularizer
     from .schedules import LrRule
     from .selection import Selector
     from .trainers import TrainerFactory
@@ -39,10 +40,16 @@ Traits = TypeVar("Traits")
 
 
 class PluginConfig(StrictModel):
-    """Base of every registered entry's options; ``kind`` names the entry."""
+    """Base of every registered entry's options; ``kind`` names the entry. Fields listed in
+    ``dataset_fields`` name recipe datasets: validation checks them and the stage hash covers
+    their content."""
 
     model_config = ConfigDict(frozen=True, validate_assignment=False)
+    dataset_fields: ClassVar[tuple[str, ...]] = ()
     kind: str
+
+    def datasets_named(self) -> list[str]:
+        return [getattr(self, name) for name in self.dataset_fields if getattr(self, name) is not None]
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,7 @@ class Registry(Generic[Impl, Traits]):
 
 SELECTORS: Registry[Selector, SelectorTraits] = Registry("trainable selector", SelectorTraits)
 LOSSES: Registry[LossBuilder, NoTraits] = Registry("loss", NoTraits)
+REGULARIZERS: Registry[Regularizer, NoTraits] = Registry("regularizer", NoTraits)
 LR_RULES: Registry[LrRule, NoTraits] = Registry("lr_rule", NoTraits)
 TRANSFORMS: Registry[Transform, TransformTraits] = Registry("data transform", TransformTraits)
 TRAINERS: Registry[TrainerFactory, TrainerTraits] = Registry("trainer", TrainerTraits)
@@ -173,5 +181,6 @@ def load_plugins() -> None:
     """Import every module that registers entries (idempotent; imports are cached)."""
     import importlib
 
-    for module in ("selection", "losses", "schedules", "transforms", "trainers", "eval", "probing", "strategies"):
+    for module in ("selection", "losses", "regularizers", "schedules", "transforms", "trainers", "eval", "probing",
+                   "strategies"):
         importlib.import_module(f"{__package__}.{module}")

@@ -20,6 +20,7 @@ from .addons import is_peft_model
 from .data import ListDataset
 from .losses import LossFn
 from .registry import TRAINERS, PluginConfig, Requires
+from .regularizers import Penalty
 from .schedules import GroupSplitter
 
 WRAPPED_WEIGHTS = "stagewise-wrapped-model.safetensors"  # exact resume state of an add-on-wrapped model
@@ -37,6 +38,11 @@ class TrainerInputs:
     split_groups: GroupSplitter | None          # the LR rule's optimizer-group split
     callbacks: list[TrainerCallback]
     args_for: Callable[..., TrainingArguments]  # args_for(cls=TrainingArguments, **extra): the stage's arguments
+    penalty: Penalty | None = None              # the stage's regularizer, added to every training loss
+
+    def stage_features(self) -> dict[str, Any]:
+        """Keyword arguments of a :func:`stage_trainer_class` trainer: the LR groups and the penalty."""
+        return {"split_groups": self.split_groups, "penalty": self.penalty}
 
 
 class TrainerFactory(Protocol):
@@ -45,12 +51,30 @@ class TrainerFactory(Protocol):
 
 class StageTrainerMixin:
     """Adds to any ``Trainer`` subclass: optimizer groups an LR rule may split (e.g. one per
-    layer), and checkpoints of an add-on-wrapped model that keep base *and* add-on (PEFT saves
-    only the adapter, which would lose a base update made under a frozen prompt on resume)."""
+    layer), a regularizer's penalty on top of whatever loss the trainer computes, and
+    checkpoints of an add-on-wrapped model that keep base *and* add-on (PEFT saves only the
+    adapter, which would lose a base update made under a frozen prompt on resume)."""
 
-    def __init__(self, *args: Any, split_groups: GroupSplitter | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, split_groups: GroupSplitter | None = None, penalty: Penalty | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.split_groups = split_groups
+        self.penalty = penalty
+
+    def compute_loss(self, model: torch.nn.Module, inputs: Any, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        if self.penalty is None or not model.training:
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        # once per optimizer step: a loss already normalised over the accumulated batch is not
+        # divided by the accumulation steps afterwards, so the penalty is divided here instead
+        scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
+        penalty = self.penalty(model)
+        loss = loss + (penalty / self.current_gradient_accumulation_steps if scaled else penalty)
+        return (loss, outputs) if return_outputs else loss
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.split_groups is None or self.optimizer is not None:
@@ -101,5 +125,5 @@ def hf_trainer(config: PluginConfig, inputs: TrainerInputs) -> Trainer:
     return stage_trainer_class(Trainer)(
         model=inputs.model, args=inputs.args_for(), train_dataset=ListDataset(inputs.examples),
         eval_dataset=inputs.dev, data_collator=inputs.collator, processing_class=inputs.tokenizer,
-        compute_loss_func=inputs.loss, callbacks=inputs.callbacks, split_groups=inputs.split_groups,
+        compute_loss_func=inputs.loss, callbacks=inputs.callbacks, **inputs.stage_features(),
     )

@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from .. import __version__
-from ..config import Recipe, StageConfig, config_hash, recipe_to_dict, stage_objective
+from ..config import Recipe, StageConfig, config_hash, plugin_configs, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
 from ..errors import OutputError, StagewiseError
@@ -49,8 +49,10 @@ def stage_dir_name(index: int, name: str) -> str:
 
 
 def stage_inputs(stage: StageConfig) -> list[str]:
-    """The datasets a stage reads: its training data, then its held-out data."""
-    return stage.data + (stage.eval.data if stage.eval else [])
+    """The datasets a stage reads: its training data, its held-out data, and any its entries name
+    (e.g. EWC's Fisher data)."""
+    named = [name for _, config in plugin_configs(stage) for name in config.datasets_named()]
+    return list(dict.fromkeys(stage.data + (stage.eval.data if stage.eval else []) + named))
 
 
 def seed_model_key(recipe: Recipe) -> str:

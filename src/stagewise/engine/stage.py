@@ -32,7 +32,8 @@ from ..config import DatasetConfig, Recipe, StageConfig, stage_objective
 from ..data import ListDataset, LoadedDataset, encode_dataset
 from ..errors import DataError, TrainingError
 from ..losses import LossContext
-from ..registry import LOSSES, LR_RULES, TRAINERS, TRANSFORMS
+from ..registry import LOSSES, LR_RULES, REGULARIZERS, TRAINERS, TRANSFORMS
+from ..regularizers import RegularizerContext
 from ..schedules import LrRuleContext
 from ..selection import SelectionContext, apply_selector, count_parameters
 from ..speed import mfu
@@ -244,7 +245,7 @@ def run_stage(
     model, selector_callbacks = apply_selector(model, stage.trainable, SelectionContext(seed=stage.seed, stage_index=index))
     trainable, total = count_parameters(model)
     trainer = build_trainer(model, tokenizer, recipe, stage, stage_dir, data, selector_callbacks,
-                            [CheckpointSeal(), FiniteLossGuard(), *(callbacks or [])])
+                            [CheckpointSeal(), FiniteLossGuard(), *(callbacks or [])], identity, log)
     checkpoint = (last_complete_checkpoint(stage_dir, log)
                   if recipe.resume_from_checkpoint and stage_dir.is_dir() else None)
     started = time.perf_counter()
@@ -278,6 +279,7 @@ class StageData:
     examples: list[dict[str, Any]]
     labels: list[str] | None
     dev: dict[str, ListDataset] | None  # scored each epoch to pick the best one (eval.select_best)
+    encode: Callable[[str], list[dict[str, Any]]]  # any recipe dataset, encoded like this stage's data
 
 
 def prepare_data(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset],
@@ -286,23 +288,30 @@ def prepare_data(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedD
     labels = class_labels(recipe, stage, datasets) if objective == "classification" else None
     rows = [row for name in stage.data for row in datasets[name].rows]
     examples = encode_stage_data(recipe, stage, stage.data, datasets, tokenizer, labels)
-    dev = ({name: ListDataset(encode_stage_data(recipe, stage, [name], datasets, tokenizer, labels))
-            for name in stage.eval.data} if stage.eval and stage.eval.select_best else None)
-    return StageData(objective, rows, examples, labels, dev)
+
+    def encode(name: str) -> list[dict[str, Any]]:
+        return encode_stage_data(recipe, stage, [name], datasets, tokenizer, labels)
+
+    dev = {name: ListDataset(encode(name)) for name in stage.eval.data} if stage.eval and stage.eval.select_best else None
+    return StageData(objective, rows, examples, labels, dev, encode)
 
 
 def build_trainer(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, stage: StageConfig, stage_dir: Path,
     data: StageData, selector_callbacks: list[TrainerCallback], callbacks: list[TrainerCallback],
+    identity: ModelIdentity, log: Callable[[str], None],
 ) -> Trainer:
-    """The stage's loss and LR plan, handed with the data to the stage's trainer entry."""
+    """The stage's loss, regularizer and LR plan, handed with the data to the stage's trainer entry."""
     class_counts = [sum(ex["labels"] == i for ex in data.examples) for i in range(len(data.labels))] if data.labels else []
     loss = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=data.objective, class_counts=class_counts))
+    collator = train_collator(data.objective, tokenizer, recipe.performance.padding_free)
+    penalty = REGULARIZERS.impl(stage.regularizer)(stage.regularizer, model, RegularizerContext(
+        examples_of=data.encode, collator=collator, model_key=identity.key, stage_dir=stage_dir, log=log))
     lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr))
     inputs = TrainerInputs(
         model=model, tokenizer=tokenizer, rows=data.rows, examples=data.examples, dev=data.dev,
-        collator=train_collator(data.objective, tokenizer, recipe.performance.padding_free), loss=loss,
-        split_groups=lr_plan.split_groups, callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks],
+        collator=collator, loss=loss, split_groups=lr_plan.split_groups,
+        callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks], penalty=penalty,
         args_for=lambda cls=TrainingArguments, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
     return TRAINERS.impl(stage.trainer)(stage.trainer, inputs)
 

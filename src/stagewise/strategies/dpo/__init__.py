@@ -41,4 +41,4 @@ def dpo_trainer(config: DPOConfig, inputs: TrainerInputs) -> Trainer:
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in inputs.rows])
     return stage_trainer_class(DPOTrainer)(
         model=inputs.model, ref_model=reference, args=args, train_dataset=dataset,
-        processing_class=inputs.tokenizer, callbacks=inputs.callbacks, split_groups=inputs.split_groups)
+        processing_class=inputs.tokenizer, callbacks=inputs.callbacks, **inputs.stage_features())

@@ -1,0 +1,132 @@
+"""Regularized fine-tuning: anchor the trainable tensors to the weights entering the stage.
+
+- **L2-SP** (Li, Grandvalet & Davoine, ICML 2018, "Explicit Inductive Bias for Transfer Learning
+  with Convolutional Networks", eq. 3's first term): ``λ/2 · ‖θ − θ₀‖²``.
+- **EWC** (Kirkpatrick et al., PNAS 2017, eq. 3): ``λ/2 · Σᵢ Fᵢ (θᵢ − θ₀,ᵢ)²`` with the diagonal
+  empirical Fisher ``Fᵢ = mean over batches of (∂ℓ/∂θᵢ)²`` of the entering model's loss on a
+  named dataset (the old task, or general data); ``batch_size: 1`` squares per-example
+  gradients, as the paper's Fisher does.
+
+θ₀ is the model entering the stage (not the checkpoint a resumed stage restarts from); only the
+tensors the stage's selector made trainable are anchored, and the Fisher is computed on them
+alone, once per stage, and cached by (entering model, Fisher data, settings).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from ...bundled import cache_dir
+from ...errors import DataError
+from ...registry import REGULARIZERS, PluginConfig
+from ...regularizers import Penalty, RegularizerContext
+
+
+class L2SPConfig(PluginConfig):
+    weight: float = Field(default=0.01, ge=0)    # λ; the paper's α = 0.1 (images); tune on a dev set
+
+
+class EWCConfig(PluginConfig):
+    dataset_fields = ("data",)
+    weight: float = Field(default=1.0, ge=0)     # λ; scale with 1 / mean Fisher (the paper tunes it per task)
+    data: str                                    # the dataset whose loss defines the Fisher (old task / general)
+    batches: int = Field(default=32, ge=1)       # batches averaged into the Fisher (the first ones, in order)
+    batch_size: int = Field(default=1, ge=1)     # 1: per-example squared gradients (the paper's empirical Fisher)
+
+
+def trainable_tensors(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of each trainable tensor once (tied weights counted once)."""
+    seen: set[int] = set()
+    found = []
+    for name, param in model.named_parameters():
+        if param.requires_grad and id(param) not in seen:
+            seen.add(id(param))
+            found.append((name, param))
+    return found
+
+
+class Anchor:
+    """``λ/2 · Σ wᵢ (θᵢ − θ₀,ᵢ)²`` over the trainable tensors (w = 1: L2-SP; w = F: EWC). It holds
+    the parameter objects themselves, so a wrapped model (DDP) is penalised on the same tensors."""
+
+    def __init__(self, model: torch.nn.Module, weight: float, importance: list[torch.Tensor] | None = None) -> None:
+        self.params = [param for _, param in trainable_tensors(model)]
+        self.anchor = [param.detach().clone() for param in self.params]
+        self.importance = importance
+        self.weight = weight
+
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
+        total = torch.zeros((), device=self.params[0].device)
+        for index, (param, anchor) in enumerate(zip(self.params, self.anchor)):
+            squared = (param - anchor).pow(2)
+            total = total + (squared * self.importance[index] if self.importance is not None else squared).sum()
+        return 0.5 * self.weight * total
+
+
+@REGULARIZERS.register("l2sp", L2SPConfig)
+def l2sp(config: L2SPConfig, model: torch.nn.Module, context: RegularizerContext) -> Penalty | None:
+    """L2-SP: squared distance of the trainable tensors from the entering weights."""
+    return Anchor(model, config.weight) if trainable_tensors(model) else None
+
+
+def empirical_fisher(model: torch.nn.Module, examples: list[dict[str, Any]], collator: Any, batches: int,
+                     batch_size: int) -> list[torch.Tensor]:
+    """Diagonal empirical Fisher of the trainable tensors: the mean over ``batches`` batches of the
+    squared gradient of the model's loss (dropout off: the Fisher of the model, not of a mask)."""
+    params = [param for _, param in trainable_tensors(model)]
+    fisher = [torch.zeros_like(param, dtype=torch.float32) for param in params]
+    count = min(batches, math.ceil(len(examples) / batch_size))
+    device = params[0].device
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, count * batch_size, batch_size):
+            batch = {k: v.to(device) for k, v in collator(examples[start:start + batch_size]).items()}
+            grads = torch.autograd.grad(model(**batch).loss, params, allow_unused=True)
+            for total, grad in zip(fisher, grads):
+                if grad is not None:
+                    total += grad.detach().float().pow(2)
+    finally:
+        model.train(was_training)
+    return [total / count for total in fisher]
+
+
+def fisher_cache_key(context: RegularizerContext, config: EWCConfig, names: list[str],
+                     examples: list[dict[str, Any]]) -> str:
+    used = examples[:config.batches * config.batch_size]
+    payload = [context.model_key, names, config.batches, config.batch_size,
+               [example.get("input_ids") for example in used], [example.get("labels") for example in used]]
+    return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:24]
+
+
+@REGULARIZERS.register("ewc", EWCConfig, example={"data": "d"})
+def ewc(config: EWCConfig, model: torch.nn.Module, context: RegularizerContext) -> Penalty | None:
+    """EWC: squared distance from the entering weights, weighted by their diagonal Fisher."""
+    from safetensors.torch import load_file, save_file
+
+    named = trainable_tensors(model)
+    if not named:
+        return None
+    examples = context.examples_of(config.data)
+    if not examples or "input_ids" not in examples[0]:
+        raise DataError(f"regularizer.data: dataset {config.data!r} gives no tokenized examples to compute the Fisher "
+                        "from (EWC needs text, instruction, chat, prompt_completion or classification rows)")
+    names = [name for name, _ in named]
+    path = cache_dir() / "fisher" / f"{fisher_cache_key(context, config, names, examples)}.safetensors"
+    cached = load_file(str(path)) if path.is_file() else None
+    if cached is not None and list(cached) == names and all(cached[n].shape == p.shape for n, p in named):
+        fisher = [cached[name].to(param.device) for name, param in named]
+        context.log(f"[ewc] Fisher of {len(names)} tensors from {path}")
+    else:
+        fisher = empirical_fisher(model, examples, context.collator, config.batches, config.batch_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        save_file({name: tensor.contiguous().cpu() for name, tensor in zip(names, fisher)}, str(partial))
+        partial.replace(path)
+        context.log(f"[ewc] Fisher of {len(names)} tensors from {config.batches} batches of {config.data!r}")
+    return Anchor(model, config.weight, fisher)
