@@ -17,6 +17,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
 
 from .errors import RecipeError
+from .merging import BASE, MergeConfig
 from .registry import (LOSSES, LR_RULES, METRICS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS, PluginConfig,
                        Registry, load_plugins)
 from .schema import SAFE_NAME_HINT, SafeName, StrictModel, is_safe_name
@@ -148,6 +149,7 @@ class StageConfig(StrictModel):
     save_steps: int = Field(default=50, ge=1)
     logging_steps: int = Field(default=10, ge=1)
     eval: StageEval | None = None
+    merge: MergeConfig | None = None  # after training (or instead: trainable none): WiSE-FT / task arithmetic
 
     @field_validator("max_steps")
     @classmethod
@@ -491,7 +493,7 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
             fail(("stages", index, "data"), "format 'fewshot' is for evaluation probes only, not training")
         if len({_objective(fmt) for fmt in formats}) > 1:
             fail(("stages", index, "data"), f"cannot mix dataset formats {sorted(formats)} in one stage")
-        problem = stage_problem(recipe, stage)
+        problem = stage_problem(recipe, stage) or merge_problem(recipe, index)
         if problem:
             fail(("stages", index, *problem[0]), problem[1])
     if recipe.evaluation:
@@ -514,6 +516,24 @@ def plugin_configs(stage: StageConfig) -> list[tuple[Any, PluginConfig]]:
     """(key, config) of every registered entry a stage uses."""
     return ([(field, getattr(stage, field)) for field in PLUGIN_FIELDS]
             + [(("transforms", i), t) for i, t in enumerate(stage.transforms)])
+
+
+def merge_problem(recipe: Recipe, index: int) -> tuple[tuple[Any, ...], str] | None:
+    """A merge names the base or earlier stages, and a dev set a registered metric can score."""
+    merge = recipe.stages[index].merge
+    if merge is None:
+        return None
+    earlier = [stage.name for stage in recipe.stages[:index]]
+    for key, name in [(("merge", "with"), merge.with_model)] + [(("merge", "add", i), n) for i, n in enumerate(merge.add)]:
+        if name != BASE and name not in earlier:
+            return key, f"{name!r} is neither 'base' nor an earlier stage (earlier: {', '.join(earlier) or 'none'})"
+    for name in merge.select.data if merge.select else []:
+        if name not in recipe.datasets:
+            return ("merge", "select", "data"), f"unknown dataset {name!r}"
+        problem = probe_problem(recipe, EvalTaskConfig(name="merge-dev", data=name, metric=merge.select.metric))
+        if problem:
+            return ("merge", "select", problem[0]), problem[1]
+    return None
 
 
 def probe_problem(recipe: Recipe, task: EvalTaskConfig) -> tuple[str, str] | None:

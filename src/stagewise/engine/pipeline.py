@@ -52,6 +52,7 @@ def stage_inputs(stage: StageConfig) -> list[str]:
     """The datasets a stage reads: its training data, its held-out data, and any its entries name
     (e.g. EWC's Fisher data)."""
     named = [name for _, config in plugin_configs(stage) for name in config.datasets_named()]
+    named += stage.merge.select.data if stage.merge and stage.merge.select else []
     return list(dict.fromkeys(stage.data + (stage.eval.data if stage.eval else []) + named))
 
 
@@ -182,12 +183,21 @@ def _run_locked(
 
     seed_key = seed_model_key(recipe)
     for index in range(start, len(recipe.stages)):
-        identity = ModelIdentity(key=hashes[index - 1] if index else seed_key, seed_key=seed_key, load_seed=load_seed)
+        identity = ModelIdentity(key=hashes[index - 1] if index else seed_key, seed_key=seed_key, load_seed=load_seed,
+                                 load_named=functools.partial(load_named, recipe, load_seed))
         model = train_and_record(model, tokenizer, recipe, index, datasets, hashes[index], manifest, evaluator,
                                  identity, callbacks, log)
     if recipe.evaluation and is_main_process():
         write_report(output_dir, build_report(manifest.data))
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)
+
+
+def load_named(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name: str) -> Any:
+    """The run's starting model (``base``) or a finished stage's saved model, by name."""
+    if name == "base":
+        return load_seed()[0]
+    index = next(i for i, stage in enumerate(recipe.stages) if stage.name == name)
+    return load_stage_output(stage_folder(recipe, index), recipe.model)[0]
 
 
 def stage_folder(recipe: Recipe, index: int) -> Path:
@@ -335,6 +345,7 @@ def record_trained(entry: dict[str, Any], result: StageResult, stage_dir: Path) 
         metrics=result.metrics,
         resumed_from=result.resumed_from,
         transforms=result.transforms,
+        **({"merge": result.merge} if result.merge else {}),
     )
     entry["outputs"]["files"] = sorted(p.name for p in stage_dir.iterdir() if p.is_file())
     entry["outputs"]["sha256"] = folder_sha256(stage_dir) if is_main_process() else {}

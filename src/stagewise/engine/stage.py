@@ -28,9 +28,11 @@ from transformers import (
 )
 
 from ..addons import is_addon_parameter, is_peft_model, model_to_save
-from ..config import DatasetConfig, Recipe, StageConfig, stage_objective
+from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig, Recipe, StageConfig, stage_objective
 from ..data import ListDataset, LoadedDataset, encode_dataset
 from ..errors import DataError, TrainingError
+from ..eval import evaluate_task
+from ..merging import merge_model
 from ..losses import LossContext
 from ..registry import LOSSES, LR_RULES, REGULARIZERS, TRAINERS, TRANSFORMS
 from ..regularizers import RegularizerContext
@@ -55,6 +57,7 @@ class StageResult:
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: str | None = None
     transforms: list[dict[str, Any]] = field(default_factory=list)
+    merge: dict[str, Any] | None = None   # the merge's chosen coefficient and the dev score of each
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class ModelIdentity:
     key: str                                        # hash chain of the stages that produced it
     seed_key: str                                   # the run's starting model
     load_seed: Callable[[], tuple[Any, Any]]        # reload the starting model when needed
+    load_named: Callable[[str], Any]                # the starting model ("base") or a finished stage's, by name
 
 
 def transform_stage_data(
@@ -254,6 +258,9 @@ def run_stage(
     wall = time.perf_counter() - started - sum(getattr(cb, "off_clock_s", 0.0) for cb in callbacks or [])
     tokens = int(trainer.state.num_input_tokens_seen)
     metrics.update(throughput(recipe, model, data.examples, tokens, wall))
+    merge = None
+    if stage.merge:
+        model, merge = merge_model(model, stage.merge, identity.load_named, dev_scorer(recipe, stage, datasets, tokenizer), log)
     if stage.eval:
         metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, data.labels))
     model = save_stage(trainer, model_to_save(model, stage.trainable), tokenizer, stage_dir, metrics)
@@ -267,7 +274,28 @@ def run_stage(
         metrics=metrics,
         resumed_from=Path(checkpoint).name if checkpoint else None,
         transforms=transform_reports,
+        merge=merge,
     )
+
+
+def dev_scorer(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset],
+               tokenizer: PreTrainedTokenizerBase) -> Callable[[torch.nn.Module], float] | None:
+    """The merge's dev score of a model: the mean over its dev sets (negated for lower-is-better
+    metrics), with the recipe's evaluation settings."""
+    select = stage.merge.select if stage.merge else None
+    if select is None:
+        return None
+    settings = recipe.evaluation or EvaluationConfig()
+
+    def score(model: torch.nn.Module) -> float:
+        scores = []
+        for name in select.data:
+            probe = EvalTaskConfig(name="merge-dev", data=name, metric=select.metric, max_new_tokens=select.max_new_tokens)
+            result = evaluate_task(model, tokenizer, probe, recipe.datasets[name], datasets[name].rows, settings)
+            scores.append(result["score"] if result["higher_is_better"] else -result["score"])
+        return sum(scores) / len(scores)
+
+    return score
 
 
 @dataclass

@@ -1,0 +1,125 @@
+"""Weight interpolation and merging as a stage step (a stage with ``trainable: none`` trains
+nothing and only merges).
+
+- ``linear`` — WiSE-FT (Wortsman et al., CVPR 2022, eq. 1): θ = (1 − α)·θ_with + α·θ, where θ is
+  the model entering the merge (fine-tuned) and θ_with the base model or an earlier stage.
+- ``task_arithmetic`` — Ilharco et al., ICLR 2023: θ = θ_with + λ·Σ_t (θ_t − θ_with) over the
+  entering model and the stages named in ``add`` (models fine-tuned from the same θ_with).
+
+With several α (or λ) values, each merged model is scored on a dev dataset with a registered
+metric and the best is kept (the first in list order on ties); every value's dev score and the
+choice go in the manifest. An adapter-carrying model is merged into its base first (LoRA's
+WiSE-FT is then the interpolation of the merged weights), so the output is a plain
+``save_pretrained`` folder.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import AliasChoices, Field, field_validator, model_validator
+
+from .addons import is_peft_model
+from .errors import DataError
+from .schema import StrictModel
+
+BASE = "base"  # ``with: base``: the run's starting model
+
+
+class MergeSelect(StrictModel):
+    """How the merge coefficient is chosen: the best mean score of ``metric`` over the ``data`` dev
+    sets (e.g. a target dev set and a retention dev set, to balance gain against forgetting)."""
+
+    data: list[str] = Field(min_length=1)
+    metric: str
+    max_new_tokens: int = Field(default=24, ge=1)   # generation metrics: answer length
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class MergeConfig(StrictModel):
+    method: Literal["linear", "task_arithmetic"] = "linear"
+    with_model: str = Field(default=BASE, validation_alias=AliasChoices("with", "with_model"))  # base or a stage
+    alpha: list[float] = Field(min_length=1)        # WiSE-FT's α (linear, in [0, 1]) or task arithmetic's λ
+    add: list[str] = Field(default_factory=list)    # task_arithmetic: more fine-tuned stages' task vectors
+    select: MergeSelect | None = None               # required when alpha lists several values
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _check(self) -> "MergeConfig":
+        if self.method == "linear" and any(not 0 <= a <= 1 for a in self.alpha):
+            raise ValueError(f"alpha: WiSE-FT interpolates, so every alpha must lie in [0, 1] (got {self.alpha})")
+        if self.method == "task_arithmetic" and any(a < 0 for a in self.alpha):
+            raise ValueError(f"alpha: task-vector scales must be >= 0 (got {self.alpha})")
+        if self.add and self.method != "task_arithmetic":
+            raise ValueError("add: only method task_arithmetic sums several task vectors")
+        if len(self.alpha) > 1 and self.select is None:
+            raise ValueError("select: several alpha values need a dev set to choose on ({data, metric})")
+        return self
+
+
+def plain_weights(model: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The model with any adapter merged in, and a copy of its weights."""
+    if is_peft_model(model):
+        model = model.merge_and_unload()
+    return model, {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def check_same_shapes(mine: dict[str, torch.Tensor], other: dict[str, torch.Tensor], what: str) -> None:
+    missing = sorted(set(mine) ^ set(other))
+    if missing:
+        raise DataError(f"merge: {what} has a different architecture (parameter {missing[0]!r} is in one model only)")
+    for name, tensor in mine.items():
+        if tensor.shape != other[name].shape:
+            raise DataError(f"merge: {what} has parameter {name!r} of shape {tuple(other[name].shape)}, "
+                            f"this model {tuple(tensor.shape)}")
+
+
+def merged_weights(config: MergeConfig, alpha: float, tuned: list[dict[str, torch.Tensor]],
+                   anchor: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """WiSE-FT (one tuned model) or task arithmetic (their task vectors summed); floating tensors
+    only (integer buffers are copied from the first tuned model)."""
+    out = {}
+    for name, first in tuned[0].items():
+        if not first.is_floating_point():
+            out[name] = first
+        elif config.method == "linear":
+            out[name] = (1 - alpha) * anchor[name] + alpha * first
+        else:
+            out[name] = anchor[name] + alpha * sum(weights[name] - anchor[name] for weights in tuned)
+    return out
+
+
+def merge_model(
+    model: torch.nn.Module, config: MergeConfig, load: Callable[[str], torch.nn.Module],
+    score: Callable[[torch.nn.Module], float] | None, log: Callable[[str], None],
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Merge ``model`` as ``config`` says; ``load(name)`` gives ``base`` or an earlier stage's
+    model, ``score(model)`` the dev score (higher is better) when several values compete."""
+    model, own = plain_weights(model)
+    anchor = plain_weights(load(config.with_model))[1]
+    check_same_shapes(own, anchor, f"with {config.with_model!r}")
+    tuned = [own]
+    for name in config.add:
+        extra = plain_weights(load(name))[1]
+        check_same_shapes(own, extra, f"add {name!r}")
+        tuned.append(extra)
+    dev_scores: dict[str, float] = {}
+    for alpha in config.alpha:
+        model.load_state_dict(merged_weights(config, alpha, tuned, anchor))
+        if score is not None and len(config.alpha) > 1:
+            dev_scores[f"{alpha:g}"] = score(model)
+            log(f"[merge] {config.method} alpha={alpha:g}: dev {dev_scores[f'{alpha:g}']:.4f}")
+    chosen = config.alpha[0] if not dev_scores else config.alpha[
+        max(range(len(config.alpha)), key=lambda i: (dev_scores[f"{config.alpha[i]:g}"], -i))]
+    model.load_state_dict(merged_weights(config, chosen, tuned, anchor))
+    log(f"[merge] {config.method} with {config.with_model!r}: alpha {chosen:g}")
+    return model, {"method": config.method, "with": config.with_model, "add": config.add, "alpha": chosen,
+                   "dev_scores": dev_scores}
