@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
 from .merging import BASE, MergeConfig
@@ -169,6 +169,29 @@ class StageConfig(StrictModel):
                 hint = difflib.get_close_matches(value, known, n=1)
                 maybe = f"did you mean {hint[0]!r}? " if hint else ""
                 raise ValueError(f"unknown optimizer ({maybe}expected a transformers optimizer name, e.g. adamw_torch, sgd, adafactor)")
+        return value
+
+    data_weights: dict[str, float] | None = None  # set by `data: {name: weight}` (a weighted mixture)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weighted_data(cls, values: Any) -> Any:
+        """``data: {a: 1.0, b: 0.3}`` is a mixture: the names, and their weights."""
+        if isinstance(values, dict) and isinstance(values.get("data"), dict):
+            values = {**values, "data": list(values["data"]), "data_weights": values["data"]}
+        return values
+
+    @field_validator("data_weights")
+    @classmethod
+    def _check_weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        negative = [name for name, weight in value.items() if weight < 0]
+        if negative:
+            raise ValueError(f"data: weight of {negative[0]!r} is negative ({value[negative[0]]}); weights are row proportions >= 0")
+        first = next(iter(value))
+        if value[first] <= 0:
+            raise ValueError(f"data: the first dataset ({first!r}) anchors each epoch, so its weight must be > 0")
         return value
 
     @field_validator("data", mode="before")
@@ -567,7 +590,11 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     if objective != "classification" and recipe.model.task != "causal_lm":
         return ("data",), f"{recipe.datasets[stage.data[0]].format} data needs model.task: causal_lm"
     formats = {recipe.datasets[name].format for name in stage.data}
-    takes_loss = TRAINERS.get(stage.trainer.kind).traits.takes_loss
+    trainer_traits = TRAINERS.get(stage.trainer.kind).traits
+    if stage.data_weights and not trainer_traits.samples_examples:
+        return ("data",), (f"trainer {stage.trainer.kind!r} builds its own batches from the rows, so data weights "
+                           "(a mixture) do not apply; list the datasets without weights")
+    takes_loss = trainer_traits.takes_loss
     if not takes_loss and stage.loss.kind != "ce":
         return ("loss",), f"trainer {stage.trainer.kind!r} defines its own objective; remove `loss: {stage.loss.kind}`"
     used = [((field,), registry, getattr(stage, field)) for field, registry in PLUGIN_FIELDS.items()

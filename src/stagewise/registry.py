@@ -89,6 +89,7 @@ class TransformTraits:
 @dataclass(frozen=True)
 class TrainerTraits:
     takes_loss: bool = True     # trains with the stage's `loss` (False: the trainer defines its own objective)
+    samples_examples: bool = True  # batches the engine's encoded examples (so a data mixture's sampler applies)
 
 
 @dataclass(frozen=True)

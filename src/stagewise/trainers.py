@@ -39,10 +39,11 @@ class TrainerInputs:
     callbacks: list[TrainerCallback]
     args_for: Callable[..., TrainingArguments]  # args_for(cls=TrainingArguments, **extra): the stage's arguments
     penalty: Penalty | None = None              # the stage's regularizer, added to every training loss
+    sampler: torch.utils.data.Sampler | None = None  # a weighted data mixture's per-epoch draw over ``examples``
 
     def stage_features(self) -> dict[str, Any]:
-        """Keyword arguments of a :func:`stage_trainer_class` trainer: the LR groups and the penalty."""
-        return {"split_groups": self.split_groups, "penalty": self.penalty}
+        """Keyword arguments of a :func:`stage_trainer_class` trainer: LR groups, penalty, sampler."""
+        return {"split_groups": self.split_groups, "penalty": self.penalty, "train_sampler": self.sampler}
 
 
 class TrainerFactory(Protocol):
@@ -51,15 +52,22 @@ class TrainerFactory(Protocol):
 
 class StageTrainerMixin:
     """Adds to any ``Trainer`` subclass: optimizer groups an LR rule may split (e.g. one per
-    layer), a regularizer's penalty on top of whatever loss the trainer computes, and
+    layer), a regularizer's penalty on top of whatever loss the trainer computes, a data
+    mixture's sampler, and
     checkpoints of an add-on-wrapped model that keep base *and* add-on (PEFT saves only the
     adapter, which would lose a base update made under a frozen prompt on resume)."""
 
     def __init__(self, *args: Any, split_groups: GroupSplitter | None = None, penalty: Penalty | None = None,
-                 **kwargs: Any) -> None:
+                 train_sampler: torch.utils.data.Sampler | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.split_groups = split_groups
         self.penalty = penalty
+        self.train_sampler = train_sampler
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self.train_sampler is not None and train_dataset in (None, self.train_dataset):
+            return self.train_sampler
+        return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model: torch.nn.Module, inputs: Any, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:

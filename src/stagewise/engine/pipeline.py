@@ -346,6 +346,7 @@ def record_trained(entry: dict[str, Any], result: StageResult, stage_dir: Path) 
         resumed_from=result.resumed_from,
         transforms=result.transforms,
         **({"merge": result.merge} if result.merge else {}),
+        **({"data_mixture": result.mixture} if result.mixture else {}),
     )
     entry["outputs"]["files"] = sorted(p.name for p in stage_dir.iterdir() if p.is_file())
     entry["outputs"]["sha256"] = folder_sha256(stage_dir) if is_main_process() else {}

@@ -30,6 +30,7 @@ from transformers import (
 from ..addons import is_addon_parameter, is_peft_model, model_to_save
 from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig, Recipe, StageConfig, stage_objective
 from ..data import ListDataset, LoadedDataset, encode_dataset
+from ..data.mixture import MixtureSampler, mixture_counts
 from ..errors import DataError, TrainingError
 from ..eval import evaluate_task
 from ..merging import merge_model
@@ -58,6 +59,7 @@ class StageResult:
     resumed_from: str | None = None
     transforms: list[dict[str, Any]] = field(default_factory=list)
     merge: dict[str, Any] | None = None   # the merge's chosen coefficient and the dev score of each
+    mixture: dict[str, Any] | None = None  # a weighted data mixture's realised rows per epoch
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,7 @@ def run_stage(
         resumed_from=Path(checkpoint).name if checkpoint else None,
         transforms=transform_reports,
         merge=merge,
+        mixture=data.mixture,
     )
 
 
@@ -308,6 +311,8 @@ class StageData:
     labels: list[str] | None
     dev: dict[str, ListDataset] | None  # scored each epoch to pick the best one (eval.select_best)
     encode: Callable[[str], list[dict[str, Any]]]  # any recipe dataset, encoded like this stage's data
+    sampler: MixtureSampler | None = None          # `data: {name: weight}`: each epoch's draw
+    mixture: dict[str, Any] | None = None          # per dataset: rows, weight, rows per epoch (manifest)
 
 
 def prepare_data(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset],
@@ -315,13 +320,23 @@ def prepare_data(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedD
     objective = stage_objective(recipe, stage)
     labels = class_labels(recipe, stage, datasets) if objective == "classification" else None
     rows = [row for name in stage.data for row in datasets[name].rows]
-    examples = encode_stage_data(recipe, stage, stage.data, datasets, tokenizer, labels)
 
     def encode(name: str) -> list[dict[str, Any]]:
         return encode_stage_data(recipe, stage, [name], datasets, tokenizer, labels)
 
+    parts = {name: encode(name) for name in stage.data}
+    examples = [example for part in parts.values() for example in part]
     dev = {name: ListDataset(encode(name)) for name in stage.eval.data} if stage.eval and stage.eval.select_best else None
-    return StageData(objective, rows, examples, labels, dev, encode)
+    data = StageData(objective, rows, examples, labels, dev, encode)
+    if stage.data_weights:
+        sizes = [len(parts[name]) for name in stage.data]
+        if not sizes[0]:
+            raise DataError(f"data: {stage.data[0]!r} anchors each epoch of the mixture but has no rows left")
+        counts = mixture_counts(sizes, [stage.data_weights[name] for name in stage.data])
+        data.sampler = MixtureSampler(sizes, counts, stage.seed)
+        data.mixture = {name: {"rows": size, "weight": stage.data_weights[name], "rows_per_epoch": count}
+                        for name, size, count in zip(stage.data, sizes, counts)}
+    return data
 
 
 def build_trainer(
@@ -339,7 +354,7 @@ def build_trainer(
     inputs = TrainerInputs(
         model=model, tokenizer=tokenizer, rows=data.rows, examples=data.examples, dev=data.dev,
         collator=collator, loss=loss, split_groups=lr_plan.split_groups,
-        callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks], penalty=penalty,
+        callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks], penalty=penalty, sampler=data.sampler,
         args_for=lambda cls=TrainingArguments, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
     return TRAINERS.impl(stage.trainer)(stage.trainer, inputs)
 

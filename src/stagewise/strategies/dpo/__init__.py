@@ -25,7 +25,7 @@ class DPOConfig(PluginConfig):
 
 
 @TRAINERS.register("dpo", DPOConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",)),
-                   traits=TrainerTraits(takes_loss=False))
+                   traits=TrainerTraits(takes_loss=False, samples_examples=False))
 def dpo_trainer(config: DPOConfig, inputs: TrainerInputs) -> Trainer:
     """Direct preference optimization on prompt/chosen/rejected rows (TRL DPOTrainer)."""
     from datasets import Dataset
