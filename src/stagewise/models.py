@@ -133,9 +133,11 @@ def restore_mlp_head(model: PreTrainedModel, folder: Path) -> None:
 
 
 def load_model_and_tokenizer(
-    cfg: ModelConfig, labels: list[str] | None = None
+    cfg: ModelConfig, labels: list[str] | None = None, seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Resolve ``cfg.model_name_or_path`` and build the model for ``cfg.task``."""
+    """Resolve ``cfg.model_name_or_path`` and build the model for ``cfg.task``. ``seed`` draws the
+    weights a checkpoint lacks (a new classification head), so a run's starting model is the same
+    in every process: torch's own start-up seed is random."""
     name = cfg.model_name_or_path
     dtype = getattr(torch, cfg.dtype)
     extra = _classification_kwargs(cfg.task, labels)
@@ -151,11 +153,12 @@ def load_model_and_tokenizer(
         from .bundled import BUNDLED, IDENTITY_POOLER, resolve_bundled, use_identity_pooler
 
         path = resolve_bundled(name) if name in BUNDLED else name
+        torch.manual_seed(seed)
         model, tokenizer = load_pretrained(path, cfg, extra)
         if name in IDENTITY_POOLER and cfg.task == "sequence_classification":
             use_identity_pooler(model)
     if cfg.task == "sequence_classification" and cfg.head_layers == 2:
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         install_mlp_head(model)
     return model.to(local_device()), tokenizer
 

@@ -56,9 +56,17 @@ def stage_inputs(stage: StageConfig) -> list[str]:
     return list(dict.fromkeys(stage.data + (stage.eval.data if stage.eval else []) + named))
 
 
+def head_seed(recipe: Recipe) -> int:
+    """The seed of weights the starting checkpoint lacks (a classification head): the run's first
+    stage seed, so a study's seeds vary the head as they vary training."""
+    return recipe.stages[0].seed
+
+
 def seed_model_key(recipe: Recipe) -> str:
-    """Identity of the run's starting model: its recipe entry and, for a local folder, its weights."""
-    return config_hash(recipe_to_dict(recipe)["model"], model_fingerprint(recipe.model.model_name_or_path))
+    """Identity of the run's starting model: its recipe entry, for a local folder its weights, and
+    for a classifier the seed of its new head."""
+    head = [head_seed(recipe)] if recipe.model.task == "sequence_classification" else []
+    return config_hash(recipe_to_dict(recipe)["model"], model_fingerprint(recipe.model.model_name_or_path), *head)
 
 
 def stage_hashes(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> list[str]:
@@ -169,7 +177,7 @@ def _run_locked(
     finish_reused_stages(recipe, manifest, evaluator, start)
 
     def load_seed() -> tuple[Any, Any]:
-        return load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets))
+        return load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets), seed=head_seed(recipe))
 
     base_scores = evaluator.cached_base()
     model = tokenizer = None
