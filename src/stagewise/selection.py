@@ -54,10 +54,13 @@ def apply_selector(model: torch.nn.Module, config: PluginConfig, context: Select
 
 @dataclass(frozen=True)
 class SelectionContext:
-    """What a selector may depend on besides the model: the stage's seed and position."""
+    """What a selector may depend on besides the model: the stage's seed and position, and the
+    encoded examples of any recipe dataset (a data-aware initialisation such as CorDA's)."""
 
     seed: int = 42
     stage_index: int = 0
+    examples_of: Callable[[str], list[dict[str, Any]]] | None = None
+    collator: Any = None
 
 
 def transformer_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:

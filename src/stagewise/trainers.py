@@ -101,18 +101,20 @@ class StageTrainerMixin:
     def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
         if not is_peft_model(self.model):
             return super()._save(output_dir, state_dict)
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         folder = Path(output_dir or self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        save_model(self.model, str(folder / WRAPPED_WEIGHTS))
+        # cloned: some adapters keep parameters as views of one storage (OSF's SVD factors)
+        save_file({k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()},
+                  str(folder / WRAPPED_WEIGHTS))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         wrapped = Path(resume_from_checkpoint) / WRAPPED_WEIGHTS
         if is_peft_model(self.model) and wrapped.is_file():
-            from safetensors.torch import load_model
+            from safetensors.torch import load_file
 
-            load_model(self.model, str(wrapped))
+            self.model.load_state_dict(load_file(str(wrapped)))
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 

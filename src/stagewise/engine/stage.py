@@ -248,7 +248,8 @@ def run_stage(
     stage = recipe.stages[index]
     datasets, transform_reports = transform_stage_data(model, tokenizer, recipe, stage, datasets, stage_dir, identity, log)
     data = prepare_data(recipe, stage, datasets, tokenizer)
-    model, selector_callbacks = apply_selector(model, stage.trainable, SelectionContext(seed=stage.seed, stage_index=index))
+    model, selector_callbacks = apply_selector(model, stage.trainable, SelectionContext(
+        seed=stage.seed, stage_index=index, examples_of=data.encode, collator=data.collator))
     trainable, total = count_parameters(model)
     trainer = build_trainer(model, tokenizer, recipe, stage, stage_dir, data, selector_callbacks,
                             [CheckpointSeal(), FiniteLossGuard(), *(callbacks or [])], identity, log)
@@ -311,6 +312,7 @@ class StageData:
     labels: list[str] | None
     dev: dict[str, ListDataset] | None  # scored each epoch to pick the best one (eval.select_best)
     encode: Callable[[str], list[dict[str, Any]]]  # any recipe dataset, encoded like this stage's data
+    collator: Any                                  # batches of those examples (training and data-aware setup)
     sampler: MixtureSampler | None = None          # `data: {name: weight}`: each epoch's draw
     mixture: dict[str, Any] | None = None          # per dataset: rows, weight, rows per epoch (manifest)
 
@@ -327,7 +329,8 @@ def prepare_data(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedD
     parts = {name: encode(name) for name in stage.data}
     examples = [example for part in parts.values() for example in part]
     dev = {name: ListDataset(encode(name)) for name in stage.eval.data} if stage.eval and stage.eval.select_best else None
-    data = StageData(objective, rows, examples, labels, dev, encode)
+    collator = train_collator(objective, tokenizer, recipe.performance.padding_free)
+    data = StageData(objective, rows, examples, labels, dev, encode, collator)
     if stage.data_weights:
         sizes = [len(parts[name]) for name in stage.data]
         if not sizes[0]:
@@ -347,13 +350,12 @@ def build_trainer(
     """The stage's loss, regularizer and LR plan, handed with the data to the stage's trainer entry."""
     class_counts = [sum(ex["labels"] == i for ex in data.examples) for i in range(len(data.labels))] if data.labels else []
     loss = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=data.objective, class_counts=class_counts))
-    collator = train_collator(data.objective, tokenizer, recipe.performance.padding_free)
     penalty = REGULARIZERS.impl(stage.regularizer)(stage.regularizer, model, RegularizerContext(
-        examples_of=data.encode, collator=collator, model_key=identity.key, stage_dir=stage_dir, log=log))
+        examples_of=data.encode, collator=data.collator, model_key=identity.key, stage_dir=stage_dir, log=log))
     lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr))
     inputs = TrainerInputs(
         model=model, tokenizer=tokenizer, rows=data.rows, examples=data.examples, dev=data.dev,
-        collator=collator, loss=loss, split_groups=lr_plan.split_groups,
+        collator=data.collator, loss=loss, split_groups=lr_plan.split_groups,
         callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks], penalty=penalty, sampler=data.sampler,
         args_for=lambda cls=TrainingArguments, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
     return TRAINERS.impl(stage.trainer)(stage.trainer, inputs)

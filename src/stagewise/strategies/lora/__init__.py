@@ -4,16 +4,26 @@ The selector attaches the adapter (or reuses the one carried from an earlier sta
 folder then holds the base model (``save_pretrained``) and the adapter under ``adapter/``, so
 ``PeftModel.from_pretrained(AutoModel...(stage), stage/"adapter")`` restores it with plain
 transformers + peft; ``merge_on_save`` saves (and hands on) the merged weights instead.
+
+PEFT's forgetting-aware variants are options of the same selector:
+- ``use_dora``: DoRA (Liu et al., ICML 2024), a magnitude vector and a LoRA-updated direction;
+- ``init: pissa`` (Meng et al. 2024: the adapter starts as the principal singular directions,
+  the base keeps the residual), ``init: olora`` (Büyükakyüz 2024: QR-orthonormal start), and
+  ``init: corda`` (Yang et al. 2024, CorDA): the weights are decomposed by the covariance of
+  ``corda_data``'s activations; ``corda_method: kpm`` (knowledge-preserved) adapts the
+  directions that dataset uses *least*, so what it exercises (e.g. general QA) is kept.
+PiSSA/OLoRA/CorDA rewrite the base weights to the residual; the saved base folder holds that
+residual, so base + adapter reload to the trained model.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ...addons import is_peft_model, peft_task_type
-from ...errors import RecipeError
+from ...errors import DataError, RecipeError
 from ...registry import ADDONS, SELECTORS, PluginConfig, SelectorTraits
 from ...selection import Selection, SelectionContext, set_trainable
 
@@ -26,6 +36,18 @@ class LoraSelectorConfig(PluginConfig):
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
     lora_target: list[str] | Literal["all"] = "all"         # module names, or every linear layer
     merge_on_save: bool = False                             # save (and carry on) merged weights instead of an adapter
+    use_dora: bool = False                                  # DoRA: weight-decomposed low-rank adaptation
+    init: Literal["default", "gaussian", "pissa", "olora", "corda"] = "default"  # PEFT's init_lora_weights
+    corda_data: str | None = None                           # init corda: the dataset whose activations to keep
+    corda_method: Literal["kpm", "ipm"] = "kpm"             # CorDA: knowledge-preserved (kpm) or instruction-previewed
+    corda_samples: int = Field(default=64, ge=1)            # CorDA: examples of corda_data read for the covariance
+    dataset_fields: ClassVar[tuple[str, ...]] = ("corda_data",)
+
+    @model_validator(mode="after")
+    def _corda_needs_data(self) -> "LoraSelectorConfig":
+        if (self.init == "corda") != (self.corda_data is not None):
+            raise ValueError("init: corda and corda_data go together (CorDA decomposes weights by that data's activations)")
+        return self
 
 
 def _carries_lora(model: torch.nn.Module) -> bool:
@@ -43,17 +65,53 @@ def select_lora(model: torch.nn.Module, config: LoraSelectorConfig, context: Sel
         wrapped = model
     else:
         target = "all-linear" if config.lora_target == "all" else config.lora_target
+        init: Any = {"default": True, "gaussian": "gaussian"}.get(config.init, config.init)
         peft_config = LoraConfig(
             r=config.lora_rank, lora_alpha=config.lora_alpha or 2 * config.lora_rank,
             lora_dropout=config.lora_dropout, target_modules=target, task_type=peft_task_type(model),
+            use_dora=config.use_dora, init_lora_weights=init, **corda_settings(config),
         )
         torch.manual_seed(context.seed)
         try:
+            if config.init == "corda":
+                prepare_corda(model, peft_config, config, context)
             wrapped = get_peft_model(model, peft_config)
         except ValueError as err:
             raise RecipeError(f"trainable.lora_target: {str(err).splitlines()[0]}") from None
+        # the init (PiSSA/OLoRA/CorDA) is applied: the base now holds the residual, and a reload of
+        # base + adapter must not apply it again
+        wrapped.peft_config["default"].init_lora_weights = True
+        wrapped.peft_config["default"].corda_config = None
     set_trainable(wrapped, [p for n, p in wrapped.named_parameters() if MARKER in n])
     return Selection(model=wrapped)
+
+
+def corda_settings(config: LoraSelectorConfig) -> dict[str, Any]:
+    if config.init != "corda":
+        return {}
+    from peft.tuners.lora.config import CordaConfig
+
+    return {"corda_config": CordaConfig(corda_method=config.corda_method)}
+
+
+@torch.no_grad()
+def prepare_corda(model: torch.nn.Module, peft_config: Any, config: LoraSelectorConfig,
+                  context: SelectionContext) -> None:
+    """CorDA's covariance pass: the model reads ``corda_samples`` examples of ``corda_data``, one
+    at a time (PEFT's hooks take one unpadded sequence per call)."""
+    from peft.tuners.lora.corda import preprocess_corda
+
+    assert context.examples_of is not None and config.corda_data is not None
+    examples = context.examples_of(config.corda_data)
+    if not examples or "input_ids" not in examples[0]:
+        raise DataError(f"trainable.corda_data: dataset {config.corda_data!r} gives no tokenized examples")
+    device = next(model.parameters()).device
+
+    def run_model() -> None:
+        for example in examples[:config.corda_samples]:
+            model(input_ids=torch.tensor([example["input_ids"]], device=device))
+
+    preprocess_corda(model, peft_config, run_model=run_model)
 
 
 class LoraAddOn:
