@@ -99,6 +99,8 @@ class EvalTaskConfig(StrictModel):
     num_fewshot: int | None = Field(default=None, ge=0)  # lm_eval: None = each task's default
     limit: int | None = Field(default=None, ge=1)        # lm_eval: first N documents per task
     include_path: str | None = None           # lm_eval: a folder of the user's own task YAMLs
+    stage: str | None = None                  # continual sequences: the stage that learns this probe's task
+                                              # (the report's accuracy matrix, average accuracy, BWT, FWT)
 
     @field_validator("pattern")
     @classmethod
@@ -529,6 +531,13 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                 problem = probe_problem(recipe, task)
                 if problem:
                     fail(("evaluation", group, index, problem[0]), problem[1])
+                if task.stage is not None and task.stage not in seen:
+                    fail(("evaluation", group, index, "stage"), f"{task.stage!r} is not a stage of this recipe")
+                if task.stage is not None and not METRICS.get(task.metric).traits.higher_is_better:
+                    fail(("evaluation", group, index, "stage"), f"a task probe needs an accuracy-like metric, "
+                                                               f"not {task.metric!r} (lower is better)")
+                if task.stage is not None and not recipe.evaluation.after_each_stage:
+                    fail(("evaluation", "after_each_stage"), "task probes (stage:) need a score after every stage")
     for name, dataset in recipe.datasets.items():
         sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None]
         if sum(sources) != 1:

@@ -60,6 +60,7 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
         "base_retention_score": base_scores.get("retention_score"),
         "stages": stages,
         "final": stages[-1] if stages else None,
+        "continual": continual_section(manifest),
     }
 
 
@@ -85,6 +86,17 @@ def report_markdown(report: dict[str, Any]) -> str:
                    if row.get("truncated")]
         if clipped:
             lines += ["", f"Prompts clipped to evaluation.max_length (kept their last tokens): {', '.join(clipped)}"]
+        lines.append("")
+    continual = report.get("continual")
+    if continual:
+        lines += ["## task sequence", "", "R[i][j]: task j's score after the stage that learns task i "
+                  f"(average accuracy **{fmt(continual.get('average_accuracy'))}**, "
+                  f"BWT **{fmt(continual.get('bwt'), signed=True)}**, FWT **{fmt(continual.get('fwt'), signed=True)}**)", "",
+                  "| after \\ task | " + " | ".join(continual["tasks"]) + " |",
+                  "|---" * (len(continual["tasks"]) + 1) + "|",
+                  "| base | " + " | ".join(fmt(v) for v in continual["base"]) + " |"]
+        lines += [f"| {stage} | " + " | ".join(fmt(v) for v in row) + " |"
+                  for stage, row in zip(continual["stages"], continual["matrix"])]
         lines.append("")
     return "\n".join(lines)
 
@@ -124,3 +136,36 @@ def print_run_summary(manifest: dict[str, Any], console: Console | None = None) 
     console.print(f"target gain {fmt(final['target_gain'], signed=True)} | "
                   f"retention delta {fmt(final['retention_delta'], signed=True)} | "
                   f"retention perplexity change {fmt(final['retention_perplexity_change'], '.1%', signed=True)}")
+
+
+def continual_metrics(accuracy: list[list[float]], base: list[float]) -> dict[str, float | None]:
+    """GEM's summary of a task sequence (Lopez-Paz & Ranzato, NeurIPS 2017, eqs. 2-4) from the
+    accuracy matrix R (R[i][j]: task j's score after learning task i) and the base scores b:
+    average accuracy = mean_j R[T-1][j]; backward transfer BWT = mean_{j<T-1} (R[T-1][j] - R[j][j])
+    (negative = forgetting); forward transfer FWT = mean_{j>0} (R[j-1][j] - b[j])."""
+    tasks = len(accuracy)
+    last = accuracy[-1]
+    return {
+        "average_accuracy": sum(last) / tasks,
+        "bwt": sum(last[j] - accuracy[j][j] for j in range(tasks - 1)) / (tasks - 1) if tasks > 1 else None,
+        "fwt": sum(accuracy[j - 1][j] - base[j] for j in range(1, tasks)) / (tasks - 1) if tasks > 1 else None,
+    }
+
+
+def continual_section(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The accuracy matrix over the recipe's task probes (probes with ``stage:``), rows in the
+    order of the stages that learn them."""
+    evaluation = (manifest.get("recipe") or {}).get("evaluation") or {}
+    probes = [(group, task) for group in GROUPS for task in evaluation.get(group, []) if task.get("stage")]
+    stage_names = [stage["name"] for stage in manifest["recipe"]["stages"]]
+    probes.sort(key=lambda item: stage_names.index(item[1]["stage"]))
+    entries = {entry["name"]: entry for entry in manifest["stages"] if entry.get("evaluation")}
+    if not probes or any(task["stage"] not in entries for _, task in probes):
+        return None
+    base = manifest.get("base_evaluation") or {}
+    matrix = [[entries[row_task["stage"]]["evaluation"][group][task["name"]]["score"] for group, task in probes]
+              for _, row_task in probes]
+    base_row = [base.get(group, {}).get(task["name"], {}).get("score") for group, task in probes]
+    summary = continual_metrics(matrix, base_row) if None not in base_row else {}
+    return {"tasks": [task["name"] for _, task in probes], "stages": [task["stage"] for _, task in probes],
+            "matrix": matrix, "base": base_row, **summary}
