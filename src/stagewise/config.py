@@ -506,7 +506,7 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
             fail(("stages", index, "name"), f"duplicate stage name {stage.name!r}")
         seen.add(stage.name)
         named = [(("data",), stage.data)] + ([(("eval",), stage.eval.data)] if stage.eval else [])
-        named += [((field, key), [getattr(config, key)]) for field, config in plugin_configs(stage)
+        named += [((*field, key), [getattr(config, key)]) for field, config in plugin_configs(stage)
                   for key in config.dataset_fields if getattr(config, key) is not None]
         for field, names in named:
             for name in names:
@@ -544,9 +544,9 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
             fail(("datasets", name), "expected exactly one of 'path', 'rows' or 'builtin'")
 
 
-def plugin_configs(stage: StageConfig) -> list[tuple[Any, PluginConfig]]:
-    """(key, config) of every registered entry a stage uses."""
-    return ([(field, getattr(stage, field)) for field in PLUGIN_FIELDS]
+def plugin_configs(stage: StageConfig) -> list[tuple[tuple[Any, ...], PluginConfig]]:
+    """(key path in the stage, config) of every registered entry a stage uses."""
+    return ([((field,), getattr(stage, field)) for field in PLUGIN_FIELDS]
             + [(("transforms", i), t) for i, t in enumerate(stage.transforms)])
 
 

@@ -32,6 +32,7 @@ class TransformContext:
     log: Callable[[str], None]
     load_seed_model: Callable[[], tuple[Any, Any]]  # the run's starting model (for "before" categories)
     seed_model_key: str
+    rows_of: Callable[[str], list[dict[str, Any]]]  # any recipe dataset's rows (e.g. prompts to answer)
 
 
 class Transform(Protocol):

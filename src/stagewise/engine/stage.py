@@ -87,7 +87,8 @@ def transform_stage_data(
         log(f"[transform] {transform.kind} on {name!r} ({len(part)} rows)")
         context = TransformContext(model=model, tokenizer=tokenizer, dataset_name=name, dataset=dataset,
                                    model_key=identity.key, seed=stage.seed, stage_dir=stage_dir, log=log,
-                                   load_seed_model=identity.load_seed, seed_model_key=identity.seed_key)
+                                   load_seed_model=identity.load_seed, seed_model_key=identity.seed_key,
+                                   rows_of=lambda other: datasets[other].rows)
         out, report = TRANSFORMS.impl(transform)(part, transform, context)
         reports.append({"kind": transform.kind, "data": name, **report})
         return out
