@@ -80,7 +80,7 @@ def test_a_lora_stage_is_merged_into_plain_weights(tmp_path):
     ({"with": "base", "alpha": [0.2, 0.8]}, "select: several alpha values need a dev set"),
     ({"with": "base", "alpha": [0.2, 0.8], "select": {"data": "dev", "metric": "accuracy"}},
      "stages.1.merge.select.metric: metric 'accuracy' takes data of format classification"),
-    ({"with": "base", "alpha": 0.5, "add": ["sft"]}, "add: only method task_arithmetic"),
+    ({"with": "base", "alpha": 0.5, "add": ["sft"]}, "add: WiSE-FT (linear) interpolates two models"),
 ])
 def test_bad_merge_is_one_line(tmp_path, merge, message):
     stages = [SFT, {"name": "wise", "data": "sft", "trainable": "none", "merge": merge}, {"name": "later", "data": "sft"}]
@@ -94,3 +94,24 @@ def test_models_of_different_shapes_do_not_merge():
         check_same_shapes({"w": torch.zeros(2)}, {"w": torch.zeros(3)}, "with 'base'")
     with pytest.raises(DataError, match="different architecture"):
         check_same_shapes({"w": torch.zeros(2)}, {"v": torch.zeros(2)}, "with 'base'")
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear"])
+def test_mergekit_methods_keep_a_density_share_of_the_task_vector(tmp_path, method):
+    from stagewise.config import ModelConfig
+    from stagewise.models import load_model_and_tokenizer
+
+    merge = {"method": method, "with": "base", "alpha": 1.0, "density": 0.5}
+    stages = [SFT, {"name": "merged", "data": "sft", "trainable": "none", "merge": merge}]
+    result = run(make_recipe(tmp_path, stages, datasets=DATASETS))
+    assert result.manifest["stages"][1]["merge"]["method"] == method
+    base = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))[0].state_dict()
+    tuned, merged = saved(tmp_path / "run/0-sft"), saved(tmp_path / "run/1-merged")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    task, kept = tuned[name] - base[name], merged[name] - base[name]
+    share = float((kept != 0).float().mean())
+    assert 0.35 < share < 0.65  # about half of the task vector's entries survive
+    if method == "ties":  # TIES keeps the largest entries as they were (one model: no sign conflict)
+        survivors = kept != 0
+        assert torch.allclose(kept[survivors], task[survivors], atol=1e-6)
+        assert task[survivors].abs().min() >= task[~survivors].abs().max() - 1e-7

@@ -5,6 +5,11 @@ nothing and only merges).
   the model entering the merge (fine-tuned) and θ_with the base model or an earlier stage.
 - ``task_arithmetic`` — Ilharco et al., ICLR 2023: θ = θ_with + λ·Σ_t (θ_t − θ_with) over the
   entering model and the stages named in ``add`` (models fine-tuned from the same θ_with).
+- ``ties`` (Yadav et al., NeurIPS 2023: trim each task vector to its ``density`` largest entries,
+  elect a sign, average the agreeing ones), ``dare_ties`` / ``dare_linear`` (Yu et al., ICML 2024:
+  drop entries at random, rescale the rest by 1/density) — through mergekit (``pip install
+  'stagewise[merge]'``), with ``alpha`` as each task vector's weight. DARE's draw is seeded by
+  the stage seed.
 
 With several α (or λ) values, each merged model is scored on a dev dataset with a registered
 metric and the best is kept (the first in list order on ties); every value's dev score and the
@@ -24,6 +29,7 @@ from .errors import DataError
 from .schema import StrictModel
 
 BASE = "base"  # ``with: base``: the run's starting model
+MERGEKIT_METHODS = ("ties", "dare_ties", "dare_linear")
 
 
 class MergeSelect(StrictModel):
@@ -41,7 +47,8 @@ class MergeSelect(StrictModel):
 
 
 class MergeConfig(StrictModel):
-    method: Literal["linear", "task_arithmetic"] = "linear"
+    method: Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"] = "linear"
+    density: float = Field(default=0.5, gt=0, le=1)  # ties/dare: the share of each task vector's entries kept
     with_model: str = Field(default=BASE, validation_alias=AliasChoices("with", "with_model"))  # base or a stage
     alpha: list[float] = Field(min_length=1)        # WiSE-FT's α (linear, in [0, 1]) or task arithmetic's λ
     add: list[str] = Field(default_factory=list)    # task_arithmetic: more fine-tuned stages' task vectors
@@ -56,10 +63,16 @@ class MergeConfig(StrictModel):
     def _check(self) -> "MergeConfig":
         if self.method == "linear" and any(not 0 <= a <= 1 for a in self.alpha):
             raise ValueError(f"alpha: WiSE-FT interpolates, so every alpha must lie in [0, 1] (got {self.alpha})")
-        if self.method == "task_arithmetic" and any(a < 0 for a in self.alpha):
+        if self.method != "linear" and any(a < 0 for a in self.alpha):
             raise ValueError(f"alpha: task-vector scales must be >= 0 (got {self.alpha})")
-        if self.add and self.method != "task_arithmetic":
-            raise ValueError("add: only method task_arithmetic sums several task vectors")
+        if self.add and self.method == "linear":
+            raise ValueError("add: WiSE-FT (linear) interpolates two models; several task vectors need "
+                             "task_arithmetic, ties or dare")
+        if self.method in MERGEKIT_METHODS:
+            import importlib.util
+
+            if importlib.util.find_spec("mergekit") is None:
+                raise ValueError(f"method {self.method!r} runs through mergekit: pip install 'stagewise[merge]'")
         if len(self.alpha) > 1 and self.select is None:
             raise ValueError("select: several alpha values need a dev set to choose on ({data, metric})")
         return self
@@ -97,9 +110,45 @@ def merged_weights(config: MergeConfig, alpha: float, tuned: list[dict[str, torc
     return out
 
 
+def mergekit_weights(config: MergeConfig, alpha: float, model: torch.nn.Module, tuned: list[dict[str, torch.Tensor]],
+                     anchor: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """TIES / DARE through mergekit: the models are written to a scratch folder (mergekit merges
+    checkpoints on disk) and the merged weights read back."""
+    import tempfile
+    from pathlib import Path
+
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+    from safetensors.torch import load_file
+
+    with tempfile.TemporaryDirectory(prefix="stagewise-merge-") as scratch:
+        folders = []
+        for index, weights in enumerate([anchor, *tuned]):
+            folder = Path(scratch) / f"model-{index}"
+            model.save_pretrained(folder, state_dict=dict(weights))  # save_pretrained empties the dict it is given
+            folders.append(str(folder))
+        merge = MergeConfiguration.model_validate({
+            "merge_method": config.method, "base_model": folders[0], "dtype": "float32",
+            "models": [{"model": folder, "parameters": {"weight": alpha, "density": config.density}}
+                       for folder in folders[1:]],
+        })
+        torch.manual_seed(seed)
+        run_merge(merge, str(Path(scratch) / "out"), options=MergeOptions(copy_tokenizer=False, quiet=True))
+        merged: dict[str, torch.Tensor] = {}
+        for file in sorted((Path(scratch) / "out").glob("*.safetensors")):
+            merged.update(load_file(str(file)))
+    # tied weights (an LM head sharing the embedding) are one tensor on disk: take the merged copy
+    storage = {name: tensor.data_ptr() for name, tensor in model.state_dict().items()}
+    by_storage = {storage[name]: tensor for name, tensor in merged.items() if name in storage}
+    missing = [name for name in tuned[0] if name not in merged and storage.get(name) not in by_storage]
+    if missing:
+        raise DataError(f"merge: mergekit returned no weights for {missing[0]!r}")
+    return {name: merged[name] if name in merged else by_storage[storage[name]] for name in tuned[0]}
+
+
 def merge_model(
     model: torch.nn.Module, config: MergeConfig, load: Callable[[str], torch.nn.Module],
-    score: Callable[[torch.nn.Module], float] | None, log: Callable[[str], None],
+    score: Callable[[torch.nn.Module], float] | None, log: Callable[[str], None], seed: int = 0,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Merge ``model`` as ``config`` says; ``load(name)`` gives ``base`` or an earlier stage's
     model, ``score(model)`` the dev score (higher is better) when several values compete."""
@@ -111,15 +160,20 @@ def merge_model(
         extra = plain_weights(load(name))[1]
         check_same_shapes(own, extra, f"add {name!r}")
         tuned.append(extra)
+    def weights(alpha: float) -> dict[str, torch.Tensor]:
+        if config.method in MERGEKIT_METHODS:
+            return mergekit_weights(config, alpha, model, tuned, anchor, seed)
+        return merged_weights(config, alpha, tuned, anchor)
+
     dev_scores: dict[str, float] = {}
     for alpha in config.alpha:
-        model.load_state_dict(merged_weights(config, alpha, tuned, anchor))
+        model.load_state_dict(weights(alpha))
         if score is not None and len(config.alpha) > 1:
             dev_scores[f"{alpha:g}"] = score(model)
             log(f"[merge] {config.method} alpha={alpha:g}: dev {dev_scores[f'{alpha:g}']:.4f}")
     chosen = config.alpha[0] if not dev_scores else config.alpha[
         max(range(len(config.alpha)), key=lambda i: (dev_scores[f"{config.alpha[i]:g}"], -i))]
-    model.load_state_dict(merged_weights(config, chosen, tuned, anchor))
+    model.load_state_dict(weights(chosen))
     log(f"[merge] {config.method} with {config.with_model!r}: alpha {chosen:g}")
     return model, {"method": config.method, "with": config.with_model, "add": config.add, "alpha": chosen,
                    "dev_scores": dev_scores}

@@ -264,7 +264,8 @@ def run_stage(
     metrics.update(throughput(recipe, model, data.examples, tokens, wall))
     merge = None
     if stage.merge:
-        model, merge = merge_model(model, stage.merge, identity.load_named, dev_scorer(recipe, stage, datasets, tokenizer), log)
+        model, merge = merge_model(model, stage.merge, identity.load_named, dev_scorer(recipe, stage, datasets, tokenizer),
+                                   log, seed=stage.seed)
     if stage.eval:
         metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, data.labels))
     model = save_stage(trainer, model_to_save(model, stage.trainable), tokenizer, stage_dir, metrics)
