@@ -325,6 +325,52 @@ for kind, options in (("tempbalance", {"lr_map": "cubic"}), ("tempbalance", {"mi
 for kind, options in (("ldam", {"max_m": ".inf"}), ("focal", {"gamma": True}), ("crossentropy", {})):
     parsed = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in options.items()}
     CASES.append((f"loss-{kind}-{list(options.items())}", stage(loss={"kind": kind, **parsed}), "stages.0.loss"))
+
+
+def second_dataset(rows_: list[dict[str, Any]] | None = None, **stage_changes: Any) -> Callable[[Sandbox], None]:
+    """A second text dataset ``g`` (``rows_``, may be empty) and changes to the stage."""
+    def edit(box: Sandbox) -> None:
+        box.recipe["datasets"]["g"] = {"format": "text", "rows": ROWS if rows_ is None else rows_}
+        box.recipe["stages"][0].update(stage_changes)
+    return edit
+
+
+def later_stage(**first: Any) -> Callable[[Sandbox], None]:
+    """A second stage; ``first`` changes the first one (the bad merge is on stage 0)."""
+    def edit(box: Sandbox) -> None:
+        box.recipe["stages"][0].update(first)
+        box.recipe["stages"].append({"name": "later", "data": "d", "max_steps": 1})
+    return edit
+
+
+CASES += [  # baselines: mixtures, merges, regularizers, PEFT variants
+    ("mix-negative-weight", second_dataset(data={"d": 1.0, "g": -0.5}), "weight of 'g' is negative"),
+    ("mix-all-zero", second_dataset(data={"d": 0.0, "g": 0.0}), "its weight must be > 0"),
+    ("mix-unknown-dataset", second_dataset(data={"d": 1.0, "nope": 0.5}), "unknown dataset 'nope'"),
+    ("merge-alpha-above-one", stage(trainable="none", merge={"with": "base", "alpha": 1.5}), "must lie in [0, 1]"),
+    ("merge-alpha-negative-list", stage(trainable="none", merge={"with": "base", "alpha": [0.5, -0.1]}),
+     "must lie in [0, 1]"),
+    ("merge-with-later-stage", later_stage(trainable="none", merge={"with": "later", "alpha": 0.5}),
+     "stages.0.merge.with: 'later' is neither 'base' nor an earlier stage"),
+    ("merge-with-unknown", stage(trainable="none", merge={"with": "nope", "alpha": 0.5}), "'nope' is neither"),
+    ("merge-select-unknown-data", stage(trainable="none", merge={"with": "base", "alpha": [0.2, 0.8],
+                                                                 "select": {"data": "x", "metric": "perplexity"}}),
+     "stages.0.merge.select.data: unknown dataset 'x'"),
+    ("merge-density-zero", stage(trainable="none", merge={"method": "ties", "with": "base", "alpha": 1, "density": 0}),
+     "stages.0.merge.density"),
+    ("ewc-empty-fisher-data", second_dataset([], regularizer={"kind": "ewc", "data": "g"}), "dataset 'g' is empty"),
+    ("ewc-unknown-data", stage(regularizer={"kind": "ewc", "data": "nope"}), "stages.0.regularizer.data: unknown dataset"),
+    ("ewc-negative-weight", second_dataset(regularizer={"kind": "ewc", "data": "g", "weight": -1}),
+     "stages.0.regularizer.weight"),
+    ("l2sp-nan-weight", stage(regularizer={"kind": "l2sp", "weight": float("nan")}), "stages.0.regularizer.weight"),
+    ("dora-missing-module", stage(trainable={"kind": "lora", "use_dora": True, "lora_target": ["nope_proj"]}),
+     "trainable.lora_target"),
+    ("osf-missing-module", stage(trainable={"kind": "osf", "target": ["nope_proj"]}), "trainable.target"),
+    ("corda-without-data", stage(trainable={"kind": "lora", "init": "corda"}), "init: corda and corda_data go together"),
+    ("lora-unknown-init", stage(trainable={"kind": "lora", "init": "fancy"}), "stages.0.trainable.init"),
+    ("self-replay-unknown-prompts", stage(transforms=[{"kind": "self_replay", "prompts": "nope"}]),
+     "stages.0.transforms.0"),
+]
 for override, expected in (("stages.9.lr=1", "stages.9 is not a valid index"), ("=1", "empty key part"),
                            ("stages.0.lr", "expected key=value"), ("stages.0.lr=true", "stages.0.lr"),
                            ("stages.0.epochz=1", "did you mean 'epochs'")):

@@ -50,7 +50,7 @@ def stage_dir_name(index: int, name: str) -> str:
 
 def stage_inputs(stage: StageConfig) -> list[str]:
     """The datasets a stage reads: its training data, its held-out data, and any its entries name
-    (e.g. EWC's Fisher data)."""
+    (e.g. the data a regularizer estimates its weights on)."""
     named = [name for _, config in plugin_configs(stage) for name in config.datasets_named()]
     named += stage.merge.select.data if stage.merge and stage.merge.select else []
     return list(dict.fromkeys(stage.data + (stage.eval.data if stage.eval else []) + named))
