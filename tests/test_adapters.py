@@ -143,3 +143,17 @@ def test_dpo_needs_preference_data(tmp_path):
         make_recipe(tmp_path, [{"name": "s", "data": "pref"}], datasets=preference)
     with pytest.raises(RecipeError, match="stages.0.loss: trainer 'dpo' defines its own objective"):
         make_recipe(tmp_path, [{"name": "s", "data": "pref", "trainer": "dpo", "loss": "ldam"}], datasets=preference)
+
+
+@pytest.mark.parametrize("trainer", [{"kind": "orpo"}, {"kind": "cpo"}, {"kind": "simpo", "beta": 2.0}],
+                         ids=["orpo", "cpo", "simpo"])
+def test_reference_free_preference_trainers_move_the_margin(tmp_path, trainer):
+    margins = Margins()
+    recipe = make_recipe(
+        tmp_path, [{"name": "pref", "data": "pref", "trainer": trainer, "lr": 5e-3, "max_steps": 8, "batch_size": 4,
+                    "logging_steps": 1}],
+        datasets={"pref": {"format": "preference", "rows": PREFERENCES}})
+    result = run(recipe, [margins])
+    assert len(margins.margins) == 8
+    assert margins.margins[-1] > margins.margins[0] + 0.05  # chosen pulled above rejected
+    assert result.manifest["stages"][0]["metrics"]["last_rewards/margins"] == margins.margins[-1]

@@ -2,5 +2,5 @@
 
 Adding a strategy = a folder here, imported below, plus a recipe YAML (README: "Adding a strategy").
 """
-from . import (class_balanced, dpo, gradual, hft, lora, osf, promot, regularized, replay, sdft,  # noqa: F401
-               tempbalance)  # registrations
+from . import (class_balanced, dpo, gradual, hft, lora, osf, promot, reference_free, regularized,  # noqa: F401
+               replay, sdft, tempbalance)  # registrations
