@@ -157,3 +157,24 @@ def test_reference_free_preference_trainers_move_the_margin(tmp_path, trainer):
     assert len(margins.margins) == 8
     assert margins.margins[-1] > margins.margins[0] + 0.05  # chosen pulled above rejected
     assert result.manifest["stages"][0]["metrics"]["last_rewards/margins"] == margins.margins[-1]
+
+
+def test_kto_on_unpaired_feedback_moves_desirable_above_undesirable(tmp_path):
+    feedback = [{"prompt": f"Q{i}: answer", "completion": " good answer" if i % 2 else " bad reply", "label": bool(i % 2)}
+                for i in range(8)]
+    margins = Margins()
+    result = run(make_recipe(tmp_path, [{"name": "kto", "data": "fb", "trainer": "kto", "lr": 5e-3, "max_steps": 8,
+                                         "batch_size": 4, "logging_steps": 1}],
+                             datasets={"fb": {"format": "feedback", "rows": feedback}}), [margins])
+    assert margins.margins[0] == pytest.approx(0.0, abs=1e-6)  # the reference is the model entering the stage
+    assert margins.margins[-1] > 0.05
+    assert result.manifest["stages"][0]["metrics"]["last_rewards/margins"] == margins.margins[-1]
+
+
+def test_feedback_rows_need_a_boolean_label(tmp_path):
+    from stagewise.errors import DataError
+
+    rows = [{"prompt": "p", "completion": "c", "label": "yes"}]
+    with pytest.raises(DataError, match="field 'label' must be true or false"):
+        run(make_recipe(tmp_path, [{"name": "kto", "data": "fb", "trainer": "kto"}],
+                        datasets={"fb": {"format": "feedback", "rows": rows}}))

@@ -27,11 +27,15 @@ from stagewise.schedules import LrRuleContext
 load_plugins()
 
 PREFERENCE_ROWS = [{"prompt": f"Q{i}: pick", "chosen": " good answer", "rejected": " bad reply"} for i in range(4)]
+FEEDBACK_ROWS = [{"prompt": f"Q{i}: answer", "completion": " good answer" if i % 2 else " bad reply",
+                  "label": bool(i % 2)} for i in range(4)]
 DATA = {  # data format -> rows
     "instruction": INSTRUCTION_ROWS, "classification": CLASSIFICATION_ROWS, "preference": PREFERENCE_ROWS,
-    "text": [{"text": "plain prose about nothing in particular"}] * 4,
+    "feedback": FEEDBACK_ROWS, "text": [{"text": "plain prose about nothing in particular"}] * 4,
 }
-OBJECTIVE = {"instruction": "lm", "text": "lm", "classification": "classification", "preference": "preference"}
+OBJECTIVE = {"instruction": "lm", "text": "lm", "classification": "classification", "preference": "preference",
+             "feedback": "feedback"}
+TRAINING_FORMATS = ("instruction", "classification", "preference", "feedback")
 MODELS = {"tiny-llama": "causal_lm", "tiny-gpt2": "causal_lm", "tiny-bert": "sequence_classification"}
 
 
@@ -39,7 +43,7 @@ def setting_for(entry: Any, trainer: str | None = None) -> list[tuple[str, str]]
     """(model, data format) pairs the entry serves, with the trainer that serves that data."""
     pairs = []
     for model, task in MODELS.items():
-        for data_format in ("instruction", "classification", "preference"):
+        for data_format in TRAINING_FORMATS:
             if entry.requires.problem(OBJECTIVE[data_format], {data_format}, task) is not None:
                 continue
             if trainer_for(data_format, task, trainer) is not None:
@@ -79,11 +83,15 @@ class OptimizerWatch(TrainerCallback):
         self.trainable = {id(p) for p in model.parameters() if p.requires_grad}
         self.group_lrs = sorted(group.get("initial_lr", group["lr"]) for group in optimizer.param_groups)
 
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        """The weights at the end of training (saving may merge an add-on away afterwards)."""
+        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
+
 
 def selector_cases() -> list[Any]:
     return [pytest.param(entry.name, model, data_format, id=f"{entry.name}-{model}")
             for entry in SELECTORS.entries() for model, data_format in setting_for(entry)
-            if data_format != "preference"]
+            if OBJECTIVE[data_format] in ("lm", "classification")]
 
 
 @pytest.mark.parametrize("name, model, data_format", selector_cases())
@@ -94,7 +102,7 @@ def test_selector_freezes_exactly_what_it_does_not_select(tmp_path, name, model,
         assert not hasattr(watch, "before")
         return
     assert watch.optimized == watch.trainable and watch.trainable
-    after = dict(watch.model.named_parameters())
+    after = watch.after
     moved = 0
     for param_name, (before, trainable) in watch.before.items():
         if not trainable:
@@ -119,7 +127,7 @@ def test_objective_trains_and_keeps_the_optimizer_on_trainable_tensors(tmp_path,
                  [watch])
     assert watch.optimized == watch.trainable
     assert torch.isfinite(torch.tensor(result.manifest["stages"][0]["metrics"]["train_loss"]))
-    after = dict(watch.model.named_parameters())
+    after = watch.after
     assert all(torch.equal(before, after[n]) for n, (before, trainable) in watch.before.items() if not trainable)
 
 
@@ -179,7 +187,7 @@ def unserved_cases() -> list[Any]:
                             ("regularizer", REGULARIZERS), ("transforms", TRANSFORMS), ("metric", METRICS)):
         for entry in registry.entries():
             for model, task in MODELS.items():
-                unserved = [f for f in ("instruction", "text", "classification", "preference")
+                unserved = [f for f in ("instruction", "text", *TRAINING_FORMATS[1:])
                             if entry.requires.problem(OBJECTIVE[f], {f}, task) is not None
                             and trainer_for(f, task) is not None  # the model can take this data at all
                             and (field != "loss" or TRAINERS.get(trainer_for(f, task)).traits.takes_loss)]

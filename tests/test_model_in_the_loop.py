@@ -265,7 +265,7 @@ def test_a_stage_whose_selection_keeps_nothing_stops_with_one_line(tmp_path):
     assert "select on qa+more: rows in 8, rows out 0, categories now" in message and "'Unknown': 8" in message
 
 
-def test_selection_runs_over_all_stage_datasets_and_hands_rows_back_to_their_own():
+def test_selection_runs_over_all_stage_datasets_and_hands_rows_back_to_their_own(tmp_path):
     """Select is stage-wide (replay counts against every upgraded item); each dataset keeps its rows."""
     from stagewise.data import load_dataset_config
     from stagewise.engine.stage import ModelIdentity, transform_stage_data
@@ -277,16 +277,18 @@ def test_selection_runs_over_all_stage_datasets_and_hands_rows_back_to_their_own
                 "b": {"format": "instruction", "template": "alpaca", "rows": qa(["ij", "kl", "mn"])}}
     stage = {"name": "s", "data": ["a", "b"], "transforms": [
         {"kind": "select", "categories": ["Unknown"], "n_prompts": 2, "shots": 1, "samples": 1, "max_new_tokens": 3}]}
-    recipe = make_recipe(Path("/tmp/unused"), [stage], datasets=datasets)
+    recipe = make_recipe(tmp_path, [stage], datasets=datasets)
     loaded = {name: load_dataset_config(name, recipe.datasets[name]) for name in datasets}
     model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
-    identity = ModelIdentity(key="k-stagewide", seed_key="k-stagewide", load_seed=lambda: (model, tokenizer))
-    out, reports = transform_stage_data(model, tokenizer, recipe, recipe.stages[0], loaded, Path("/tmp/unused"),
+    identity = ModelIdentity(key="k-stagewide", seed_key="k-stagewide", load_seed=lambda: (model, tokenizer),
+                             load_named=lambda name: model)
+    out, reports = transform_stage_data(model, tokenizer, recipe, recipe.stages[0], loaded, tmp_path,
                                         identity, lambda message: None)
     [report] = reports
     assert report["data"] == "a+b" and report["rows_in"] == 7
     assert report["rows_out_per_dataset"] == {"a": 4, "b": 3}
     assert out["a"].rows == loaded["a"].rows and out["b"].rows == loaded["b"].rows
+    assert len((tmp_path / "selected-a+b.jsonl").read_text().splitlines()) == 7
 
 
 def test_a_dataset_emptied_by_a_transform_is_skipped_while_the_others_train(tmp_path):

@@ -22,7 +22,8 @@ from .registry import (LOSSES, LR_RULES, METRICS, REGULARIZERS, SELECTORS, TRAIN
                        Registry, load_plugins)
 from .schema import SAFE_NAME_HINT, SafeName, StrictModel, is_safe_name
 
-DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "classification", "fewshot"]
+DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "feedback", "classification",
+                     "fewshot"]
 
 
 class ModelConfig(StrictModel):
@@ -644,11 +645,11 @@ def _check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], bas
 
 
 def _objective(data_format: str) -> str:
-    return {"classification": "classification", "preference": "preference"}.get(data_format, "lm")
+    return {"classification": "classification", "preference": "preference", "feedback": "feedback"}.get(data_format, "lm")
 
 
 def stage_objective(recipe: Recipe, stage: StageConfig) -> str:
-    """'lm' (next-token), 'classification' or 'preference', from the stage's data format."""
+    """'lm' (next-token), 'classification', 'preference' or 'feedback', from the stage's data format."""
     return _objective(recipe.datasets[stage.data[0]].format)
 
 

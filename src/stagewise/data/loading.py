@@ -24,6 +24,7 @@ FORMAT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "chat": (("messages",), ()),
     "prompt_completion": (("prompt", "completion"), ()),
     "preference": (("prompt", "chosen", "rejected"), ()),
+    "feedback": (("prompt", "completion", "label"), ()),  # unpaired: one answer, label true = desirable (KTO)
     "classification": (("text", "label"), ()),
     "fewshot": (("task", "input", "output", "prompt_format"), ()),  # evaluation probes only
 }
@@ -111,6 +112,10 @@ def _check_row(row: Any, where: str, data_format: str, columns: dict[str, str]) 
     out = {key: value for key, value in row.items() if value is not None}  # extra fields (aliases, type) kept
     if data_format == "chat":
         _check_messages(out["messages"], where)
+    elif data_format == "feedback":
+        if not isinstance(out["label"], bool):
+            raise DataError(f"{where}: field 'label' must be true or false (a desirable or undesirable answer), "
+                            f"got {out['label']!r}")
     elif data_format == "classification":
         if not isinstance(out["label"], (str, int)) or isinstance(out["label"], bool):
             raise DataError(f"{where}: field 'label' must be a string or integer, got {out['label']!r}")

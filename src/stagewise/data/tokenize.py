@@ -143,8 +143,8 @@ def encode_dataset(
 ) -> list[dict[str, Any]]:
     if data_format == "classification":
         return encode_classification_rows(rows, tokenizer, labels or sorted({r["label"] for r in rows}), max_length)
-    if data_format == "preference":
-        return rows  # TRL's DPOTrainer tokenizes preference rows itself
+    if data_format in ("preference", "feedback"):
+        return rows  # TRL's trainers tokenize preference and feedback rows themselves
     encoded = encode_lm_rows(rows, data_format, tokenizer, template, train_on_prompt, max_length)
     if not encoded:
         raise DataError(f"no row has a trainable token within max_length={max_length}")

@@ -1,4 +1,5 @@
-"""DPO — Direct Preference Optimization (Rafailov et al. 2023) through TRL's DPOTrainer.
+"""DPO — Direct Preference Optimization (Rafailov et al. 2023) through TRL's DPOTrainer, and
+KTO (Ethayarajh et al. 2024) on unpaired good/bad answers, both against the entering model.
 
 ``trainer: dpo`` on a stage with ``preference`` data (prompt/chosen/rejected). The reference
 model is a frozen copy of the model *entering the stage* (after SFT, say), not the hub
@@ -9,7 +10,7 @@ stage; TempBalance's per-layer groups reach DPO's optimizer through the trainer 
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from transformers import Trainer
@@ -24,6 +25,17 @@ class DPOConfig(PluginConfig):
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
 
 
+def frozen_reference(model: Any) -> Any:
+    """A frozen copy of the model entering the stage (None with an adapter: TRL then uses the
+    adapter-disabled model as the reference)."""
+    if is_peft_model(model):
+        return None
+    reference = copy.deepcopy(model).eval()
+    for param in reference.parameters():
+        param.requires_grad_(False)
+    return reference
+
+
 @TRAINERS.register("dpo", DPOConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",)),
                    traits=TrainerTraits(takes_loss=False, samples_examples=False))
 def dpo_trainer(config: DPOConfig, inputs: TrainerInputs) -> Trainer:
@@ -32,13 +44,31 @@ def dpo_trainer(config: DPOConfig, inputs: TrainerInputs) -> Trainer:
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
-    reference = None
-    if not is_peft_model(inputs.model):
-        reference = copy.deepcopy(inputs.model).eval()
-        for param in reference.parameters():
-            param.requires_grad_(False)
     args = inputs.args_for(TrlDPOConfig, beta=config.beta, loss_type=[config.loss_type])
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in inputs.rows])
     return stage_trainer_class(DPOTrainer)(
-        model=inputs.model, ref_model=reference, args=args, train_dataset=dataset,
+        model=inputs.model, ref_model=frozen_reference(inputs.model), args=args, train_dataset=dataset,
+        processing_class=inputs.tokenizer, callbacks=inputs.callbacks, **inputs.stage_features())
+
+
+class KTOConfig(PluginConfig):
+    beta: float = Field(default=0.1, gt=0)                # KTO paper / TRL default
+    desirable_weight: float = Field(default=1.0, gt=0)    # λ_D; the paper keeps λ_D·n_D / λ_U·n_U in [1, 4/3]
+    undesirable_weight: float = Field(default=1.0, gt=0)  # λ_U
+
+
+@TRAINERS.register("kto", KTOConfig, requires=Requires(objectives=("feedback",), model_tasks=("causal_lm",)),
+                   traits=TrainerTraits(takes_loss=False, samples_examples=False))
+def kto_trainer(config: KTOConfig, inputs: TrainerInputs) -> Trainer:
+    """KTO (Ethayarajh et al., ICML 2024): unpaired good/bad answers (``feedback`` rows: prompt,
+    completion, label true/false) against the frozen model entering the stage (TRL KTOTrainer)."""
+    from datasets import Dataset
+    from trl.experimental.kto import KTOConfig as TrlKTOConfig
+    from trl.experimental.kto import KTOTrainer
+
+    args = inputs.args_for(TrlKTOConfig, beta=config.beta, desirable_weight=config.desirable_weight,
+                           undesirable_weight=config.undesirable_weight)
+    dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "completion", "label")} for row in inputs.rows])
+    return stage_trainer_class(KTOTrainer)(
+        model=inputs.model, ref_model=frozen_reference(inputs.model), args=args, train_dataset=dataset,
         processing_class=inputs.tokenizer, callbacks=inputs.callbacks, **inputs.stage_features())
