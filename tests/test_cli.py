@@ -100,3 +100,16 @@ def test_bad_strategy_inputs_are_one_line(tmp_path, capsys):
     assert_one_line_error(capsys, ["spectra", str(tmp_path / "missing")], "folder")
     assert_one_line_error(capsys, ["categorize", "--model", "tiny-llama", "--data", str(tmp_path / "none.jsonl")],
                           "file")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["spectra", "--help"], ["categorize", "--help"], ["study", "--help"]])
+def test_help_lists_every_command_including_the_strategies_own(argv, capsys):
+    from stagewise.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: stagewise")
+    if argv == ["--help"]:
+        assert all(name in out for name in ("run", "validate", "study", "spectra", "categorize"))

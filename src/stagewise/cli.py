@@ -167,7 +167,12 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
+BUILTIN_COMMANDS = ("run", "validate", "recipes", "compare", "study", "bench-peak", "eval")
+
+
+def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``with_plugins`` adds the commands strategies register (importing every
+    strategy, which a built-in command such as ``recipes`` does not need to wait for)."""
     parser = argparse.ArgumentParser(prog="stagewise", description="Staged fine-tuning without forgetting.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, handler, help_text in (
@@ -189,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--set", dest="overrides", action="append", default=[],
                          help="key=value override applied to every recipe (repeatable)")
     compare.set_defaults(handler=cmd_compare)
-    study = sub.add_parser("study", help="arms x seeds: paired per-item comparisons with 95% intervals")
+    study = sub.add_parser("study", help="arms x seeds: paired per-item comparisons with 95%% intervals")
     study.add_argument("study", help="study file (YAML: arms, seeds, baseline, output_dir)")
     study.add_argument("--dry-run", action="store_true", help="list the runs and which are already done")
     study.set_defaults(handler=cmd_study)
@@ -202,16 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--task", choices=["causal_lm", "sequence_classification"], help="override model.task")
     evaluate.add_argument("--out", help="write the scores to this JSON file")
     evaluate.set_defaults(handler=cmd_eval)
-    from .registry import COMMANDS, load_plugins
+    if with_plugins:
+        from .registry import COMMANDS, load_plugins
 
-    load_plugins()
-    for entry in COMMANDS.entries():  # commands that strategies contribute
-        entry.impl(sub)
+        load_plugins()
+        for entry in COMMANDS.entries():  # commands that strategies contribute
+            entry.impl(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(with_plugins=not argv or argv[0] not in BUILTIN_COMMANDS).parse_args(argv)
     try:
         return args.handler(args)
     except StagewiseError as err:
