@@ -599,7 +599,7 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
         return ("data",), "classification data needs model.task: sequence_classification"
     if objective != "classification" and recipe.model.task != "causal_lm":
         return ("data",), f"{recipe.datasets[stage.data[0]].format} data needs model.task: causal_lm"
-    formats = {recipe.datasets[name].format for name in stage.data}
+    formats = stage_formats(recipe, stage)
     trainer_traits = TRAINERS.get(stage.trainer.kind).traits
     if stage.data_weights and not trainer_traits.samples_examples:
         return ("data",), (f"trainer {stage.trainer.kind!r} builds its own batches from the rows, so data weights "
@@ -607,13 +607,19 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     takes_loss = trainer_traits.takes_loss
     if not takes_loss and stage.loss.kind != "ce":
         return ("loss",), f"trainer {stage.trainer.kind!r} defines its own objective; remove `loss: {stage.loss.kind}`"
-    used = [((field,), registry, getattr(stage, field)) for field, registry in PLUGIN_FIELDS.items()
-            if takes_loss or field != "loss"]
-    used += [(("transforms", i), TRANSFORMS, t) for i, t in enumerate(stage.transforms)]
-    for field, registry, config in used:
-        problem = registry.get(config.kind).requires.problem(objective, formats, recipe.model.task)
+    entering = {recipe.datasets[name].format for name in stage.data}
+    used = []
+    for i, transform in enumerate(stage.transforms):  # each transform sees the rows the previous one returned
+        used.append((("transforms", i), TRANSFORMS, transform, entering))
+        entering = {TRANSFORMS.get(transform.kind).traits.output_format or f for f in entering}
+    used += [((field,), registry, getattr(stage, field), formats) for field, registry in PLUGIN_FIELDS.items()
+             if takes_loss or field != "loss"]
+    for field, registry, config, seen_formats in used:
+        seen_objective = sorted({_objective(f) for f in seen_formats})[0]
+        problem = registry.get(config.kind).requires.problem(seen_objective, seen_formats, recipe.model.task)
         if problem:
-            others = [name for name in registry.serving(objective, formats, recipe.model.task) if name != config.kind]
+            others = [name for name in registry.serving(seen_objective, seen_formats, recipe.model.task)
+                      if name != config.kind]
             hint = f" (this stage can use: {', '.join(others)})" if others else ""
             return field, f"{registry.what} {config.kind!r} {problem}{hint}"
     return None
@@ -648,9 +654,20 @@ def _objective(data_format: str) -> str:
     return {"classification": "classification", "preference": "preference", "feedback": "feedback"}.get(data_format, "lm")
 
 
+def stage_formats(recipe: Recipe, stage: StageConfig) -> set[str]:
+    """The formats of the rows the stage trains on: its datasets', or the last format a
+    transform turns them into (e.g. labelled rows templated into instructions)."""
+    formats = {recipe.datasets[name].format for name in stage.data}
+    for transform in stage.transforms:
+        output = TRANSFORMS.get(transform.kind).traits.output_format
+        formats = {output} if output else formats
+    return formats
+
+
 def stage_objective(recipe: Recipe, stage: StageConfig) -> str:
-    """'lm' (next-token), 'classification', 'preference' or 'feedback', from the stage's data format."""
-    return _objective(recipe.datasets[stage.data[0]].format)
+    """'lm' (next-token), 'classification', 'preference' or 'feedback', from the format of the
+    rows the stage trains on."""
+    return _objective(sorted(stage_formats(recipe, stage))[0])
 
 
 def _resolve_paths(recipe: Recipe, base_dir: Path) -> None:

@@ -84,6 +84,7 @@ class SelectorTraits:
 @dataclass(frozen=True)
 class TransformTraits:
     stage_wide: bool = False    # one pass over all of the stage's datasets together (not one per dataset)
+    output_format: str | None = None  # the data format of the rows it returns (None: the format it received)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class LoadedDataset:
     rows: list[dict[str, Any]]
     source: str
     fingerprint: str  # content hash: part of the stage config hash, so edited data reruns a stage
+    format: str | None = None  # set when a transform turned the rows into another format (e.g. instruction)
 
 
 def _decode(path: Path, encoding: str) -> str:

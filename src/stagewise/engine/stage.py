@@ -93,8 +93,12 @@ def transform_stage_data(
         reports.append({"kind": transform.kind, "data": name, **report})
         return out
 
+    formats = {name: recipe.datasets[name].format for name in stage.data}
     for transform in stage.transforms:
-        if not TRANSFORMS.get(transform.kind).traits.stage_wide or len(stage.data) == 1:
+        traits = TRANSFORMS.get(transform.kind).traits
+        if traits.output_format:
+            formats = dict.fromkeys(formats, traits.output_format)
+        if not traits.stage_wide or len(stage.data) == 1:
             rows = {name: apply(transform, name, recipe.datasets[name], part) for name, part in rows.items()}
             continue
         formats = {recipe.datasets[name].format for name in stage.data}
@@ -110,7 +114,10 @@ def transform_stage_data(
         kept_text = "; ".join(f"{r['kind']} on {r['data']}: " + ", ".join(
             f"{key.replace('_', ' ')} {value}" for key, value in r.items() if key not in ("kind", "data")) for r in reports)
         raise DataError(f"the transforms kept no training row ({kept_text})")
-    return {**datasets, **{name: dataclasses.replace(datasets[name], rows=part) for name, part in rows.items()}}, reports
+    changed = {name: dataclasses.replace(datasets[name], rows=part,
+                                         format=None if formats[name] == recipe.datasets[name].format else formats[name])
+               for name, part in rows.items()}
+    return {**datasets, **changed}, reports
 
 
 def class_labels(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset]) -> list[str]:
@@ -137,7 +144,7 @@ def encode_stage_data(
             continue
         cfg = recipe.datasets[name]
         examples += encode_dataset(
-            datasets[name].rows, cfg.format, tokenizer, template=cfg.template,
+            datasets[name].rows, datasets[name].format or cfg.format, tokenizer, template=cfg.template,
             train_on_prompt=stage.train_on_prompt, max_length=stage.max_length, labels=labels,
         )
     return examples
