@@ -74,5 +74,10 @@ def test_templates_from_a_file(tmp_path):
     run(make_recipe(tmp_path, [stage(templates=str(tmp_path / "t.yaml"))], datasets=DATASETS))
     first = json.loads((tmp_path / "run/0-s/templated-reviews.jsonl").read_text().splitlines()[0])
     assert first == {"instruction": "Classify: good movie", "output": "pos"}
-    with pytest.raises(RecipeError, match="templates file .* not found"):
-        run(make_recipe(tmp_path / "b", [stage(templates=str(tmp_path / "missing.yaml"))], datasets=DATASETS))
+    with pytest.raises(RecipeError, match="stages.0.transforms.0.templates: .*templates file .* not found"):
+        make_recipe(tmp_path / "b", [stage(templates=str(tmp_path / "missing.yaml"))], datasets=DATASETS)
+    (tmp_path / "bad.yaml").write_text("instruction: not a list\n")
+    with pytest.raises(RecipeError, match="expected a list of"):
+        make_recipe(tmp_path / "c", [stage(templates=str(tmp_path / "bad.yaml"))], datasets=DATASETS)
+    recipe = make_recipe(tmp_path / "d", [stage(templates=str(tmp_path / "t.yaml"))], datasets=DATASETS)
+    assert recipe.stages[0].transforms[0].templates[0].instruction == "Classify: {text}"  # inline: in the hash

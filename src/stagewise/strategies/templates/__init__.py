@@ -7,8 +7,9 @@ phrasings, one drawn per row with the stage seed; ``verbalizer`` maps label valu
 (``{"0": negative, "1": positive}``) and ``options`` appends the verbalised label set as FLAN's
 OPTIONS list (``{options}`` places it, else it ends the instruction). Templates come inline, from
 a built-in set for the bundled benchmark tasks (``builtin:sentiment``, ``builtin:qa``,
-``builtin:math``), or from a YAML/JSON file (a list of ``{instruction, output}``). The rows are
-written beside the stage as ``templated-<dataset>.jsonl``.
+``builtin:math``), or from a YAML/JSON file (a list of ``{instruction, output}``), read when the
+recipe is validated so the templates themselves are part of the stage's config hash and
+manifest. The rows are written beside the stage as ``templated-<dataset>.jsonl``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator
 
-from ...errors import DataError, RecipeError
+from ...errors import DataError
 from ...registry import TRANSFORMS, PluginConfig, TransformTraits
 from ...schema import StrictModel
 from ...transforms import TransformContext, write_rows
@@ -55,11 +56,17 @@ class TemplateConfig(PluginConfig):
     verbalizer: dict[str, str] = Field(default_factory=dict)  # label value -> word ({"0": negative, ...})
     options: bool = False                         # list the verbalised labels (FLAN's OPTIONS) in the instruction
 
-    @field_validator("templates")
+    @field_validator("templates", mode="before")
     @classmethod
-    def _known_source(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.startswith("builtin:") and value[8:] not in BUILTIN_TEMPLATES:
-            raise ValueError(f"unknown built-in template set {value[8:]!r} (expected one of: {', '.join(BUILTIN_TEMPLATES)})")
+    def _read_source(cls, value: Any) -> Any:
+        """A file is read now: its templates, not its path, are what the stage hash covers."""
+        if isinstance(value, str) and value.startswith("builtin:"):
+            if value[8:] not in BUILTIN_TEMPLATES:
+                raise ValueError(f"unknown built-in template set {value[8:]!r} "
+                                 f"(expected one of: {', '.join(BUILTIN_TEMPLATES)})")
+            return value
+        if isinstance(value, str):
+            value = read_template_file(Path(value))
         if isinstance(value, list) and not value:
             raise ValueError("give at least one template")
         return value
@@ -70,20 +77,23 @@ class TemplateConfig(PluginConfig):
         return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
 
-def load_templates(source: list[InstructionTemplate] | str) -> list[InstructionTemplate]:
-    if not isinstance(source, str):
-        return source
-    if source.startswith("builtin:"):
-        return [InstructionTemplate(**t) for t in BUILTIN_TEMPLATES[source[8:]]]
-    path = Path(source)
+def read_template_file(path: Path) -> Any:
     if not path.is_file():
-        raise RecipeError(f"transform 'template': templates file {source!r} not found")
+        raise ValueError(f"templates file {str(path)!r} not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return [InstructionTemplate(**t) for t in data]
-    except Exception as err:  # YAML/JSON syntax or a wrong shape: one line naming the file
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise RecipeError(f"{path}: expected a list of {{instruction, output}} templates ({first})") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML reads JSON too
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise ValueError(f"{path}: not a YAML/JSON list of templates ({first})") from None
+    if not isinstance(data, list) or not all(isinstance(t, dict) for t in data):
+        raise ValueError(f"{path}: expected a list of {{instruction, output}} templates")
+    return data
+
+
+def load_templates(source: list[InstructionTemplate] | str) -> list[InstructionTemplate]:
+    if isinstance(source, str):  # a built-in set (files are read at validation)
+        return [InstructionTemplate(**t) for t in BUILTIN_TEMPLATES[source[8:]]]
+    return source
 
 
 def fields_of(template: str) -> list[str]:
