@@ -93,29 +93,29 @@ def transform_stage_data(
         reports.append({"kind": transform.kind, "data": name, **report})
         return out
 
-    formats = {name: recipe.datasets[name].format for name in stage.data}
+    row_format = {name: recipe.datasets[name].format for name in stage.data}  # after the transforms so far
     for transform in stage.transforms:
         traits = TRANSFORMS.get(transform.kind).traits
-        if traits.output_format:
-            formats = dict.fromkeys(formats, traits.output_format)
         if not traits.stage_wide or len(stage.data) == 1:
             rows = {name: apply(transform, name, recipe.datasets[name], part) for name, part in rows.items()}
-            continue
-        formats = {recipe.datasets[name].format for name in stage.data}
-        if len(formats) > 1:
-            raise DataError(f"transform {transform.kind!r} takes all of the stage's datasets at once; "
-                            f"they must share one format (got {sorted(formats)})")
-        origin = {id(row): name for name, part in rows.items() for row in part}
-        kept = apply(transform, "+".join(stage.data), recipe.datasets[stage.data[0]],
-                     [row for part in rows.values() for row in part])
-        rows = {name: [row for row in kept if origin[id(row)] == name] for name in stage.data}
-        reports[-1]["rows_out_per_dataset"] = {name: len(part) for name, part in rows.items()}
+        else:
+            if len(set(row_format.values())) > 1:
+                raise DataError(f"transform {transform.kind!r} takes all of the stage's datasets at once; "
+                                f"they must share one format (got {sorted(set(row_format.values()))})")
+            origin = {id(row): name for name, part in rows.items() for row in part}
+            kept = apply(transform, "+".join(stage.data), recipe.datasets[stage.data[0]],
+                         [row for part in rows.values() for row in part])
+            rows = {name: [row for row in kept if origin[id(row)] == name] for name in stage.data}
+            reports[-1]["rows_out_per_dataset"] = {name: len(part) for name, part in rows.items()}
+        if traits.output_format:
+            row_format = dict.fromkeys(row_format, traits.output_format)
     if not any(rows.values()):  # one dataset may end empty, the stage may not
         kept_text = "; ".join(f"{r['kind']} on {r['data']}: " + ", ".join(
             f"{key.replace('_', ' ')} {value}" for key, value in r.items() if key not in ("kind", "data")) for r in reports)
         raise DataError(f"the transforms kept no training row ({kept_text})")
     changed = {name: dataclasses.replace(datasets[name], rows=part,
-                                         format=None if formats[name] == recipe.datasets[name].format else formats[name])
+                                         format=None if row_format[name] == recipe.datasets[name].format
+                                         else row_format[name])
                for name, part in rows.items()}
     return {**datasets, **changed}, reports
 
