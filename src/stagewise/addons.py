@@ -8,10 +8,11 @@ its own, what to save, and which model scores a probe.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 
+from .errors import RecipeError
 from .registry import ADDONS
 
 if TYPE_CHECKING:
@@ -44,6 +45,21 @@ def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
 
 def peft_task_type(model: torch.nn.Module) -> str:
     return "SEQ_CLS" if "ForSequenceClassification" in type(model).__name__ else "CAUSAL_LM"
+
+
+def train_addon(model: torch.nn.Module, addon: AddOn, kind: str,
+                attach: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """An add-on selector's common part: reuse the add-on carried from an earlier stage (or
+    refuse a different one), else ``attach()`` a new one; then only the add-on's tensors train."""
+    if is_peft_model(model):
+        if not addon.attached(model):
+            raise RecipeError(f"trainable: {kind} on a model that already carries a different adapter")
+        wrapped = model
+    else:
+        wrapped = attach()
+    for name, param in wrapped.named_parameters():
+        param.requires_grad_(addon.marker in name)
+    return wrapped
 
 
 def attached_addons(model: torch.nn.Module) -> list[AddOn]:

@@ -22,10 +22,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from ...addons import is_peft_model, peft_task_type
+from ...addons import is_peft_model, peft_task_type, train_addon
 from ...errors import DataError, RecipeError
 from ...registry import ADDONS, SELECTORS, PluginConfig, SelectorTraits
-from ...selection import Selection, SelectionContext, set_trainable
+from ...selection import Selection, SelectionContext
 
 MARKER = "lora_"
 
@@ -57,33 +57,31 @@ def _carries_lora(model: torch.nn.Module) -> bool:
 @SELECTORS.register("lora", LoraSelectorConfig, traits=SelectorTraits(wraps_model=True))
 def select_lora(model: torch.nn.Module, config: LoraSelectorConfig, context: SelectionContext) -> Selection:
     """Low-rank adapters on the target modules; only the adapters train."""
+    return Selection(model=train_addon(model, LORA, "lora", lambda: attach_lora(model, config, context)))
+
+
+def attach_lora(model: torch.nn.Module, config: LoraSelectorConfig, context: SelectionContext) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
-    if is_peft_model(model):
-        if not _carries_lora(model):
-            raise RecipeError("trainable: lora on a model that already carries a different adapter")
-        wrapped = model
-    else:
-        target = "all-linear" if config.lora_target == "all" else config.lora_target
-        init: Any = {"default": True, "gaussian": "gaussian"}.get(config.init, config.init)
-        peft_config = LoraConfig(
-            r=config.lora_rank, lora_alpha=config.lora_alpha or 2 * config.lora_rank,
-            lora_dropout=config.lora_dropout, target_modules=target, task_type=peft_task_type(model),
-            use_dora=config.use_dora, init_lora_weights=init, **corda_settings(config),
-        )
-        torch.manual_seed(context.seed)
-        try:
-            if config.init == "corda":
-                prepare_corda(model, peft_config, config, context)
-            wrapped = get_peft_model(model, peft_config)
-        except ValueError as err:
-            raise RecipeError(f"trainable.lora_target: {str(err).splitlines()[0]}") from None
-        # the init (PiSSA/OLoRA/CorDA) is applied: the base now holds the residual, and a reload of
-        # base + adapter must not apply it again
-        wrapped.peft_config["default"].init_lora_weights = True
-        wrapped.peft_config["default"].corda_config = None
-    set_trainable(wrapped, [p for n, p in wrapped.named_parameters() if MARKER in n])
-    return Selection(model=wrapped)
+    target = "all-linear" if config.lora_target == "all" else config.lora_target
+    init: Any = {"default": True, "gaussian": "gaussian"}.get(config.init, config.init)
+    peft_config = LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha or 2 * config.lora_rank,
+        lora_dropout=config.lora_dropout, target_modules=target, task_type=peft_task_type(model),
+        use_dora=config.use_dora, init_lora_weights=init, **corda_settings(config),
+    )
+    torch.manual_seed(context.seed)
+    try:
+        if config.init == "corda":
+            prepare_corda(model, peft_config, config, context)
+        wrapped = get_peft_model(model, peft_config)
+    except ValueError as err:
+        raise RecipeError(f"trainable.lora_target: {str(err).splitlines()[0]}") from None
+    # the init (PiSSA/OLoRA/CorDA) is applied: the base now holds the residual, and a reload of
+    # base + adapter must not apply it again
+    wrapped.peft_config["default"].init_lora_weights = True
+    wrapped.peft_config["default"].corda_config = None
+    return wrapped
 
 
 def corda_settings(config: LoraSelectorConfig) -> dict[str, Any]:
@@ -133,4 +131,5 @@ class LoraAddOn:
         return model
 
 
-ADDONS.register("lora")(LoraAddOn())
+LORA = LoraAddOn()
+ADDONS.register("lora")(LORA)

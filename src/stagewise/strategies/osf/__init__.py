@@ -13,10 +13,10 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from ...addons import is_peft_model, peft_task_type
+from ...addons import is_peft_model, peft_task_type, train_addon
 from ...errors import RecipeError
 from ...registry import ADDONS, SELECTORS, PluginConfig, SelectorTraits
-from ...selection import Selection, SelectionContext, set_trainable
+from ...selection import Selection, SelectionContext
 
 MARKER = "osf_svd_params"
 
@@ -34,21 +34,20 @@ def _carries_osf(model: torch.nn.Module) -> bool:
 @SELECTORS.register("osf", OSFSelectorConfig, traits=SelectorTraits(wraps_model=True))
 def select_osf(model: torch.nn.Module, config: OSFSelectorConfig, context: SelectionContext) -> Selection:
     """Train each target matrix only in the subspace orthogonal to its top singular directions."""
+    return Selection(model=train_addon(model, OSF, "osf", lambda: attach_osf(model, config)))
+
+
+def attach_osf(model: torch.nn.Module, config: OSFSelectorConfig) -> torch.nn.Module:
     from peft import OSFConfig, get_peft_model
 
-    if is_peft_model(model):
-        raise RecipeError("trainable: osf on a model that carries an adapter (merge it first: merge_on_save)")
-    rank: Any = config.effective_rank
-    if rank is not None and rank >= 1:
-        rank = int(rank)
+    rank: Any = int(config.effective_rank) if config.effective_rank is not None and config.effective_rank >= 1 \
+        else config.effective_rank
     target = "all-linear" if config.target == "all" else config.target
     try:
-        wrapped = get_peft_model(model, OSFConfig(effective_rank=rank, target_modules=target,
-                                                  task_type=peft_task_type(model)))
+        return get_peft_model(model, OSFConfig(effective_rank=rank, target_modules=target,
+                                               task_type=peft_task_type(model)))
     except ValueError as err:
         raise RecipeError(f"trainable.target: {str(err).splitlines()[0]}") from None
-    set_trainable(wrapped, [p for n, p in wrapped.named_parameters() if MARKER in n])
-    return Selection(model=wrapped)
 
 
 class OSFAddOn:
@@ -66,4 +65,5 @@ class OSFAddOn:
         return model
 
 
-ADDONS.register("osf")(OSFAddOn())
+OSF = OSFAddOn()
+ADDONS.register("osf")(OSF)

@@ -15,10 +15,10 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from ...addons import base_model_of, is_peft_model, peft_task_type
+from ...addons import base_model_of, is_peft_model, peft_task_type, train_addon
 from ...errors import RecipeError
 from ...registry import ADDONS, SELECTORS, PluginConfig, SelectorTraits
-from ...selection import Selection, SelectionContext, set_trainable
+from ...selection import Selection, SelectionContext
 
 MARKER = "prompt_encoder"
 
@@ -36,26 +36,23 @@ def _carries_prompt(model: torch.nn.Module) -> bool:
 @SELECTORS.register("prompt", PromptSelectorConfig, traits=SelectorTraits(wraps_model=True))
 def select_prompt(model: torch.nn.Module, config: PromptSelectorConfig, context: SelectionContext) -> Selection:
     """Soft prompt tuning: virtual token embeddings prepended to every input; only they train."""
+    return Selection(model=train_addon(model, SOFT_PROMPT, "prompt", lambda: attach_prompt(model, config, context)))
+
+
+def attach_prompt(model: torch.nn.Module, config: PromptSelectorConfig, context: SelectionContext) -> torch.nn.Module:
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
-    if is_peft_model(model):
-        if not _carries_prompt(model):
-            raise RecipeError("trainable: prompt on a model that already carries a different adapter")
-        wrapped = model
-    else:
-        if config.init == "text" and not config.init_text:
-            raise RecipeError("trainable.init_text: required when init is 'text'")
-        name_or_path = getattr(model.config, "_name_or_path", None)
-        peft_config = PromptTuningConfig(
-            task_type=peft_task_type(model), num_virtual_tokens=config.num_virtual_tokens,
-            prompt_tuning_init={"sample_vocab": PromptTuningInit.SAMPLE_VOCAB, "random": PromptTuningInit.RANDOM,
-                                "text": PromptTuningInit.TEXT}[config.init],
-            prompt_tuning_init_text=config.init_text, tokenizer_name_or_path=name_or_path if config.init == "text" else None,
-        )
-        torch.manual_seed(context.seed)
-        wrapped = get_peft_model(model, peft_config)
-    set_trainable(wrapped, [p for n, p in wrapped.named_parameters() if MARKER in n])
-    return Selection(model=wrapped)
+    if config.init == "text" and not config.init_text:
+        raise RecipeError("trainable.init_text: required when init is 'text'")
+    name_or_path = getattr(model.config, "_name_or_path", None)
+    peft_config = PromptTuningConfig(
+        task_type=peft_task_type(model), num_virtual_tokens=config.num_virtual_tokens,
+        prompt_tuning_init={"sample_vocab": PromptTuningInit.SAMPLE_VOCAB, "random": PromptTuningInit.RANDOM,
+                            "text": PromptTuningInit.TEXT}[config.init],
+        prompt_tuning_init_text=config.init_text, tokenizer_name_or_path=name_or_path if config.init == "text" else None,
+    )
+    torch.manual_seed(context.seed)
+    return get_peft_model(model, peft_config)
 
 
 class SoftPromptAddOn:
@@ -76,4 +73,5 @@ class SoftPromptAddOn:
         return model if attach else base_model_of(model)
 
 
-ADDONS.register("prompt")(SoftPromptAddOn())
+SOFT_PROMPT = SoftPromptAddOn()
+ADDONS.register("prompt")(SOFT_PROMPT)
