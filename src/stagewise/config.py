@@ -599,7 +599,8 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
         return ("data",), "classification data needs model.task: sequence_classification"
     if objective != "classification" and recipe.model.task != "causal_lm":
         return ("data",), f"{recipe.datasets[stage.data[0]].format} data needs model.task: causal_lm"
-    formats = stage_formats(recipe, stage)
+    chain = format_chain(recipe, stage)  # each transform sees the rows the previous one returned
+    formats = chain[-1]
     trainer_traits = TRAINERS.get(stage.trainer.kind).traits
     if stage.data_weights and not trainer_traits.samples_examples:
         return ("data",), (f"trainer {stage.trainer.kind!r} builds its own batches from the rows, so data weights "
@@ -607,11 +608,7 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     takes_loss = trainer_traits.takes_loss
     if not takes_loss and stage.loss.kind != "ce":
         return ("loss",), f"trainer {stage.trainer.kind!r} defines its own objective; remove `loss: {stage.loss.kind}`"
-    entering = {recipe.datasets[name].format for name in stage.data}
-    used = []
-    for i, transform in enumerate(stage.transforms):  # each transform sees the rows the previous one returned
-        used.append((("transforms", i), TRANSFORMS, transform, entering))
-        entering = {TRANSFORMS.get(transform.kind).traits.output_format or f for f in entering}
+    used = [(("transforms", i), TRANSFORMS, transform, chain[i]) for i, transform in enumerate(stage.transforms)]
     used += [((field,), registry, getattr(stage, field), formats) for field, registry in PLUGIN_FIELDS.items()
              if takes_loss or field != "loss"]
     for field, registry, config, seen_formats in used:
@@ -654,14 +651,19 @@ def _objective(data_format: str) -> str:
     return {"classification": "classification", "preference": "preference", "feedback": "feedback"}.get(data_format, "lm")
 
 
-def stage_formats(recipe: Recipe, stage: StageConfig) -> set[str]:
-    """The formats of the rows the stage trains on: its datasets', or the last format a
-    transform turns them into (e.g. labelled rows templated into instructions)."""
-    formats = {recipe.datasets[name].format for name in stage.data}
+def format_chain(recipe: Recipe, stage: StageConfig) -> list[set[str]]:
+    """The formats of the rows entering each of the stage's transforms, then of the rows it
+    trains on (a transform may return another format: labelled rows templated into instructions)."""
+    chain = [{recipe.datasets[name].format for name in stage.data}]
     for transform in stage.transforms:
         output = TRANSFORMS.get(transform.kind).traits.output_format
-        formats = {output} if output else formats
-    return formats
+        chain.append({output} if output else chain[-1])
+    return chain
+
+
+def stage_formats(recipe: Recipe, stage: StageConfig) -> set[str]:
+    """The formats of the rows the stage trains on."""
+    return format_chain(recipe, stage)[-1]
 
 
 def stage_objective(recipe: Recipe, stage: StageConfig) -> str:
