@@ -82,6 +82,20 @@ def test_the_baseline_compared_with_itself_is_no_difference(tmp_path):
     assert versus["estimate"] == 0 and versus["half_width"] == 0 and versus["p_value"] == 1
 
 
+def test_a_subset_of_arms_shares_the_runs_and_reports_apart(tmp_path, capsys):
+    """--arms runs the named arms plus the baseline; its report never overwrites the whole study's."""
+    path = write_study(tmp_path)
+    assert main(["study", str(path), "--arms", "top", "--dry-run"]) == 0
+    assert "0 of 4 runs done" in capsys.readouterr().out
+    assert main(["study", str(path), "--arms", "top"]) == 0
+    out = tmp_path / "study"
+    subset = json.loads((out / "arms-full+top" / "study.json").read_text())
+    assert set(subset["rows"]) == {"full", "top"} and not (out / "study.json").exists()
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "4 of 8 runs done" in capsys.readouterr().out  # the subset's runs are the whole study's runs
+    one_line_error(capsys, ["study", str(path), "--arms", "top,nope"], "--arms: 'nope' not in")
+
+
 def one_line_error(capsys, argv, expected):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

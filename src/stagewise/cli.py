@@ -103,9 +103,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from .study import load_study, plan, run_study
+    from .study import load_study, plan, run_study, select_arms
 
     study = load_study(args.study, find_recipe)
+    if args.arms:
+        study = select_arms(study, [name.strip() for name in args.arms.split(",") if name.strip()])
     if args.dry_run:
         runs = plan(study)
         for run, done in runs:
@@ -113,7 +115,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         print(f"{sum(done for _, done in runs)} of {len(runs)} runs done")
         return 0
     results = run_study(study, log=_log)
-    out = Path(study.config.output_dir)
+    out = study.report_dir
     print((out / "study.md").read_text(), end="")
     cost = results["cost"]
     print(f"wall {cost['wall_s'] / 60:.1f} min: training {cost['train_s'] / 60:.1f} min, evaluation {cost['eval_s'] / 60:.1f} min")
@@ -197,6 +199,8 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="arms x seeds: paired per-item comparisons with 95%% intervals")
     study.add_argument("study", help="study file (YAML: arms, seeds, baseline, output_dir)")
     study.add_argument("--dry-run", action="store_true", help="list the runs and which are already done")
+    study.add_argument("--arms", help="comma-separated arms to run and report (the baseline is always included); "
+                                      "the report goes to OUTPUT_DIR/arms-<names>/")
     study.set_defaults(handler=cmd_study)
     peak = sub.add_parser("bench-peak", help="measure this machine's matmul FLOP/s (the MFU denominator)")
     peak.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])

@@ -66,6 +66,26 @@ class Study:
     source: Path
     runs: list[StudyRun]
     match_on: str
+    all_arms: tuple[str, ...]                   # every arm of the file (``config.arms`` may be a subset)
+
+    @property
+    def report_dir(self) -> Path:
+        """Where study.json/md and the plots go: the output folder, or a subfolder named after
+        the arms when only some of the file's arms were chosen (so a subset never overwrites the
+        whole study's report; the runs themselves are shared)."""
+        out = Path(self.config.output_dir)
+        return out if tuple(self.config.arms) == self.all_arms else out / f"arms-{'+'.join(self.config.arms)}"
+
+
+def select_arms(study: Study, names: list[str]) -> Study:
+    """The study restricted to ``names`` (the baseline always stays: every arm is compared with it)."""
+    unknown = [name for name in names if name not in study.config.arms]
+    if unknown:
+        raise RecipeError(f"--arms: {', '.join(map(repr, unknown))} not in {study.source} "
+                          f"(arms: {', '.join(study.config.arms)})")
+    keep = [name for name in study.config.arms if name in names or name == study.config.baseline]
+    config = study.config.model_copy(update={"arms": {name: study.config.arms[name] for name in keep}})
+    return Study(config, study.source, [run for run in study.runs if run.arm in keep], study.match_on, study.all_arms)
 
 
 def _sweep_label(key: str, value: Any) -> str:
@@ -135,4 +155,4 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
     match_on = config.match_on or target_names[0]
     if match_on not in target_names:
         fail(("match_on",), f"{match_on!r} is not a target probe (target probes: {', '.join(target_names)})")
-    return Study(config, path, runs, match_on)
+    return Study(config, path, runs, match_on, tuple(config.arms))

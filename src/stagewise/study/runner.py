@@ -58,7 +58,7 @@ def run_study(study: Study, log: Callable[[str], None]) -> dict[str, Any]:
     train, evaluate = map(sum, zip(*(cost(manifest) for manifest in manifests.values())))
     results["cost"] = {"wall_s": round(wall, 1), "train_s": round(train, 1), "eval_s": round(evaluate, 1),
                        "runs": len(study.runs)}
-    out = Path(study.config.output_dir)
+    out = study.report_dir
     atomic_write_json(out / "study.json", results)
     plot_gain_retention(results, out / "study.png")
     plot_forest(results, out / "forest.png")
