@@ -46,8 +46,11 @@ def setting_for(entry: Any, trainer: str | None = None) -> list[tuple[str, str]]
         for data_format in TRAINING_FORMATS:
             if entry.requires.problem(OBJECTIVE[data_format], {data_format}, task) is not None:
                 continue
-            if trainer_for(data_format, task, trainer) is not None:
-                pairs.append((model, data_format))
+            serving = trainer_for(data_format, task, trainer)
+            check = TRAINERS.get(serving).traits.check if serving else None
+            example = TRAINERS.get(serving).config_cls.model_validate(config_of(TRAINERS.get(serving))) if check else None
+            if serving is not None and (check is None or check(example, {data_format}) is None):
+                pairs.append((model, data_format))  # (the trainer's example config serves this data too)
     return pairs
 
 
@@ -55,7 +58,7 @@ def trainer_for(data_format: str, task: str, wanted: str | None = None) -> str |
     """The trainer for this data on this model (None where the model cannot take the data at all)."""
     if (data_format == "classification") != (task == "sequence_classification"):
         return None
-    names = [wanted] if wanted else TRAINERS.names()
+    names = [wanted] if wanted else sorted(TRAINERS.names(), key=lambda name: name != "hf")  # the default first
     return next((name for name in names if TRAINERS.get(name).requires.problem(
         OBJECTIVE[data_format], {data_format}, task) is None), None)
 
@@ -68,6 +71,7 @@ def stage_recipe(tmp_path: Path, model: str, data_format: str, **stage: Any):
     task = MODELS[model]
     stage = {"name": "s", "data": "d", "lr": 1e-2, "max_steps": 2, "batch_size": 2, "logging_steps": 1,
              "trainer": trainer_for(data_format, task), **stage}
+    stage["trainer"] = config_of(TRAINERS.get(stage["trainer"]))  # with its required keys
     model_cfg = {"model_name_or_path": model, "task": task}
     return make_recipe(tmp_path, [stage], model=model_cfg, datasets={"d": {"format": data_format, "rows": DATA[data_format],
                                                                           **({"template": "alpaca"} if data_format == "instruction" else {})}})
@@ -201,7 +205,7 @@ def unserved_cases() -> list[Any]:
 def test_an_unserved_combination_is_one_line_at_validate(tmp_path, capsys, field, name, model, data_format):
     from stagewise.cli import main
 
-    stage: dict[str, Any] = {"name": "s", "data": "d", "trainer": trainer_for(data_format, MODELS[model])}
+    stage: dict[str, Any] = {"name": "s", "data": "d", "trainer": config_of(TRAINERS.get(trainer_for(data_format, MODELS[model])))}
     recipe: dict[str, Any] = {"model": {"model_name_or_path": model, "task": MODELS[model]},
                               "datasets": {"d": {"format": data_format, "rows": DATA[data_format]}},
                               "stages": [stage], "output_dir": str(tmp_path / "run")}

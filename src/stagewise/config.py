@@ -514,6 +514,11 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                 if name not in recipe.datasets:
                     known = ", ".join(recipe.datasets) or "none"
                     fail(("stages", index, *field), f"unknown dataset {name!r} (datasets defined: {known})")
+        for field, config in plugin_configs(stage):
+            for key in config.stage_fields:
+                problem = separate_model_problem(recipe, index, getattr(config, key))
+                if problem:
+                    fail(("stages", index, *field, key), problem)
         formats = {recipe.datasets[name].format for name in stage.data}
         if "fewshot" in formats:
             fail(("stages", index, "data"), "format 'fewshot' is for evaluation probes only, not training")
@@ -543,6 +548,22 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
         sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None]
         if sum(sources) != 1:
             fail(("datasets", name), "expected exactly one of 'path', 'rows' or 'builtin'")
+
+
+def builds_model(stage: StageConfig) -> bool:
+    """Does this stage train a separate model (a reward model) rather than the one it hands on?"""
+    return TRAINERS.get(stage.trainer.kind).traits.builds_model is not None
+
+
+def separate_model_problem(recipe: Recipe, index: int, name: str | None) -> str | None:
+    """A reference to a separate model (``reward_model: rm``) names an earlier stage that trains one."""
+    if name is None:
+        return None
+    earlier = [stage.name for stage in recipe.stages[:index] if builds_model(stage)]
+    if name not in earlier:
+        return (f"{name!r} is not an earlier stage that trains a separate model such as a reward model "
+                f"(earlier ones: {', '.join(earlier) or 'none'})")
+    return None
 
 
 def plugin_configs(stage: StageConfig) -> list[tuple[tuple[Any, ...], PluginConfig]]:
@@ -605,6 +626,9 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     if stage.data_weights and not trainer_traits.samples_examples:
         return ("data",), (f"trainer {stage.trainer.kind!r} builds its own batches from the rows, so data weights "
                            "(a mixture) do not apply; list the datasets without weights")
+    problem = trainer_traits.check(stage.trainer, formats) if trainer_traits.check else None
+    if problem:
+        return ("trainer", problem[0]), problem[1]
     takes_loss = trainer_traits.takes_loss
     if not takes_loss and stage.loss.kind != "ce":
         return ("loss",), f"trainer {stage.trainer.kind!r} defines its own objective; remove `loss: {stage.loss.kind}`"

@@ -46,6 +46,7 @@ class PluginConfig(StrictModel):
 
     model_config = ConfigDict(frozen=True, validate_assignment=False)
     dataset_fields: ClassVar[tuple[str, ...]] = ()
+    stage_fields: ClassVar[tuple[str, ...]] = ()  # fields naming an earlier stage whose separate model (e.g. a reward model) this entry uses
     kind: str
 
     def datasets_named(self) -> list[str]:
@@ -91,6 +92,11 @@ class TransformTraits:
 class TrainerTraits:
     takes_loss: bool = True     # trains with the stage's `loss` (False: the trainer defines its own objective)
     samples_examples: bool = True  # batches the engine's encoded examples (so a data mixture's sampler applies)
+    # builds_model(model, seed) -> the model this trainer trains instead (a reward model on the entering
+    # model's backbone). Such a stage branches: its model is saved in its folder for later stages to name,
+    # and the next stage starts from the model that entered it.
+    builds_model: Callable[[Any, int], Any] | None = None
+    check: Callable[[Any, set[str]], tuple[str, str] | None] | None = None  # (config, data formats) -> (key, problem)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,9 @@ class TrainerInputs:
     args_for: Callable[..., TrainingArguments]  # args_for(cls=TrainingArguments, **extra): the stage's arguments
     penalty: Penalty | None = None              # the stage's regularizer, added to every training loss
     sampler: torch.utils.data.Sampler | None = None  # a weighted data mixture's per-epoch draw over ``examples``
+    stage_folder: Callable[[str], Path] | None = None  # an earlier stage's saved folder by name (its reward model)
+    prompts: Callable[[], list[str]] | None = None  # each row's prompt as training renders it (on-policy trainers)
+    batch_size: int = 8                             # the stage's batch_size (rows, or prompts, per device step)
 
     def stage_features(self) -> dict[str, Any]:
         """Keyword arguments of a :func:`stage_trainer_class` trainer: LR groups, penalty, sampler."""

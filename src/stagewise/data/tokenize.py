@@ -113,6 +113,20 @@ def encode_prompt(row: dict[str, Any], data_format: str, tokenizer: PreTrainedTo
     return encode_segments(tokenizer, prompt, add_special, False, 10**9, add_eos=False)["input_ids"]
 
 
+def prompt_text(row: dict[str, Any], data_format: str, tokenizer: PreTrainedTokenizerBase, template: str = "auto") -> str:
+    """The text of everything before the first trained segment (what :func:`encode_prompt`
+    encodes), for trainers that tokenize prompts themselves (TRL's on-policy trainers)."""
+    if data_format == "preference":
+        return row["prompt"]
+    segments, _ = row_segments(row, data_format, tokenizer, template)
+    prompt = []
+    for text, trained in segments:
+        if trained:
+            break
+        prompt.append(text)
+    return "".join(prompt)
+
+
 def encode_lm_rows(
     rows: list[dict[str, Any]], data_format: str, tokenizer: PreTrainedTokenizerBase,
     template: str = "auto", train_on_prompt: bool = False, max_length: int = 512,

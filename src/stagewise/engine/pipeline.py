@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from .. import __version__
-from ..config import Recipe, StageConfig, config_hash, plugin_configs, recipe_to_dict, stage_objective
+from ..config import Recipe, StageConfig, builds_model, config_hash, plugin_configs, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
 from ..errors import OutputError, StagewiseError
@@ -186,13 +186,18 @@ def _run_locked(
         if evaluator.key is not None and base_scores is None:
             base_scores, manifest.data["base_eval_time_s"] = evaluator.base(model, tokenizer)
     manifest.data["base_evaluation"] = base_scores
-    if start > 0:
-        model, tokenizer = load_stage_output(stage_folder(recipe, start - 1), recipe.model)
+    resumed_from = entering_stage(recipe, start)
+    if resumed_from >= 0:
+        model, tokenizer = load_stage_output(stage_folder(recipe, resumed_from), recipe.model)
+    elif model is None:
+        model, tokenizer = load_seed()
 
     seed_key = seed_model_key(recipe)
     for index in range(start, len(recipe.stages)):
-        identity = ModelIdentity(key=hashes[index - 1] if index else seed_key, seed_key=seed_key, load_seed=load_seed,
-                                 load_named=functools.partial(load_named, recipe, load_seed))
+        entering = entering_stage(recipe, index)
+        identity = ModelIdentity(key=hashes[entering] if entering >= 0 else seed_key, seed_key=seed_key,
+                                 load_seed=load_seed, load_named=functools.partial(load_named, recipe, load_seed),
+                                 folder_of=functools.partial(named_folder, recipe))
         model = train_and_record(model, tokenizer, recipe, index, datasets, hashes[index], manifest, evaluator,
                                  identity, callbacks, log)
     if recipe.evaluation and is_main_process():
@@ -206,6 +211,17 @@ def load_named(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name: s
         return load_seed()[0]
     index = next(i for i, stage in enumerate(recipe.stages) if stage.name == name)
     return load_stage_output(stage_folder(recipe, index), recipe.model)[0]
+
+
+def named_folder(recipe: Recipe, name: str) -> Path:
+    """A finished stage's saved folder, by stage name."""
+    return stage_folder(recipe, next(i for i, stage in enumerate(recipe.stages) if stage.name == name))
+
+
+def entering_stage(recipe: Recipe, index: int) -> int:
+    """The stage whose model enters stage ``index`` (-1: the starting model): the last earlier
+    stage that hands its model on (a stage that builds a separate model, e.g. a reward model, does not)."""
+    return next((i for i in range(index - 1, -1, -1) if not builds_model(recipe.stages[i])), -1)
 
 
 def stage_folder(recipe: Recipe, index: int) -> Path:
@@ -295,7 +311,7 @@ def train_and_record(
     manifest.own(stage_dir.name)
     manifest.set_stage(index, entry)
     log(f"[stage {index}] '{stage.name}': training")
-    if recipe.evaluation and recipe.evaluation.every == "epoch":
+    if recipe.evaluation and recipe.evaluation.every == "epoch" and not builds_model(stage):
         callbacks = [*(callbacks or []), CurvePoints(evaluator, entry, manifest, tokenizer)]
     try:
         model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)

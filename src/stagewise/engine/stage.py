@@ -31,6 +31,7 @@ from ..addons import is_addon_parameter, is_peft_model, model_to_save
 from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig, Recipe, StageConfig, stage_objective
 from ..data import ListDataset, LoadedDataset, encode_dataset
 from ..data.mixture import MixtureSampler, mixture_counts
+from ..data.tokenize import prompt_text
 from ..errors import DataError, TrainingError
 from ..eval import evaluate_task
 from ..merging import merge_model
@@ -70,6 +71,7 @@ class ModelIdentity:
     seed_key: str                                   # the run's starting model
     load_seed: Callable[[], tuple[Any, Any]]        # reload the starting model when needed
     load_named: Callable[[str], Any]                # the starting model ("base") or a finished stage's, by name
+    folder_of: Callable[[str], Path]                # a finished stage's saved folder, by name (a reward model's)
 
 
 def transform_stage_data(
@@ -153,7 +155,8 @@ def encode_stage_data(
 def training_arguments(
     recipe: Recipe, stage: StageConfig, stage_dir: Path, cls: type[TrainingArguments] = TrainingArguments, **extra: Any
 ) -> TrainingArguments:
-    """Map a stage's keys onto ``TrainingArguments`` (or a TRL subclass; HF names kept)."""
+    """Map a stage's keys onto ``TrainingArguments`` (or a TRL subclass; HF names kept); ``extra``
+    adds keys or replaces the mapped ones."""
     kwargs: dict[str, Any] = dict(
         output_dir=str(stage_dir),
         per_device_train_batch_size=stage.batch_size,
@@ -180,8 +183,8 @@ def training_arguments(
             "all" if recipe.performance.padding_free and stage_objective(recipe, stage) == "lm" else "non_padding"),
         disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),
-        **extra,
     )
+    kwargs.update(extra)
     if stage.optim:
         kwargs["optim"] = stage.optim
     kwargs.update({k: v for k, v in recipe.distributed.model_dump().items() if v is not None})
@@ -256,6 +259,9 @@ def run_stage(
     stage = recipe.stages[index]
     datasets, transform_reports = transform_stage_data(model, tokenizer, recipe, stage, datasets, stage_dir, identity, log)
     data = prepare_data(recipe, stage, datasets, tokenizer)
+    entering, build = model, TRAINERS.get(stage.trainer.kind).traits.builds_model
+    if build is not None:  # the stage trains a model of its own (a reward model) and hands on ``entering``
+        model = build(model, stage.seed)
     model, selector_callbacks = apply_selector(model, stage.trainable, SelectionContext(
         seed=stage.seed, stage_index=index, examples_of=data.encode, collator=data.collator))
     trainable, total = count_parameters(model)
@@ -276,7 +282,7 @@ def run_stage(
     if stage.eval:
         metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, data.labels))
     model = save_stage(trainer, model_to_save(model, stage.trainable), tokenizer, stage_dir, metrics)
-    return model, StageResult(
+    return (model if build is None else entering), StageResult(
         trainable_params=trainable,
         total_params=total,
         train_rows=len(data.examples),
@@ -322,6 +328,7 @@ class StageData:
     dev: dict[str, ListDataset] | None  # scored each epoch to pick the best one (eval.select_best)
     encode: Callable[[str], list[dict[str, Any]]]  # any recipe dataset, encoded like this stage's data
     collator: Any                                  # batches of those examples (training and data-aware setup)
+    prompts: Callable[[], list[str]]               # each row's prompt as training renders it (text)
     sampler: MixtureSampler | None = None          # `data: {name: weight}`: each epoch's draw
     mixture: dict[str, Any] | None = None          # per dataset: rows, weight, rows per epoch (manifest)
 
@@ -339,7 +346,12 @@ def prepare_data(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedD
     examples = [example for part in parts.values() for example in part]
     dev = {name: ListDataset(encode(name)) for name in stage.eval.data} if stage.eval and stage.eval.select_best else None
     collator = train_collator(objective, tokenizer, recipe.performance.padding_free)
-    data = StageData(objective, rows, examples, labels, dev, encode, collator)
+
+    def prompts() -> list[str]:
+        return [prompt_text(row, recipe.datasets[name].format, tokenizer, recipe.datasets[name].template)
+                for name in stage.data for row in datasets[name].rows]
+
+    data = StageData(objective, rows, examples, labels, dev, encode, collator, prompts)
     if stage.data_weights:
         sizes = [len(parts[name]) for name in stage.data]
         if not sizes[0]:
@@ -366,6 +378,7 @@ def build_trainer(
         model=model, tokenizer=tokenizer, rows=data.rows, examples=data.examples, dev=data.dev,
         collator=data.collator, loss=loss, split_groups=lr_plan.split_groups,
         callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks], penalty=penalty, sampler=data.sampler,
+        stage_folder=identity.folder_of, prompts=data.prompts, batch_size=stage.batch_size,
         args_for=lambda cls=TrainingArguments, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
     return TRAINERS.impl(stage.trainer)(stage.trainer, inputs)
 

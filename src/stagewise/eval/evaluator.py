@@ -9,7 +9,7 @@ from typing import Any, Callable
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..bundled import cache_dir
-from ..config import Recipe, config_hash
+from ..config import Recipe, builds_model, config_hash
 from ..data import LoadedDataset
 from ..distributed import broadcast_from_main, is_main_process
 from ..io import atomic_write_text, read_verified_json, write_verified_json
@@ -64,9 +64,12 @@ class Evaluator:
         return summary, round(time.perf_counter() - started, 3)
 
     def wants(self, index: int) -> bool:
-        """Score after this stage? (every stage, or only the last one)."""
+        """Score after this stage? (every stage, or only the last one; a stage that trains a separate
+        model, e.g. a reward model, hands on the model it received: scored again only if last)."""
         evaluation = self.recipe.evaluation
-        return evaluation is not None and (evaluation.after_each_stage or index == len(self.recipe.stages) - 1)
+        last = index == len(self.recipe.stages) - 1
+        return evaluation is not None and (last or (evaluation.after_each_stage
+                                                    and not builds_model(self.recipe.stages[index])))
 
     def score_stage(self, entry: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                     point: str) -> None:

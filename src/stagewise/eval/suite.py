@@ -57,6 +57,22 @@ def clip_prompts(prompts: list[list[int]], max_length: int, max_new_tokens: int)
     return [prompt[-limit:] for prompt in prompts], clipped
 
 
+def answer_correct(metric: str, output: str, row: dict[str, Any], pattern: str | None = None) -> bool:
+    """Is ``output`` right about ``row``'s gold answer by ``metric`` (exact_match, contains,
+    last_integer: the row's ``answer`` or the gold's last number, regex: ``pattern``'s capture)?"""
+    golds = _golds(row)
+    if metric == "exact_match":
+        return metrics.exact_match(output, golds)
+    if metric == "contains":
+        return metrics.contains_match(output, golds)
+    if metric == "last_integer":
+        gold = int(row["answer"]) if "answer" in row else metrics.last_integer(golds[0])
+        return metrics.last_integer(output) == gold
+    if metric == "regex":
+        return metrics.regex_match(output, pattern or "", golds)
+    raise ValueError(f"no answer check named {metric!r}")
+
+
 GENERATIVE = Requires(formats=("instruction", "prompt_completion", "chat"), model_tasks=("causal_lm",))
 
 
@@ -68,16 +84,9 @@ def generation_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, 
     sampling = SamplingConfig(max_new_tokens=task.max_new_tokens, first_line=short_answer)
     outputs = [texts[0] for texts in generate(model, tokenizer, prompts, sampling, batch_size=evaluation.batch_size,
                                               desc=f"eval {task.name}")]
-    checks: dict[str, list[bool]] = {"exact_match": [], "contains": [], task.metric: []}
-    for row, output in zip(rows, outputs):
-        golds = _golds(row)
-        checks["exact_match"].append(metrics.exact_match(output, golds))
-        checks["contains"].append(metrics.contains_match(output, golds))
-        if task.metric == "last_integer":
-            gold = int(row["answer"]) if "answer" in row else metrics.last_integer(golds[0])
-            checks["last_integer"].append(metrics.last_integer(output) == gold)
-        elif task.metric == "regex":
-            checks["regex"].append(metrics.regex_match(output, task.pattern or "", golds))
+    names = dict.fromkeys(("exact_match", "contains", task.metric))
+    checks = {name: [answer_correct(name, output, row, task.pattern) for row, output in zip(rows, outputs)]
+              for name in names}
     scores = {name: sum(values) / len(values) for name, values in checks.items()}
     examples = [{"gold": _golds(r)[0], "prediction": o.strip()[:120]} for r, o in zip(rows[:3], outputs[:3])]
     items = [{"id": i, "score": float(ok), "prediction": o.strip()[:200]}

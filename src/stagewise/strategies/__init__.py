@@ -3,4 +3,4 @@
 Adding a strategy = a folder here, imported below, plus a recipe YAML (README: "Adding a strategy").
 """
 from . import (class_balanced, dpo, gradual, hft, lora, osf, promot, reference_free, regularized,  # noqa: F401
-               replay, sdft, tempbalance, templates)  # registrations
+               replay, rlhf, sdft, tempbalance, templates)  # registrations
