@@ -77,7 +77,7 @@ def test_sft_reward_model_then_grpo_hands_the_policy_on_and_saves_a_plain_reward
     recipe = make_recipe(tmp_path, [
         {"name": "sft", "data": "sft", "max_steps": 2, "batch_size": 2},
         {"name": "rm", "data": "pref", "trainer": "reward", "lr": 5e-3, "max_steps": 6, "batch_size": 4,
-         "logging_steps": 1},
+         "logging_steps": 1, "eval": {"data": ["pref"]}},
         {"name": "grpo", "data": "sft", "trainer": {"kind": "grpo", "reward_model": "rm", "num_generations": 2,
                                                     "max_new_tokens": 4},
          "trainable": "hft", "lr": 1e-3, "max_steps": 2, "batch_size": 2, "logging_steps": 1},
@@ -93,6 +93,8 @@ def test_sft_reward_model_then_grpo_hands_the_policy_on_and_saves_a_plain_reward
     assert grpo_logs and grpo_logs[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # reference = the entering model
     manifest = json.loads((out / "manifest.json").read_text())
     assert [stage["status"] for stage in manifest["stages"]] == ["completed"] * 3
+    held_out = manifest["stages"][1]["metrics"]  # the reward trainer's own pairwise accuracy on the eval rows
+    assert held_out["eval_pref_accuracy"] == 1.0 and held_out["eval_pref_margin"] > 0 and "eval_pref_loss" in held_out
     assert hasattr(result.model, "lm_head")  # the run ends with the policy, not the reward model
 
 

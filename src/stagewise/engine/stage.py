@@ -436,13 +436,27 @@ def evaluate_stage(
     trainer: Trainer, recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset],
     tokenizer: PreTrainedTokenizerBase, labels: list[str] | None,
 ) -> dict[str, float]:
-    """Held-out loss (and perplexity for LM data) on each of the stage's eval datasets."""
+    """Held-out loss (and perplexity for LM data) on each of the stage's eval datasets; a trainer
+    that builds its own batches (TRL's) gets the raw rows and adds its own metrics (a reward
+    model's pairwise accuracy and margin)."""
     assert stage.eval is not None
     results: dict[str, float] = {}
+    own_batches = not TRAINERS.get(stage.trainer.kind).traits.samples_examples
     for name in stage.eval.data:
+        prefix = f"eval_{name}"
+        if own_batches:
+            from datasets import Dataset
+
+            found = trainer.evaluate(Dataset.from_list(datasets[name].rows), metric_key_prefix=prefix)
+            logged = trainer.state.log_history[-1] if trainer.state.log_history else {}
+            found.update({prefix + key[4:]: value for key, value in logged.items()  # TRL logs eval_accuracy, ...
+                          if key.startswith("eval_") and prefix + key[4:] not in found})
+            results.update({key: float(value) for key, value in found.items() if key.startswith(prefix)
+                            and isinstance(value, (int, float)) and not key.endswith(("_runtime", "_per_second"))})
+            continue
         examples = encode_stage_data(recipe, stage, [name], datasets, tokenizer, labels)
-        loss = trainer.evaluate(ListDataset(examples), metric_key_prefix=f"eval_{name}")[f"eval_{name}_loss"]
-        results[f"eval_{name}_loss"] = float(loss)
+        loss = trainer.evaluate(ListDataset(examples), metric_key_prefix=prefix)[f"{prefix}_loss"]
+        results[f"{prefix}_loss"] = float(loss)
         if recipe.datasets[name].format != "classification":
-            results[f"eval_{name}_perplexity"] = float(math.exp(min(loss, 50.0)))
+            results[f"{prefix}_perplexity"] = float(math.exp(min(loss, 50.0)))
     return results
