@@ -117,7 +117,7 @@ def one_line_error(capsys, argv, expected):
     ({"arms": {"full": {"recipe": "base.yaml", "sweep": {"key": "stages.0.lr", "values": [1e-3]}}, "b": {"recipe": "base.yaml"}}},
      "the baseline arm cannot sweep"),
     ({"match_on": "ppl"}, "match_on: 'ppl' is not a target probe"),
-    ({"arms": {"full": {"recipe": "base.yaml"}}}, "arms: Dictionary should have at least 2 items"),
+    ({"arms": {"full": {"recipe": "base.yaml"}}}, "arms: give at least 2 arms"),
 ])
 def test_bad_study_files_are_one_line(tmp_path, capsys, changes, expected):
     path = write_study(tmp_path, **changes)
@@ -151,3 +151,72 @@ def test_classification_study_reports_macro_and_per_class_f1(tmp_path):
     assert plain["sentiment:f1_neg"]["score"] == pytest.approx(sum(s["f1_neg"] for s in scores) / 3)
     assert "f1_neg" in reported and "vs_baseline" in results["rows"]["slow"]["probes"]["sentiment:f1_neg"]
     assert results["gain_levels"] == [] and "not computed" in (tmp_path / "study/study.md").read_text()
+
+
+def write_loco_study(tmp_path, recipe_changes=None, **changes):
+    def rows(cluster, n=4):
+        return [{"id": f"{cluster}{i}", "instruction": f"{cluster} question {i}", "output": f"{cluster}{i}"} for i in range(n)]
+
+    datasets = {f"{c}_train": {"format": "instruction", "template": "alpaca", "cluster": c, "rows": rows(c)}
+                for c in ("qa", "math", "mood")}
+    datasets |= {f"{c}_test": {"format": "instruction", "template": "alpaca", "cluster": c, "rows": rows(c.upper(), 3)}
+                 for c in ("qa", "math", "mood")}
+    recipe = {
+        "model": "tiny-llama", "datasets": datasets,
+        "stages": [{"name": "tune", "data": ["qa_train", "math_train", "mood_train"], "lr": 1e-2, "max_steps": 2,
+                    "batch_size": 4}],
+        "evaluation": {"target": [{"name": c, "data": f"{c}_test", "metric": "contains", "max_new_tokens": 4}
+                                  for c in ("qa", "math", "mood")]},
+        "output_dir": "unused", **(recipe_changes or {}),
+    }
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    study = {"loco": {"recipe": "mix.yaml"}, "seeds": [0], "bootstrap": 100, "output_dir": str(tmp_path / "study"),
+             **changes}
+    path = tmp_path / "loco.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def test_leave_one_cluster_out_never_trains_on_the_held_out_cluster(tmp_path, capsys):
+    path = write_loco_study(tmp_path)
+    assert main(["study", str(path)]) == 0
+    out = tmp_path / "study"
+    results = json.loads((out / "study.json").read_text())
+    assert set(results["rows"]) == {"all", "without-qa", "without-math", "without-mood"}
+    assert [(row["cluster"], row["probe"]) for row in results["loco"]] == [("qa", "qa"), ("math", "math"), ("mood", "mood")]
+    for cluster in ("qa", "math", "mood"):
+        manifest = json.loads((out / f"runs/without-{cluster}/seed-0/manifest.json").read_text())
+        trained = manifest["stages"][0]["inputs"]["data"]
+        assert f"{cluster}_train" not in trained and len(trained) == 2
+        datasets = manifest["recipe"]["datasets"]
+        trained_ids = {row["id"] for name in trained for row in datasets[name]["rows"]}
+        held_out_ids = {row["id"] for name, d in datasets.items() if d["cluster"] == cluster for row in d["rows"]}
+        assert trained_ids and not trained_ids & held_out_ids  # no row of the held-out cluster reached training
+    entry = results["loco"][0]
+    assert entry["held_out"] == results["rows"]["without-qa"]["probes"]["qa"]["score"]
+    assert entry["included"] == results["rows"]["all"]["probes"]["qa"]["score"]
+    assert "## Leave one cluster out" in (out / "study.md").read_text()
+
+
+@pytest.mark.parametrize("recipe_changes,changes,expected", [
+    ({"evaluation": {"target": [{"name": "qa", "data": "qa_test", "metric": "contains"}]}}, {},
+     "loco.recipe: cluster 'math' is held out but has no test data"),
+    ({}, {"arms": {"a": {"recipe": "mix.yaml"}}}, "a loco study makes its own arms"),
+    ({}, {"loco": {"recipe": "mix.yaml", "stage": 3}}, "loco.stage: the recipe has 1 stage(s)"),
+])
+def test_bad_loco_studies_are_one_line(tmp_path, capsys, recipe_changes, changes, expected):
+    path = write_loco_study(tmp_path, recipe_changes, **changes)
+    one_line_error(capsys, ["study", str(path), "--dry-run"], expected)
+
+
+def test_loco_clusters_may_not_share_a_dataset_or_leave_one_unlabelled(tmp_path, capsys):
+    path = write_loco_study(tmp_path)
+    recipe = yaml.safe_load((tmp_path / "mix.yaml").read_text())
+    recipe["datasets"]["math_test"]["rows"] = recipe["datasets"]["qa_test"]["rows"]  # the same rows, another cluster
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(recipe))
+    one_line_error(capsys, ["study", str(path), "--dry-run"], "clusters overlap by dataset: 'math_test' (math) and 'qa_test' (qa)")
+    recipe = yaml.safe_load((tmp_path / "mix.yaml").read_text())
+    recipe["datasets"]["math_test"]["rows"] = [{"instruction": "x", "output": "y"}]
+    del recipe["datasets"]["mood_train"]["cluster"]
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(recipe))
+    one_line_error(capsys, ["study", str(path), "--dry-run"], "dataset 'mood_train' of stage 0 has no 'cluster'")

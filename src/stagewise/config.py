@@ -52,6 +52,7 @@ class DatasetConfig(StrictModel):
     labels: list[str] | None = None
     max_samples: int | None = Field(default=None, ge=1)
     encoding: str = "utf-8"  # text encoding of a data file (JSONL/JSON/CSV)
+    cluster: SafeName | None = None  # task cluster (sentiment, qa, ...): `loco` studies hold one out at a time
 
     @field_validator("encoding")
     @classmethod

@@ -344,7 +344,8 @@ def running_entry(recipe: Recipe, index: int, datasets: dict[str, LoadedDataset]
         "config_hash": config_hash_,
         "status": "running",
         "inputs": {
-            "model": str(stage_folder(recipe, index - 1)) if index else recipe.model.model_name_or_path,
+            "model": (str(stage_folder(recipe, entering_stage(recipe, index))) if entering_stage(recipe, index) >= 0
+                      else recipe.model.model_name_or_path),
             "data": {n: {"source": datasets[n].source, "rows": len(datasets[n].rows),
                          "fingerprint": datasets[n].fingerprint} for n in stage_inputs(stage)},
         },

@@ -180,6 +180,11 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
             {"gain": float((point[match.name] - match.base[None, :]).mean()),
              **{probe.name: float((point[probe.name] - probe.base[None, :]).mean())
                 for probe in retention}} for point in curve]
+    summary = {name: {"group": probe.group, "metric": probe.metric if name == probe.name else "f1",
+                      "higher_is_better": probe.higher_is_better, "items": len(probe.ids),
+                      "base": float(probe.base.mean()) if statistic is None
+                      else statistic(probe.base, np.arange(len(probe.ids))),
+                      "minimal_detectable_difference": mdd[name]} for probe, name, statistic in statistics}
     return {
         "study": str(study.source),
         "baseline": config.baseline,
@@ -187,11 +192,13 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
         "bootstrap": n_boot,
         "match_on": match.name,
         "gain_levels": levels,
-        "probes": {name: {"group": probe.group, "metric": probe.metric if name == probe.name else "f1",
-                          "higher_is_better": probe.higher_is_better, "items": len(probe.ids),
-                          "base": float(probe.base.mean()) if statistic is None
-                          else statistic(probe.base, np.arange(len(probe.ids))),
-                          "minimal_detectable_difference": mdd[name]} for probe, name, statistic in statistics},
+        "probes": summary,
         "rows": table,
         "matched": matched,
+        "loco": [{"cluster": cluster, "probe": name, "base": summary[name]["base"],
+                  "held_out": table[f"without-{cluster}"]["probes"][name]["score"],
+                  "held_out_vs_included": table[f"without-{cluster}"]["probes"][name].get("vs_baseline"),
+                  "included": table["all"]["probes"][name]["score"]}
+                 for cluster, names in (study.clusters or {}).items() if f"without-{cluster}" in table
+                 for name in names],
     }

@@ -3,6 +3,7 @@ baseline arm; every run it implies, validated before anything runs.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,22 @@ class ArmConfig(StrictModel):
     sweep: SweepConfig | None = None
 
 
+class LocoConfig(StrictModel):
+    """Leave-one-cluster-out: the recipe's stage ``stage`` trains on datasets labelled with a
+    ``cluster``; the study runs it on every cluster (arm ``all``, the upper reference) and, per
+    cluster, on all the others (arm ``without-<cluster>``), scoring each held-out cluster on the
+    probes whose dataset carries that cluster (FLAN's evaluation, Wei et al. ICLR 2022 §2.2)."""
+
+    recipe: str
+    stage: int = Field(default=0, ge=0)         # the stage whose data is split by cluster
+    overrides: list[str] = Field(default_factory=list)
+
+
 class StudyConfig(StrictModel):
     description: str = ""
-    arms: dict[str, ArmConfig] = Field(min_length=2)
-    baseline: str                               # the arm every other arm is compared with, item by item
+    arms: dict[str, ArmConfig] = Field(default_factory=dict)
+    baseline: str | None = None                 # the arm every other arm is compared with, item by item
+    loco: LocoConfig | None = None              # instead of arms: leave-one-cluster-out arms, baseline `all`
     seeds: list[int] = Field(min_length=1)      # applied to every stage's seed
     overrides: list[str] = Field(default_factory=list)  # applied to every arm first (e.g. smaller data)
     match_on: str | None = None                 # target probe whose gain is matched (default: the first)
@@ -67,6 +80,7 @@ class Study:
     runs: list[StudyRun]
     match_on: str
     all_arms: tuple[str, ...]                   # every arm of the file (``config.arms`` may be a subset)
+    clusters: dict[str, list[str]] | None = None  # loco: held-out cluster -> the probes that test it
 
     @property
     def report_dir(self) -> Path:
@@ -85,7 +99,8 @@ def select_arms(study: Study, names: list[str]) -> Study:
                           f"(arms: {', '.join(study.config.arms)})")
     keep = [name for name in study.config.arms if name in names or name == study.config.baseline]
     config = study.config.model_copy(update={"arms": {name: study.config.arms[name] for name in keep}})
-    return Study(config, study.source, [run for run in study.runs if run.arm in keep], study.match_on, study.all_arms)
+    return Study(config, study.source, [run for run in study.runs if run.arm in keep], study.match_on, study.all_arms,
+                 study.clusters)
 
 
 def _sweep_label(key: str, value: Any) -> str:
@@ -106,6 +121,16 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
         line = line_for(loc, lines)
         raise RecipeError(f"{path}{f' line {line}' if line else ''}: {'.'.join(map(str, loc))}: {message}")
 
+    if config.loco is not None and (config.arms or config.baseline):
+        fail(("loco",), "a loco study makes its own arms (all, without-<cluster>): remove arms and baseline")
+    if config.loco is None and len(config.arms) < 2:
+        fail(("arms",), "give at least 2 arms (or a loco section)")
+    if config.loco is None and config.baseline is None:
+        fail(("baseline",), "name the arm every other arm is compared with")
+    clusters = None
+    if config.loco is not None:
+        arms, clusters = loco_arms(config, config.loco, path, find_recipe, fail)
+        config = config.model_copy(update={"arms": arms, "baseline": "all"})
     for name in config.arms:
         if not is_safe_name(name):
             fail(("arms", name), f"arm name {name!r}: expected {SAFE_NAME_HINT}")
@@ -155,4 +180,52 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
     match_on = config.match_on or target_names[0]
     if match_on not in target_names:
         fail(("match_on",), f"{match_on!r} is not a target probe (target probes: {', '.join(target_names)})")
-    return Study(config, path, runs, match_on, tuple(config.arms))
+    return Study(config, path, runs, match_on, tuple(config.arms), clusters)
+
+
+def _source(dataset: Any) -> Any:
+    """What a dataset's rows come from (two datasets with the same source hold the same rows)."""
+    return dataset.path or dataset.builtin or json.dumps(dataset.rows, sort_keys=True), dataset.split, \
+        json.dumps(dataset.builtin_options, sort_keys=True)
+
+
+def loco_arms(config: StudyConfig, loco: LocoConfig, path: Path, find_recipe: Any,
+              fail: Any) -> tuple[dict[str, ArmConfig], dict[str, list[str]]]:
+    """Arms ``all`` and ``without-<cluster>`` (the stage's data minus that cluster's datasets), and
+    the probes that test each cluster; one line for data that cannot support the design."""
+    try:
+        recipe_path = find_recipe(str(path.parent / loco.recipe) if (path.parent / loco.recipe).is_file() else loco.recipe)
+        recipe = load_recipe(recipe_path, [*config.overrides, *loco.overrides])
+    except StagewiseError as err:
+        fail(("loco", "recipe"), str(err))
+    if loco.stage >= len(recipe.stages):
+        fail(("loco", "stage"), f"the recipe has {len(recipe.stages)} stage(s); stage {loco.stage} does not exist")
+    stage = recipe.stages[loco.stage]
+    for name in stage.data:
+        if recipe.datasets[name].cluster is None:
+            fail(("loco", "recipe"), f"dataset {name!r} of stage {loco.stage} has no 'cluster': label every dataset "
+                                     "it trains on")
+    by_source: dict[Any, tuple[str, str]] = {}
+    for name, dataset in recipe.datasets.items():
+        if dataset.cluster is None:
+            continue
+        other = by_source.setdefault(_source(dataset), (name, dataset.cluster))
+        if other[1] != dataset.cluster:
+            fail(("loco", "recipe"), f"clusters overlap by dataset: {other[0]!r} ({other[1]}) and {name!r} "
+                                     f"({dataset.cluster}) hold the same rows")
+    trained = list(dict.fromkeys(recipe.datasets[name].cluster for name in stage.data))
+    if len(trained) < 2:
+        fail(("loco", "recipe"), f"stage {loco.stage} trains on {len(trained)} cluster(s); leaving one out needs 2 or more")
+    probes = [task for group in ("target", "retention") for task in getattr(recipe.evaluation, group, None) or []]
+    clusters = {cluster: [t.name for t in probes if t.data and recipe.datasets[t.data].cluster == cluster]
+                for cluster in trained}
+    for cluster, names in clusters.items():
+        if not names:
+            fail(("loco", "recipe"), f"cluster {cluster!r} is held out but has no test data: no probe's dataset has "
+                                     f"cluster: {cluster}")
+    arms = {"all": ArmConfig(recipe=loco.recipe, overrides=loco.overrides)}
+    for cluster in trained:
+        kept = [name for name in stage.data if recipe.datasets[name].cluster != cluster]
+        arms[f"without-{cluster}"] = ArmConfig(recipe=loco.recipe, overrides=[
+            *loco.overrides, f"stages.{loco.stage}.data=[{', '.join(kept)}]"])
+    return arms, clusters

@@ -23,6 +23,20 @@ def _p(value: float | None) -> str:
     return "-" if value is None else ("<0.001" if value < 0.001 else f"{value:.3f}")
 
 
+def _loco(results: dict[str, Any]) -> list[str]:
+    """Leave-one-cluster-out: each cluster's probes at the base model, after tuning on the other
+    clusters (held out; paired vs included), and after tuning on every cluster (included)."""
+    if not results.get("loco"):
+        return []
+    lines = ["", "## Leave one cluster out", "",
+             "| held-out cluster | probe | base (zero-shot) | tuned on the other clusters | tuned on all (included) | "
+             "held out - included [95% CI] |", "|---|---|---|---|---|---|"]
+    for row in results["loco"]:
+        lines.append(f"| {row['cluster']} | {row['probe']} | {fmt(row['base'])} | {fmt(row['held_out'])} | "
+                     f"{fmt(row['included'])} | {_ci(row['held_out_vs_included'])} |")
+    return lines
+
+
 def study_markdown(results: dict[str, Any]) -> str:
     probes = results["probes"]
     lines = [f"# stagewise study: {results['study']}", "",
@@ -36,6 +50,7 @@ def study_markdown(results: dict[str, Any]) -> str:
         direction = "" if probe["higher_is_better"] else " (mean NLL per item, lower is better)"
         lines.append(f"| {name} | {probe['group']} | {probe['metric']}{direction} | {probe['items']} | "
                      f"{fmt(probe['base'])} | {fmt(probe['minimal_detectable_difference'], '.3f')} |")
+    lines += _loco(results)
     for name, probe in probes.items():
         lines += ["", f"## {probe['group']}: {name}", "",
                   "| arm | score | change from base [95% CI] | vs baseline [95% CI] | p | p (Holm) |",
