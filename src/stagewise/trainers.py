@@ -9,6 +9,7 @@ trainer. ``hf`` (the default) is the plain Trainer; strategies register TRL trai
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -120,6 +121,17 @@ class StageTrainerMixin:
             self.model.load_state_dict(load_file(str(wrapped)))
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+def frozen_reference(model: Any) -> Any:
+    """A frozen copy of the model entering the stage (None with an adapter: TRL then uses the
+    adapter-disabled model as the reference)."""
+    if is_peft_model(model):
+        return None
+    reference = copy.deepcopy(model).eval()
+    for param in reference.parameters():
+        param.requires_grad_(False)
+    return reference
 
 
 _CLASSES: dict[type, type] = {}

@@ -9,31 +9,18 @@ stage; TempBalance's per-layer groups reach DPO's optimizer through the trainer 
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 from pydantic import Field
 from transformers import Trainer
 
-from ...addons import is_peft_model
 from ...registry import TRAINERS, PluginConfig, Requires, TrainerTraits
-from ...trainers import TrainerInputs, stage_trainer_class
+from ...trainers import TrainerInputs, frozen_reference, stage_trainer_class
 
 
 class DPOConfig(PluginConfig):
     beta: float = Field(default=0.1, gt=0)              # DPO paper / TRL default
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
-
-
-def frozen_reference(model: Any) -> Any:
-    """A frozen copy of the model entering the stage (None with an adapter: TRL then uses the
-    adapter-disabled model as the reference)."""
-    if is_peft_model(model):
-        return None
-    reference = copy.deepcopy(model).eval()
-    for param in reference.parameters():
-        param.requires_grad_(False)
-    return reference
 
 
 @TRAINERS.register("dpo", DPOConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",)),

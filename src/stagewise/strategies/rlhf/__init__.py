@@ -33,8 +33,7 @@ from ...config import DatasetConfig, EvalTaskConfig, EvaluationConfig
 from ...errors import DataError, ModelError
 from ...eval.suite import answer_correct, item_ids
 from ...registry import METRICS, TRAINERS, PluginConfig, Requires, TrainerTraits
-from ...trainers import TrainerInputs, stage_trainer_class
-from ..dpo import frozen_reference
+from ...trainers import TrainerInputs, frozen_reference, stage_trainer_class
 
 HEADS = ("score.", "classifier.")  # decoder-style and encoder-style classification heads
 
