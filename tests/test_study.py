@@ -220,3 +220,42 @@ def test_loco_clusters_may_not_share_a_dataset_or_leave_one_unlabelled(tmp_path,
     del recipe["datasets"]["mood_train"]["cluster"]
     (tmp_path / "mix.yaml").write_text(yaml.safe_dump(recipe))
     one_line_error(capsys, ["study", str(path), "--dry-run"], "dataset 'mood_train' of stage 0 has no 'cluster'")
+
+
+def test_a_task_sequence_study_reports_bwt_consistent_with_each_runs_matrix(tmp_path):
+    """The study's BWT/average accuracy equal the mean over seeds of each run's own accuracy-matrix
+    summary (report.continual_section, computed from the manifests independently)."""
+    from stagewise.report import continual_section
+
+    rows_a = [{"instruction": f"a{i}?", "output": f"A{i}"} for i in range(6)]
+    rows_b = [{"instruction": f"b{i}?", "output": f"B{i}"} for i in range(6)]
+    recipe = {
+        "model": "tiny-llama",
+        "datasets": {"a": {"format": "instruction", "template": "alpaca", "rows": rows_a},
+                     "b": {"format": "instruction", "template": "alpaca", "rows": rows_b}},
+        "stages": [{"name": "first", "data": "a", "lr": 3e-2, "max_steps": 4, "batch_size": 3},
+                   {"name": "second", "data": "b", "lr": 3e-2, "max_steps": 4, "batch_size": 3}],
+        "evaluation": {"target": [{"name": "ta", "data": "a", "metric": "contains", "max_new_tokens": 3, "stage": "first"},
+                                  {"name": "tb", "data": "b", "metric": "contains", "max_new_tokens": 3, "stage": "second"}]},
+        "output_dir": "unused",
+    }
+    (tmp_path / "seq.yaml").write_text(yaml.safe_dump(recipe))
+    study = {"arms": {"full": {"recipe": "seq.yaml"},
+                      "low": {"recipe": "seq.yaml", "overrides": ["stages.1.lr=1e-3"]}},
+             "baseline": "full", "seeds": [0, 1], "bootstrap": 200, "output_dir": str(tmp_path / "study")}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    assert main(["study", str(tmp_path / "study.yaml")]) == 0
+    results = json.loads((tmp_path / "study/study.json").read_text())
+    continual = results["continual"]
+    assert continual["tasks"] == ["ta", "tb"]
+    for arm in ("full", "low"):
+        per_run = [continual_section(json.loads((tmp_path / f"study/runs/{arm}/seed-{s}/manifest.json").read_text()))
+                   for s in (0, 1)]
+        for key in ("average_accuracy", "bwt", "fwt"):
+            entry = continual["arms"][arm][key]
+            assert entry["estimate"] == pytest.approx(sum(run[key] for run in per_run) / 2)
+            assert entry["low"] <= entry["estimate"] <= entry["high"]
+    versus = continual["arms"]["low"]["bwt"]["vs_baseline"]
+    assert versus["estimate"] == pytest.approx(continual["arms"]["low"]["bwt"]["estimate"]
+                                               - continual["arms"]["full"]["bwt"]["estimate"])
+    assert "## Task sequence: ta -> tb" in (tmp_path / "study/study.md").read_text()

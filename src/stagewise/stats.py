@@ -65,7 +65,7 @@ class PairedDifference:
         return {**self.interval.to_dict(), "p_value": self.p_value, "n_items": self.n_items}
 
 
-def _paired(draws: np.ndarray, estimate: float, level: float, n_items: int) -> PairedDifference:
+def paired_from_draws(draws: np.ndarray, estimate: float, level: float, n_items: int) -> PairedDifference:
     """Interval and two-sided p, 2 min(P*(D <= 0), P*(D >= 0)) (Efron & Tibshirani 1993, 16.4),
     at least 1/n_boot, from the bootstrap draws of a paired difference."""
     p = 2 * min(float(np.mean(draws <= 0)), float(np.mean(draws >= 0)))
@@ -79,7 +79,7 @@ def paired_difference(arm: Scores, baseline: Scores, n_boot: int = 2000, level: 
     per_item = np.asarray(arm, float).mean(axis=0) - np.asarray(baseline, float).mean(axis=0)
     rng = np.random.default_rng(seed)
     draws = per_item[rng.integers(0, per_item.size, size=(n_boot, per_item.size))].mean(axis=1)
-    return _paired(draws, float(per_item.mean()), level, per_item.size)
+    return paired_from_draws(draws, float(per_item.mean()), level, per_item.size)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -184,4 +184,4 @@ def paired_statistic_difference(arm: np.ndarray, baseline: np.ndarray, statistic
     for b in range(n_boot):
         idx = rng.integers(0, items, size=items)
         draws[b] = value(arm, idx) - value(baseline, idx)
-    return _paired(draws, estimate, level, items)
+    return paired_from_draws(draws, estimate, level, items)

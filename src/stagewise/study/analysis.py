@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..report import continual_metrics
 from ..stats import (
     f1_per_class,
     holm,
     matched_retention,
     mean_delta_interval,
     paired_difference,
+    paired_from_draws,
     paired_statistic_difference,
     statistic_delta_interval,
 )
@@ -130,6 +132,51 @@ def load_scores(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> tupl
     return probes, list(rows.values())
 
 
+def continual_summary(study: Study, probes: list[Probe], rows: list[Row], baseline: Row,
+                      n_boot: int) -> dict[str, Any] | None:
+    """For a task sequence (probes with ``stage:``, scored once after every stage): each arm's
+    average accuracy, BWT and FWT (``report.continual_metrics``) with a bootstrap interval over
+    seeds then items, and its paired difference from the baseline (seeds averaged, items
+    resampled alike for both arms, as :func:`stats.paired_difference` does)."""
+    recipe = study.runs[0].recipe
+    stages = [stage.name for stage in recipe.stages]
+    tasks = sorted((stages.index(t.stage), t.name) for group in GROUPS
+                   for t in getattr(recipe.evaluation, group) if t.stage)
+    by_name = {probe.name: probe for probe in probes}
+    if (not tasks or recipe.evaluation.every != "stage" or any(by_name[name].classification for _, name in tasks)
+            or any(len(row.points) != len(stages) for row in rows)):
+        return None
+
+    def summary(row: Row, seeds: np.ndarray, items: list[np.ndarray]) -> dict[str, float]:
+        matrix = [[float(row.points[stage][name][seeds][:, items[j]].mean()) for j, (_, name) in enumerate(tasks)]
+                  for stage, _ in tasks]
+        return continual_metrics(matrix, [float(by_name[name].base[items[j]].mean()) for j, (_, name) in enumerate(tasks)])
+
+    rng = np.random.default_rng(0)
+    n_seeds = len(study.config.seeds)
+    every_item = [np.arange(len(by_name[name].ids)) for _, name in tasks]
+    draws = [(rng.integers(0, n_seeds, size=n_seeds), [rng.integers(0, len(i), size=len(i)) for i in every_item])
+             for _ in range(n_boot)]
+    all_seeds = np.arange(n_seeds)
+    baseline_paired = [summary(baseline, all_seeds, items) for _, items in draws]
+    table: dict[str, Any] = {}
+    for row in rows:
+        estimate = summary(row, all_seeds, every_item)
+        resampled = [summary(row, seeds, items) for seeds, items in draws]
+        paired = [summary(row, all_seeds, items) for _, items in draws]
+        table[row.name] = {}
+        for key, value in estimate.items():
+            entry = {"estimate": value, **{k: v for k, v in zip(("low", "high"), np.quantile(
+                [r[key] for r in resampled], [0.025, 0.975]))}}
+            if row is not baseline:
+                difference = np.array([a[key] - b[key] for a, b in zip(paired, baseline_paired)])
+                entry["vs_baseline"] = paired_from_draws(
+                    difference, value - summary(baseline, all_seeds, every_item)[key], 0.95,
+                    sum(map(len, every_item))).to_dict()
+            table[row.name][key] = entry
+    return {"tasks": [name for _, name in tasks], "arms": table}
+
+
 def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str, Any]:
     config = study.config
     probes, rows = load_scores(study, manifests)
@@ -195,6 +242,7 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
         "probes": summary,
         "rows": table,
         "matched": matched,
+        "continual": continual_summary(study, probes, rows, baseline, n_boot),
         "loco": [{"cluster": cluster, "probe": name, "base": summary[name]["base"],
                   "held_out": table[f"without-{cluster}"]["probes"][name]["score"],
                   "held_out_vs_included": table[f"without-{cluster}"]["probes"][name].get("vs_baseline"),

@@ -37,6 +37,22 @@ def _loco(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _continual(results: dict[str, Any]) -> list[str]:
+    """A task sequence's average accuracy, BWT and FWT per arm, with the paired difference of BWT."""
+    continual = results.get("continual")
+    if not continual:
+        return []
+    lines = ["", f"## Task sequence: {' -> '.join(continual['tasks'])}", "",
+             "Average accuracy after the last stage, backward transfer (BWT, negative = forgetting) and forward "
+             "transfer (FWT), GEM's definitions; intervals resample seeds then items.", "",
+             "| arm | average accuracy | BWT | FWT | BWT vs baseline [95% CI] | p |", "|---|---|---|---|---|---|"]
+    for arm, entry in continual["arms"].items():
+        versus = entry["bwt"].get("vs_baseline")
+        lines.append(f"| {arm} | {_ci(entry['average_accuracy'], '.3f')} | {_ci(entry['bwt'])} | {_ci(entry['fwt'])} | "
+                     f"{_ci(versus) if versus else '(baseline)'} | {_p(versus and versus['p_value'])} |")
+    return lines
+
+
 def study_markdown(results: dict[str, Any]) -> str:
     probes = results["probes"]
     lines = [f"# stagewise study: {results['study']}", "",
@@ -50,7 +66,7 @@ def study_markdown(results: dict[str, Any]) -> str:
         direction = "" if probe["higher_is_better"] else " (mean NLL per item, lower is better)"
         lines.append(f"| {name} | {probe['group']} | {probe['metric']}{direction} | {probe['items']} | "
                      f"{fmt(probe['base'])} | {fmt(probe['minimal_detectable_difference'], '.3f')} |")
-    lines += _loco(results)
+    lines += _loco(results) + _continual(results)
     for name, probe in probes.items():
         lines += ["", f"## {probe['group']}: {name}", "",
                   "| arm | score | change from base [95% CI] | vs baseline [95% CI] | p | p (Holm) |",
