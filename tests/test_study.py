@@ -67,6 +67,10 @@ def test_study_runs_every_arm_and_seed_and_writes_its_outputs(tmp_path, capsys):
     manifest = json.loads((out / "runs/top/seed-1/manifest.json").read_text())
     assert manifest["recipe"]["stages"][0]["seed"] == 1
 
+    manifest_path = out / "runs/top/seed-1/manifest.json"  # written before a key with a default existed
+    older = json.loads(manifest_path.read_text())
+    del older["recipe"]["datasets"]["facts"]["cluster"]
+    manifest_path.write_text(json.dumps(older))
     assert main(["study", str(path), "--dry-run"]) == 0
     assert "8 of 8 runs done" in capsys.readouterr().out
     assert main(["study", str(path)]) == 0  # everything reused: same numbers

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import recipe_to_dict
+from pydantic import ValidationError
+
+from ..config import Recipe, recipe_to_dict
 from ..engine.run_folder import read_manifest
 from ..errors import OutputError
 from ..io import atomic_write_json, atomic_write_text
@@ -19,13 +21,16 @@ from .report import plot_forest, plot_gain_retention, study_markdown
 
 
 def is_complete(run: StudyRun) -> bool:
-    """Finished with exactly this recipe (the engine also checks data and weights before reuse)."""
+    """Finished with exactly this recipe (the engine also checks data and weights before reuse).
+    The recorded recipe is read through today's schema, so a key added since (with its default)
+    does not make a finished run look unfinished."""
     try:
         manifest = read_manifest(Path(run.recipe.output_dir))
-    except OutputError:
+        recorded = recipe_to_dict(Recipe.model_validate(manifest.get("recipe")))
+    except (OutputError, ValidationError):
         return False
     stages = manifest.get("stages", [])
-    return (manifest.get("recipe") == recipe_to_dict(run.recipe) and len(stages) == len(run.recipe.stages)
+    return (recorded == recipe_to_dict(run.recipe) and len(stages) == len(run.recipe.stages)
             and all(stage.get("status") == "completed" for stage in stages))
 
 
