@@ -139,7 +139,7 @@ def test_dpo_needs_preference_data(tmp_path):
         make_recipe(tmp_path, [{"name": "s", "data": "sft", "trainer": "dpo"}])
     preference = {"pref": {"format": "preference", "rows": PREFERENCES}}
     with pytest.raises(RecipeError, match=r"stages.0.trainer: trainer 'hf' takes lm or classification data, not "
-                                          r"preference \(this stage can use: cpo, dpo, orpo, simpo\)"):
+                                          r"preference \(this stage can use: cpo, dpo, grpo, orpo, reward, rloo, simpo\)"):
         make_recipe(tmp_path, [{"name": "s", "data": "pref"}], datasets=preference)
     with pytest.raises(RecipeError, match="stages.0.loss: trainer 'dpo' defines its own objective"):
         make_recipe(tmp_path, [{"name": "s", "data": "pref", "trainer": "dpo", "loss": "ldam"}], datasets=preference)

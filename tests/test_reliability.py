@@ -202,7 +202,7 @@ CASES: list[tuple[str, Callable[[Sandbox], Any], str]] = [
     ("classification-on-causal-lm", rows("classification", [{"text": "a", "label": 0}, {"text": "b", "label": 1}]),
      "classification data needs model.task: sequence_classification"),
     ("preference-without-dpo", rows("preference", [{"prompt": "p", "chosen": "a", "rejected": "b"}]),
-     "trainer 'hf' takes lm or classification data, not preference (this stage can use: cpo, dpo, orpo, simpo)"),
+     "trainer 'hf' takes lm or classification data, not preference (this stage can use: cpo, dpo, grpo, orpo, reward, rloo, simpo)"),
     # data files
     ("jsonl-not-utf8", data_file("bad.jsonl", b'{"text": "caf\xe9"}\n'), "bad.jsonl line 1: not utf-8 text"),
     ("csv-not-utf8", data_file("bad.csv", b"text\nok\ncaf\xe9\n"), "bad.csv line 3: not utf-8 text"),
