@@ -162,13 +162,16 @@ def write_loco_study(tmp_path, recipe_changes=None, **changes):
         return [{"id": f"{cluster}{i}", "instruction": f"{cluster} question {i}", "output": f"{cluster}{i}"} for i in range(n)]
 
     datasets = {f"{c}_train": {"format": "instruction", "template": "alpaca", "cluster": c, "rows": rows(c)}
-                for c in ("qa", "math", "mood")}
+                for c in ("qa", "math")}
+    datasets["mood_train"] = {"format": "classification", "template": "alpaca", "cluster": "mood",  # templated below
+                              "rows": [{"id": f"mood{i}", "text": f"day {i}", "label": "calm"} for i in range(4)]}
     datasets |= {f"{c}_test": {"format": "instruction", "template": "alpaca", "cluster": c, "rows": rows(c.upper(), 3)}
                  for c in ("qa", "math", "mood")}
     recipe = {
         "model": "tiny-llama", "datasets": datasets,
         "stages": [{"name": "tune", "data": ["qa_train", "math_train", "mood_train"], "lr": 1e-2, "max_steps": 2,
-                    "batch_size": 4}],
+                    "batch_size": 4, "transforms": [{"kind": "template", "datasets": ["mood_train"],
+                                                      "templates": [{"instruction": "Mood of {text}?"}]}]}],
         "evaluation": {"target": [{"name": c, "data": f"{c}_test", "metric": "contains", "max_new_tokens": 4}
                                   for c in ("qa", "math", "mood")]},
         "output_dir": "unused", **(recipe_changes or {}),
@@ -196,6 +199,8 @@ def test_leave_one_cluster_out_never_trains_on_the_held_out_cluster(tmp_path, ca
         trained_ids = {row["id"] for name in trained for row in datasets[name]["rows"]}
         held_out_ids = {row["id"] for name, d in datasets.items() if d["cluster"] == cluster for row in d["rows"]}
         assert trained_ids and not trained_ids & held_out_ids  # no row of the held-out cluster reached training
+        templated = out / f"runs/without-{cluster}/seed-0/0-tune/templated-mood_train.jsonl"
+        assert templated.exists() == (cluster != "mood")  # the mood set leaves its template transform too
     entry = results["loco"][0]
     assert entry["held_out"] == results["rows"]["without-qa"]["probes"]["qa"]["score"]
     assert entry["included"] == results["rows"]["all"]["probes"]["qa"]["score"]

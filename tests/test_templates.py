@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import CLASSIFICATION_ROWS, make_recipe, run
+from conftest import CLASSIFICATION_ROWS, INSTRUCTION_ROWS, make_recipe, run
 from stagewise.errors import DataError, RecipeError
 from stagewise.strategies.templates import InstructionTemplate, TemplateConfig, fill, option_list
 
@@ -81,3 +81,24 @@ def test_templates_from_a_file(tmp_path):
         make_recipe(tmp_path / "c", [stage(templates=str(tmp_path / "bad.yaml"))], datasets=DATASETS)
     recipe = make_recipe(tmp_path / "d", [stage(templates=str(tmp_path / "t.yaml"))], datasets=DATASETS)
     assert recipe.stages[0].transforms[0].templates[0].instruction == "Classify: {text}"  # inline: in the hash
+
+
+def test_a_transform_limited_to_one_dataset_leaves_the_others_as_they_are(tmp_path):
+    """A labelled set templated into instructions trains beside a ready-made instruction set."""
+    datasets = {**DATASETS, "qa": {"format": "instruction", "template": "alpaca", "rows": INSTRUCTION_ROWS}}
+    mixed = {"name": "s", "data": ["reviews", "qa"], "max_steps": 2, "batch_size": 2}
+    with pytest.raises(RecipeError, match=r"stages.0.data: cannot mix dataset formats \['classification', 'instruction'\]"
+                                          r" in one stage \(template the labelled ones into instructions first\)"):
+        make_recipe(tmp_path, [mixed], datasets=datasets)
+    with pytest.raises(RecipeError, match=r"stages.0.transforms.0.datasets: 'sft' is not one of this stage's datasets "
+                                          r"\(reviews, qa\)"):
+        make_recipe(tmp_path, [{**mixed, "transforms": [{"kind": "template", "templates": "builtin:sentiment",
+                                                          "datasets": ["sft"]}]}], datasets=datasets)
+    recipe = make_recipe(tmp_path, [{**mixed, "transforms": [{"kind": "template", "templates": "builtin:sentiment",
+                                                              "datasets": ["reviews"]}]}], datasets=datasets)
+    result = run(recipe)
+    stage_dir = tmp_path / "run/0-s"
+    assert (stage_dir / "templated-reviews.jsonl").exists() and not (stage_dir / "templated-qa.jsonl").exists()
+    entry = result.manifest["stages"][0]
+    assert entry["transforms"] == [{"kind": "template", "data": "reviews", "rows": 4, "templates": 4}]
+    assert entry["train_rows"] == len(CLASSIFICATION_ROWS) + len(INSTRUCTION_ROWS)

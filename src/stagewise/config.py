@@ -520,11 +520,17 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                 problem = separate_model_problem(recipe, index, getattr(config, key))
                 if problem:
                     fail(("stages", index, *field, key), problem)
-        formats = {recipe.datasets[name].format for name in stage.data}
-        if "fewshot" in formats:
+        for position, transform in enumerate(stage.transforms):
+            for name in getattr(transform, "datasets", None) or []:
+                if name not in stage.data:
+                    fail(("stages", index, "transforms", position, "datasets"),
+                         f"{name!r} is not one of this stage's datasets ({', '.join(stage.data)})")
+        if "fewshot" in {recipe.datasets[name].format for name in stage.data}:
             fail(("stages", index, "data"), "format 'fewshot' is for evaluation probes only, not training")
+        formats = stage_formats(recipe, stage)  # after the transforms: a labelled set templated into instructions mixes
         if len({_objective(fmt) for fmt in formats}) > 1:
-            fail(("stages", index, "data"), f"cannot mix dataset formats {sorted(formats)} in one stage")
+            fail(("stages", index, "data"), f"cannot mix dataset formats {sorted(formats)} in one stage "
+                                            "(template the labelled ones into instructions first)")
         problem = stage_problem(recipe, stage) or merge_problem(recipe, index)
         if problem:
             fail(("stages", index, *problem[0]), problem[1])
@@ -622,7 +628,7 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     if objective != "classification" and recipe.model.task != "causal_lm":
         return ("data",), f"{recipe.datasets[stage.data[0]].format} data needs model.task: causal_lm"
     chain = format_chain(recipe, stage)  # each transform sees the rows the previous one returned
-    formats = chain[-1]
+    formats = set(chain[-1].values())
     trainer_traits = TRAINERS.get(stage.trainer.kind).traits
     if stage.data_weights and not trainer_traits.samples_examples:
         return ("data",), (f"trainer {stage.trainer.kind!r} builds its own batches from the rows, so data weights "
@@ -633,7 +639,8 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     takes_loss = trainer_traits.takes_loss
     if not takes_loss and stage.loss.kind != "ce":
         return ("loss",), f"trainer {stage.trainer.kind!r} defines its own objective; remove `loss: {stage.loss.kind}`"
-    used = [(("transforms", i), TRANSFORMS, transform, chain[i]) for i, transform in enumerate(stage.transforms)]
+    used = [(("transforms", i), TRANSFORMS, transform, {chain[i][name] for name in transform_targets(stage, transform)})
+            for i, transform in enumerate(stage.transforms) if transform_targets(stage, transform)]
     used += [((field,), registry, getattr(stage, field), formats) for field, registry in PLUGIN_FIELDS.items()
              if takes_loss or field != "loss"]
     for field, registry, config, seen_formats in used:
@@ -676,19 +683,26 @@ def _objective(data_format: str) -> str:
     return {"classification": "classification", "preference": "preference", "feedback": "feedback"}.get(data_format, "lm")
 
 
-def format_chain(recipe: Recipe, stage: StageConfig) -> list[set[str]]:
-    """The formats of the rows entering each of the stage's transforms, then of the rows it
-    trains on (a transform may return another format: labelled rows templated into instructions)."""
-    chain = [{recipe.datasets[name].format for name in stage.data}]
+def transform_targets(stage: StageConfig, transform: Any) -> list[str]:
+    """The stage datasets a transform rewrites: those its ``datasets`` lists, else all of them."""
+    only = getattr(transform, "datasets", None)
+    return list(stage.data) if only is None else [name for name in stage.data if name in only]
+
+
+def format_chain(recipe: Recipe, stage: StageConfig) -> list[dict[str, str]]:
+    """Each dataset's format as it enters each of the stage's transforms, then as the stage trains
+    on it (a transform may return another format: labelled rows templated into instructions)."""
+    chain = [{name: recipe.datasets[name].format for name in stage.data}]
     for transform in stage.transforms:
         output = TRANSFORMS.get(transform.kind).traits.output_format
-        chain.append({output} if output else chain[-1])
+        chain.append({name: output if output and name in transform_targets(stage, transform) else fmt
+                      for name, fmt in chain[-1].items()})
     return chain
 
 
 def stage_formats(recipe: Recipe, stage: StageConfig) -> set[str]:
     """The formats of the rows the stage trains on."""
-    return format_chain(recipe, stage)[-1]
+    return set(format_chain(recipe, stage)[-1].values())
 
 
 def stage_objective(recipe: Recipe, stage: StageConfig) -> str:

@@ -53,6 +53,13 @@ class PluginConfig(StrictModel):
         return [getattr(self, name) for name in self.dataset_fields if getattr(self, name) is not None]
 
 
+class TransformConfig(PluginConfig):
+    """Options every data transform takes. ``datasets`` limits it to some of the stage's datasets
+    (template one labelled set among ready-made instruction sets); unset, it rewrites them all."""
+
+    datasets: list[str] | None = None
+
+
 @dataclass(frozen=True)
 class Requires:
     """What an entry needs from the stage (or probe) it is used in; ``None`` = anything."""
@@ -84,7 +91,7 @@ class SelectorTraits:
 
 @dataclass(frozen=True)
 class TransformTraits:
-    stage_wide: bool = False    # one pass over all of the stage's datasets together (not one per dataset)
+    stage_wide: bool = False    # one pass over all of its datasets together (not one per dataset)
     output_format: str | None = None  # the data format of the rows it returns (None: the format it received)
 
 

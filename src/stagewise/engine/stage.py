@@ -28,7 +28,8 @@ from transformers import (
 )
 
 from ..addons import is_addon_parameter, is_peft_model, model_to_save
-from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig, Recipe, StageConfig, stage_objective
+from ..config import (DatasetConfig, EvalTaskConfig, EvaluationConfig, Recipe, StageConfig, stage_objective,
+                      transform_targets)
 from ..data import ListDataset, LoadedDataset, encode_dataset
 from ..data.mixture import MixtureSampler, mixture_counts
 from ..data.tokenize import prompt_text
@@ -98,19 +99,23 @@ def transform_stage_data(
     row_format = {name: recipe.datasets[name].format for name in stage.data}  # after the transforms so far
     for transform in stage.transforms:
         traits = TRANSFORMS.get(transform.kind).traits
-        if not traits.stage_wide or len(stage.data) == 1:
-            rows = {name: apply(transform, name, recipe.datasets[name], part) for name, part in rows.items()}
+        targets = transform_targets(stage, transform)
+        if not targets:  # e.g. a leave-one-cluster-out arm dropped every dataset it templates
+            continue
+        if not traits.stage_wide or len(targets) == 1:
+            rows.update({name: apply(transform, name, recipe.datasets[name], rows[name]) for name in targets})
         else:
-            if len(set(row_format.values())) > 1:
-                raise DataError(f"transform {transform.kind!r} takes all of the stage's datasets at once; "
-                                f"they must share one format (got {sorted(set(row_format.values()))})")
-            origin = {id(row): name for name, part in rows.items() for row in part}
-            kept = apply(transform, "+".join(stage.data), recipe.datasets[stage.data[0]],
-                         [row for part in rows.values() for row in part])
-            rows = {name: [row for row in kept if origin[id(row)] == name] for name in stage.data}
-            reports[-1]["rows_out_per_dataset"] = {name: len(part) for name, part in rows.items()}
+            formats = {row_format[name] for name in targets}
+            if len(formats) > 1:
+                raise DataError(f"transform {transform.kind!r} takes all of its datasets at once; "
+                                f"they must share one format (got {sorted(formats)})")
+            origin = {id(row): name for name in targets for row in rows[name]}
+            kept = apply(transform, "+".join(targets), recipe.datasets[targets[0]],
+                         [row for name in targets for row in rows[name]])
+            rows.update({name: [row for row in kept if origin[id(row)] == name] for name in targets})
+            reports[-1]["rows_out_per_dataset"] = {name: len(rows[name]) for name in targets}
         if traits.output_format:
-            row_format = dict.fromkeys(row_format, traits.output_format)
+            row_format.update(dict.fromkeys(targets, traits.output_format))
     if not any(rows.values()):  # one dataset may end empty, the stage may not
         kept_text = "; ".join(f"{r['kind']} on {r['data']}: " + ", ".join(
             f"{key.replace('_', ' ')} {value}" for key, value in r.items() if key not in ("kind", "data")) for r in reports)

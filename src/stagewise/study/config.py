@@ -191,8 +191,9 @@ def _source(dataset: Any) -> Any:
 
 def loco_arms(config: StudyConfig, loco: LocoConfig, path: Path, find_recipe: Any,
               fail: Any) -> tuple[dict[str, ArmConfig], dict[str, list[str]]]:
-    """Arms ``all`` and ``without-<cluster>`` (the stage's data minus that cluster's datasets), and
-    the probes that test each cluster; one line for data that cannot support the design."""
+    """Arms ``all`` and ``without-<cluster>`` (the stage's data minus that cluster's datasets, which
+    also leave the transforms that name them), and the probes that test each cluster; one line
+    for data that cannot support the design."""
     try:
         recipe_path = find_recipe(str(path.parent / loco.recipe) if (path.parent / loco.recipe).is_file() else loco.recipe)
         recipe = load_recipe(recipe_path, [*config.overrides, *loco.overrides])
@@ -226,6 +227,8 @@ def loco_arms(config: StudyConfig, loco: LocoConfig, path: Path, find_recipe: An
     arms = {"all": ArmConfig(recipe=loco.recipe, overrides=loco.overrides)}
     for cluster in trained:
         kept = [name for name in stage.data if recipe.datasets[name].cluster != cluster]
+        narrowed = [f"stages.{loco.stage}.transforms.{i}.datasets=[{', '.join(n for n in t.datasets if n in kept)}]"
+                    for i, t in enumerate(stage.transforms) if getattr(t, "datasets", None) is not None]
         arms[f"without-{cluster}"] = ArmConfig(recipe=loco.recipe, overrides=[
-            *loco.overrides, f"stages.{loco.stage}.data=[{', '.join(kept)}]"])
+            *loco.overrides, f"stages.{loco.stage}.data=[{', '.join(kept)}]", *narrowed])
     return arms, clusters

@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...probing import ProbeSettings, categorize, model_answerer, settings_dict, summary
-from ...registry import TRANSFORMS, PluginConfig, Requires, TransformTraits
+from ...registry import TRANSFORMS, Requires, TransformConfig, TransformTraits
 from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
 
 Category = Literal["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"]
@@ -27,7 +27,7 @@ class ReplayConfig(BaseModel):
     ratio: float = Field(gt=0)  # replay items per selected (upgraded) item
 
 
-class SelectConfig(PluginConfig):
+class SelectConfig(TransformConfig):
     categories: list[Category] | None = None
     upgraded_from: list[Category] | None = None
     to: list[Category] | None = None

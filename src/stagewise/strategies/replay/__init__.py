@@ -19,11 +19,11 @@ from pydantic import Field
 from ...data.tokenize import encode_prompt
 from ...errors import DataError
 from ...generation import SamplingConfig, generate
-from ...registry import TRANSFORMS, PluginConfig, Requires
+from ...registry import TRANSFORMS, Requires, TransformConfig
 from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
 
 
-class SelfReplayConfig(PluginConfig):
+class SelfReplayConfig(TransformConfig):
     dataset_fields: ClassVar[tuple[str, ...]] = ("prompts",)
     prompts: str                                  # an instruction dataset whose instructions the model answers
     ratio: float = Field(default=0.3, gt=0)       # replay rows per training row (0.25-0.43 = 20-30% of the stage)

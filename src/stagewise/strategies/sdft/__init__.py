@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ...eval.metrics import exact_match, last_integer
 from ...generation import SamplingConfig, generate
-from ...registry import TRANSFORMS, PluginConfig, Requires
+from ...registry import TRANSFORMS, Requires, TransformConfig
 from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
 
 
@@ -47,7 +47,7 @@ TEMPLATES = {  # sail-sg/sdft src/llmtuner/data/template.py
 BANNED = ("reference answer", "your response", "my response", "your own response", "now it's your turn")
 
 
-class DistillConfig(PluginConfig):
+class DistillConfig(TransformConfig):
     template: Literal["general", "refer", "gsm8k_distill"] = "general"
     chat_template: Literal["auto", "always", "never"] = "auto"  # wrap the rewrite prompt as a user turn
     temperature: float = Field(default=0.95, gt=0)   # reference sampling settings

@@ -22,7 +22,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from ...errors import DataError
-from ...registry import TRANSFORMS, PluginConfig, TransformTraits
+from ...registry import TRANSFORMS, TransformConfig, TransformTraits
 from ...schema import StrictModel
 from ...transforms import TransformContext, write_rows
 
@@ -51,7 +51,7 @@ BUILTIN_TEMPLATES: dict[str, list[dict[str, str]]] = {
 }
 
 
-class TemplateConfig(PluginConfig):
+class TemplateConfig(TransformConfig):
     templates: list[InstructionTemplate] | str    # inline list, "builtin:<task>", or a YAML/JSON file of them
     verbalizer: dict[str, str] = Field(default_factory=dict)  # label value -> word ({"0": negative, ...})
     options: bool = False                         # list the verbalised labels (FLAN's OPTIONS) in the instruction
