@@ -73,6 +73,14 @@ def test_study_runs_every_arm_and_seed_and_writes_its_outputs(tmp_path, capsys):
     manifest_path.write_text(json.dumps(older))
     assert main(["study", str(path), "--dry-run"]) == 0
     assert "8 of 8 runs done" in capsys.readouterr().out
+    hashed = json.loads(manifest_path.read_text())  # trained on other data or config: the engine would retrain it
+    true_hash = hashed["stages"][0]["config_hash"]
+    hashed["stages"][0]["config_hash"] = "0" * 16
+    manifest_path.write_text(json.dumps(hashed))
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "7 of 8 runs done" in capsys.readouterr().out
+    hashed["stages"][0]["config_hash"] = true_hash
+    manifest_path.write_text(json.dumps(hashed))
     assert main(["study", str(path)]) == 0  # everything reused: same numbers
     again = json.loads((out / "study.json").read_text())
     assert again["rows"] == results["rows"]

@@ -12,8 +12,10 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from ..config import Recipe, recipe_to_dict
+from ..data import load_dataset_config
+from ..engine.pipeline import stage_hashes
 from ..engine.run_folder import read_manifest
-from ..errors import OutputError
+from ..errors import OutputError, StagewiseError
 from ..io import atomic_write_json, atomic_write_text
 from .analysis import analyse
 from .config import Study, StudyRun
@@ -21,17 +23,24 @@ from .report import plot_forest, plot_gain_retention, study_markdown
 
 
 def is_complete(run: StudyRun) -> bool:
-    """Finished with exactly this recipe (the engine also checks data and weights before reuse).
-    The recorded recipe is read through today's schema, so a key added since (with its default)
-    does not make a finished run look unfinished."""
+    """Finished with exactly this recipe and the stage hashes the engine would compute now (over
+    config and data content), so "done" means the engine will reuse it rather than retrain. The
+    recorded recipe is read through today's schema, so a recipe key added since (with its default)
+    does not by itself make a finished run look unfinished."""
     try:
         manifest = read_manifest(Path(run.recipe.output_dir))
         recorded = recipe_to_dict(Recipe.model_validate(manifest.get("recipe")))
     except (OutputError, ValidationError):
         return False
     stages = manifest.get("stages", [])
-    return (recorded == recipe_to_dict(run.recipe) and len(stages) == len(run.recipe.stages)
-            and all(stage.get("status") == "completed" for stage in stages))
+    if not (recorded == recipe_to_dict(run.recipe) and len(stages) == len(run.recipe.stages)
+            and all(stage.get("status") == "completed" for stage in stages)):
+        return False
+    try:
+        datasets = {name: load_dataset_config(name, cfg) for name, cfg in run.recipe.datasets.items()}
+    except StagewiseError:
+        return False  # the run itself will say what is wrong with the data
+    return [stage.get("config_hash") for stage in stages] == stage_hashes(run.recipe, datasets)
 
 
 def plan(study: Study) -> list[tuple[StudyRun, bool]]:
