@@ -59,7 +59,7 @@ def test_overrides_with_dotted_paths(tmp_path):
         (GOOD.replace("model: tiny-llama\n", ""), "recipe.yaml: model: required key is missing"),
         (GOOD + "  - name: sft\n    data: sft\n", "recipe.yaml line 10: stages.1.name: duplicate stage name 'sft'"),
         (GOOD + "bogus: [\n", "recipe.yaml line 11: invalid YAML"),
-        (GOOD.replace("name: sft", "name: a/b"), "recipe.yaml line 7: stages.0.name: Value error, expected letters"),
+        (GOOD.replace("name: sft", "name: a/b"), "recipe.yaml line 7: stages.0.name: expected letters"),
     ],
 )
 def test_bad_recipes_give_one_line_errors(tmp_path, text, expected):

@@ -75,7 +75,7 @@ def test_a_lora_stage_is_merged_into_plain_weights(tmp_path):
 
 
 @pytest.mark.parametrize("merge, message", [
-    ({"with": "base", "alpha": 1.5}, "stages.1.merge: Value error, alpha: WiSE-FT interpolates"),
+    ({"with": "base", "alpha": 1.5}, "stages.1.merge: alpha: WiSE-FT interpolates"),
     ({"with": "later", "alpha": 0.5}, "stages.1.merge.with: 'later' is neither 'base' nor an earlier stage"),
     ({"with": "base", "alpha": [0.2, 0.8]}, "select: several alpha values need a dev set"),
     ({"with": "base", "alpha": [0.2, 0.8], "select": {"data": "dev", "metric": "accuracy"}},

@@ -7,9 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 
 from conftest import make_recipe, run
+from stagewise.cli import main
 from stagewise.config import EvalTaskConfig, EvaluationConfig, ModelConfig
 from stagewise.errors import RecipeError
 from stagewise.models import load_model_and_tokenizer
@@ -96,6 +98,18 @@ def test_sft_reward_model_then_grpo_hands_the_policy_on_and_saves_a_plain_reward
     held_out = manifest["stages"][1]["metrics"]  # the reward trainer's own pairwise accuracy on the eval rows
     assert held_out["eval_pref_accuracy"] == 1.0 and held_out["eval_pref_margin"] > 0 and "eval_pref_loss" in held_out
     assert hasattr(result.model, "lm_head")  # the run ends with the policy, not the reward model
+    # `stagewise eval` scores the saved reward model on a suite of probes alone (no stages), the
+    # model's task overridden before the probes are checked against it
+    suite = tmp_path / "pairs.yaml"
+    suite.write_text(yaml.safe_dump({"model": "tiny-llama", "datasets": {"pref": DATASETS["pref"]},
+                                     "evaluation": {"target": [{"name": "pairs", "data": "pref",
+                                                                "metric": "reward_accuracy"}]}}))
+    scores = tmp_path / "pairs.json"
+    assert main(["eval", "--model", str(out / "1-rm"), "--task", "sequence_classification", "--suite", str(suite),
+                 "--out", str(scores)]) == 0
+    pairs = json.loads(scores.read_text())["results"]["target"]["pairs"]
+    assert pairs["n"] == 8 and pairs["score"] == held_out["eval_pref_accuracy"]  # two equal eval batches: same mean
+    assert main(["eval", "--model", str(out / "1-rm"), "--suite", str(suite)]) == 2  # a causal LM cannot score pairs
 
 
 def test_a_reward_stage_hands_on_the_model_that_entered_it(tmp_path):

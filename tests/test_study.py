@@ -118,7 +118,7 @@ def one_line_error(capsys, argv, expected):
     ({"armz": {}}, "armz: unknown key (did you mean 'arms'?"),
     ({"baseline": "nope"}, "line 15: baseline: 'nope' is not an arm"),
     ({"seeds": [0, 1.5]}, "seeds.1"),
-    ({"seeds": [0, True]}, "seeds: Value error, expected a number, got a boolean"),
+    ({"seeds": [0, True]}, "seeds: expected a number, got a boolean"),
     ({"seeds": [1, 1]}, "seeds must be distinct"),
     ({"arms": {"full": {"recipe": "missing.yaml"}, "b": {"recipe": "base.yaml"}}}, "arms.full.recipe: missing.yaml: recipe file not found"),
     ({"arms": {"full": {"recipe": "base.yaml"}, "b": {"recipe": "base.yaml", "sweep": {"key": "stages.0.lrr", "values": [1]}}}},

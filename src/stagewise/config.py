@@ -229,13 +229,20 @@ class Recipe(StrictModel):
     description: str = ""
     model: ModelConfig
     datasets: dict[str, DatasetConfig]
-    stages: list[StageConfig] = Field(min_length=1)
+    stages: list[StageConfig]
     evaluation: EvaluationConfig | None = None
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
     output_dir: str = "runs/default"
     report_to: list[str] = Field(default_factory=lambda: ["none"])
     resume_from_checkpoint: bool = True
+
+    @field_validator("stages")
+    @classmethod
+    def _at_least_one_stage(cls, stages: list[StageConfig], info) -> list[StageConfig]:
+        if not stages and not (info.context or {}).get("evaluation_only"):  # `stagewise eval` reads only the probes
+            raise ValueError("List should have at least 1 item (a recipe trains in one or more stages)")
+        return stages
 
     @field_validator("model", mode="before")
     @classmethod
@@ -412,7 +419,8 @@ def _describe(err: dict[str, Any], model_cls: type[BaseModel], prefix: tuple) ->
         return f"{dotted}: required key is missing"
     got = err.get("input")
     shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
-    return f"{dotted}: {err['msg']}{shown}"
+    message = err["msg"].removeprefix("Value error, ")  # a validator's own words, without pydantic's label
+    return f"{dotted}: {message}{shown}"
 
 
 def raise_validation_error(
@@ -450,16 +458,21 @@ def recipe_from_dict(
     lines: dict[tuple, int] | None = None,
     overrides: list[str] | None = None,
     base_dir: Path | None = None,
+    evaluation_only: bool = False,
 ) -> Recipe:
+    """``evaluation_only``: a suite for `stagewise eval`, whose stages are dropped unread (so any
+    recipe's probes can score any model, e.g. a reward model from one of its branch stages)."""
     load_plugins()
     lines = dict(lines or {})
     data = json.loads(json.dumps(data))  # deep copy; overrides never touch the caller's dict
+    if evaluation_only:
+        data["stages"] = []
     for text in overrides or []:
         parts, value = parse_override(text)
         apply_override(data, parts, value, text)
         lines.pop(tuple(int(p) if p.isdigit() else p for p in parts), None)
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data, context={"evaluation_only": evaluation_only})
     except ValidationError as exc:
         raise_validation_error(exc, source, lines, Recipe)
     _resolve_plugins(recipe, source, lines)
