@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
 
 from stagewise.cli import bundled_recipes, main
+from stagewise.config import load_suite
+from stagewise.errors import RecipeError
 
 
 def recipe_file(tmp_path, **changes):
@@ -82,6 +86,17 @@ def test_every_bundled_recipe_validates(capsys):
     for name, (path, description) in recipes.items():
         assert description, f"{name} has no description"
         assert main(["validate", str(path)]) == 0, name
+
+
+def test_every_bundled_suite_loads_for_the_task_it_names():
+    suites = sorted(Path(__file__).resolve().parents[1].joinpath("suites").glob("*.yaml"))
+    assert suites
+    for path in suites:
+        task = re.search(r"--task (\S+)", path.read_text())  # the command its header shows
+        suite = load_suite(path, task=task.group(1) if task else None)
+        assert suite.description and suite.evaluation.target + suite.evaluation.retention, path.name
+    with pytest.raises(RecipeError, match="needs model.task sequence_classification"):
+        load_suite(suites[0])  # the reward-pair probes on a causal LM: one line before any model loads
 
 
 def test_bad_strategy_inputs_are_one_line(tmp_path, capsys):

@@ -125,21 +125,14 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .config import read_yaml_file, recipe_from_dict
+    from .config import load_suite
     from .data import load_dataset_config
     from .eval import evaluate_suite
     from .io import atomic_write_json
     from .models import load_model_and_tokenizer
     from .report import GROUPS
 
-    path = Path(find_recipe(args.suite))
-    data, lines = read_yaml_file(path, "recipe")
-    if args.task:  # before validation: the probes' metrics are checked against the model's task
-        model = data.get("model")
-        data["model"] = {**(model if isinstance(model, dict) else {"model_name_or_path": model}), "task": args.task}
-    recipe = recipe_from_dict(data, source=str(path), lines=lines, base_dir=path.parent, evaluation_only=True)
-    if recipe.evaluation is None:
-        raise StagewiseError(f"{args.suite}: the suite recipe has no 'evaluation' section")
+    recipe = load_suite(find_recipe(args.suite), task=args.task)
     used = {task.data for group in GROUPS for task in getattr(recipe.evaluation, group) if task.data}
     rows = {name: load_dataset_config(name, recipe.datasets[name]).rows for name in used}
     model_cfg = recipe.model.model_copy(update={"model_name_or_path": args.model})

@@ -452,6 +452,20 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return recipe_from_dict(data, source=str(path), lines=lines, overrides=overrides, base_dir=path.parent)
 
 
+def load_suite(path: str | Path, task: str | None = None) -> Recipe:
+    """A probe suite for `stagewise eval`: any recipe or a file of probes alone (its stages are not
+    read). ``task`` replaces model.task before the probes' metrics are checked against it."""
+    path = Path(path)
+    data, lines = read_yaml_file(path, "suite")
+    if task:
+        model = data.get("model")
+        data["model"] = {**(model if isinstance(model, dict) else {"model_name_or_path": model}), "task": task}
+    recipe = recipe_from_dict(data, source=str(path), lines=lines, base_dir=path.parent, evaluation_only=True)
+    if recipe.evaluation is None:
+        raise RecipeError(f"{path}: the suite has no 'evaluation' section")
+    return recipe
+
+
 def recipe_from_dict(
     data: dict[str, Any],
     source: str = "<recipe>",
