@@ -3,6 +3,7 @@ reward_accuracy metric, on tiny models: formulas, hand-on of branch stages, bad 
 from __future__ import annotations
 
 import json
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -135,9 +136,19 @@ def test_grpo_with_a_rule_reward_trains_from_prompts_alone(tmp_path):
         {"name": "rl", "data": "sft", "trainer": {"kind": "rloo", "reward_rule": "last_integer", "num_generations": 2,
                                                   "max_new_tokens": 3},
          "lr": 1e-3, "max_steps": 2, "batch_size": 2, "logging_steps": 1}], datasets=DATASETS)
-    run(recipe, [logs])
+    warnings, handler = [], logging.Handler()
+    handler.emit = warnings.append  # transformers' logger does not propagate to pytest's capture
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        run(recipe, [logs])
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
     rewards = [entry for entry in logs.logs if "rewards/rule_last_integer/mean" in entry]
     assert len(rewards) == 2 and all(0.0 <= e["rewards/rule_last_integer/mean"] <= 1.0 for e in rewards)
+    # TRL counts prompt + completion tokens (transformers' own counter, which warns every step, is off)
+    stage = json.loads((tmp_path / "run/manifest.json").read_text())["stages"][0]
+    assert stage["train_tokens"] == rewards[-1]["num_tokens"] > 0 and stage["tokens_per_s"] > 0
+    assert not [record for record in warnings if "number of tokens seen" in record.getMessage()]
 
 
 @pytest.mark.parametrize("stages,expected", [

@@ -167,7 +167,8 @@ def on_policy_trainer(trainer_cls: type[Trainer], config_cls: type, module: Any,
     args = inputs.args_for(
         config_cls, num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
         temperature=config.temperature, beta=config.beta,
-        per_device_train_batch_size=inputs.batch_size * config.num_generations)
+        per_device_train_batch_size=inputs.batch_size * config.num_generations,
+        include_num_input_tokens_seen=False)  # TRL counts prompt + completion tokens itself; the batches hold no input_ids
     with entering_model_as_reference(module, inputs.model):
         return stage_trainer_class(trainer_cls)(
             model=inputs.model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
