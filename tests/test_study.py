@@ -94,8 +94,9 @@ def test_the_baseline_compared_with_itself_is_no_difference(tmp_path):
     assert versus["estimate"] == 0 and versus["half_width"] == 0 and versus["p_value"] == 1
 
 
-def test_a_subset_of_arms_shares_the_runs_and_reports_apart(tmp_path, capsys):
-    """--arms runs the named arms plus the baseline; its report never overwrites the whole study's."""
+def test_a_subset_of_arms_or_seeds_shares_the_runs_and_reports_apart(tmp_path, capsys):
+    """--arms runs the named arms plus the baseline, --seeds some seeds; their reports never
+    overwrite the whole study's."""
     path = write_study(tmp_path)
     assert main(["study", str(path), "--arms", "top", "--dry-run"]) == 0
     assert "0 of 4 runs done" in capsys.readouterr().out
@@ -106,6 +107,16 @@ def test_a_subset_of_arms_shares_the_runs_and_reports_apart(tmp_path, capsys):
     assert main(["study", str(path), "--dry-run"]) == 0
     assert "4 of 8 runs done" in capsys.readouterr().out  # the subset's runs are the whole study's runs
     one_line_error(capsys, ["study", str(path), "--arms", "top,nope"], "--arms: 'nope' not in")
+    # --seeds likewise: a seed's runs are the whole study's, its report goes apart
+    assert main(["study", str(path), "--seeds", "0", "--dry-run"]) == 0
+    assert "2 of 4 runs done" in capsys.readouterr().out  # full and top seed 0 done, the sweep's two points not
+    assert main(["study", str(path), "--arms", "top", "--seeds", "1"]) == 0
+    one_seed = json.loads((out / "arms-full+top" / "seeds-1" / "study.json").read_text())
+    assert set(one_seed["rows"]) == {"full", "top"} and one_seed["seeds"] == [1] and subset["seeds"] == [0, 1]
+    assert one_seed["rows"]["top"]["seeds"] == 1
+    capsys.readouterr()
+    one_line_error(capsys, ["study", str(path), "--seeds", "0,7"], "--seeds: 7 not in")
+    one_line_error(capsys, ["study", str(path), "--seeds", "0,x"], "--seeds: expected comma-separated integers")
 
 
 def one_line_error(capsys, argv, expected):

@@ -102,12 +102,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise StagewiseError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+
+
 def cmd_study(args: argparse.Namespace) -> int:
-    from .study import load_study, plan, run_study, select_arms
+    from .study import load_study, plan, run_study, select_arms, select_seeds
 
     study = load_study(args.study, find_recipe)
     if args.arms:
         study = select_arms(study, [name.strip() for name in args.arms.split(",") if name.strip()])
+    if args.seeds:
+        study = select_seeds(study, parse_seeds(args.seeds))
     if args.dry_run:
         runs = plan(study)
         for run, done in runs:
@@ -199,6 +208,8 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     study.add_argument("--dry-run", action="store_true", help="list the runs and which are already done")
     study.add_argument("--arms", help="comma-separated arms to run and report (the baseline is always included); "
                                       "the report goes to OUTPUT_DIR/arms-<names>/")
+    study.add_argument("--seeds", help="comma-separated seeds of the study file to run and report; "
+                                       "the report goes to OUTPUT_DIR/seeds-<seeds>/")
     study.set_defaults(handler=cmd_study)
     peak = sub.add_parser("bench-peak", help="measure this machine's matmul FLOP/s (the MFU denominator)")
     peak.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])

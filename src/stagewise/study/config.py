@@ -4,7 +4,7 @@ baseline arm; every run it implies, validated before anything runs.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +81,19 @@ class Study:
     match_on: str
     all_arms: tuple[str, ...]                   # every arm of the file (``config.arms`` may be a subset)
     clusters: dict[str, list[str]] | None = None  # loco: held-out cluster -> the probes that test it
+    all_seeds: tuple[int, ...] = ()             # every seed of the file (``config.seeds`` may be a subset)
 
     @property
     def report_dir(self) -> Path:
         """Where study.json/md and the plots go: the output folder, or a subfolder named after
-        the arms when only some of the file's arms were chosen (so a subset never overwrites the
-        whole study's report; the runs themselves are shared)."""
+        the arms and/or seeds when only some of the file's were chosen (so a subset never
+        overwrites the whole study's report; the runs themselves are shared)."""
         out = Path(self.config.output_dir)
-        return out if tuple(self.config.arms) == self.all_arms else out / f"arms-{'+'.join(self.config.arms)}"
+        if tuple(self.config.arms) != self.all_arms:
+            out = out / f"arms-{'+'.join(self.config.arms)}"
+        if self.all_seeds and tuple(self.config.seeds) != self.all_seeds:
+            out = out / f"seeds-{'+'.join(map(str, self.config.seeds))}"
+        return out
 
 
 def select_arms(study: Study, names: list[str]) -> Study:
@@ -99,8 +104,19 @@ def select_arms(study: Study, names: list[str]) -> Study:
                           f"(arms: {', '.join(study.config.arms)})")
     keep = [name for name in study.config.arms if name in names or name == study.config.baseline]
     config = study.config.model_copy(update={"arms": {name: study.config.arms[name] for name in keep}})
-    return Study(config, study.source, [run for run in study.runs if run.arm in keep], study.match_on, study.all_arms,
-                 study.clusters)
+    return replace(study, config=config, runs=[run for run in study.runs if run.arm in keep])
+
+
+def select_seeds(study: Study, seeds: list[int]) -> Study:
+    """The study restricted to ``seeds`` (e.g. one seed first when the whole study is too long for
+    one sitting; the other seeds' runs join the same folders later)."""
+    unknown = [seed for seed in seeds if seed not in study.config.seeds]
+    if unknown or not seeds:
+        raise RecipeError(f"--seeds: {', '.join(map(str, unknown)) or 'none given'} not in {study.source} "
+                          f"(seeds: {', '.join(map(str, study.config.seeds))})")
+    keep = [seed for seed in study.config.seeds if seed in seeds]
+    config = study.config.model_copy(update={"seeds": keep})
+    return replace(study, config=config, runs=[run for run in study.runs if run.seed in keep])
 
 
 def _sweep_label(key: str, value: Any) -> str:
@@ -180,7 +196,7 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
     match_on = config.match_on or target_names[0]
     if match_on not in target_names:
         fail(("match_on",), f"{match_on!r} is not a target probe (target probes: {', '.join(target_names)})")
-    return Study(config, path, runs, match_on, tuple(config.arms), clusters)
+    return Study(config, path, runs, match_on, tuple(config.arms), clusters, tuple(config.seeds))
 
 
 def _source(dataset: Any) -> Any:
