@@ -457,9 +457,9 @@ def load_suite(path: str | Path, task: str | None = None) -> Recipe:
     read). ``task`` replaces model.task before the probes' metrics are checked against it."""
     path = Path(path)
     data, lines = read_yaml_file(path, "suite")
-    if task:
-        model = data.get("model")
-        data["model"] = {**(model if isinstance(model, dict) else {"model_name_or_path": model}), "task": task}
+    model = Recipe._model_shorthand(data.get("model"))
+    if task and isinstance(model, dict):  # anything else is left for validation to name
+        data["model"] = {**model, "task": task}
     recipe = recipe_from_dict(data, source=str(path), lines=lines, base_dir=path.parent, evaluation_only=True)
     if recipe.evaluation is None:
         raise RecipeError(f"{path}: the suite has no 'evaluation' section")

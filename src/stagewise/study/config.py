@@ -80,8 +80,8 @@ class Study:
     runs: list[StudyRun]
     match_on: str
     all_arms: tuple[str, ...]                   # every arm of the file (``config.arms`` may be a subset)
+    all_seeds: tuple[int, ...]                  # every seed of the file (``config.seeds`` may be a subset)
     clusters: dict[str, list[str]] | None = None  # loco: held-out cluster -> the probes that test it
-    all_seeds: tuple[int, ...] = ()             # every seed of the file (``config.seeds`` may be a subset)
 
     @property
     def report_dir(self) -> Path:
@@ -91,7 +91,7 @@ class Study:
         out = Path(self.config.output_dir)
         if tuple(self.config.arms) != self.all_arms:
             out = out / f"arms-{'+'.join(self.config.arms)}"
-        if self.all_seeds and tuple(self.config.seeds) != self.all_seeds:
+        if tuple(self.config.seeds) != self.all_seeds:
             out = out / f"seeds-{'+'.join(map(str, self.config.seeds))}"
         return out
 
@@ -196,7 +196,7 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
     match_on = config.match_on or target_names[0]
     if match_on not in target_names:
         fail(("match_on",), f"{match_on!r} is not a target probe (target probes: {', '.join(target_names)})")
-    return Study(config, path, runs, match_on, tuple(config.arms), clusters, tuple(config.seeds))
+    return Study(config, path, runs, match_on, tuple(config.arms), tuple(config.seeds), clusters)
 
 
 def _source(dataset: Any) -> Any:
