@@ -1,6 +1,7 @@
 """The command line: one-line errors with exit status 2, validate output, bundled recipes."""
 from __future__ import annotations
 
+import errno
 import json
 import re
 from pathlib import Path
@@ -128,3 +129,22 @@ def test_help_lists_every_command_including_the_strategies_own(argv, capsys):
     assert out.startswith("usage: stagewise")
     if argv == ["--help"]:
         assert all(name in out for name in ("run", "validate", "study", "spectra", "categorize"))
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")])
+def test_a_full_disk_is_one_line_that_says_how_to_resume(monkeypatch, capsys, error):
+    def fail(args):
+        raise error
+    monkeypatch.setattr("stagewise.cli.cmd_validate", fail)
+    assert main(["validate", "any.yaml"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: no space left on device") and "rerun" in err
+
+
+def test_other_failures_are_not_mistaken_for_a_full_disk(monkeypatch):
+    def fail(args):
+        raise OSError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr("stagewise.cli.cmd_validate", fail)
+    with pytest.raises(OSError, match="Permission denied"):
+        main(["validate", "any.yaml"])

@@ -6,6 +6,7 @@ stderr and exit status 2; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -241,6 +242,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not disk_full(err):
+            raise
+        _close_progress_bars()
+        print(f"error: no space left on device ({err}); free space and rerun the same command to resume "
+              "from the last complete checkpoint", file=sys.stderr)
+        return 1
+
+
+def disk_full(err: BaseException) -> bool:
+    """ENOSPC from Python I/O, or as the message of a library's own error (safetensors' Rust
+    writer raises SafetensorError "... No space left on device (os error 28)")."""
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
 
 
 if __name__ == "__main__":
