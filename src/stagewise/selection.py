@@ -22,7 +22,9 @@ from pydantic import Field
 
 from .addons import addon_parameters, base_model_of
 from .errors import RecipeError
-from .registry import SELECTORS, PluginConfig
+from .registry import SELECTORS, PluginConfig, Requires
+
+PLAIN = Requires(plain_weights=True)  # trains base weight matrices: not on a quantized base
 
 
 @dataclass
@@ -119,7 +121,7 @@ class ModulesConfig(PluginConfig):
     patterns: list[str] = Field(min_length=1)
 
 
-@SELECTORS.register("full")
+@SELECTORS.register("full", requires=PLAIN)
 def select_full(model: torch.nn.Module, config: PluginConfig, context: SelectionContext) -> None:
     """Train every parameter (plain full fine-tuning)."""
     set_trainable(model, None)
@@ -148,7 +150,7 @@ def select_head(model: torch.nn.Module, config: HeadConfig, context: SelectionCo
     set_trainable(model, params)
 
 
-@SELECTORS.register("layers", LayersConfig, example={"indices": [-1]})
+@SELECTORS.register("layers", LayersConfig, requires=PLAIN, example={"indices": [-1]})
 def select_layers(model: torch.nn.Module, config: LayersConfig, context: SelectionContext) -> None:
     """Train the listed transformer blocks (negative = from the top), optionally with the head."""
     _, blocks = transformer_blocks(model)
@@ -171,7 +173,7 @@ def _name_matcher(pattern: str) -> Callable[[str], bool]:
     return lambda name: regex.search(name) is not None
 
 
-@SELECTORS.register("modules", ModulesConfig, example={"patterns": ["*.weight"]})
+@SELECTORS.register("modules", ModulesConfig, requires=PLAIN, example={"patterns": ["*.weight"]})
 def select_modules(model: torch.nn.Module, config: ModulesConfig, context: SelectionContext) -> None:
     """Train parameters whose names match a glob (``*.mlp.*``) or regex (``re:...``)."""
     params = []

@@ -19,6 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .addons import is_peft_model
 from .data import ListDataset
+from .errors import TrainingError
 from .losses import LossFn
 from .registry import TRAINERS, PluginConfig, Requires
 from .regularizers import Penalty
@@ -110,7 +111,7 @@ class StageTrainerMixin:
         folder = Path(output_dir or self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         # cloned: some adapters keep parameters as views of one storage (OSF's SVD factors)
-        save_file({k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()},
+        save_file({k: v.detach().contiguous().clone() for k, v in restorable_state(self.model).items()},
                   str(folder / WRAPPED_WEIGHTS))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
@@ -118,9 +119,20 @@ class StageTrainerMixin:
         if is_peft_model(self.model) and wrapped.is_file():
             from safetensors.torch import load_file
 
-            self.model.load_state_dict(load_file(str(wrapped)))
+            saved = load_file(str(wrapped))
+            if set(saved) != set(restorable_state(self.model)):
+                raise TrainingError(f"{wrapped}: its tensors do not match the model being trained")
+            self.model.load_state_dict(saved, strict=False)  # the 4/8-bit base weights are frozen, never saved
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+def restorable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every floating parameter and buffer of a wrapped model by name (tied names too): all that
+    training can change. A quantized base's packed weights and their quantization constants are
+    left out: they are frozen and come back with the base."""
+    named = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    return {name: tensor for name, tensor in named.items() if tensor.is_floating_point()}
 
 
 def frozen_reference(model: Any) -> Any:

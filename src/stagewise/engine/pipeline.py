@@ -28,6 +28,7 @@ from ..errors import OutputError, StagewiseError
 from ..eval import Evaluator
 from ..io import file_sha256, folder_sha256
 from ..models import load_model_and_tokenizer, load_stage_output
+from ..precision import resolve_precision
 from ..report import build_report, write_report
 from .manifest import Manifest
 from .run_folder import check_foreign_content, check_writable_folder, read_manifest, run_lock
@@ -162,6 +163,9 @@ def _run_locked(
 ) -> RunResult:
     if recipe.distributed.fsdp and not torch.cuda.is_available():
         log("[warning] distributed.fsdp: without a GPU, the Trainer (accelerate) runs this as plain DDP, not sharded")
+    if resolve_precision(recipe.performance.precision) == "bf16-pure":
+        log("[warning] precision bf16-pure: weights and optimizer state in bf16; updates smaller than bf16's "
+            "spacing are lost (bf16-mixed keeps fp32 master weights)")
     datasets = {name: load_dataset_config(name, cfg) for name, cfg in recipe.datasets.items()}
     hashes = stage_hashes(recipe, datasets)
     output_dir = Path(recipe.output_dir)
@@ -177,7 +181,8 @@ def _run_locked(
     finish_reused_stages(recipe, manifest, evaluator, start)
 
     def load_seed() -> tuple[Any, Any]:
-        return load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets), seed=head_seed(recipe))
+        return load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets), seed=head_seed(recipe),
+                                        precision=recipe.performance.precision)
 
     base_scores = evaluator.cached_base()
     model = tokenizer = None
@@ -188,7 +193,8 @@ def _run_locked(
     manifest.data["base_evaluation"] = base_scores
     resumed_from = entering_stage(recipe, start)
     if resumed_from >= 0:
-        model, tokenizer = load_stage_output(stage_folder(recipe, resumed_from), recipe.model)
+        model, tokenizer = load_stage_output(stage_folder(recipe, resumed_from), recipe.model,
+                                             recipe.performance.precision)
     elif model is None:
         model, tokenizer = load_seed()
 
@@ -210,7 +216,7 @@ def load_named(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name: s
     if name == "base":
         return load_seed()[0]
     index = next(i for i, stage in enumerate(recipe.stages) if stage.name == name)
-    return load_stage_output(stage_folder(recipe, index), recipe.model)[0]
+    return load_stage_output(stage_folder(recipe, index), recipe.model, recipe.performance.precision)[0]
 
 
 def named_folder(recipe: Recipe, name: str) -> Path:
@@ -265,7 +271,8 @@ def finish_reused_stages(recipe: Recipe, manifest: Manifest, evaluator: Evaluato
     for index in range(start):
         entry = dict(manifest.previous(index) or {})
         if evaluator.wants(index) and entry.get("evaluation_key") != evaluator.key:
-            stage_model, stage_tokenizer = load_stage_output(stage_folder(recipe, index), recipe.model)
+            stage_model, stage_tokenizer = load_stage_output(stage_folder(recipe, index), recipe.model,
+                                                             recipe.performance.precision)
             evaluator.score_stage(entry, stage_model, stage_tokenizer, stage_dir_name(index, entry["name"]))
         entry["status"] = "completed"
         manifest.set_stage(index, entry)

@@ -27,7 +27,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from ..addons import is_addon_parameter, is_peft_model, model_to_save
+from ..addons import base_without_addon_layers, is_peft_model, model_to_save
 from ..config import (DatasetConfig, EvalTaskConfig, EvaluationConfig, Recipe, StageConfig, stage_objective,
                       transform_targets)
 from ..data import ListDataset, LoadedDataset, encode_dataset
@@ -36,6 +36,8 @@ from ..data.tokenize import prompt_text
 from ..errors import DataError, TrainingError
 from ..eval import evaluate_task
 from ..merging import merge_model
+from ..precision import (COMPUTE_DTYPES, autocast, hold_trainable_in_fp32, resolve_precision,
+                         return_to_storage_dtype, trainer_flags)
 from ..losses import LossContext
 from ..registry import LOSSES, LR_RULES, REGULARIZERS, TRAINERS, TRANSFORMS
 from ..regularizers import RegularizerContext
@@ -194,7 +196,7 @@ def training_arguments(
         kwargs["optim"] = stage.optim
     kwargs.update({k: v for k, v in recipe.distributed.model_dump().items() if v is not None})
     performance = recipe.performance
-    kwargs.update(bf16=performance.bf16, torch_compile=performance.torch_compile)
+    kwargs.update(trainer_flags(performance.precision), torch_compile=performance.torch_compile)
     if performance.gradient_checkpointing:  # transformers 5 calls it activation checkpointing
         kwargs["activation_checkpointing"] = True
     if stage.eval and stage.eval.select_best:  # the stopping epoch is chosen on the dev split, never on test
@@ -208,9 +210,8 @@ def save_stage_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
     add-on under ``adapter/`` (``PeftModel.from_pretrained(base, folder / "adapter")``)."""
     folder.mkdir(parents=True, exist_ok=True)
     if is_peft_model(model):
-        base = model.get_base_model()
-        clean = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if not is_addon_parameter(k)}
-        base.save_pretrained(folder, state_dict=clean)
+        with base_without_addon_layers(model) as base:
+            base.save_pretrained(folder)
         model.save_pretrained(folder / ADAPTER_DIR)
     else:
         model.save_pretrained(folder)
@@ -262,13 +263,16 @@ def run_stage(
     """Train one stage: data -> transforms -> selector -> objective -> trainer -> train -> save.
     Returns the model to hand over (wrapped if the stage attached an add-on)."""
     stage = recipe.stages[index]
-    datasets, transform_reports = transform_stage_data(model, tokenizer, recipe, stage, datasets, stage_dir, identity, log)
+    with autocast(recipe.performance.precision):
+        datasets, transform_reports = transform_stage_data(model, tokenizer, recipe, stage, datasets, stage_dir,
+                                                           identity, log)
     data = prepare_data(recipe, stage, datasets, tokenizer)
     entering, build = model, TRAINERS.get(stage.trainer.kind).traits.builds_model
     if build is not None:  # the stage trains a model of its own (a reward model) and hands on ``entering``
         model = build(model, stage.seed)
     model, selector_callbacks = apply_selector(model, stage.trainable, SelectionContext(
         seed=stage.seed, stage_index=index, examples_of=data.encode, collator=data.collator))
+    hold_trainable_in_fp32(model, recipe.performance.precision)
     trainable, total = count_parameters(model)
     trainer = build_trainer(model, tokenizer, recipe, stage, stage_dir, data, selector_callbacks,
                             [CheckpointSeal(), FiniteLossGuard(), *(callbacks or [])], identity, log)
@@ -276,6 +280,7 @@ def run_stage(
                   if recipe.resume_from_checkpoint and stage_dir.is_dir() else None)
     started = time.perf_counter()
     metrics = train(trainer, checkpoint) if trainable > 0 else {}  # trainable: none only evaluates and saves
+    return_to_storage_dtype(model)
     # evaluation run from inside train() (curve points) is not training time
     wall = time.perf_counter() - started - sum(getattr(cb, "off_clock_s", 0.0) for cb in callbacks or [])
     tokens = int(trainer.state.num_input_tokens_seen)
@@ -315,7 +320,8 @@ def dev_scorer(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDat
         scores = []
         for name in select.data:
             probe = EvalTaskConfig(name="merge-dev", data=name, metric=select.metric, max_new_tokens=select.max_new_tokens)
-            result = evaluate_task(model, tokenizer, probe, recipe.datasets[name], datasets[name].rows, settings)
+            with autocast(recipe.performance.precision):
+                result = evaluate_task(model, tokenizer, probe, recipe.datasets[name], datasets[name].rows, settings)
             scores.append(result["score"] if result["higher_is_better"] else -result["score"])
         return sum(scores) / len(scores)
 
@@ -376,8 +382,9 @@ def build_trainer(
     """The stage's loss, regularizer and LR plan, handed with the data to the stage's trainer entry."""
     class_counts = [sum(ex["labels"] == i for ex in data.examples) for i in range(len(data.labels))] if data.labels else []
     loss = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=data.objective, class_counts=class_counts))
-    penalty = REGULARIZERS.impl(stage.regularizer)(stage.regularizer, model, RegularizerContext(
-        examples_of=data.encode, collator=data.collator, model_key=identity.key, stage_dir=stage_dir, log=log))
+    with autocast(recipe.performance.precision):  # EWC's Fisher is computed in the compute dtype
+        penalty = REGULARIZERS.impl(stage.regularizer)(stage.regularizer, model, RegularizerContext(
+            examples_of=data.encode, collator=data.collator, model_key=identity.key, stage_dir=stage_dir, log=log))
     lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr))
     inputs = TrainerInputs(
         model=model, tokenizer=tokenizer, rows=data.rows, examples=data.examples, dev=data.dev,
@@ -406,7 +413,7 @@ def throughput(recipe: Recipe, model: torch.nn.Module, examples: list[dict[str, 
     if not tokens or wall <= 0:
         return {}
     context = sum(len(ex.get("input_ids", ())) for ex in examples) / max(len(examples), 1)
-    dtype = "bfloat16" if recipe.performance.bf16 else recipe.model.dtype
+    dtype = str(COMPUTE_DTYPES[resolve_precision(recipe.performance.precision)]).removeprefix("torch.")
     value, peak = mfu(model, tokens / wall, context, dtype)
     return {"mfu": value, "peak_flops": peak}
 

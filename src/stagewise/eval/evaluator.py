@@ -13,6 +13,7 @@ from ..config import Recipe, builds_model, config_hash
 from ..data import LoadedDataset
 from ..distributed import broadcast_from_main, is_main_process
 from ..io import atomic_write_text, read_verified_json, write_verified_json
+from ..precision import autocast, resolve_precision
 from .suite import evaluate_suite
 
 
@@ -20,8 +21,10 @@ def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset], seed_key
     """Identity of the base model's scores: the model, the probes and the probed data."""
     assert recipe.evaluation is not None
     used = {task.data for group in ("target", "retention") for task in getattr(recipe.evaluation, group) if task.data}
+    precision = resolve_precision(recipe.performance.precision)  # probes are scored in the compute dtype
     return config_hash(seed_key, recipe.evaluation.model_dump(mode="json"),
-                       {name: datasets[name].fingerprint for name in sorted(used)})
+                       {name: datasets[name].fingerprint for name in sorted(used)},
+                       *([precision] if precision != "fp32" else []))
 
 
 class Evaluator:
@@ -42,7 +45,8 @@ class Evaluator:
     def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         assert self.recipe.evaluation is not None
         rows = {name: loaded.rows for name, loaded in self.datasets.items()}
-        return evaluate_suite(model, tokenizer, self.recipe.evaluation, self.recipe.datasets, rows)
+        with autocast(self.recipe.performance.precision):
+            return evaluate_suite(model, tokenizer, self.recipe.evaluation, self.recipe.datasets, rows)
 
     def record(self, point: str, results: dict[str, Any]) -> dict[str, Any]:
         """Write each probe's items to ``eval/<point>/<probe>.jsonl``; return the results without them."""

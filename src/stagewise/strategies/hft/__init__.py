@@ -28,7 +28,7 @@ from pydantic import Field
 from transformers import TrainerCallback
 
 from ...errors import RecipeError
-from ...registry import SELECTORS, PluginConfig
+from ...registry import SELECTORS, PluginConfig, Requires
 from ...selection import Selection, SelectionContext, set_trainable, transformer_blocks
 
 ATTENTION_WORDS = ("attn", "attention")
@@ -151,7 +151,7 @@ class RedrawEachEpoch(TrainerCallback):
         set_trainable(self.model, draw_mask(self.model, self.config, mask_seed(self.context.seed, self.context.stage_index, epoch)))
 
 
-@SELECTORS.register("hft", HFTConfig)
+@SELECTORS.register("hft", HFTConfig, requires=Requires(plain_weights=True))
 def select_hft(model: torch.nn.Module, config: HFTConfig, context: SelectionContext) -> Selection | None:
     """Half Fine-Tuning: a random half of each block's attention/MLP/norm parameters train."""
     if config.redraw == "per_epoch":

@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 
 from ...addons import is_peft_model, peft_task_type, train_addon
 from ...errors import DataError, RecipeError
+from ...models import dequantize_in_place, is_quantized
 from ...registry import ADDONS, SELECTORS, PluginConfig, SelectorTraits
 from ...selection import Selection, SelectionContext
 
@@ -112,6 +113,19 @@ def prepare_corda(model: torch.nn.Module, peft_config: Any, config: LoraSelector
     preprocess_corda(model, peft_config, run_model=run_model)
 
 
+def merge_into_dequantized(model: torch.nn.Module) -> torch.nn.Module:
+    """``merge_on_save`` on a 4/8-bit base (QLoRA): the base is dequantized first and the adapter
+    merged into the plain weights, so the saved model is base + adapter without a second rounding
+    to 4 bits (PEFT's own merge would requantize). DoRA's magnitude is merged by PEFT as usual."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    adapter, peft_config = get_peft_model_state_dict(model), model.peft_config["default"]
+    base = dequantize_in_place(model.unload())
+    wrapped = get_peft_model(base, peft_config)
+    set_peft_model_state_dict(wrapped, adapter)
+    return wrapped.merge_and_unload()
+
+
 class LoraAddOn:
     """LoRA layers live inside the base model's modules: they score every probe."""
 
@@ -122,6 +136,8 @@ class LoraAddOn:
 
     def for_saving(self, model: torch.nn.Module, selector: PluginConfig) -> torch.nn.Module:
         merge = isinstance(selector, LoraSelectorConfig) and selector.merge_on_save
+        if merge and is_quantized(model):
+            return merge_into_dequantized(model)
         return model.merge_and_unload() if merge else model
 
     def for_probe(self, model: torch.nn.Module, probe: Any, group: str) -> torch.nn.Module:

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from ...addons import is_peft_model, peft_task_type, train_addon
 from ...errors import RecipeError
-from ...registry import ADDONS, SELECTORS, PluginConfig, SelectorTraits
+from ...registry import ADDONS, SELECTORS, PluginConfig, Requires, SelectorTraits
 from ...selection import Selection, SelectionContext
 
 MARKER = "osf_svd_params"
@@ -31,7 +31,7 @@ def _carries_osf(model: torch.nn.Module) -> bool:
     return is_peft_model(model) and "osf" in str(model.peft_config["default"].peft_type).lower()
 
 
-@SELECTORS.register("osf", OSFSelectorConfig, traits=SelectorTraits(wraps_model=True))
+@SELECTORS.register("osf", OSFSelectorConfig, requires=Requires(plain_weights=True), traits=SelectorTraits(wraps_model=True))
 def select_osf(model: torch.nn.Module, config: OSFSelectorConfig, context: SelectionContext) -> Selection:
     """Train each target matrix only in the subspace orthogonal to its top singular directions."""
     return Selection(model=train_addon(model, OSF, "osf", lambda: attach_osf(model, config)))

@@ -67,7 +67,7 @@ def preference_dataset(rows: list[dict[str, Any]]) -> Any:
     return Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows])
 
 
-@TRAINERS.register("reward", RewardConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",)),
+@TRAINERS.register("reward", RewardConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",), plain_weights=True),
                    traits=TrainerTraits(takes_loss=False, samples_examples=False, builds_model=reward_model_from))
 def reward_trainer(config: RewardConfig, inputs: TrainerInputs) -> Trainer:
     """A Bradley–Terry reward model on prompt/chosen/rejected rows (TRL RewardTrainer)."""

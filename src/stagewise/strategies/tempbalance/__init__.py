@@ -19,7 +19,7 @@ from pydantic import Field
 from transformers import TrainerCallback
 
 from ...io import save_figure
-from ...registry import LR_RULES, PluginConfig
+from ...registry import LR_RULES, PluginConfig, Requires
 from ...schedules import LrPlan, LrRuleContext
 from ...selection import transformer_blocks
 from .esd import block_sigmoid_multipliers, eigenvalues, hill_alpha, linear_multipliers
@@ -181,7 +181,7 @@ class TempBalanceCallback(TrainerCallback):
             self._maybe_apply(state, optimizer, lr_scheduler)
 
 
-@LR_RULES.register("tempbalance", TempBalanceConfig)
+@LR_RULES.register("tempbalance", TempBalanceConfig, requires=Requires(plain_weights=True))
 def tempbalance(config: TempBalanceConfig, model: torch.nn.Module, context: LrRuleContext) -> LrPlan:
     """Per-layer LRs from each matrix's spectral power-law exponent (TempBalance)."""
     balance = TempBalance(model, config, context)
