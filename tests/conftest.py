@@ -12,6 +12,10 @@ from transformers import TrainerCallback
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+if os.environ["HF_HUB_OFFLINE"] == "1":  # a pytest plugin may have imported huggingface_hub before this file ran
+    import huggingface_hub.constants
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 from stagewise.config import recipe_from_dict  # noqa: E402
 from stagewise.engine import run_recipe  # noqa: E402

@@ -85,7 +85,7 @@ def test_bad_override_and_missing_file(tmp_path):
 
 
 def test_dataset_needs_exactly_one_source():
-    with pytest.raises(RecipeError, match="expected exactly one of 'path', 'rows' or 'builtin'"):
+    with pytest.raises(RecipeError, match="expected exactly one of 'path', 'rows', 'builtin' or 'hub'"):
         recipe_from_dict({"model": "tiny-llama", "datasets": {"d": {"format": "text"}},
                           "stages": [{"name": "s", "data": "d"}]})
 

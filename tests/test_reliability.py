@@ -266,7 +266,7 @@ CASES: list[tuple[str, Callable[[Sandbox], Any], str]] = [
     ("model-missing", lambda b: b.recipe.pop("model") and None, "model: required key is missing"),
     ("trust-remote-code-not-bool", top(model={"model_name_or_path": "tiny-llama", "trust_remote_code": "maybe"}),
      "model.trust_remote_code"),
-    ("dataset-two-sources", dataset(rows=ROWS), "expected exactly one of 'path', 'rows' or 'builtin'"),
+    ("dataset-two-sources", dataset(rows=ROWS), "expected exactly one of 'path', 'rows', 'builtin' or 'hub'"),
     ("dataset-no-source", lambda b: b.recipe["datasets"]["d"].pop("path") and None, "expected exactly one of"),
     ("dataset-template-unknown", dataset(template="llama9"), "datasets.d.template"),
     ("dataset-max-samples-zero", dataset(max_samples=0), "datasets.d.max_samples"),

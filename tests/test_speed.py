@@ -38,14 +38,18 @@ def test_manifest_records_mfu(tmp_path):
     assert 0 < metrics["mfu"] < 1.5
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
-def test_padding_free_batch_gives_the_padded_loss_and_gradients(model_name):
-    """Packed into one row, examples see only themselves: loss and gradients equal the padded batch's."""
+def test_padding_free_batch_gives_the_padded_loss_and_gradients(model_name, attention):
+    """Packed into one row, examples see only themselves: loss and gradients equal the padded batch's,
+    with either attention backend (model.attn_implementation)."""
     from conftest import INSTRUCTION_ROWS
     from stagewise.data import encode_dataset
     from stagewise.engine.stage import train_collator
 
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path=model_name))
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path=model_name,
+                                                            attn_implementation=attention))
+    assert model.config._attn_implementation == attention
     model.eval()  # GPT-2's dropout would make the two passes differ
     examples = encode_dataset(INSTRUCTION_ROWS, "instruction", tokenizer, template="alpaca", max_length=64)
     assert len({len(e["input_ids"]) for e in examples}) > 1  # lengths differ, so the padded batch pads

@@ -59,6 +59,16 @@ class ModelConfig(StrictModel):
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"  # auto: transformers' pick
     quantization: QuantizationConfig | None = None  # {bits: 4}: QLoRA's 4-bit NF4 base
 
+    @field_validator("attn_implementation")
+    @classmethod
+    def _flash_attention_installed(cls, value: str) -> str:
+        import importlib.util
+
+        if value == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("flash_attention_2 needs the flash-attn package and a CUDA GPU "
+                             "(pip install flash-attn); sdpa is the portable choice")
+        return value
+
 
 class DatasetConfig(StrictModel):
     """A named dataset: a file (JSONL/CSV/Parquet), in-memory ``rows``, or a built-in benchmark."""
@@ -68,6 +78,11 @@ class DatasetConfig(StrictModel):
     rows: list[dict[str, Any]] | None = None
     builtin: str | None = None  # e.g. "facts:train" (see stagewise.bench)
     builtin_options: dict[str, Any] = Field(default_factory=dict)
+    hub: str | None = None      # a Hugging Face dataset id (org/name) or builder (json, csv, parquet), via
+                                # datasets.load_dataset; `split` picks the split (default train)
+    subset: str | None = None   # hub: the dataset's configuration (load_dataset's `name`)
+    revision: str | None = None  # hub: branch, tag or commit
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None  # hub: which of its files
     split: str | None = None
     columns: dict[str, str] = Field(default_factory=dict)
     template: Literal["auto", "chat", "alpaca"] = "auto"
@@ -621,9 +636,13 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                 if task.stage is not None and not recipe.evaluation.after_each_stage:
                     fail(("evaluation", "after_each_stage"), "task probes (stage:) need a score after every stage")
     for name, dataset in recipe.datasets.items():
-        sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None]
+        sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None,
+                   dataset.hub is not None]
         if sum(sources) != 1:
-            fail(("datasets", name), "expected exactly one of 'path', 'rows' or 'builtin'")
+            fail(("datasets", name), "expected exactly one of 'path', 'rows', 'builtin' or 'hub'")
+        for key in ("subset", "revision", "data_files"):
+            if getattr(dataset, key) is not None and dataset.hub is None:
+                fail(("datasets", name, key), f"'{key}' applies to a 'hub' dataset only")
 
 
 def builds_model(stage: StageConfig) -> bool:
@@ -808,10 +827,12 @@ def stage_objective(recipe: Recipe, stage: StageConfig) -> str:
 
 def _resolve_paths(recipe: Recipe, base_dir: Path) -> None:
     """Dataset paths are relative to the recipe file unless they exist as given."""
+    import glob
+
     for dataset in recipe.datasets.values():
-        if dataset.path and not Path(dataset.path).is_absolute() and not Path(dataset.path).exists():
+        if dataset.path and not Path(dataset.path).is_absolute() and not glob.glob(dataset.path):
             candidate = base_dir / dataset.path
-            if candidate.exists():
+            if glob.glob(str(candidate)):
                 dataset.path = str(candidate)
 
 

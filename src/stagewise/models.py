@@ -151,7 +151,8 @@ def load_model_and_tokenizer(
             setattr(config, key, value)
         torch.manual_seed(0)  # tiny models are random but reproducible
         tiny_dtype = torch.float32 if dtype == "auto" else dtype
-        model, tokenizer = _auto_class(cfg.task).from_config(config, dtype=tiny_dtype), byte_tokenizer()
+        attention = {} if cfg.attn_implementation == "auto" else {"attn_implementation": cfg.attn_implementation}
+        model, tokenizer = _auto_class(cfg.task).from_config(config, dtype=tiny_dtype, **attention), byte_tokenizer()
         model.config.dtype = tiny_dtype
     else:
         from .bundled import BUNDLED, IDENTITY_POOLER, resolve_bundled, use_identity_pooler

@@ -5,6 +5,7 @@ Errors name the file, the row (JSONL: line) and the field, in one line.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import json
@@ -168,29 +169,9 @@ def apply_split(rows: list[Any], split: str | None) -> list[Any]:
 
 def load_dataset_config(name: str, cfg: DatasetConfig, seed: int = 0) -> LoadedDataset:
     """Read and validate one named dataset of a recipe."""
-    if cfg.rows is not None:
-        source = f"datasets.{name}"
-        raw = [(f"{source}.rows[{i}]", row) for i, row in enumerate(cfg.rows)]
-        digest = hashlib.sha256(json.dumps(cfg.rows, sort_keys=True).encode()).hexdigest()
-        prefix = ""
-    else:
-        if cfg.builtin is not None:
-            from ..bench import builtin_file
-
-            path = builtin_file(cfg.builtin, cfg.builtin_options)
-        else:
-            path = Path(cfg.path or "")
-        source = str(path)
-        if not path.is_file():
-            raise DataError(f"datasets.{name}.path: file {source!r} not found")
-        reader = READERS.get(path.suffix.lower())
-        if reader is None:
-            raise DataError(f"datasets.{name}.path: {source!r} must end in one of {', '.join(READERS)}")
-        raw = reader(path, cfg.encoding)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        prefix = f"{source} "
-    rows = [_check_row(row, f"{prefix}{where}".strip(), cfg.format, cfg.columns) for where, row in raw]
-    rows = apply_split(rows, cfg.split)
+    raw, digest, source, sliced = read_source(name, cfg)
+    rows = [_check_row(row, where, cfg.format, cfg.columns) for where, row in raw]
+    rows = rows if sliced else apply_split(rows, cfg.split)
     if cfg.max_samples is not None and len(rows) > cfg.max_samples:
         rows = random.Random(seed).sample(rows, cfg.max_samples)
     if not rows:
@@ -203,3 +184,86 @@ def load_dataset_config(name: str, cfg: DatasetConfig, seed: int = 0) -> LoadedD
         json.dumps([digest, cfg.model_dump()], sort_keys=True).encode()
     ).hexdigest()[:16]
     return LoadedDataset(name=name, rows=rows, source=source, fingerprint=fingerprint)
+
+
+Raw = list[tuple[str, Any]]  # (where, row) pairs: where names the source and the row in errors
+
+
+def read_source(name: str, cfg: DatasetConfig) -> tuple[Raw, str, str, bool]:
+    """(rows with their place, content digest, source name, already split) of a dataset's source:
+    in-memory rows, a Hugging Face dataset, a built-in benchmark, a file, a glob of files or a
+    ``save_to_disk`` folder."""
+    if cfg.rows is not None:
+        digest = hashlib.sha256(json.dumps(cfg.rows, sort_keys=True).encode()).hexdigest()
+        return [(f"datasets.{name}.rows[{i}]", row) for i, row in enumerate(cfg.rows)], digest, f"datasets.{name}", False
+    if cfg.hub is not None:
+        return _read_hub(name, cfg)
+    if cfg.builtin is not None:
+        from ..bench import builtin_file
+
+        return _read_files(name, [builtin_file(cfg.builtin, cfg.builtin_options)], cfg)
+    path = Path(cfg.path or "")
+    if path.is_dir() and any((path / marker).is_file() for marker in SAVED_MARKERS):
+        return _read_saved(name, path, cfg)
+    if any(char in str(path) for char in "*?["):
+        matches = sorted(Path(match) for match in glob.glob(str(path), recursive=True) if Path(match).is_file())
+        if not matches:
+            raise DataError(f"datasets.{name}.path: {str(path)!r} matches no file")
+        return _read_files(name, matches, cfg)
+    return _read_files(name, [path], cfg)
+
+
+def _read_files(name: str, paths: list[Path], cfg: DatasetConfig) -> tuple[Raw, str, str, bool]:
+    raw: Raw = []
+    digest = hashlib.sha256()
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"datasets.{name}.path: file {str(path)!r} not found")
+        reader = READERS.get(path.suffix.lower())
+        if reader is None:
+            raise DataError(f"datasets.{name}.path: {str(path)!r} must end in one of {', '.join(READERS)}")
+        raw += [(f"{path} {where}", row) for where, row in reader(path, cfg.encoding)]
+        digest.update(path.read_bytes())
+    source = str(paths[0]) if len(paths) == 1 else str(cfg.path)
+    return raw, digest.hexdigest(), source, False
+
+
+SAVED_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")  # a ``save_to_disk`` folder
+
+
+def _read_saved(name: str, folder: Path, cfg: DatasetConfig) -> tuple[Raw, str, str, bool]:
+    """A folder written by ``Dataset.save_to_disk`` (or a ``DatasetDict``'s: ``split`` picks one)."""
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        loaded = load_from_disk(str(folder))
+    except Exception as err:  # datasets raises several types for a damaged folder
+        raise DataError(f"datasets.{name}.path: {folder} is not a readable save_to_disk folder "
+                        f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})") from None
+    if isinstance(loaded, DatasetDict):
+        split = (cfg.split or "train").split("[")[0]
+        if split not in loaded:
+            raise DataError(f"datasets.{name}.split: {folder} has splits {', '.join(loaded)}, not {split!r}")
+        loaded = loaded[split]
+    digest = hashlib.sha256()
+    for file in sorted(folder.rglob("*")):
+        if file.is_file():
+            digest.update(file.read_bytes())
+    rows = [(f"{folder} row {i}", row) for i, row in enumerate(loaded.to_list(), start=1)]
+    return rows, digest.hexdigest(), str(folder), False
+
+
+def _read_hub(name: str, cfg: DatasetConfig) -> tuple[Raw, str, str, bool]:
+    """``datasets.load_dataset`` by name (through its cache; the split's slice is applied by it)."""
+    from datasets import load_dataset
+
+    source = cfg.hub + (f"/{cfg.subset}" if cfg.subset else "")
+    try:
+        loaded = load_dataset(cfg.hub, cfg.subset, split=cfg.split or "train", revision=cfg.revision,
+                              data_files=cfg.data_files)
+    except Exception as err:  # offline, unknown id, unknown split: many types
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DataError(f"datasets.{name}.hub: could not fetch {source!r} ({reason})") from None
+    digest = getattr(loaded, "_fingerprint", None) or hashlib.sha256(
+        json.dumps(loaded.to_list(), sort_keys=True, default=str).encode()).hexdigest()
+    return [(f"{source} row {i}", row) for i, row in enumerate(loaded.to_list(), start=1)], digest, source, True

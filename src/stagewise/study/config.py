@@ -201,8 +201,8 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
 
 def _source(dataset: Any) -> Any:
     """What a dataset's rows come from (two datasets with the same source hold the same rows)."""
-    return dataset.path or dataset.builtin or json.dumps(dataset.rows, sort_keys=True), dataset.split, \
-        json.dumps(dataset.builtin_options, sort_keys=True)
+    return dataset.path or dataset.builtin or dataset.hub or json.dumps(dataset.rows, sort_keys=True), dataset.split, \
+        json.dumps([dataset.builtin_options, dataset.subset, dataset.data_files], sort_keys=True)
 
 
 def loco_arms(config: StudyConfig, loco: LocoConfig, path: Path, find_recipe: Any,
