@@ -178,3 +178,45 @@ def test_feedback_rows_need_a_boolean_label(tmp_path):
     with pytest.raises(DataError, match="field 'label' must be true or false"):
         run(make_recipe(tmp_path, [{"name": "kto", "data": "fb", "trainer": "kto"}],
                         datasets={"fb": {"format": "feedback", "rows": rows}}))
+
+
+@pytest.mark.parametrize("kind, rows", [("dpo", "pref"), ("kto", "fb")])
+def test_precomputed_reference_scores_train_like_the_resident_reference(tmp_path, kind, rows):
+    """precompute_ref_log_probs: the entering model scores every row once before training and no
+    frozen copy is built; the trained weights equal those trained against the resident copy."""
+    from stagewise import trainers
+
+    feedback = [{"prompt": f"Q{i}: answer", "completion": " good answer" if i % 2 else " bad reply", "label": bool(i % 2)}
+                for i in range(8)]
+    datasets = {"pref": {"format": "preference", "rows": PREFERENCES}, "fb": {"format": "feedback", "rows": feedback}}
+    copies = []
+    original = trainers.frozen_reference
+
+    def counting(model):
+        copies.append(model)
+        return original(model)
+
+    import stagewise.strategies.dpo as dpo
+
+    results = []
+    for precompute in (False, True):
+        copies.clear()
+        dpo.frozen_reference = counting
+        try:
+            stage = {"name": "p", "data": rows, "lr": 5e-3, "max_steps": 4, "batch_size": 4,
+                     "trainer": {"kind": kind, "precompute_ref_log_probs": precompute}}
+            results.append(run(make_recipe(tmp_path / str(precompute), [stage], datasets=datasets)))
+        finally:
+            dpo.frozen_reference = original
+        assert len(copies) == (0 if precompute else 1)
+    a, b = (dict(r.model.named_parameters()) for r in results)
+    assert max(float((a[n] - b[n]).detach().abs().max()) for n in a) < 1e-5
+
+
+def test_precomputed_reference_with_a_held_out_eval_is_one_line(tmp_path):
+    from stagewise.errors import RecipeError
+
+    stage = {"name": "p", "data": "pref", "eval": {"data": ["pref"]},
+             "trainer": {"kind": "dpo", "precompute_ref_log_probs": True}}
+    with pytest.raises(RecipeError, match="stages.0.trainer.precompute_ref_log_probs: the stage's held-out eval"):
+        make_recipe(tmp_path, [stage], datasets={"pref": {"format": "preference", "rows": PREFERENCES}})

@@ -49,7 +49,7 @@ def setting_for(entry: Any, trainer: str | None = None) -> list[tuple[str, str]]
             serving = trainer_for(data_format, task, trainer)
             check = TRAINERS.get(serving).traits.check if serving else None
             example = TRAINERS.get(serving).config_cls.model_validate(config_of(TRAINERS.get(serving))) if check else None
-            if serving is not None and (check is None or check(example, {data_format}) is None):
+            if serving is not None and (check is None or check(example, {data_format}, None) is None):
                 pairs.append((model, data_format))  # (the trainer's example config serves this data too)
     return pairs
 

@@ -21,6 +21,8 @@ def stage(**extra):
 
 
 def test_penalty_value_and_gradient_equal_the_formulas():
+    """Value λ/2·Σw(θ−θ₀)², and the gradient it adds equals autograd's gradient of that penalty
+    (the loss-side formulation it replaces), scaled, on the trainable tensor only."""
     model, _ = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
     for param in model.parameters():
         param.requires_grad_(False)
@@ -28,18 +30,41 @@ def test_penalty_value_and_gradient_equal_the_formulas():
     head.requires_grad_(True)
     anchor_l2 = Anchor(model, weight=0.3)
     fisher = torch.rand_like(head)
-    anchor_ewc = Anchor(model, weight=0.3, importance=[fisher])
+    anchor_ewc = Anchor(model, weight=0.3, importance=[fisher], offload=True)
     theta0 = head.detach().clone()
     with torch.no_grad():
         head.add_(torch.randn_like(head) * 0.1)
         model.model.embed_tokens.weight.add_(1.0)  # frozen: never part of the penalty
     delta = head.detach() - theta0
-    assert float(anchor_l2(model)) == pytest.approx(0.15 * float(delta.pow(2).sum()), rel=1e-5)
-    assert float(anchor_ewc(model)) == pytest.approx(0.15 * float((fisher * delta.pow(2)).sum()), rel=1e-5)
-    for anchor, expected in ((anchor_l2, 0.3 * delta), (anchor_ewc, 0.3 * fisher * delta)):
-        head.grad = None
-        anchor(model).backward()
-        assert torch.allclose(head.grad, expected, atol=1e-6)
+    assert anchor_l2.value() == pytest.approx(0.15 * float(delta.pow(2).sum()), rel=1e-5)
+    assert anchor_ewc.value() == pytest.approx(0.15 * float((fisher * delta.pow(2)).sum()), rel=1e-5)
+    for anchor, importance in ((anchor_l2, torch.ones_like(fisher)), (anchor_ewc, fisher)):
+        loss_side = 0.15 * (importance * (head - theta0).pow(2)).sum()
+        expected = torch.autograd.grad(loss_side, head)[0]
+        assert torch.allclose(expected, 0.3 * importance * delta, atol=1e-6)
+        head.grad = torch.full_like(head, 2.0)
+        anchor.add_gradients(0.5)
+        assert torch.allclose(head.grad, 2.0 + 0.5 * expected, atol=1e-6)
+    assert model.model.embed_tokens.weight.grad is None
+
+
+def test_the_penalty_counts_once_per_optimizer_step_under_gradient_accumulation(tmp_path):
+    """Batch 2 × accumulation 1 and batch 1 × accumulation 2 see the same rows per step: with the
+    anchor's gradient added per micro-batch at 1/accumulation, they end at the same weights."""
+    l2sp = {"kind": "l2sp", "weight": 5.0}
+    whole = run(make_recipe(tmp_path / "a", [stage(trainable="full", regularizer=l2sp, logging_steps=1)],
+                            datasets=DATASETS))
+    split = run(make_recipe(tmp_path / "b", [stage(trainable="full", regularizer=l2sp, batch_size=1, grad_accum=2)],
+                            datasets=DATASETS))
+    plain = run(make_recipe(tmp_path / "c", [stage(trainable="full")], datasets=DATASETS))
+    a, b, c = (dict(r.model.named_parameters()) for r in (whole, split, plain))
+    assert max(float((a[n] - b[n]).abs().max()) for n in a) < 1e-5
+    assert max(float((a[n] - c[n]).abs().max()) for n in a) > 1e-4  # and the anchor did act
+    import json
+
+    history = json.loads((tmp_path / "a/run/0-s/trainer_state.json").read_text())["log_history"]
+    penalties = [record["penalty"] for record in history if "penalty" in record]
+    assert len(penalties) == 4 and all(value > 0 for value in penalties)  # logged at each step (logging_steps 1)
 
 
 @pytest.mark.parametrize("regularizer", [{"kind": "l2sp", "weight": 0.0}, {"kind": "ewc", "weight": 0.0, "data": "general"}])

@@ -721,7 +721,7 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     if stage.data_weights and not trainer_traits.samples_examples:
         return ("data",), (f"trainer {stage.trainer.kind!r} builds its own batches from the rows, so data weights "
                            "(a mixture) do not apply; list the datasets without weights")
-    problem = trainer_traits.check(stage.trainer, formats) if trainer_traits.check else None
+    problem = trainer_traits.check(stage.trainer, formats, stage) if trainer_traits.check else None
     if problem:
         return ("trainer", problem[0]), problem[1]
     takes_loss = trainer_traits.takes_loss

@@ -19,7 +19,8 @@ WiSE-FT is then the interpolation of the merged weights), so the output is a pla
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Protocol
 
 import torch
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -78,11 +79,81 @@ class MergeConfig(StrictModel):
         return self
 
 
+class WeightSource(Protocol):
+    """Tensors by name, read on demand (a safetensors folder) or held (a loaded model's)."""
+
+    def keys(self) -> Iterable[str]: ...
+
+    def shape(self, name: str) -> tuple[int, ...]: ...
+
+    def __getitem__(self, name: str) -> torch.Tensor: ...
+
+
+class HeldWeights:
+    """A state dict in memory as a :class:`WeightSource`."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def keys(self) -> Iterable[str]:
+        return self.tensors.keys()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name].shape)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[name]
+
+
+class SafetensorsWeights:
+    """Safetensors files (a ``save_pretrained`` folder's), one tensor read at a time."""
+
+    def __init__(self, files: list[Path]) -> None:
+        from safetensors import safe_open
+
+        self.handles = {}
+        for file in files:
+            handle = safe_open(str(file), framework="pt")
+            self.handles.update(dict.fromkeys(handle.keys(), handle))
+
+    def keys(self) -> Iterable[str]:
+        return self.handles.keys()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.handles[name].get_slice(name).get_shape())
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.handles[name].get_tensor(name)
+
+
+def plain_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with any adapter merged in (no copy of its weights)."""
+    return model.merge_and_unload() if is_peft_model(model) else model
+
+
 def plain_weights(model: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     """The model with any adapter merged in, and a copy of its weights."""
-    if is_peft_model(model):
-        model = model.merge_and_unload()
+    model = plain_model(model)
     return model, {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def merged_names(model: torch.nn.Module, source: WeightSource, what: str) -> list[str]:
+    """The model's floating tensors to merge, one name per storage (tied weights are one tensor),
+    preferring a name the other model's source holds; one line for a different architecture."""
+    held = set(source.keys())
+    groups: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            groups.setdefault(tensor.data_ptr(), []).append(name)
+    names = [next((n for n in group if n in held), group[0]) for group in groups.values()]
+    state = model.state_dict()
+    for name in names:
+        if name not in held:
+            raise DataError(f"merge: {what} has a different architecture (parameter {name!r} is in one model only)")
+        if tuple(state[name].shape) != source.shape(name):
+            raise DataError(f"merge: {what} has parameter {name!r} of shape {source.shape(name)}, "
+                            f"this model {tuple(state[name].shape)}")
+    return names
 
 
 def check_same_shapes(mine: dict[str, torch.Tensor], other: dict[str, torch.Tensor], what: str) -> None:
@@ -95,19 +166,19 @@ def check_same_shapes(mine: dict[str, torch.Tensor], other: dict[str, torch.Tens
                             f"this model {tuple(tensor.shape)}")
 
 
+def merge_tensor(config: MergeConfig, alpha: float, tuned: list[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
+    """WiSE-FT's (1 − α)·θ_with + α·θ, or task arithmetic's θ_with + λ·Σ_t (θ_t − θ_with)."""
+    if config.method == "linear":
+        return (1 - alpha) * anchor + alpha * tuned[0]
+    return anchor + alpha * sum(weights - anchor for weights in tuned)
+
+
 def merged_weights(config: MergeConfig, alpha: float, tuned: list[dict[str, torch.Tensor]],
                    anchor: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """WiSE-FT (one tuned model) or task arithmetic (their task vectors summed); floating tensors
-    only (integer buffers are copied from the first tuned model)."""
-    out = {}
-    for name, first in tuned[0].items():
-        if not first.is_floating_point():
-            out[name] = first
-        elif config.method == "linear":
-            out[name] = (1 - alpha) * anchor[name] + alpha * first
-        else:
-            out[name] = anchor[name] + alpha * sum(weights[name] - anchor[name] for weights in tuned)
-    return out
+    """:func:`merge_tensor` over whole state dicts; floating tensors only (integer buffers are
+    copied from the first tuned model)."""
+    return {name: merge_tensor(config, alpha, [weights[name] for weights in tuned], anchor[name])
+            if first.is_floating_point() else first for name, first in tuned[0].items()}
 
 
 def mergekit_weights(config: MergeConfig, alpha: float, model: torch.nn.Module, tuned: list[dict[str, torch.Tensor]],
@@ -147,33 +218,63 @@ def mergekit_weights(config: MergeConfig, alpha: float, model: torch.nn.Module, 
 
 
 def merge_model(
-    model: torch.nn.Module, config: MergeConfig, load: Callable[[str], torch.nn.Module],
-    score: Callable[[torch.nn.Module], float] | None, log: Callable[[str], None], seed: int = 0,
+    model: torch.nn.Module, config: MergeConfig, weights_of: Callable[[str], WeightSource],
+    score: Callable[[torch.nn.Module], float] | None, log: Callable[[str], None], scratch: Path, seed: int = 0,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Merge ``model`` as ``config`` says; ``load(name)`` gives ``base`` or an earlier stage's
-    model, ``score(model)`` the dev score (higher is better) when several values compete."""
-    model, own = plain_weights(model)
-    anchor = plain_weights(load(config.with_model))[1]
-    check_same_shapes(own, anchor, f"with {config.with_model!r}")
-    tuned = [own]
-    for name in config.add:
-        extra = plain_weights(load(name))[1]
-        check_same_shapes(own, extra, f"add {name!r}")
-        tuned.append(extra)
-    def weights(alpha: float) -> dict[str, torch.Tensor]:
-        if config.method in MERGEKIT_METHODS:
-            return mergekit_weights(config, alpha, model, tuned, anchor, seed)
-        return merged_weights(config, alpha, tuned, anchor)
-
+    """Merge ``model`` as ``config`` says, in place and tensor by tensor: ``weights_of(name)`` gives
+    ``base``'s or an earlier stage's weights (streamed from its safetensors where it has them),
+    ``score(model)`` the dev score (higher is better) when several values compete. Trying several
+    values keeps the tuned weights in ``scratch`` (a file in the stage folder, removed afterwards)
+    instead of a second copy in memory."""
+    model = plain_model(model)
+    anchor = weights_of(config.with_model)
+    names = merged_names(model, anchor, f"with {config.with_model!r}")
+    extras = [weights_of(name) for name in config.add]
+    for name, extra in zip(config.add, extras):
+        merged_names(model, extra, f"add {name!r}")
+    tuned: WeightSource = HeldWeights({name: tensor for name, tensor in model.state_dict().items()})
+    if len(config.alpha) > 1 or config.method in MERGEKIT_METHODS:
+        tuned = keep_on_disk(model, names, scratch)
     dev_scores: dict[str, float] = {}
-    for alpha in config.alpha:
-        model.load_state_dict(weights(alpha))
-        if score is not None and len(config.alpha) > 1:
-            dev_scores[f"{alpha:g}"] = score(model)
-            log(f"[merge] {config.method} alpha={alpha:g}: dev {dev_scores[f'{alpha:g}']:.4f}")
-    chosen = config.alpha[0] if not dev_scores else config.alpha[
-        max(range(len(config.alpha)), key=lambda i: (dev_scores[f"{config.alpha[i]:g}"], -i))]
-    model.load_state_dict(weights(chosen))
+    try:
+        for alpha in config.alpha:
+            apply_merge(model, config, alpha, names, tuned, extras, anchor, seed)
+            if score is not None and len(config.alpha) > 1:
+                dev_scores[f"{alpha:g}"] = score(model)
+                log(f"[merge] {config.method} alpha={alpha:g}: dev {dev_scores[f'{alpha:g}']:.4f}")
+        chosen = config.alpha[0] if not dev_scores else config.alpha[
+            max(range(len(config.alpha)), key=lambda i: (dev_scores[f"{config.alpha[i]:g}"], -i))]
+        if chosen != config.alpha[-1]:
+            apply_merge(model, config, chosen, names, tuned, extras, anchor, seed)
+    finally:
+        scratch.unlink(missing_ok=True)
     log(f"[merge] {config.method} with {config.with_model!r}: alpha {chosen:g}")
     return model, {"method": config.method, "with": config.with_model, "add": config.add, "alpha": chosen,
                    "dev_scores": dev_scores}
+
+
+def keep_on_disk(model: torch.nn.Module, names: list[str], scratch: Path) -> WeightSource:
+    """The tuned tensors written once to ``scratch`` and read back one at a time."""
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    save_file({name: state[name].detach().contiguous() for name in names}, str(scratch))
+    return SafetensorsWeights([scratch])
+
+
+@torch.no_grad()
+def apply_merge(model: torch.nn.Module, config: MergeConfig, alpha: float, names: list[str], tuned: WeightSource,
+                extras: list[WeightSource], anchor: WeightSource, seed: int) -> None:
+    """Write the merge at ``alpha`` into the model's tensors, one tensor at a time (TIES/DARE:
+    mergekit merges whole checkpoints)."""
+    state = model.state_dict()
+    if config.method in MERGEKIT_METHODS:
+        held = [{name: source[name] for name in names} for source in (tuned, *extras)]
+        merged = mergekit_weights(config, alpha, model, held, {name: anchor[name] for name in names}, seed)
+        for name in names:
+            state[name].copy_(merged[name])
+        return
+    for name in names:
+        target = state[name]
+        parts = [tuned[name].to(target.device), *(extra[name].to(target.device) for extra in extras)]
+        target.copy_(merge_tensor(config, alpha, parts, anchor[name].to(target.device)))

@@ -168,6 +168,28 @@ def load_model_and_tokenizer(
     return on_local_device(model), tokenizer
 
 
+def seed_weights_folder(cfg: ModelConfig) -> Path | None:
+    """The folder whose safetensors hold the starting model's weights as they load (None: a
+    classifier's new head is drawn at load time, or a hub model is not in the local cache)."""
+    name = cfg.model_name_or_path
+    if cfg.task == "sequence_classification":
+        return None
+    if name in TINY_MODELS:
+        return tiny_folder(name)
+    from .bundled import BUNDLED, resolve_bundled
+
+    if name in BUNDLED:
+        return resolve_bundled(name)
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, revision=cfg.revision, local_files_only=True))
+    except Exception:  # not cached (or not a hub id): the merge loads the model instead
+        return None
+
+
 def tiny_folder(name: str) -> Path:
     """A tiny model saved once as a folder (quantized loading reads weights from disk)."""
     from .bundled import cache_dir

@@ -104,7 +104,8 @@ class TrainerTraits:
     # model's backbone). Such a stage branches: its model is saved in its folder for later stages to name,
     # and the next stage starts from the model that entered it.
     builds_model: Callable[[Any, int], Any] | None = None
-    check: Callable[[Any, set[str]], tuple[str, str] | None] | None = None  # (config, data formats) -> (key, problem)
+    # (config, data formats, the stage or None) -> (key under trainer, problem) or None
+    check: Callable[[Any, set[str], Any], tuple[str, str] | None] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""Regularizers: a penalty added to the stage's loss, whatever the loss, selector or trainer.
+"""Regularizers: a penalty on the trainable tensors, whatever the loss, selector or trainer.
 
 A regularizer entry builds a :class:`Penalty` from the model *entering the stage* (after its
-trainable tensors are selected): ``penalty(model)`` is a scalar tensor added to every training
-loss (by ``trainers.StageTrainerMixin``, once per optimizer step under gradient accumulation).
+trainable tensors are selected). Its gradient is added to the trainable tensors' gradients after
+every backward pass (by ``trainers.StageTrainerMixin``, scaled so that it counts once per optimizer
+step under gradient accumulation), tensor by tensor: the same update as adding the penalty to the
+loss, without an autograd graph of full-size intermediates. Its value is logged as ``penalty``.
 ``none`` adds nothing; strategies register anchors to the entering weights (L2-SP, EWC).
 """
 from __future__ import annotations
@@ -15,7 +17,13 @@ import torch
 
 from .registry import REGULARIZERS, PluginConfig
 
-Penalty = Callable[[torch.nn.Module], torch.Tensor]
+
+class Penalty(Protocol):
+    def value(self) -> float:
+        """The penalty at the current weights (for the logs)."""
+
+    def add_gradients(self, scale: float) -> None:
+        """Add ``scale`` × the penalty's gradient to each trainable tensor's ``.grad``."""
 
 
 @dataclass(frozen=True)
@@ -36,5 +44,5 @@ class Regularizer(Protocol):
 
 @REGULARIZERS.register("none")
 def no_regularizer(config: PluginConfig, model: torch.nn.Module, context: RegularizerContext) -> Penalty | None:
-    """Plain fine-tuning: nothing added to the loss."""
+    """Plain fine-tuning: nothing added."""
     return None

@@ -40,7 +40,7 @@ class TrainerInputs:
     split_groups: GroupSplitter | None          # the LR rule's optimizer-group split
     callbacks: list[TrainerCallback]
     args_for: Callable[..., TrainingArguments]  # args_for(cls=TrainingArguments, **extra): the stage's arguments
-    penalty: Penalty | None = None              # the stage's regularizer, added to every training loss
+    penalty: Penalty | None = None              # the stage's regularizer: its gradient joins every backward
     sampler: torch.utils.data.Sampler | None = None  # a weighted data mixture's per-epoch draw over ``examples``
     stage_folder: Callable[[str], Path] | None = None  # an earlier stage's saved folder by name (its reward model)
     prompts: Callable[[], list[str]] | None = None  # each row's prompt as training renders it (on-policy trainers)
@@ -74,20 +74,16 @@ class StageTrainerMixin:
             return self.train_sampler
         return super()._get_train_sampler(train_dataset)
 
-    def compute_loss(self, model: torch.nn.Module, inputs: Any, return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
-        if self.penalty is None or not model.training:
-            return result
-        loss, outputs = result if return_outputs else (result, None)
-        # once per optimizer step: a loss already normalised over the accumulated batch is not
-        # divided by the accumulation steps afterwards, so the penalty is divided here instead
-        scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (
-            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
-        penalty = self.penalty(model)
-        loss = loss + (penalty / self.current_gradient_accumulation_steps if scaled else penalty)
-        return (loss, outputs) if return_outputs else loss
+    def training_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.penalty is not None:  # once per optimizer step over the accumulated micro-batches
+            self.penalty.add_gradients(1.0 / self.current_gradient_accumulation_steps)
+        return loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self.penalty is not None and "loss" in logs:
+            logs = {**logs, "penalty": self.penalty.value()}
+        super().log(logs, *args, **kwargs)
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         if self.split_groups is None or self.optimizer is not None:

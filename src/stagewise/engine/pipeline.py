@@ -27,12 +27,13 @@ from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_m
 from ..errors import OutputError, StagewiseError
 from ..eval import Evaluator
 from ..io import file_sha256, folder_sha256
-from ..models import load_model_and_tokenizer, load_stage_output
+from ..merging import HeldWeights, SafetensorsWeights, WeightSource, plain_weights
+from ..models import load_model_and_tokenizer, load_stage_output, seed_weights_folder
 from ..precision import resolve_precision
 from ..report import build_report, write_report
 from .manifest import Manifest
 from .run_folder import check_foreign_content, check_writable_folder, read_manifest, run_lock
-from .stage import ModelIdentity, StageResult, class_labels, run_stage
+from .stage import ADAPTER_DIR, ModelIdentity, StageResult, class_labels, run_stage
 
 Log = Callable[[str], None]
 
@@ -202,7 +203,7 @@ def _run_locked(
     for index in range(start, len(recipe.stages)):
         entering = entering_stage(recipe, index)
         identity = ModelIdentity(key=hashes[entering] if entering >= 0 else seed_key, seed_key=seed_key,
-                                 load_seed=load_seed, load_named=functools.partial(load_named, recipe, load_seed),
+                                 load_seed=load_seed, weights_of=functools.partial(named_weights, recipe, load_seed),
                                  folder_of=functools.partial(named_folder, recipe))
         model = train_and_record(model, tokenizer, recipe, index, datasets, hashes[index], manifest, evaluator,
                                  identity, callbacks, log)
@@ -211,12 +212,19 @@ def _run_locked(
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)
 
 
-def load_named(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name: str) -> Any:
-    """The run's starting model (``base``) or a finished stage's saved model, by name."""
+def named_weights(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name: str) -> WeightSource:
+    """The plain weights of the run's starting model (``base``) or a finished stage, by name: read
+    tensor by tensor from the safetensors of its folder where it has them as plain weights, else
+    from the loaded model (a stage with an adapter, a classifier's new head, a hub model not cached)."""
+    folder = seed_weights_folder(recipe.model) if name == "base" else named_folder(recipe, name)
+    files = sorted(folder.glob("*.safetensors")) if folder is not None else []
+    if files and not (folder / ADAPTER_DIR).is_dir():
+        return SafetensorsWeights(files)
     if name == "base":
-        return load_seed()[0]
+        return HeldWeights(plain_weights(load_seed()[0])[1])
     index = next(i for i, stage in enumerate(recipe.stages) if stage.name == name)
-    return load_stage_output(stage_folder(recipe, index), recipe.model, recipe.performance.precision)[0]
+    model = load_stage_output(stage_folder(recipe, index), recipe.model, recipe.performance.precision)[0]
+    return HeldWeights(plain_weights(model)[1])
 
 
 def named_folder(recipe: Recipe, name: str) -> Path:

@@ -35,7 +35,7 @@ from ..data.mixture import MixtureSampler, mixture_counts
 from ..data.tokenize import prompt_text
 from ..errors import DataError, TrainingError
 from ..eval import evaluate_task
-from ..merging import merge_model
+from ..merging import WeightSource, merge_model
 from ..precision import (COMPUTE_DTYPES, autocast, hold_trainable_in_fp32, resolve_precision,
                          return_to_storage_dtype, trainer_flags)
 from ..losses import LossContext
@@ -73,7 +73,7 @@ class ModelIdentity:
     key: str                                        # hash chain of the stages that produced it
     seed_key: str                                   # the run's starting model
     load_seed: Callable[[], tuple[Any, Any]]        # reload the starting model when needed
-    load_named: Callable[[str], Any]                # the starting model ("base") or a finished stage's, by name
+    weights_of: Callable[[str], WeightSource]       # the starting model's ("base") or a finished stage's weights
     folder_of: Callable[[str], Path]                # a finished stage's saved folder, by name (a reward model's)
 
 
@@ -287,8 +287,9 @@ def run_stage(
     metrics.update(throughput(recipe, model, data.examples, tokens, wall))
     merge = None
     if stage.merge:
-        model, merge = merge_model(model, stage.merge, identity.load_named, dev_scorer(recipe, stage, datasets, tokenizer),
-                                   log, seed=stage.seed)
+        release_optimizer_state(trainer)
+        model, merge = merge_model(model, stage.merge, identity.weights_of, dev_scorer(recipe, stage, datasets, tokenizer),
+                                   log, scratch=stage_dir / "merge-tuned.safetensors", seed=stage.seed)
     if stage.eval:
         metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, data.labels))
     model = save_stage(trainer, model_to_save(model, stage.trainable), tokenizer, stage_dir, metrics)
@@ -305,6 +306,19 @@ def run_stage(
         merge=merge,
         mixture=data.mixture,
     )
+
+
+def release_optimizer_state(trainer: Trainer) -> None:
+    """Free the optimizer's moments and the gradients before a merge needs the memory (the trainer
+    itself still saves the stage's state and scores its held-out data)."""
+    import gc
+
+    if trainer.optimizer is not None:
+        trainer.optimizer.state.clear()
+    trainer.model.zero_grad(set_to_none=True)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def dev_scorer(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset],

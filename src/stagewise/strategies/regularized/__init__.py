@@ -29,6 +29,7 @@ from ...regularizers import Penalty, RegularizerContext
 
 class L2SPConfig(PluginConfig):
     weight: float = Field(default=0.01, ge=0)    # λ; the paper's α = 0.1 (images); tune on a dev set
+    offload: bool = False                        # keep θ₀ on the CPU (no device memory; a copy per step)
 
 
 class EWCConfig(PluginConfig):
@@ -37,6 +38,7 @@ class EWCConfig(PluginConfig):
     data: str                                    # the dataset whose loss defines the Fisher (old task / general)
     batches: int = Field(default=32, ge=1)       # batches averaged into the Fisher (the first ones, in order)
     batch_size: int = Field(default=1, ge=1)     # 1: per-example squared gradients (the paper's empirical Fisher)
+    offload: bool = False                        # keep θ₀ and F on the CPU
 
 
 def trainable_tensors(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -51,27 +53,58 @@ def trainable_tensors(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parame
 
 
 class Anchor:
-    """``λ/2 · Σ wᵢ (θᵢ − θ₀,ᵢ)²`` over the trainable tensors (w = 1: L2-SP; w = F: EWC). It holds
+    """``λ/2 · Σ wᵢ (θᵢ − θ₀,ᵢ)²`` over the trainable tensors (w = 1: L2-SP; w = F: EWC), applied
+    through the gradients: after a backward pass ``λ·wᵢ·(θᵢ − θ₀,ᵢ)`` joins θᵢ's gradient, one
+    tensor at a time, so no autograd graph of full-size differences is held. θ₀ and F are kept in
+    the storage dtype (θ₀ is exact there: the entering weights were stored in it; under mixed
+    precision the trained tensors are fp32 copies of them), on the CPU with ``offload``. It holds
     the parameter objects themselves, so a wrapped model (DDP) is penalised on the same tensors."""
 
-    def __init__(self, model: torch.nn.Module, weight: float, importance: list[torch.Tensor] | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, weight: float, importance: list[torch.Tensor] | None = None,
+                 offload: bool = False) -> None:
+        from ...precision import storage_dtype
+        from ...addons import base_model_of
+
+        dtype = storage_dtype(base_model_of(model))
         self.params = [param for _, param in trainable_tensors(model)]
-        self.anchor = [param.detach().clone() for param in self.params]
-        self.importance = importance
+        home = (lambda t: t.detach().to("cpu", dtype, copy=True)) if offload else (
+            lambda t: t.detach().to(dtype=dtype, copy=True))
+        self.anchor = [home(param) for param in self.params]
+        self.importance = None if importance is None else [home(tensor) for tensor in importance]
         self.weight = weight
 
-    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
-        total = torch.zeros((), device=self.params[0].device)
-        for index, (param, anchor) in enumerate(zip(self.params, self.anchor)):
-            squared = (param - anchor).pow(2)
-            total = total + (squared * self.importance[index] if self.importance is not None else squared).sum()
+    def _difference(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(θᵢ − θ₀,ᵢ, wᵢ or None for L2-SP) in the parameter's dtype, on its device."""
+        param = self.params[index]
+        difference = param.detach() - self.anchor[index].to(param.device, param.dtype)
+        weight = None if self.importance is None else self.importance[index].to(param.device, param.dtype)
+        return difference, weight
+
+    @torch.no_grad()
+    def value(self) -> float:
+        total = 0.0
+        for index in range(len(self.params)):
+            difference, weight = self._difference(index)
+            squared = difference.pow_(2)
+            total += float((squared if weight is None else squared.mul_(weight)).sum())
         return 0.5 * self.weight * total
+
+    @torch.no_grad()
+    def add_gradients(self, scale: float) -> None:
+        if self.weight == 0:
+            return
+        for index, param in enumerate(self.params):
+            if param.grad is None:  # a tensor the loss did not reach this step is not stepped at all
+                continue
+            difference, weight = self._difference(index)
+            gradient = difference if weight is None else difference.mul_(weight)
+            param.grad.add_(gradient.to(param.grad.dtype), alpha=self.weight * scale)
 
 
 @REGULARIZERS.register("l2sp", L2SPConfig)
 def l2sp(config: L2SPConfig, model: torch.nn.Module, context: RegularizerContext) -> Penalty | None:
     """L2-SP: squared distance of the trainable tensors from the entering weights."""
-    return Anchor(model, config.weight) if trainable_tensors(model) else None
+    return Anchor(model, config.weight, offload=config.offload) if trainable_tensors(model) else None
 
 
 def empirical_fisher(model: torch.nn.Module, examples: list[dict[str, Any]], collator: Any, batches: int,
@@ -129,4 +162,4 @@ def ewc(config: EWCConfig, model: torch.nn.Module, context: RegularizerContext) 
         save_file({name: tensor.contiguous().cpu() for name, tensor in zip(names, fisher)}, str(partial))
         partial.replace(path)
         context.log(f"[ewc] Fisher of {len(names)} tensors from {config.batches} batches of {config.data!r}")
-    return Anchor(model, config.weight, fisher)
+    return Anchor(model, config.weight, fisher, offload=config.offload)

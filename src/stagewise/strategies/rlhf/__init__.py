@@ -175,7 +175,7 @@ def on_policy_trainer(trainer_cls: type[Trainer], config_cls: type, module: Any,
             processing_class=inputs.tokenizer, callbacks=inputs.callbacks, **inputs.stage_features())
 
 
-def gold_answers_for_rules(config: OnPolicyConfig, formats: set[str]) -> tuple[str, str] | None:
+def gold_answers_for_rules(config: OnPolicyConfig, formats: set[str], stage: Any = None) -> tuple[str, str] | None:
     if config.reward_rule and "preference" in formats:
         return "reward_rule", (f"{config.reward_rule!r} checks gold answers, which preference rows lack: use "
                                "reward_model (an earlier reward stage) for preference prompts")
