@@ -160,6 +160,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .config import load_recipe
+    from .plan import load_model_config, parse_memory, plan_recipe, render_plan
+
+    if args.devices < 1:
+        raise StagewiseError(f"--devices: expected a whole number >= 1, got {args.devices}")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise StagewiseError(f"--seq-len: expected a whole number >= 1, got {args.seq_len}")
+    recipe = load_recipe(find_recipe(args.recipe), args.overrides)
+    memory = parse_memory(args.device_memory) if args.device_memory else None
+    config = load_model_config(recipe.model, args.model)
+    plans = plan_recipe(recipe, config, memory, args.devices, args.seq_len)
+    print(render_plan(plans, memory, args.model or recipe.model.model_name_or_path))
+    return 0
+
+
 def cmd_bench_peak(args: argparse.Namespace) -> int:
     from .speed import device_name, peak_flops
 
@@ -180,7 +196,7 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-BUILTIN_COMMANDS = ("run", "validate", "recipes", "compare", "study", "bench-peak", "eval")
+BUILTIN_COMMANDS = ("run", "validate", "recipes", "compare", "study", "bench-peak", "eval", "plan")
 
 
 def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
@@ -215,6 +231,14 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     study.add_argument("--seeds", help="comma-separated seeds of the study file to run and report; "
                                        "the report goes to OUTPUT_DIR/seeds-<seeds>/")
     study.set_defaults(handler=cmd_study)
+    plan = sub.add_parser("plan", help="estimate each stage's peak memory per device from the model config")
+    plan.add_argument("recipe", help="recipe file, or the name of a bundled recipe")
+    plan.add_argument("overrides", nargs="*", help="key=value overrides, e.g. performance.gradient_checkpointing=true")
+    plan.add_argument("--model", help="plan for this model instead: a config.json, a folder or a (cached) hub id")
+    plan.add_argument("--devices", type=int, default=1, help="devices the weights are sharded over (FSDP)")
+    plan.add_argument("--device-memory", help="memory of one device, e.g. 80GB: adds a verdict and the cheapest fix")
+    plan.add_argument("--seq-len", type=int, help="tokens per sequence (default: each stage's max_length)")
+    plan.set_defaults(handler=cmd_plan)
     peak = sub.add_parser("bench-peak", help="measure this machine's matmul FLOP/s (the MFU denominator)")
     peak.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])
     peak.set_defaults(handler=cmd_bench_peak)

@@ -300,6 +300,10 @@ def load_pretrained(
         # PEFT holds every unquantized tensor (norms, embeddings, head) in float32: their storage dtype
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model.config.dtype = torch.float32
+        with torch.no_grad():  # tensors still viewing the checkpoint's memory map keep all of it resident
+            for tensor in [*model.parameters(), *model.buffers()]:
+                if tensor.is_floating_point():
+                    tensor.data = tensor.data.clone()
     return model, tokenizer
 
 

@@ -123,6 +123,9 @@ class Entry(Generic[Impl, Traits]):
     requires: Requires
     traits: Traits
     example: dict[str, Any] = field(default_factory=dict)  # a minimal valid config (docs, shared tests)
+    # plan(config, PlanContext) -> {part: bytes per device} this entry holds beyond the model's own
+    # training state (an anchor copy, a reference model, a KV cache): `stagewise plan` counts it
+    plan: Callable[[Any, Any], dict[str, float]] | None = None
 
 
 class Registry(Generic[Impl, Traits]):
@@ -134,7 +137,8 @@ class Registry(Generic[Impl, Traits]):
         self._entries: dict[str, Entry[Impl, Traits]] = {}
 
     def register(self, name: str, config_cls: type[PluginConfig] | None = None, *, requires: Requires | None = None,
-                 traits: Traits | None = None, example: dict[str, Any] | None = None) -> Callable[[Impl], Impl]:
+                 traits: Traits | None = None, example: dict[str, Any] | None = None,
+                 plan: Callable[[Any, Any], dict[str, float]] | None = None) -> Callable[[Impl], Impl]:
         """Decorator: ``@SELECTORS.register("hft", HFTConfig)`` on the implementation.
 
         ``example`` is the entry's smallest valid recipe value beyond ``kind`` (required keys);
@@ -144,7 +148,7 @@ class Registry(Generic[Impl, Traits]):
             if name in self._entries:
                 raise ValueError(f"{self.what} {name!r} is registered twice")
             self._entries[name] = Entry(name, config_cls or PluginConfig, impl, requires or Requires(),
-                                        traits if traits is not None else self.traits_cls(), dict(example or {}))
+                                        traits if traits is not None else self.traits_cls(), dict(example or {}), plan)
             return impl
 
         return decorate

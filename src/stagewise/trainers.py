@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .addons import is_peft_model
 from .data import ListDataset
 from .errors import TrainingError
+from .precision import return_to_storage_dtype
 from .losses import LossFn
 from .registry import TRAINERS, PluginConfig, Requires
 from .regularizers import Penalty
@@ -139,6 +140,7 @@ def frozen_reference(model: Any) -> Any:
     reference = copy.deepcopy(model).eval()
     for param in reference.parameters():
         param.requires_grad_(False)
+    return_to_storage_dtype(reference)  # not the fp32 master copies mixed precision trains
     return reference
 
 

@@ -38,13 +38,18 @@ def precomputed_reference_problem(config: Any, formats: set[str], stage: Any = N
 OWN_BATCHES = TrainerTraits(takes_loss=False, samples_examples=False, check=precomputed_reference_problem)
 
 
+def reference_plan(config: Any, ctx: Any) -> dict[str, float]:
+    """`stagewise plan`: a frozen copy in the storage dtype, unless an adapter or precomputed scores stand in."""
+    return {"reference model": 0.0 if ctx.has_adapter or config.precompute_ref_log_probs else ctx.stored_weights}
+
+
 def reference_for(config: Any, model: Any) -> Any:
     """The frozen reference: none with precomputed scores (TRL scores the entering model before it trains)."""
     return None if config.precompute_ref_log_probs else frozen_reference(model)
 
 
 @TRAINERS.register("dpo", DPOConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",)),
-                   traits=OWN_BATCHES)
+                   traits=OWN_BATCHES, plan=reference_plan)
 def dpo_trainer(config: DPOConfig, inputs: TrainerInputs) -> Trainer:
     """Direct preference optimization on prompt/chosen/rejected rows (TRL DPOTrainer)."""
     from datasets import Dataset
@@ -67,7 +72,7 @@ class KTOConfig(PluginConfig):
 
 
 @TRAINERS.register("kto", KTOConfig, requires=Requires(objectives=("feedback",), model_tasks=("causal_lm",)),
-                   traits=OWN_BATCHES)
+                   traits=OWN_BATCHES, plan=reference_plan)
 def kto_trainer(config: KTOConfig, inputs: TrainerInputs) -> Trainer:
     """KTO (Ethayarajh et al., ICML 2024): unpaired good/bad answers (``feedback`` rows: prompt,
     completion, label true/false) against the frozen model entering the stage (TRL KTOTrainer)."""

@@ -101,7 +101,13 @@ class Anchor:
             param.grad.add_(gradient.to(param.grad.dtype), alpha=self.weight * scale)
 
 
-@REGULARIZERS.register("l2sp", L2SPConfig)
+def anchor_plan(copies: int) -> Any:
+    """`stagewise plan`: θ₀ (and F) in the storage dtype over the trained tensors, on the device unless offloaded."""
+    return lambda config, ctx: {f"{config.kind} copies": 0.0 if config.offload
+                                else copies * ctx.trainable * ctx.storage_bytes / ctx.devices}
+
+
+@REGULARIZERS.register("l2sp", L2SPConfig, plan=anchor_plan(1))
 def l2sp(config: L2SPConfig, model: torch.nn.Module, context: RegularizerContext) -> Penalty | None:
     """L2-SP: squared distance of the trainable tensors from the entering weights."""
     return Anchor(model, config.weight, offload=config.offload) if trainable_tensors(model) else None
@@ -137,7 +143,7 @@ def fisher_cache_key(context: RegularizerContext, config: EWCConfig, names: list
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:24]
 
 
-@REGULARIZERS.register("ewc", EWCConfig, example={"data": "d"})
+@REGULARIZERS.register("ewc", EWCConfig, example={"data": "d"}, plan=anchor_plan(2))
 def ewc(config: EWCConfig, model: torch.nn.Module, context: RegularizerContext) -> Penalty | None:
     """EWC: squared distance from the entering weights, weighted by their diagonal Fisher."""
     from safetensors.torch import load_file, save_file

@@ -19,6 +19,7 @@ from pydantic import Field
 from ...data.tokenize import encode_prompt
 from ...errors import DataError
 from ...generation import SamplingConfig, generate
+from ...plan.footprint import generation_plan
 from ...registry import TRANSFORMS, Requires, TransformConfig
 from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
 
@@ -32,7 +33,7 @@ class SelfReplayConfig(TransformConfig):
 
 
 @TRANSFORMS.register("self_replay", SelfReplayConfig, example={"prompts": "d"},
-                     requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)))
+                     requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)), plan=generation_plan)
 def self_replay(rows: list[dict[str, Any]], config: SelfReplayConfig, context: TransformContext):
     """Append the entering model's own greedy answers to ``ratio`` x len(rows) general prompts."""
     pool = [row for row in context.rows_of(config.prompts) if row.get("instruction")]

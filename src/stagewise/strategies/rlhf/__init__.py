@@ -67,8 +67,10 @@ def preference_dataset(rows: list[dict[str, Any]]) -> Any:
     return Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows])
 
 
-@TRAINERS.register("reward", RewardConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",), plain_weights=True),
-                   traits=TrainerTraits(takes_loss=False, samples_examples=False, builds_model=reward_model_from))
+@TRAINERS.register("reward", RewardConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",),
+                                                             plain_weights=True),
+                   traits=TrainerTraits(takes_loss=False, samples_examples=False, builds_model=reward_model_from),
+                   plan=lambda config, ctx: {"entering model (kept)": ctx.stored_weights})
 def reward_trainer(config: RewardConfig, inputs: TrainerInputs) -> Trainer:
     """A Bradley–Terry reward model on prompt/chosen/rejected rows (TRL RewardTrainer)."""
     from trl import RewardConfig as TrlRewardConfig
@@ -187,7 +189,17 @@ ON_POLICY = Requires(objectives=("lm", "preference"), formats=("instruction", "p
 OWN_BATCHES = TrainerTraits(takes_loss=False, samples_examples=False, check=gold_answers_for_rules)
 
 
-@TRAINERS.register("grpo", OnPolicyConfig, requires=ON_POLICY, traits=OWN_BATCHES, example={"reward_rule": "contains"})
+def on_policy_plan(config: OnPolicyConfig, ctx: Any) -> dict[str, float]:
+    """`stagewise plan`: the KL reference (a frozen copy unless an adapter stands in or beta is 0) and
+    the KV cache of each step's batch × num_generations sampled completions."""
+    reference = 0.0 if ctx.has_adapter or config.beta == 0 else ctx.stored_weights
+    sequences = ctx.batch_size * config.num_generations
+    return {"reference model": reference,
+            "generation kv cache": sequences * (ctx.seq_len + config.max_new_tokens) * ctx.kv_bytes_per_token}
+
+
+@TRAINERS.register("grpo", OnPolicyConfig, requires=ON_POLICY, traits=OWN_BATCHES, example={"reward_rule": "contains"},
+                   plan=on_policy_plan)
 def grpo_trainer(config: OnPolicyConfig, inputs: TrainerInputs) -> Trainer:
     """GRPO on the stage's prompts, rewarded by a reward model or a rule (TRL GRPOTrainer)."""
     from trl import GRPOConfig, GRPOTrainer
@@ -196,7 +208,8 @@ def grpo_trainer(config: OnPolicyConfig, inputs: TrainerInputs) -> Trainer:
     return on_policy_trainer(GRPOTrainer, GRPOConfig, module, config, inputs)
 
 
-@TRAINERS.register("rloo", OnPolicyConfig, requires=ON_POLICY, traits=OWN_BATCHES, example={"reward_rule": "contains"})
+@TRAINERS.register("rloo", OnPolicyConfig, requires=ON_POLICY, traits=OWN_BATCHES, example={"reward_rule": "contains"},
+                   plan=on_policy_plan)
 def rloo_trainer(config: OnPolicyConfig, inputs: TrainerInputs) -> Trainer:
     """RLOO on the stage's prompts, rewarded by a reward model or a rule (TRL RLOOTrainer)."""
     from trl import RLOOConfig, RLOOTrainer

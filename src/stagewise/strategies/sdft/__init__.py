@@ -15,6 +15,7 @@ from pydantic import Field
 
 from ...eval.metrics import exact_match, last_integer
 from ...generation import SamplingConfig, generate
+from ...plan.footprint import generation_plan
 from ...registry import TRANSFORMS, Requires, TransformConfig
 from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
 
@@ -118,7 +119,8 @@ def encode_distill_prompts(rows: list[dict[str, Any]], tokenizer: Any, config: D
     return prompts
 
 
-@TRANSFORMS.register("distill", DistillConfig, requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)))
+@TRANSFORMS.register("distill", DistillConfig, requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)),
+                     plan=generation_plan)
 def distill(rows: list[dict[str, Any]], config: DistillConfig, context: TransformContext):
     """SDFT: the seed model rewrites each answer; failed rewrites keep the original."""
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, do_sample=True, temperature=config.temperature,

@@ -1,0 +1,305 @@
+"""``stagewise plan``: will each stage fit, per device, before anything is downloaded or trained?
+
+Built from the model's *config* on the meta device (:mod:`.footprint` holds the formulas), with
+the stage's own selector applied, so the trained-element counts are exact. For each stage: weights,
+gradients, optimizer state, activations, what the stage's entries add (anchors, reference model,
+KV cache), and evaluation's generation; then a verdict against the device's memory and, when it
+does not fit, the cheapest change that does (gradient checkpointing, bf16-mixed, an 8-bit
+optimizer, LoRA, QLoRA, more devices with FSDP).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..addons import base_model_of, is_addon_parameter
+from ..config import ModelConfig, Recipe, StageConfig
+from ..errors import RecipeError
+from ..precision import COMPUTE_DTYPES, MIXED, resolve_precision
+from ..registry import LR_RULES, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS, load_plugins
+from .footprint import (GiB, Footprint, ModelShape, PlanContext, activation_bytes, dtype_bytes, kv_bytes_per_token,
+                        optimizer_bytes, quantized_weight_bytes)
+
+__all__ = ["Settings", "StagePlan", "load_model_config", "parse_memory", "plan_recipe", "render_plan"]
+
+HEADROOM = 0.95  # of the device's memory: the allocator's fragmentation and the runtime's own buffers
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The knobs a plan is made for (the recipe's, or a suggested change)."""
+
+    precision: str
+    devices: int = 1
+    checkpointing: bool = False
+    optim: str | None = None
+    selector: Any = None          # replaces every training stage's selector (a suggestion: LoRA)
+    quantization: Any = None      # {bits, double_quant} or None
+    seq_len: int | None = None    # tokens per sequence (default: the stage's max_length)
+
+
+@dataclass
+class StagePlan:
+    index: int
+    name: str
+    train: Footprint
+    generation: Footprint  # transforms before training, probes after it
+    settings: Settings
+    fits: bool | None = None
+    suggestion: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak(self) -> float:
+        return max(self.train.peak, self.generation.peak)
+
+
+def parse_memory(text: str) -> float:
+    """``80GB`` / ``24GiB`` / ``512MB`` -> bytes (GB taken as GiB, as GPUs are sold)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?)?\s*", text, re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise RecipeError(f"--device-memory: expected a size such as 80GB or 24GiB, got {text!r}")
+    unit = (match.group(2) or "G")[0].upper()
+    return float(match.group(1)) * 1024 ** "KMGT".index(unit) * 1024
+
+
+def load_model_config(model: ModelConfig, override: str | None = None) -> Any:
+    """The transformers config of ``--model`` (a config.json file, a folder or hub id, offline from
+    the cache) or of the recipe's model; one line when it cannot be read."""
+    from transformers import AutoConfig
+
+    from ..models import TINY_MODELS, _tiny_config
+
+    name = override or model.model_name_or_path
+    if name in TINY_MODELS:
+        return _tiny_config(TINY_MODELS[name])
+    path = Path(name).expanduser()
+    try:
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return AutoConfig.for_model(data.pop("model_type"), **data)
+        from ..bundled import BUNDLED, resolve_bundled
+
+        source = resolve_bundled(name) if name in BUNDLED else name
+        return AutoConfig.from_pretrained(source, trust_remote_code=model.trust_remote_code, revision=model.revision)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise RecipeError(f"--model: cannot read the config of {name!r} ({reason}); offline, give a config.json") from None
+
+
+def meta_model(config: Any, task: str, dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    cls = AutoModelForSequenceClassification if task == "sequence_classification" else AutoModelForCausalLM
+    with torch.device("meta"):
+        return cls.from_config(config, dtype=dtype)
+
+
+def storage_dtype_for(recipe: Recipe, config: Any, precision: str) -> torch.dtype:
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16-pure":
+        return torch.bfloat16
+    if recipe.model.dtype != "auto":
+        return getattr(torch, recipe.model.dtype)
+    found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return getattr(torch, found) if isinstance(found, str) else found if isinstance(found, torch.dtype) else torch.float32
+
+
+def planned_precision(recipe: Recipe, device_memory: float | None) -> str:
+    """The recipe's precision; ``auto`` planned for a GPU (bf16-mixed) when a device memory is given."""
+    precision = recipe.performance.precision
+    if precision == "auto" and device_memory is not None:
+        return "bf16-mixed"
+    return resolve_precision(precision)
+
+
+def plan_recipe(recipe: Recipe, config: Any, device_memory: float | None = None, devices: int = 1,
+                seq_len: int | None = None) -> list[StagePlan]:
+    """One :class:`StagePlan` per stage; with ``device_memory`` each has a verdict and, when it does
+    not fit, the cheapest change that does."""
+    load_plugins()
+    base = Settings(precision=planned_precision(recipe, device_memory), devices=devices,
+                    checkpointing=recipe.performance.gradient_checkpointing, seq_len=seq_len,
+                    quantization=recipe.model.quantization)
+    plans = plan_stages(recipe, config, base)
+    if device_memory is not None:
+        for plan in plans:
+            plan.fits = plan.peak <= HEADROOM * device_memory
+            if not plan.fits:
+                plan.suggestion = cheapest_fix(recipe, config, plan, device_memory)
+    return plans
+
+
+def plan_stages(recipe: Recipe, config: Any, settings: Settings) -> list[StagePlan]:
+    """Every stage in order on one meta model (adapters a stage attaches stay for the next)."""
+    from ..selection import SelectionContext, apply_selector
+
+    shape = ModelShape.of(config)
+    storage = storage_dtype_for(recipe, config, settings.precision)
+    model = meta_model(config, recipe.model.task, storage)
+    plans = []
+    for index, stage in enumerate(recipe.stages):
+        selector = stage.trainable if settings.selector is None or stage.trainable.kind == "none" else settings.selector
+        try:
+            model, _ = apply_selector(model, selector, SelectionContext(seed=stage.seed, stage_index=index))
+        except RecipeError as err:  # the selector does not fit this model (as a run would say)
+            raise RecipeError(f"stages.{index} '{stage.name}': {err}") from None
+        except Exception as err:  # a data-aware selector (CorDA) cannot run on the meta device
+            raise RecipeError(f"stages.{index} '{stage.name}': plan cannot apply {selector.kind!r} on the meta "
+                              f"device ({str(err).splitlines()[0][:160] if str(err) else type(err).__name__})") from None
+        train = stage_footprint(recipe, stage, model, shape, storage, settings)
+        plans.append(StagePlan(index, stage.name, train,
+                               generation_footprint(recipe, stage, model, shape, storage, settings), settings))
+    return plans
+
+
+def weight_bytes(model: torch.nn.Module, storage: torch.dtype, settings: Settings,
+                 training: bool = True) -> tuple[float, list[torch.nn.Parameter]]:
+    """(bytes of every weight, the trained tensors) for the model as a stage holds it: quantized
+    matrices packed, add-ons in fp32, and while training under mixed precision the trained base
+    tensors as fp32 master copies (PEFT keeps a quantized base's other tensors in fp32)."""
+    quantized = quantized_matrices(model) if settings.quantization is not None else set()
+    unquantized = dtype_bytes(torch.float32 if quantized else storage)
+    master = training and settings.precision in MIXED
+    total, trained, seen = 0.0, [], set()
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        if param.requires_grad:
+            trained.append(param)
+        if id(param) in quantized:
+            q = settings.quantization
+            total += quantized_weight_bytes(param.numel(), param.shape[0], q.bits, q.double_quant)
+        elif is_addon_parameter(name) or (param.requires_grad and master):
+            total += 4 * param.numel()
+        else:
+            total += unquantized * param.numel()
+    return total, trained
+
+
+def quantized_matrices(model: torch.nn.Module) -> set[int]:
+    """The weights bitsandbytes would quantize: every linear layer of the base but the output head."""
+    base = base_model_of(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return {id(module.weight) for name, module in base.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head and not is_addon_parameter(name)}
+
+
+def stage_footprint(recipe: Recipe, stage: StageConfig, model: torch.nn.Module, shape: ModelShape,
+                    storage: torch.dtype, settings: Settings) -> Footprint:
+    compute = dtype_bytes(COMPUTE_DTYPES[settings.precision])
+    weights, trained = weight_bytes(model, storage, settings)
+    grad_bytes = 2.0 if settings.precision == "bf16-pure" else 4.0
+    trained_numel = sum(p.numel() for p in trained)
+    shard = settings.devices
+    seq = settings.seq_len or stage.max_length
+    batch = stage.batch_size
+    parts = {"weights": weights / shard, "gradients": trained_numel * grad_bytes / shard,
+             "optimizer": optimizer_bytes(settings.optim or stage.optim, trained, grad_bytes) / shard}
+    if trained_numel:
+        parts["activations"] = activation_bytes(shape, batch, seq, compute, settings.checkpointing,
+                                                recipe.model.attn_implementation == "eager")
+    context = plan_context(model, shape, storage, settings, stage, weights)
+    for registry, config in ((TRAINERS, stage.trainer), (REGULARIZERS, stage.regularizer), (LR_RULES, stage.lr_rule),
+                             (SELECTORS, stage.trainable)):
+        plan = registry.get(config.kind).plan
+        parts.update(plan(config, context) if plan else {})
+    total = sum({id(p): p.numel() for p in model.parameters()}.values())
+    head = base_model_of(model).get_output_embeddings()
+    head_gradient = head.weight.numel() * grad_bytes / shard if head is not None and head.weight.requires_grad else 0.0
+    return Footprint({k: v for k, v in parts.items() if v}, trainable=trained_numel, total=total,
+                     head_gradient=head_gradient)
+
+
+def plan_context(model: torch.nn.Module, shape: ModelShape, storage: torch.dtype, settings: Settings,
+                 stage: StageConfig, weights: float) -> PlanContext:
+    compute = dtype_bytes(COMPUTE_DTYPES[settings.precision])
+    stored, trained = weight_bytes(model, storage, settings, training=False)
+    return PlanContext(weights=weights / settings.devices, stored_weights=stored / settings.devices,
+                       trainable=sum(p.numel() for p in trained), storage_bytes=dtype_bytes(storage),
+                       compute_bytes=compute, has_adapter=any(is_addon_parameter(n) for n, _ in model.named_parameters()),
+                       kv_bytes_per_token=kv_bytes_per_token(shape, compute), batch_size=stage.batch_size,
+                       seq_len=settings.seq_len or stage.max_length, devices=settings.devices)
+
+
+def generation_footprint(recipe: Recipe, stage: StageConfig, model: torch.nn.Module, shape: ModelShape,
+                         storage: torch.dtype, settings: Settings) -> Footprint:
+    """Generating without training (the stage's transforms before it, the probes after it): the
+    stored weights and the largest generation batch's KV cache and last-token logits."""
+    stored, _ = weight_bytes(model, storage, settings, training=False)
+    context = plan_context(model, shape, storage, settings, stage, stored)
+    caches = [TRANSFORMS.get(t.kind).plan(t, context).get("kv cache", 0.0) for t in stage.transforms
+              if TRANSFORMS.get(t.kind).plan]
+    batch = 0
+    if recipe.evaluation is not None:
+        evaluation = recipe.evaluation
+        new_tokens = max((p.max_new_tokens for p in [*evaluation.target, *evaluation.retention]), default=0)
+        length = min(settings.seq_len or evaluation.max_length, evaluation.max_length) + new_tokens
+        caches.append(evaluation.batch_size * length * context.kv_bytes_per_token)
+        batch = evaluation.batch_size
+    return Footprint({"weights": stored / settings.devices, "kv cache": max(caches, default=0.0),
+                      "logits": batch * shape.vocab * (context.compute_bytes + 4)})
+
+
+FIXES: list[tuple[str, dict[str, Any]]] = [  # each a complete change to the recipe, cheapest to the result first
+    ("gradient checkpointing (performance.gradient_checkpointing: true)", {"checkpointing": True}),
+    ("precision bf16-mixed", {"precision": "bf16-mixed"}),
+    ("precision bf16-mixed and gradient checkpointing", {"precision": "bf16-mixed", "checkpointing": True}),
+    ("an 8-bit optimizer (optim: adamw_bnb_8bit) and gradient checkpointing",
+     {"optim": "adamw_bnb_8bit", "checkpointing": True}),
+    ("LoRA (trainable: lora) and gradient checkpointing", {"selector": "lora", "checkpointing": True}),
+    ("QLoRA (model.quantization: {bits: 4}, trainable: lora) and gradient checkpointing",
+     {"selector": "lora", "quantization": "4bit", "checkpointing": True}),
+]
+
+
+def fixed_settings(settings: Settings, change: dict[str, Any]) -> Settings:
+    from ..config import QuantizationConfig
+    from ..strategies.lora import LoraSelectorConfig
+
+    update = dict(change)
+    if update.get("selector") == "lora":
+        update["selector"] = LoraSelectorConfig(kind="lora")
+    if update.get("quantization") == "4bit":
+        update["quantization"] = QuantizationConfig.model_construct(bits=4, quant_type="nf4", double_quant=True,
+                                                                    compute_dtype="auto")
+    return replace(settings, **update)
+
+
+def cheapest_fix(recipe: Recipe, config: Any, plan: StagePlan, device_memory: float) -> str:
+    """The first change (in order of its cost to the result) that makes this stage fit, else FSDP
+    over the fewest devices that fit (with gradient checkpointing), else none."""
+    def fits(settings: Settings) -> bool:
+        return plan_stages(recipe, config, settings)[plan.index].peak <= HEADROOM * device_memory
+
+    for text, change in FIXES:
+        if any(getattr(plan.settings, key) != value for key, value in change.items()) and \
+                fits(fixed_settings(plan.settings, change)):
+            return text
+    for devices in (2, 4, 8, 16, 32, 64):
+        if devices > plan.settings.devices and fits(replace(plan.settings, devices=devices, checkpointing=True)):
+            return f"{devices} devices with FSDP (distributed: {{fsdp: true}}) and gradient checkpointing"
+    return "none found: a smaller model or more memory"
+
+
+def render_plan(plans: list[StagePlan], device_memory: float | None, model_name: str) -> str:
+    """A readable table: per stage, each part in GiB, the peak, and the verdict."""
+    first = plans[0].settings
+    lines = [f"plan for {model_name}: precision {first.precision}, {first.devices} device(s)"
+             + (f" of {device_memory / GiB:.0f} GiB" if device_memory else "")
+             + (", gradient checkpointing" if first.checkpointing else "")]
+    for plan in plans:
+        parts = ", ".join(f"{name} {value / GiB:.2f}" for name, value in plan.train.parts.items())
+        generation = plan.generation.peak / GiB
+        verdict = "" if plan.fits is None else "  fits" if plan.fits else f"  does NOT fit; cheapest change: {plan.suggestion}"
+        lines.append(f"stage {plan.index} '{plan.name}': {plan.train.trainable:,} of {plan.train.total:,} elements "
+                     f"train; GiB per device: {parts}; training peak {plan.train.peak / GiB:.2f}, "
+                     f"generation {generation:.2f}{verdict}")
+    return "\n".join(lines)

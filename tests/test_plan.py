@@ -1,0 +1,136 @@
+"""`stagewise plan`: counts from the meta model equal the engine's, the formulas by hand, the
+verdict and its cheapest fix on the shipped 8B/70B configs, the estimate within ±15% of the peak
+memory a real run measures, and bad input as one line."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_recipe, run
+from stagewise.plan import load_model_config, parse_memory, plan_recipe
+from stagewise.plan.footprint import GiB, quantized_weight_bytes
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src/stagewise/plan/configs"
+STAGE = {"name": "s", "data": "sft", "max_steps": 2, "batch_size": 2}
+
+
+@pytest.mark.parametrize("trainable", ["full", "hft", {"kind": "layers", "indices": [-1]},
+                                       {"kind": "lora", "lora_rank": 4}, "head"])
+def test_planned_trained_elements_equal_the_engines_count(tmp_path, trainable):
+    recipe = make_recipe(tmp_path, [{**STAGE, "trainable": trainable}])
+    [plan] = plan_recipe(recipe, load_model_config(recipe.model))
+    entry = run(recipe).manifest["stages"][0]
+    assert plan.train.trainable == entry["trainable_params"]
+    assert plan.train.total == entry["total_params"]
+
+
+def test_full_fine_tuning_parts_by_hand(tmp_path):
+    """fp32 AdamW: weights 4, gradients 4, moments 8 bytes per element."""
+    recipe = make_recipe(tmp_path, [STAGE])
+    [plan] = plan_recipe(recipe, load_model_config(recipe.model), seq_len=16)
+    n = plan.train.total
+    assert plan.train.parts["weights"] == 4 * n
+    assert plan.train.parts["gradients"] == 4 * n
+    assert plan.train.parts["optimizer"] == 8 * n
+
+
+def test_mixed_precision_and_quantized_weights_by_hand(tmp_path):
+    model = {"model_name_or_path": "tiny-llama", "dtype": "bfloat16"}
+    recipe = make_recipe(tmp_path, [{**STAGE, "trainable": {"kind": "layers", "indices": [-1], "with_head": False}}],
+                         model=model, performance={"precision": "bf16-mixed"})
+    [plan] = plan_recipe(recipe, load_model_config(recipe.model))
+    trained, total = plan.train.trainable, plan.train.total
+    assert plan.train.parts["weights"] == 2 * (total - trained) + 4 * trained  # fp32 masters of the trained block
+    assert quantized_weight_bytes(64 * 128, 64, 4, double_quant=False) == 64 * 128 / 2 + 64 * 128 / 64 * 4
+    assert quantized_weight_bytes(64 * 128, 64, 8, double_quant=False) == 64 * 128 + 4 * 64
+
+
+def test_the_shipped_configs_get_a_verdict_and_the_cheapest_fix(tmp_path):
+    recipe = make_recipe(tmp_path, [STAGE])
+    eight = load_model_config(recipe.model, str(CONFIGS / "llama-3-8b.json"))
+    [full] = plan_recipe(recipe, eight, device_memory=parse_memory("80GB"))
+    assert full.train.total == 8_030_261_248 and not full.fits and full.suggestion.startswith("an 8-bit optimizer")
+    lora = make_recipe(tmp_path, [{**STAGE, "trainable": "lora"}])
+    [adapter] = plan_recipe(lora, eight, device_memory=parse_memory("80GB"))
+    assert adapter.fits
+    seventy = load_model_config(recipe.model, str(CONFIGS / "llama-3-70b.json"))
+    [big] = plan_recipe(lora, seventy, device_memory=parse_memory("80GB"))
+    assert not big.fits and big.suggestion.startswith("QLoRA")
+    [sharded] = plan_recipe(recipe, seventy, device_memory=parse_memory("80GB"), devices=16)
+    assert sharded.train.parts["weights"] == pytest.approx(full.train.parts["weights"] * 70.55 / 8.03 / 16, rel=0.01)
+
+
+def test_the_plan_is_within_15_percent_of_a_measured_run(tmp_path):
+    """A 20M-parameter Llama (random, local folder) trains 3 full AdamW steps in a fresh process;
+    its peak resident memory over the memory before the run is compared with the plan."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stagewise.models import byte_tokenizer
+
+    folder = tmp_path / "model"
+    config = LlamaConfig(vocab_size=272, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
+                         num_attention_heads=8, num_key_value_heads=8, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    rows = [{"instruction": f"question number {i} " * 6, "output": f"answer {i} " * 6} for i in range(16)]
+    recipe = {"model": str(folder), "datasets": {"d": {"format": "instruction", "template": "alpaca", "rows": rows}},
+              "stages": [{"name": "s", "data": "d", "max_steps": 3, "batch_size": 8, "save_steps": 100}],
+              "output_dir": str(tmp_path / "run")}
+    script = tmp_path / "measure.py"
+    script.write_text(MEASURE)
+    done = subprocess.run([sys.executable, str(script), json.dumps(recipe)], capture_output=True, text=True,
+                          env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "TQDM_DISABLE": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    planned, measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0.85 < measured / planned < 1.15, (planned / 2**20, measured / 2**20)
+
+
+MEASURE = """
+import json, sys
+from pathlib import Path
+from stagewise.config import recipe_from_dict
+from stagewise.data import encode_dataset, load_dataset_config
+from stagewise.engine import run_recipe
+from stagewise.models import byte_tokenizer
+from stagewise.plan import load_model_config, plan_recipe
+
+def status(field):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return float(line.split()[1]) * 1024
+
+recipe = recipe_from_dict(json.loads(sys.argv[1]))
+rows = load_dataset_config("d", recipe.datasets["d"]).rows
+longest = max(len(e["input_ids"]) for e in encode_dataset(rows, "instruction", byte_tokenizer(), template="alpaca"))
+[plan] = plan_recipe(recipe, load_model_config(recipe.model), seq_len=longest)
+before = status("VmRSS")
+run_recipe(recipe, log=lambda message: None)
+print(json.dumps([plan.peak, status("VmHWM") - before]))
+"""
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--model", "nobody-here/no-such-model-xyz"], "--model: cannot read the config of 'nobody-here/no-such-model-xyz'"),
+    (["--device-memory", "lots"], "--device-memory: expected a size such as 80GB"),
+    (["--devices", "0"], "--devices: expected a whole number >= 1"),
+    (["--seq-len", "-3"], "--seq-len: expected a whole number >= 1"),
+])
+def test_bad_plan_arguments_are_one_line(tmp_path, arguments, message):
+    done = subprocess.run([sys.executable, "-m", "stagewise", "plan", "quickstart", *arguments], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {done.stderr.strip().removeprefix('error: ')}"]
+    assert message in done.stderr
+
+
+def test_plan_command_prints_each_stage(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "stagewise", "plan", "quickstart", "--model",
+                           str(CONFIGS / "qwen2.5-7b.json"), "--device-memory", "24GB"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "stage 0 'sft'" in done.stdout and "does NOT fit" in done.stdout and "GiB" in done.stdout
+    assert GiB == 2**30
