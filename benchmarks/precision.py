@@ -35,11 +35,9 @@ def worker(setting: str, lr: float) -> dict:
     from stagewise.engine import run_recipe
 
     with tempfile.TemporaryDirectory(prefix="stagewise-precision-") as scratch:
-        overrides = [*SETTINGS[setting], f"output_dir={scratch}/run", "evaluation=null", f"stages.0.lr={lr}",
-                     "stages.0.epochs=1", "stages.0.save_steps=1000"]
-        recipe = load_recipe(find_recipe("quickstart"), overrides)
-        base = load_recipe(find_recipe("quickstart"), [*overrides[:-4], f"output_dir={scratch}/base",
-                                                       "stages.0.trainable=none"])
+        common = [*SETTINGS[setting], "evaluation=null", "stages.0.epochs=1", "stages.0.save_steps=1000"]
+        recipe = load_recipe(find_recipe("quickstart"), [*common, f"output_dir={scratch}/run", f"stages.0.lr={lr}"])
+        base = load_recipe(find_recipe("quickstart"), [*common, f"output_dir={scratch}/base", "stages.0.trainable=none"])
         run_recipe(base, log=lambda message: None)
         result = run_recipe(recipe, log=lambda message: None)
         before = load_file(f"{scratch}/base/0-sft/model.safetensors")

@@ -131,6 +131,20 @@ def model_folder(files: dict[str, bytes]) -> Callable[[Sandbox], None]:
     return edit
 
 
+HELD_LOCKS: list[int] = []  # descriptors whose flock stands in for a live run's lock (closed at exit)
+
+
+def hold_lock(out: Path) -> int:
+    """Hold ``out``'s run lock as a live stagewise run would (the kernel lock, and its holder recorded)."""
+    import fcntl
+    import socket
+
+    fd = os.open(out / ".stagewise.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}).encode())
+    return fd
+
+
 def in_output(setup: Callable[[Path], None]) -> Callable[[Sandbox], None]:
     def edit(box: Sandbox) -> None:
         setup(box.out)
@@ -251,8 +265,8 @@ CASES: list[tuple[str, Callable[[Sandbox], Any], str]] = [
     ("stage-folder-not-owned", lambda b: (b.recipe["stages"].append({"name": "t", "data": "d", "max_steps": 1}),
                                           (b.out / "1-t").mkdir(), (b.out / "1-t/notes.txt").write_text("mine")),
      "stagewise did not create this folder"),
-    ("locked-by-live-run", in_output(lambda out: (out / ".stagewise.lock").write_text(json.dumps(
-        {"pid": os.getpid(), "host": __import__("socket").gethostname(), "since": "now"}))), "in use by another stagewise run"),
+    ("locked-by-live-run", in_output(lambda out: HELD_LOCKS.append(hold_lock(out))), "in use by another stagewise run"),
+    ("lock-is-a-folder", in_output(lambda out: (out / ".stagewise.lock").mkdir()), "expected stagewise's lock file"),
     # references and sources
     ("stage-unknown-data", stage(data="nope"), "stages.0.data: unknown dataset 'nope'"),
     ("stage-eval-unknown-data", stage(eval={"data": ["nope"]}), "stages.0.eval: unknown dataset 'nope'"),

@@ -26,7 +26,7 @@ from transformers import (
 from .config import ModelConfig
 from .distributed import local_device
 from .errors import ModelError
-from .precision import load_dtype
+from .precision import load_dtype, record_storage_dtype
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -153,7 +153,6 @@ def load_model_and_tokenizer(
         tiny_dtype = torch.float32 if dtype == "auto" else dtype
         attention = {} if cfg.attn_implementation == "auto" else {"attn_implementation": cfg.attn_implementation}
         model, tokenizer = _auto_class(cfg.task).from_config(config, dtype=tiny_dtype, **attention), byte_tokenizer()
-        model.config.dtype = tiny_dtype
     else:
         from .bundled import BUNDLED, IDENTITY_POOLER, resolve_bundled, use_identity_pooler
 
@@ -165,6 +164,7 @@ def load_model_and_tokenizer(
     if cfg.task == "sequence_classification" and cfg.head_layers == 2:
         torch.manual_seed(seed)
         install_mlp_head(model)
+    record_storage_dtype(model, loaded_dtype(model))
     return on_local_device(model), tokenizer
 
 
@@ -219,6 +219,11 @@ def quantization_config(cfg: ModelConfig, precision: str) -> Any:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
                               bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=compute)
+
+
+def loaded_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's unquantized floating weights as loaded (its storage dtype)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def is_quantized(model: torch.nn.Module) -> bool:
@@ -299,7 +304,6 @@ def load_pretrained(
 
         # PEFT holds every unquantized tensor (norms, embeddings, head) in float32: their storage dtype
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        model.config.dtype = torch.float32
         with torch.no_grad():  # tensors still viewing the checkpoint's memory map keep all of it resident
             for tensor in [*model.parameters(), *model.buffers()]:
                 if tensor.is_floating_point():
@@ -340,6 +344,7 @@ def load_stage_output(stage_dir: Path, cfg: ModelConfig,
     """Reload a finished stage's folder (after skipped stages), with its adapter if it has one."""
     model, tokenizer = load_pretrained(stage_dir, cfg.model_copy(update={"revision": None}),
                                        dtype=load_dtype(precision, cfg.dtype))
+    record_storage_dtype(model, loaded_dtype(model))
     if (stage_dir / "adapter").is_dir():
         from peft import PeftConfig, PeftModel
 

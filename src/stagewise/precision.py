@@ -78,9 +78,18 @@ def trainer_flags(precision: str) -> dict[str, bool]:
     return flags
 
 
+STORAGE_ATTRIBUTE = "stagewise_storage_dtype"  # set on the model when it is loaded
+
+
+def record_storage_dtype(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Remember the dtype the weights are stored in (the config's ``dtype`` follows whatever
+    transformers last saved, which is fp32 while mixed precision trains)."""
+    setattr(model, STORAGE_ATTRIBUTE, dtype)
+
+
 def storage_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype a model's weights are stored in (recorded in its config when it was loaded)."""
-    dtype = getattr(getattr(model, "config", None), "dtype", None)
+    """The dtype a model's weights are stored in (recorded when it was loaded; else its config's)."""
+    dtype = getattr(model, STORAGE_ATTRIBUTE, None) or getattr(getattr(model, "config", None), "dtype", None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     return dtype if isinstance(dtype, torch.dtype) else torch.float32

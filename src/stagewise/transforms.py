@@ -18,6 +18,7 @@ from .bundled import cache_dir
 from .config import DatasetConfig
 from .distributed import broadcast_from_main, is_main_process
 from .io import atomic_write_text, read_verified_json, write_verified_json
+from .written import Written
 
 
 @dataclass
@@ -73,4 +74,5 @@ def rows_fingerprint(rows: list[dict[str, Any]]) -> str:
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """The transformed data, beside the stage's weights, for inspection (written by rank 0)."""
     if is_main_process():
+        Written(path.parent).record(path.name)
         atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from ..distributed import is_main_process
 from ..io import atomic_write_json, read_json
+from ..written import Written
 
 SEAL = "stagewise-complete.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -30,7 +31,12 @@ def _files(folder: Path) -> dict[str, int]:
 
 
 class CheckpointSeal(TrainerCallback):
-    """Marks each checkpoint complete after the Trainer has written all of it."""
+    """Records each checkpoint in the stage folder's journal before the Trainer writes it, and
+    marks it complete after the Trainer has written all of it."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if control.should_save:  # set by the Trainer's flow callback, which runs first
+            Written(Path(args.output_dir)).record(f"checkpoint-{state.global_step}")
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -49,8 +55,9 @@ def is_complete(folder: Path) -> bool:
 
 def last_complete_checkpoint(stage_dir: Path, log: Callable[[str], None]) -> str | None:
     """The newest complete ``checkpoint-N`` in ``stage_dir``; incomplete newer ones are removed."""
+    written = Written(stage_dir)
     found = sorted(((int(m.group(1)), p) for p in stage_dir.glob("checkpoint-*")
-                    if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True)
+                    if p.is_dir() and (m := _CHECKPOINT.match(p.name)) and written.is_ours(p.name)), reverse=True)
     for _, folder in found:
         if is_complete(folder):
             return str(folder)
@@ -59,3 +66,11 @@ def last_complete_checkpoint(stage_dir: Path, log: Callable[[str], None]) -> str
         if is_main_process():
             shutil.rmtree(folder, ignore_errors=True)
     return None
+
+
+def remove_checkpoints(stage_dir: Path) -> None:
+    """The stage's own checkpoints, once its final weights are written."""
+    written = Written(stage_dir)
+    for folder in stage_dir.glob("checkpoint-*"):
+        if written.is_ours(folder.name) and is_main_process():
+            shutil.rmtree(folder, ignore_errors=True)

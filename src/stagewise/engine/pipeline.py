@@ -11,7 +11,6 @@ without redoing finished work.
 from __future__ import annotations
 
 import functools
-import shutil
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from ..merging import HeldWeights, SafetensorsWeights, WeightSource, plain_weigh
 from ..models import load_model_and_tokenizer, load_stage_output, seed_weights_folder
 from ..precision import resolve_precision
 from ..report import build_report, write_report
+from ..written import Written, remove, stage_written
 from .manifest import Manifest
 from .run_folder import check_foreign_content, check_writable_folder, read_manifest, run_lock
 from .stage import ADAPTER_DIR, ModelIdentity, StageResult, class_labels, run_stage
@@ -206,7 +206,7 @@ def _run_locked(
                                  load_seed=load_seed, weights_of=functools.partial(named_weights, recipe, load_seed),
                                  folder_of=functools.partial(named_folder, recipe))
         model = train_and_record(model, tokenizer, recipe, index, datasets, hashes[index], manifest, evaluator,
-                                 identity, callbacks, log)
+                                 identity, callbacks, log, force)
     if recipe.evaluation and is_main_process():
         write_report(output_dir, build_report(manifest.data))
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)
@@ -290,40 +290,50 @@ def check_stage_folders(
     recipe: Recipe, manifest: Manifest, hashes: list[str], start: int, force: bool
 ) -> None:
     """Before anything is written: a folder in the way of a stage that will train must be one
-    stagewise created (it is replaced when that stage starts) unless ``force``."""
+    stagewise created, holding only what stagewise wrote (cleared or resumed when that stage
+    starts), unless ``force``."""
     for index in range(start, len(recipe.stages)):
         stage_dir = stage_folder(recipe, index)
-        if stage_dir.exists() and stage_dir.name not in manifest.owned and not force:
+        if force or not (stage_dir.exists() or stage_dir.is_symlink()):
+            continue
+        if stage_dir.is_symlink() or not stage_dir.is_dir():
+            raise OutputError(f"{stage_dir}: is a link or a file, not a folder stagewise made; move it away")
+        if stage_dir.name not in manifest.owned:
             raise OutputError(f"{stage_dir}: stagewise did not create this folder but stage {index} would write "
                               "there; move it away or pass --force")
+        stage_written(stage_dir, manifest.previous(index)).check(f"stage {index} would write there")
 
 
-def clear_stale_stage_folder(recipe: Recipe, manifest: Manifest, index: int, config_hash_: str, log: Log) -> None:
-    """Right before stage ``index`` trains: remove its old folder, unless it holds an interrupted
-    run of the same config (resumed from its complete checkpoints)."""
+def clear_stale_stage_folder(recipe: Recipe, manifest: Manifest, index: int, config_hash_: str, force: bool,
+                             log: Log) -> None:
+    """Right before stage ``index`` trains: remove what stagewise wrote in its old folder, unless
+    it holds an interrupted run of the same config (resumed from its complete checkpoints)."""
     stage_dir = stage_folder(recipe, index)
     previous = manifest.previous(index)
     if stage_dir.exists() and not (previous and previous.get("config_hash") == config_hash_
                                    and previous.get("status") != "completed"):
-        log(f"[invalidate] stage {index} '{recipe.stages[index].name}' changed: removing {stage_dir}")
-        if is_main_process() and stage_dir.is_dir():
-            shutil.rmtree(stage_dir)
-        elif is_main_process():
-            stage_dir.unlink()
+        log(f"[invalidate] stage {index} '{recipe.stages[index].name}' changed: clearing {stage_dir}")
+        if force and is_main_process():
+            remove(stage_dir)
+        else:
+            written = stage_written(stage_dir, previous)
+            written.check(f"stage {index} must clear it to train again")
+            written.clear()
     barrier()
 
 
 def train_and_record(
     model: Any, tokenizer: Any, recipe: Recipe, index: int, datasets: dict[str, LoadedDataset], config_hash_: str,
     manifest: Manifest, evaluator: Evaluator, identity: ModelIdentity, callbacks: list[TrainerCallback] | None,
-    log: Log,
+    log: Log, force: bool = False,
 ) -> Any:
     """Train stage ``index`` and record it: running -> trained (outputs hashed) -> completed (scored)."""
     stage = recipe.stages[index]
     stage_dir = stage_folder(recipe, index)
     entry = running_entry(recipe, index, datasets, config_hash_, manifest.previous(index))
-    clear_stale_stage_folder(recipe, manifest, index, config_hash_, log)
+    clear_stale_stage_folder(recipe, manifest, index, config_hash_, force, log)
     manifest.own(stage_dir.name)
+    Written(stage_dir).record()  # the folder and its journal exist before anything else is written
     manifest.set_stage(index, entry)
     log(f"[stage {index}] '{stage.name}': training")
     if recipe.evaluation and recipe.evaluation.every == "epoch" and not builds_model(stage):

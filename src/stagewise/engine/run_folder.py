@@ -3,8 +3,8 @@
 stagewise never deletes or overwrites what it did not write: a folder that holds files
 but no stagewise manifest, a stage folder the manifest does not own, or a manifest that
 is not stagewise's is refused with one line (``--force`` takes the folder over). One run
-at a time per folder: a lock file records the holder's PID, host and process start time;
-a lock whose process is gone is taken over with a log line.
+at a time per folder: the kernel's exclusive lock on ``.stagewise.lock`` (which also records
+the holder's PID and host for the message a second run prints).
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..distributed import is_main_process
+from ..distributed import broadcast_from_main, is_main_process
 from ..errors import OutputError
-from ..io import atomic_write_json, read_json
+from ..io import read_json
 from .manifest import MANIFEST, now
 
 LOCK = ".stagewise.lock"
@@ -68,61 +68,71 @@ def check_foreign_content(path: Path, manifest: dict[str, Any]) -> None:
                           "choose a new or empty folder, or pass --force")
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of a process (so a reused PID is not mistaken for the holder)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _holder_alive(holder: dict[str, Any]) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return True  # another machine's process: cannot be checked, assume alive
-    pid = holder.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    started = holder.get("started_ticks")
-    return started is None or _process_start(pid) in (None, started)
-
-
 @contextmanager
 def run_lock(path: Path, log: Callable[[str], None]) -> Iterator[None]:
-    """Hold ``path/.stagewise.lock`` for the block (main process only)."""
-    if not is_main_process():
-        yield
-        return
-    lock = path / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now(),
-          "started_ticks": _process_start(os.getpid())}
-    while True:
+    """Hold ``path/.stagewise.lock`` for the block. The kernel's exclusive ``flock`` on the file is
+    the lock: two processes can never both hold it, and it is released when its holder dies, so
+    a lock left by a killed run is simply taken (the file's recorded holder is logged). Rank 0
+    takes it for a multi-process run and tells the other ranks whether it did."""
+    handle, error = None, None
+    if is_main_process():
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = read_json(lock)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                holder = {}
-            if isinstance(holder, dict) and holder and _holder_alive(holder):
-                raise OutputError(f"output_dir {path}: in use by another stagewise run (pid {holder.get('pid')} on "
-                                  f"{holder.get('host')}, since {holder.get('since')}); wait for it to finish") from None
-            log(f"[lock] taking over {lock}: its holder (pid {holder.get('pid') if isinstance(holder, dict) else '?'}) is gone")
-            atomic_write_json(lock, me)
-            break
-        with os.fdopen(fd, "w") as handle:
-            json.dump(me, handle)
-        break
+            handle = acquire_lock(path / LOCK, log)
+        except OutputError as err:
+            error = str(err)
+    error = broadcast_from_main(error)
+    if error is not None:
+        raise OutputError(error)
     try:
         yield
     finally:
+        if handle is not None:
+            release_lock(path / LOCK, handle)
+
+
+def acquire_lock(lock: Path, log: Callable[[str], None]) -> int:
+    """An open descriptor of ``lock`` holding its exclusive flock, with this process recorded in it."""
+    import fcntl
+
+    if lock.is_symlink() or (lock.exists() and not lock.is_file()):
+        raise OutputError(f"{lock}: expected stagewise's lock file, found a folder or link; move it away")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            if read_json(lock).get("pid") == os.getpid():
-                lock.unlink()
-        except (OSError, ValueError, AttributeError):
-            pass
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _recorded_holder(fd)
+            os.close(fd)
+            raise OutputError(f"output_dir {lock.parent}: in use by another stagewise run (pid {holder.get('pid', '?')} "
+                              f"on {holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to finish") from None
+        try:  # the holder before us may have removed the file between our open and our flock: retry on the new one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    previous = _recorded_holder(fd)
+    if previous:
+        log(f"[lock] taking over {lock}: its holder (pid {previous.get('pid', '?')}) is gone")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    return fd
+
+
+def _recorded_holder(fd: int) -> dict[str, Any]:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def release_lock(lock: Path, fd: int) -> None:
+    """Remove the lock file while still holding it (a waiter that opened it retries on a new file)."""
+    try:
+        lock.unlink()
+    except OSError:
+        pass
+    os.close(fd)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +44,9 @@ from ..schedules import LrRuleContext
 from ..selection import SelectionContext, apply_selector, count_parameters
 from ..speed import mfu
 from ..trainers import TrainerInputs
+from ..written import Written
 from ..transforms import TransformContext
-from .checkpoints import CheckpointSeal, last_complete_checkpoint
+from .checkpoints import CheckpointSeal, last_complete_checkpoint, remove_checkpoints
 
 ADAPTER_DIR = "adapter"
 
@@ -288,6 +288,7 @@ def run_stage(
     merge = None
     if stage.merge:
         release_optimizer_state(trainer)
+        Written(stage_dir).record("merge-tuned.safetensors")
         model, merge = merge_model(model, stage.merge, identity.weights_of, dev_scorer(recipe, stage, datasets, tokenizer),
                                    log, scratch=stage_dir / "merge-tuned.safetensors", seed=stage.seed)
     if stage.eval:
@@ -436,6 +437,8 @@ def save_stage(trainer: Trainer, model: torch.nn.Module, tokenizer: PreTrainedTo
                metrics: dict[str, float]) -> torch.nn.Module:
     """Weights (a ``save_pretrained`` folder), trainer_state.json and train_results.json; the
     checkpoints are removed once the stage's own files are written."""
+    written = Written(stage_dir)
+    written.begin_library_save()
     if is_peft_model(model) or model is not trainer.model:
         if trainer.is_world_process_zero():
             save_stage_model(model, tokenizer, stage_dir)
@@ -443,8 +446,8 @@ def save_stage(trainer: Trainer, model: torch.nn.Module, tokenizer: PreTrainedTo
         trainer.save_model(str(stage_dir))  # gathers sharded (FSDP/ZeRO-3) weights; the main process writes
     trainer.save_state()
     trainer.save_metrics("train", metrics)
-    for stale in stage_dir.glob("checkpoint-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    written.end_library_save()
+    remove_checkpoints(stage_dir)
     return model
 
 

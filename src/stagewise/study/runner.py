@@ -17,6 +17,7 @@ from ..engine.pipeline import stage_hashes
 from ..engine.run_folder import read_manifest
 from ..errors import OutputError, StagewiseError
 from ..io import atomic_write_json, atomic_write_text
+from ..written import Written
 from .analysis import analyse
 from .config import Study, StudyRun
 from .report import plot_forest, plot_gain_retention, study_markdown
@@ -60,6 +61,7 @@ def cost(manifest: dict[str, Any]) -> tuple[float, float]:
 def run_study(study: Study, log: Callable[[str], None]) -> dict[str, Any]:
     from ..engine import run_recipe
 
+    check_reports(study.report_dir)
     manifests: dict[StudyRun, dict[str, Any]] = {}
     started = time.perf_counter()
     for number, (run, done) in enumerate(plan(study), start=1):
@@ -73,8 +75,27 @@ def run_study(study: Study, log: Callable[[str], None]) -> dict[str, Any]:
     results["cost"] = {"wall_s": round(wall, 1), "train_s": round(train, 1), "eval_s": round(evaluate, 1),
                        "runs": len(study.runs)}
     out = study.report_dir
+    check_reports(out)  # again: the runs took a while
+    written = Written(out)
+    written.record(*REPORTS)
     atomic_write_json(out / "study.json", results)
     plot_gain_retention(results, out / "study.png")
     plot_forest(results, out / "forest.png")
     atomic_write_text(out / "study.md", study_markdown(results))
+    for name in REPORTS:
+        if (out / name).is_file():
+            written.record_content(name)
     return results
+
+
+REPORTS = ("study.json", "study.png", "forest.png", "study.md")
+
+
+def check_reports(folder: Path) -> None:
+    """A study overwrites only reports it wrote and nobody has edited since; one line otherwise."""
+    written = Written(folder)
+    for name in REPORTS:
+        path = folder / name
+        if (path.exists() or path.is_symlink()) and (path.is_symlink() or not written.is_ours(name)):
+            raise OutputError(f"{path}: stagewise did not write this file (or it was edited since) and the study "
+                              "would overwrite it; move it away")

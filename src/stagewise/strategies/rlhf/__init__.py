@@ -31,6 +31,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Tr
 from ...addons import is_peft_model
 from ...config import DatasetConfig, EvalTaskConfig, EvaluationConfig
 from ...errors import DataError, ModelError
+from ...precision import record_storage_dtype, storage_dtype
 from ...eval.suite import answer_correct, item_ids
 from ...registry import METRICS, TRAINERS, PluginConfig, Requires, TrainerTraits
 from ...trainers import TrainerInputs, frozen_reference, stage_trainer_class
@@ -48,7 +49,8 @@ def reward_model_from(model: PreTrainedModel, seed: int) -> PreTrainedModel:
     config.num_labels, config.id2label, config.label2id = 1, {0: "reward"}, {"reward": 0}
     config.architectures = None
     torch.manual_seed(seed)
-    reward = AutoModelForSequenceClassification.from_config(config, dtype=model.dtype)
+    reward = AutoModelForSequenceClassification.from_config(config, dtype=storage_dtype(model))
+    record_storage_dtype(reward, storage_dtype(model))
     missing, _ = reward.load_state_dict(model.state_dict(), strict=False)
     uncopied = [name for name in missing if not name.startswith(HEADS)]
     if uncopied:
