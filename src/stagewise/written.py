@@ -13,8 +13,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from .distributed import is_main_process
 from .errors import OutputError
@@ -42,6 +43,14 @@ class Written:
             except (OSError, ValueError, AttributeError):
                 pass  # an unreadable journal records nothing: the folder's content is then foreign
 
+    def _begin(self) -> None:
+        """Run the folder's pending start (see :func:`before_first_write`) and re-read the journal."""
+        start = _PENDING.pop(self.folder.resolve(), None)
+        if start is not None:
+            start()
+            fresh = Written(self.folder)
+            self.names, self.saving = fresh.names, fresh.saving
+
     def _save(self) -> None:
         if is_main_process():
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -49,16 +58,19 @@ class Written:
 
     def record(self, *names: str) -> None:
         """Names about to be written (or just written) by stagewise."""
-        if any(name not in self.names for name in names):
+        self._begin()
+        if not names or any(name not in self.names for name in names):
             self.names.update({name: None for name in names if name not in self.names})
             self._save()
 
     def record_content(self, name: str) -> None:
         """A file just written whose content must stay as written to be overwritten later (a report)."""
+        self._begin()
         self.names[name] = file_sha256(self.folder / name)
         self._save()
 
     def begin_library_save(self) -> None:
+        self._begin()
         self.saving = True
         self._save()
 
@@ -103,6 +115,28 @@ class Written:
                 remove(path)
         self.names, self.saving = {}, False
         self._save()
+
+
+_PENDING: dict[Path, Callable[[], None]] = {}
+
+
+@contextmanager
+def before_first_write(folder: Path, start: Callable[[], None]) -> Iterator[Callable[[], bool]]:
+    """Run ``start`` (clear a stale stage folder, mark the stage running) right before stagewise
+    first writes into ``folder`` inside the block, so a stage that fails before writing anything
+    (a bad selector target, say) leaves the earlier run's folder and manifest as they were.
+    Yields a function telling whether ``start`` has run."""
+    started: list[bool] = []
+
+    def run() -> None:
+        started.append(True)
+        start()
+
+    _PENDING[folder.resolve()] = run
+    try:
+        yield lambda: bool(started)
+    finally:
+        _PENDING.pop(folder.resolve(), None)
 
 
 def remove(path: Path) -> None:

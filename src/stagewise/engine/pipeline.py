@@ -30,7 +30,7 @@ from ..merging import HeldWeights, SafetensorsWeights, WeightSource, plain_weigh
 from ..models import load_model_and_tokenizer, load_stage_output, seed_weights_folder
 from ..precision import resolve_precision
 from ..report import build_report, write_report
-from ..written import Written, remove, stage_written
+from ..written import Written, before_first_write, remove, stage_written
 from .manifest import Manifest
 from .run_folder import check_foreign_content, check_writable_folder, read_manifest, run_lock
 from .stage import ADAPTER_DIR, ModelIdentity, StageResult, class_labels, run_stage
@@ -117,6 +117,7 @@ class CurvePoints(TrainerCallback):
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if state.global_step >= state.max_steps:
             return
+        Written(Path(args.output_dir)).record()  # the stage is under way: start it before recording a point
         epoch = round(state.epoch or 0.0, 3)
         point = f"{stage_dir_name(self.entry['index'], self.entry['name'])}/epoch-{epoch:g}"
         self.evaluator.log(f"[eval] {point}")
@@ -298,7 +299,7 @@ def check_stage_folders(
             continue
         if stage_dir.is_symlink() or not stage_dir.is_dir():
             raise OutputError(f"{stage_dir}: is a link or a file, not a folder stagewise made; move it away")
-        if stage_dir.name not in manifest.owned:
+        if stage_dir.name not in manifest.owned and any(stage_dir.iterdir()):  # (empty: made, then killed)
             raise OutputError(f"{stage_dir}: stagewise did not create this folder but stage {index} would write "
                               "there; move it away or pass --force")
         stage_written(stage_dir, manifest.previous(index)).check(f"stage {index} would write there")
@@ -331,24 +332,25 @@ def train_and_record(
     stage = recipe.stages[index]
     stage_dir = stage_folder(recipe, index)
     entry = running_entry(recipe, index, datasets, config_hash_, manifest.previous(index))
-    clear_stale_stage_folder(recipe, manifest, index, config_hash_, force, log)
-    manifest.own(stage_dir.name)
-    Written(stage_dir).record()  # the folder and its journal exist before anything else is written
-    manifest.set_stage(index, entry)
+
+    def start() -> None:  # right before the stage first writes into its folder
+        clear_stale_stage_folder(recipe, manifest, index, config_hash_, force, log)
+        manifest.own(stage_dir.name)
+        manifest.set_stage(index, entry)
+
     log(f"[stage {index}] '{stage.name}': training")
     if recipe.evaluation and recipe.evaluation.every == "epoch" and not builds_model(stage):
         callbacks = [*(callbacks or []), CurvePoints(evaluator, entry, manifest, tokenizer)]
-    try:
-        model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)
-    except StagewiseError as err:  # a recipe/data problem found while running: name the stage
-        entry.update(status="failed", error=str(err))
-        manifest.set_stage(index, entry)
-        raise type(err)(f"stages.{index} '{stage.name}': {err}") from None
-    except BaseException as err:
-        entry.update(status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
-                     traceback=traceback.format_exc(limit=3)[-2000:])
-        manifest.set_stage(index, entry)
-        raise
+    with before_first_write(stage_dir, start) as started:
+        try:
+            model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)
+        except StagewiseError as err:  # a recipe/data problem found while running: name the stage
+            record_failure(manifest, entry, started(), error=str(err))
+            raise type(err)(f"stages.{index} '{stage.name}': {err}") from None
+        except BaseException as err:
+            record_failure(manifest, entry, started(), error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
+                           traceback=traceback.format_exc(limit=3)[-2000:])
+            raise
     record_trained(entry, result, stage_dir)
     manifest.set_stage(index, entry)
     if evaluator.wants(index):
@@ -356,6 +358,14 @@ def train_and_record(
     entry["status"] = "completed"
     manifest.set_stage(index, entry)
     return model
+
+
+def record_failure(manifest: Manifest, entry: dict[str, Any], started: bool, **details: str) -> None:
+    """A stage that failed after it began writing is marked failed; one that failed before leaves the
+    earlier run's record (and folder) as they were."""
+    if started:
+        entry.update(status="failed", **details)
+        manifest.set_stage(entry["index"], entry)
 
 
 def running_entry(recipe: Recipe, index: int, datasets: dict[str, LoadedDataset], config_hash_: str,
