@@ -120,3 +120,33 @@ def test_quantization_without_bitsandbytes_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     with pytest.raises(RecipeError, match="model.quantization.*bitsandbytes"):
         make_recipe(tmp_path, stages(), model=quantized())
+
+
+def test_adapter_gradients_after_an_evaluation_pass_equal_those_of_the_dequantized_base():
+    """A no-grad evaluation pass before training (stagewise scores the base model first) must not
+    change how the 4-bit layers compute: LoRA's gradients equal those on the same weights dequantized
+    (bitsandbytes 0.50 repacked the weights for CPU inference, then back-propagated through the
+    canonical layout: wrong gradients, and QLoRA diverged)."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from stagewise.config import ModelConfig
+    from stagewise.models import dequantize_in_place, load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(ModelConfig.model_validate(quantized()))
+    batch = {"input_ids": PROBE.repeat(3, 2), "labels": PROBE.repeat(3, 2)}
+    model.eval()
+    with torch.no_grad():
+        model(**batch)  # the evaluation pass
+    plain = dequantize_in_place(copy.deepcopy(model))
+    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    grads = []
+    for base in (model, plain):
+        torch.manual_seed(0)
+        wrapped = get_peft_model(base, config).train()
+        wrapped(**batch).loss.backward()
+        grads.append({n: p.grad for n, p in wrapped.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[1].items():
+        assert torch.allclose(grads[0][name], grad, rtol=1e-4, atol=1e-6), name

@@ -234,6 +234,19 @@ def is_quantized(model: torch.nn.Module) -> bool:
     return bool(getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False))
 
 
+def keep_canonical_layout(model: torch.nn.Module) -> None:
+    """bitsandbytes (0.50) repacks a 4-bit weight into an inference-only layout the first time a CPU
+    with AVX512-BF16 runs the layer without gradients (evaluating the base model, say); its backward
+    pass and ``dequantize_4bit`` still read the weight in the canonical layout, so training after
+    such an evaluation got wrong gradients (measured: QLoRA diverged) and a merge read wrong weights.
+    The repacking is switched off on every 4-bit layer."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def dequantize_in_place(model: PreTrainedModel) -> PreTrainedModel:
     """Each 4/8-bit linear layer replaced by a plain ``nn.Linear`` holding its dequantized weight (in
     the storage dtype of the model's other tensors), and the quantization marks cleared, so the
@@ -308,6 +321,7 @@ def load_pretrained(
             for tensor in [*model.parameters(), *model.buffers()]:
                 if tensor.is_floating_point():
                     tensor.data = tensor.data.clone()
+        keep_canonical_layout(model)
     return model, tokenizer
 
 
