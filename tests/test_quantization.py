@@ -50,7 +50,9 @@ def test_qlora_trains_only_the_adapter_reloads_with_plain_libraries_and_resumes(
     folder = tmp_path / "a/run/0-s"
     base = AutoModelForCausalLM.from_pretrained(folder)  # quantization_config is in config.json
     assert isinstance(base.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
-    assert torch.equal(logits(PeftModel.from_pretrained(base, folder / "adapter")), expected)
+    reloaded = logits(PeftModel.from_pretrained(base, folder / "adapter"))
+    # bitsandbytes' own CPU inference kernel (on an AVX512-BF16 CPU) computes in bf16: equal up to that rounding
+    assert torch.allclose(reloaded, expected, atol=5e-3), float((reloaded - expected).abs().max())
 
     crashed = make_recipe(tmp_path / "b", stages(), model=quantized())
     with pytest.raises(KeyboardInterrupt):
