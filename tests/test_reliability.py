@@ -164,6 +164,24 @@ def alias_bomb(levels: int = 9, width: int = 9) -> str:
     return "\n".join(lines) + "\nmodel: tiny-llama\n"
 
 
+def parquet_file(box: Sandbox, columns: dict[str, list[Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), box.root / "m.parquet")
+    box.recipe["datasets"]["d"].update(path="m.parquet")
+
+
+def _tiny_weights() -> bytes:
+    from safetensors.torch import save
+
+    from stagewise.config import ModelConfig
+    from stagewise.models import load_model_and_tokenizer
+
+    return save(load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))[0].state_dict())
+
+
+TINY_WEIGHTS = _tiny_weights()  # valid weights of one architecture, for config.json cases that do not match them
 HEADER_BOMB = struct.pack("<Q", 2**62) + b"{}"
 TRUNCATED = struct.pack("<Q", 60) + b'{"w": {"dtype": "F32", "shape": [100], "data_offsets": [0, 400]}}' + b"\0" * 10
 
@@ -178,6 +196,15 @@ CASES: list[tuple[str, Callable[[Sandbox], Any], str]] = [
     ("yaml-top-list", raw_recipe("- a\n- b\n"), "expected a mapping of recipe keys"),
     ("yaml-empty", raw_recipe(""), "expected a mapping of recipe keys"),
     ("yaml-deep-nesting", raw_recipe("a: " + "[" * 5000 + "]" * 5000 + "\n"), "r.yaml"),
+    ("yaml-date", raw_recipe("model: tiny-llama\ndescription: 2024-01-01\n"), "line 2: invalid YAML: a date or time"),
+    ("yaml-timestamp-in-rows", raw_recipe("model: tiny-llama\ndatasets:\n  d:\n    format: text\n    rows:\n"
+                                          "      - {text: 2024-01-01 10:00:00}\n"), "line 6: invalid YAML: a date or time"),
+    ("yaml-set", raw_recipe("model: tiny-llama\ndescription: !!set {a, b}\n"), "line 2: invalid YAML: a set"),
+    ("yaml-binary", raw_recipe("model: tiny-llama\ndescription: !!binary aGVsbG8=\n"), "line 2: invalid YAML: binary data"),
+    ("yaml-bad-int", raw_recipe("model: tiny-llama\nstages:\n  - {name: s, data: d, seed: !!int abc}\n"),
+     "line 3: invalid YAML: 'abc' is not a valid int"),
+    ("seed-negative", stage(seed=-1), "stages.0.seed: Input should be greater than or equal to 0"),
+    ("seed-too-large", stage(seed=2**32), "stages.0.seed: Input should be less than or equal to 4294967295"),
     # names that become paths
     ("dataset-name-escape", lambda b: b.recipe.update(datasets={"x/../../../../tmp/ESCAPED": b.recipe["datasets"]["d"]},
                                                       stages=[{"name": "s", "data": "x/../../../../tmp/ESCAPED"}]),
@@ -222,6 +249,12 @@ CASES: list[tuple[str, Callable[[Sandbox], Any], str]] = [
     ("csv-not-utf8", data_file("bad.csv", b"text\nok\ncaf\xe9\n"), "bad.csv line 3: not utf-8 text"),
     ("jsonl-invalid", data_file("bad.jsonl", '{"text": "a"}\n{"text": \n'), "bad.jsonl line 2: invalid JSON"),
     ("jsonl-deep", data_file("deep.jsonl", "[" * 100000 + "]" * 100000 + "\n"), "deep.jsonl line 1"),
+    ("json-deep", data_file("deep.json", "[" * 100000 + "]" * 100000), "deep.json: JSON nested too deeply"),
+    ("jsonl-lone-surrogate", data_file("s.jsonl", '{"text": "broken \\ud800 text"}\n'), "s.jsonl line 1: field 'text' holds"),
+    ("parquet-date-column", lambda b: parquet_file(b, {"text": ["a"], "when": [__import__("datetime").date(2024, 1, 1)]}),
+     "m.parquet row 1: field 'when' holds a date"),
+    ("parquet-decimal-column", lambda b: parquet_file(b, {"text": ["a"], "price": [__import__("decimal").Decimal("1.5")]}),
+     "m.parquet row 1: field 'price' holds a Decimal"),
     ("jsonl-empty", data_file("empty.jsonl", ""), "is empty"),
     ("jsonl-missing-field", data_file("m.jsonl", '{"txt": "a"}\n'), "m.jsonl line 1: field 'text' missing"),
     ("jsonl-row-not-object", data_file("m.jsonl", '["a"]\n'), "m.jsonl line 1: expected an object"),
@@ -248,11 +281,23 @@ CASES: list[tuple[str, Callable[[Sandbox], Any], str]] = [
     ("model-folder-missing", top(model="/no/such/folder"), "folder '/no/such/folder' not found"),
     ("model-only-pickle", model_folder({"pytorch_model.bin": b"\x80\x04K."}), "only pickle weights (pytorch_model.bin)"),
     ("model-no-weights", model_folder({}), "no *.safetensors weights"),
+    ("model-config-a-list", lambda b: (model_folder({"model.safetensors": TINY_WEIGHTS})(b),
+                                       (b.root / "model/config.json").write_text("[1, 2]")) and None, "model/config.json"),
+    ("model-config-wrong-types", lambda b: (model_folder({"model.safetensors": TINY_WEIGHTS})(b),
+                                            (b.root / "model/config.json").write_text(json.dumps(
+                                                {"model_type": "llama", "hidden_size": "big"}))) and None, "model"),
+    ("model-shapes-mismatch", lambda b: (model_folder({"model.safetensors": TINY_WEIGHTS})(b),
+                                         (b.root / "model/config.json").write_text(json.dumps(
+                                             {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+                                              "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 272}))) and None,
+     "model"),
     ("model-garbage", model_folder({"model.safetensors": os.urandom(64)}), "model.safetensors: not a valid safetensors file"),
     ("model-header-bomb", model_folder({"model.safetensors": HEADER_BOMB}), "not a valid safetensors file (Error while deserializing header"),
     ("model-truncated", model_folder({"model.safetensors": TRUNCATED}), "not a valid safetensors file"),
     ("model-empty-file", model_folder({"model.safetensors": b""}), "not a valid safetensors file"),
     # output folders
+    ("output-nul", top(output_dir="run\x00x"), "output_dir: expected a folder path"),
+    ("output-long-part", top(output_dir="x" * 300), "output_dir: path part"),
     ("output-is-file", output_elsewhere(lambda root: (root / "f").write_text("x") and root / "f"), "is a file, expected a folder"),
     ("output-under-file", output_elsewhere(lambda root: (root / "g").write_text("x") and root / "g" / "sub"), "g is a file, not a folder"),
     ("output-foreign", output_elsewhere(lambda root: ((root / "mine").mkdir(), (root / "mine/0-s").mkdir(),

@@ -141,6 +141,11 @@ def one_line_error(capsys, argv, expected):
      "the baseline arm cannot sweep"),
     ({"match_on": "ppl"}, "match_on: 'ppl' is not a target probe"),
     ({"arms": {"full": {"recipe": "base.yaml"}}}, "arms: give at least 2 arms"),
+    ({"arms": {"full": {"recipe": "base.yaml"},
+               "b": {"recipe": "base.yaml", "sweep": {"key": "description", "values": ["a b", "a_b"]}}}},
+     "arms.b.sweep.values: two values share the run folder name 'description=a_b'"),
+    ({"seeds": [-1]}, "seeds.0: Input should be greater than or equal to 0"),
+    ({"bootstrap": 10**15}, "bootstrap: Input should be less than or equal to 100000"),
 ])
 def test_bad_study_files_are_one_line(tmp_path, capsys, changes, expected):
     path = write_study(tmp_path, **changes)

@@ -15,6 +15,8 @@ from typing import Sequence
 import yaml
 
 from .errors import StagewiseError
+from .options import OutputFile, OutputFolder, command_options
+from .schema import StrictModel
 
 RECIPE_DIRS = [Path("recipes"), Path(__file__).resolve().parents[2] / "recipes"]
 
@@ -81,22 +83,33 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+class EvalOptions(StrictModel):
+    out: OutputFile | None = None
+
+
+class CompareOptions(StrictModel):
+    out: OutputFolder
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import write_comparison
     from .config import load_recipe
     from .engine import run_recipe
     from .report import build_report
 
-    reports = {}
+    out = Path(command_options(CompareOptions, args).out)
+    recipes = []  # every recipe checked before any is run
     for name in args.recipes:
         path = find_recipe(name)
         recipe = load_recipe(path, args.overrides)
         if recipe.evaluation is None:
             raise StagewiseError(f"{path}: compare needs an 'evaluation' section (target and retention probes)")
+        recipes.append((path, recipe))
+    reports = {}
+    for path, recipe in recipes:
         _log(f"[compare] {path}")
         result = run_recipe(recipe, recipe_path=str(path), log=_log)
         reports[path.stem] = build_report(result.manifest)
-    out = Path(args.out)
     rows = write_comparison(reports, out)
     print((out / "compare.md").read_text(), end="")
     print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.png'} ({len(rows)} recipes)")
@@ -114,9 +127,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     from .study import load_study, plan, run_study, select_arms, select_seeds
 
     study = load_study(args.study, find_recipe)
-    if args.arms:
-        study = select_arms(study, [name.strip() for name in args.arms.split(",") if name.strip()])
-    if args.seeds:
+    if args.arms is not None:
+        names = [name.strip() for name in args.arms.split(",") if name.strip()]
+        if not names:
+            raise StagewiseError(f"--arms: expected comma-separated arm names, got {args.arms!r}")
+        study = select_arms(study, names)
+    if args.seeds is not None:
         study = select_seeds(study, parse_seeds(args.seeds))
     if args.dry_run:
         runs = plan(study)
@@ -143,6 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .precision import autocast
     from .report import GROUPS
 
+    command_options(EvalOptions, args)
     recipe = load_suite(find_recipe(args.suite), task=args.task)
     used = {task.data for group in GROUPS for task in getattr(recipe.evaluation, group) if task.data}
     rows = {name: load_dataset_config(name, recipe.datasets[name]).rows for name in used}
@@ -264,18 +281,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except StagewiseError as err:
         _close_progress_bars()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print(f"error: {printable(str(err))}", file=sys.stderr)
+        return err.exit_status
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
     except Exception as err:
-        if not disk_full(err):
-            raise
         _close_progress_bars()
-        print(f"error: no space left on device ({err}); free space and rerun the same command to resume "
-              "from the last complete checkpoint", file=sys.stderr)
-        return 1
+        if disk_full(err):
+            print(f"error: no space left on device ({err}); free space and rerun the same command to resume "
+                  "from the last complete checkpoint", file=sys.stderr)
+            return 1
+        if isinstance(err, OSError) and err.filename:  # a read-only cache or output folder, a file in the way
+            print(f"error: {printable(str(err.filename))}: {err.strerror or type(err).__name__} (check the folder's "
+                  "permissions, or move the cache with STAGEWISE_CACHE)", file=sys.stderr)
+            return 1
+        raise
+
+
+def printable(text: str) -> str:
+    """One line without control characters (a NUL or newline from a file name is shown escaped)."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def disk_full(err: BaseException) -> bool:

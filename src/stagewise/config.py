@@ -110,6 +110,16 @@ class DatasetConfig(StrictModel):
         return value
 
 
+def check_path_text(value: str) -> str:
+    """A path a file system can hold: no NUL, no empty path, each part at most 255 bytes."""
+    if not value or "\x00" in value:
+        raise ValueError("expected a folder path (non-empty, without NUL characters)")
+    long = next((part for part in Path(value).parts if len(part.encode()) > 255), None)
+    if long is not None:
+        raise ValueError(f"path part {long[:20]!r}... is longer than 255 bytes")
+    return value
+
+
 SPLIT_RE = re.compile(r"^\w+(\[(-?\d+%?)?:(-?\d+%?)?\])?$")
 
 
@@ -179,7 +189,7 @@ class StageConfig(StrictModel):
     max_steps: int = Field(default=-1, ge=-1)  # -1: run for `epochs`
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)  # numpy's and transformers' seeding take 0..2^32-1
     weight_decay: float = Field(default=0.0, ge=0)
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = Field(default=0.0, ge=0, le=1)
@@ -300,6 +310,11 @@ class Recipe(StrictModel):
             raise ValueError("List should have at least 1 item (a recipe trains in one or more stages)")
         return stages
 
+    @field_validator("output_dir")
+    @classmethod
+    def _check_output_dir(cls, value: str) -> str:
+        return check_path_text(value)
+
     @field_validator("model", mode="before")
     @classmethod
     def _model_shorthand(cls, value: Any) -> Any:
@@ -335,7 +350,35 @@ PLUGIN_FIELDS: dict[str, Registry[Any, Any]] = {  # in the order their fit is ch
 
 # ---------------------------------------------------------------- YAML with lines
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader (a recipe is data, never code) that records each key's line."""
+    """SafeLoader (a recipe is data, never code) that records each key's line and builds JSON
+    values only: a date, timestamp, set, binary or ordered-pairs value is one line naming its line."""
+
+
+def _refuse(what: str) -> Any:
+    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        raise yaml.constructor.ConstructorError(None, None, f"{what} is not a recipe value (quote it to keep "
+                                                "it as text)", node.start_mark)
+    return construct
+
+
+def _checked(construct: Any) -> Any:
+    """A scalar constructor whose failure (``!!int abc``) is a YAML error at the value's line."""
+    def build(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, TypeError, OverflowError):
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} is not a valid {kind}",
+                                                    node.start_mark) from None
+    return build
+
+
+for _tag, _what in (("timestamp", "a date or time"), ("set", "a set"), ("binary", "binary data"),
+                    ("omap", "an ordered map"), ("pairs", "a list of pairs")):
+    _LineLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse(_what))
+for _tag in ("int", "float", "bool"):
+    _LineLoader.add_constructor(f"tag:yaml.org,2002:{_tag}",
+                                _checked(yaml.SafeLoader.yaml_constructors[f"tag:yaml.org,2002:{_tag}"]))
 
 
 MAX_RECIPE_BYTES = 16 * 2**20

@@ -4,8 +4,10 @@
 class StagewiseError(Exception):
     """An error caused by the user's input (recipe, data, model path).
 
-    The CLI prints ``str(err)`` on one line and exits with status 2.
+    The CLI prints ``str(err)`` on one line and exits with ``exit_status`` (2).
     """
+
+    exit_status = 2
 
 
 class RecipeError(StagewiseError):
@@ -26,3 +28,9 @@ class OutputError(StagewiseError):
 
 class TrainingError(StagewiseError):
     """Training went wrong in a way the user can fix: a non-finite loss (diverged), for example."""
+
+
+class DiskSpaceError(StagewiseError):
+    """Too little free space for what is about to be written: free some and rerun (the run resumes)."""
+
+    exit_status = 1

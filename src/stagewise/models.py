@@ -6,6 +6,7 @@ Weights load with safetensors; ``trust_remote_code`` stays off unless the recipe
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -306,9 +307,11 @@ def load_pretrained(
         model = _auto_class(cfg.task).from_pretrained(
             path, dtype=dtype, use_safetensors=True, quantization_config=quantization, **placement, **common,
             **(extra or {}))
-    except (OSError, ValueError, ImportError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"model.model_name_or_path: cannot load {path!r}: {first}") from None
+    except MemoryError:
+        raise
+    except Exception as err:  # config.json of the wrong types or shapes fails deep inside transformers/hub
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ModelError(f"model.model_name_or_path: cannot load {path!r} (config.json and weights): {first}") from None
     prepare_tokenizer(tokenizer, model)
     if Path(path).is_dir():
         restore_mlp_head(model, Path(path))
@@ -330,6 +333,14 @@ def check_weight_files(folder: Path) -> None:
     (truncated, garbage, hostile header); pickles are never loaded."""
     from safetensors import safe_open
 
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            settings = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise ModelError(f"{config}: not readable JSON ({type(err).__name__})") from None
+        if not isinstance(settings, dict):
+            raise ModelError(f"{config}: expected a JSON object of model settings, got {type(settings).__name__}")
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))

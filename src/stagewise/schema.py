@@ -62,8 +62,16 @@ class StrictModel(BaseModel):
         return value
 
 
+def _types(annotation: Any) -> set[str]:
+    """Names of the plain types inside an annotation (through lists, unions and Annotated)."""
+    found = {annotation.__name__} if isinstance(annotation, type) else set()
+    for arg in get_args(annotation):
+        found |= _types(arg)
+    return found
+
+
 def _kind(annotation: Any) -> str:
-    names = {a.__name__ for a in (annotation, *get_args(annotation)) if isinstance(a, type)}
+    names = _types(annotation)
     if names & {"int", "float"}:
         return "number"
     return "string" if "str" in names else "value of another type"

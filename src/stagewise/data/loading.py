@@ -70,6 +70,8 @@ def _read_json(path: Path, encoding: str) -> list[tuple[str, Any]]:
         data = json.loads(_decode(path, encoding))
     except json.JSONDecodeError as err:
         raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of rows")
     return [(f"row {i}", row) for i, row in enumerate(data, start=1)]
@@ -101,10 +103,34 @@ def _read_parquet(path: Path, encoding: str) -> list[tuple[str, Any]]:
 READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
 
 
+def _value_problem(value: Any) -> str | None:
+    """Why a row's value is not plain data stagewise can read and write back (JSON's types, text
+    that encodes as UTF-8), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a lone UTF-16 surrogate (text that is not valid Unicode)"
+        return None
+    if value is None or isinstance(value, (bool, int, float)):
+        return None
+    if isinstance(value, (list, tuple)):
+        return next((problem for item in value if (problem := _value_problem(item))), None)
+    if isinstance(value, dict):
+        return next((problem for item in [*value, *value.values()] if (problem := _value_problem(item))), None)
+    names = {"date": "a date", "datetime": "a date and time", "time": "a time", "timedelta": "a duration"}
+    return names.get(type(value).__name__, f"a {type(value).__name__}") + \
+        " (stagewise reads text, numbers, booleans, lists and objects)"
+
+
 def _check_row(row: Any, where: str, data_format: str, columns: dict[str, str]) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
     row = {columns.get(key, key): value for key, value in row.items()}
+    for key, value in row.items():
+        problem = _value_problem(value)
+        if problem:
+            raise DataError(f"{where}: field {key!r} holds {problem}")
     required, optional = FORMAT_FIELDS[data_format]
     for field in required:
         if field not in row or row[field] is None:
@@ -181,7 +207,7 @@ def load_dataset_config(name: str, cfg: DatasetConfig, seed: int = 0) -> LoadedD
             if row["label"] not in cfg.labels:
                 raise DataError(f"{source}: row {index + 1} label {row['label']!r} not in labels {cfg.labels}")
     fingerprint = hashlib.sha256(
-        json.dumps([digest, cfg.model_dump()], sort_keys=True).encode()
+        json.dumps([digest, cfg.model_dump(mode="json", exclude_defaults=True)], sort_keys=True).encode()
     ).hexdigest()[:16]
     return LoadedDataset(name=name, rows=rows, source=source, fingerprint=fingerprint)
 

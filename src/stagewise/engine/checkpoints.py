@@ -18,7 +18,7 @@ from typing import Any, Callable
 from transformers import TrainerCallback
 
 from ..distributed import is_main_process
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json, file_sha256, read_json
 from ..written import Written
 
 SEAL = "stagewise-complete.json"
@@ -28,6 +28,11 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 def _files(folder: Path) -> dict[str, int]:
     return {p.relative_to(folder).as_posix(): p.stat().st_size
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != SEAL}
+
+
+def _digests(folder: Path) -> dict[str, list[Any]]:
+    """Each file's size and SHA-256, read right after the Trainer wrote it (from the page cache)."""
+    return {name: [size, file_sha256(folder / name)] for name, size in _files(folder).items()}
 
 
 class CheckpointSeal(TrainerCallback):
@@ -41,16 +46,30 @@ class CheckpointSeal(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if is_main_process() and folder.is_dir():
-            atomic_write_json(folder / SEAL, {"step": state.global_step, "files": _files(folder)})
+            atomic_write_json(folder / SEAL, {"step": state.global_step, "files": _digests(folder)})
 
 
-def is_complete(folder: Path) -> bool:
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (unsealed, a file missing, resized or changed since
+    it was sealed), or None. Only a checkpoint that passes is unpickled (optimizer, scheduler, RNG)."""
     try:
         sealed = read_json(folder / SEAL)["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return "incomplete (the run was stopped while writing it)"
+    if not isinstance(sealed, dict):
+        return "its seal is damaged"
     present = _files(folder)
-    return isinstance(sealed, dict) and all(present.get(name) == size for name, size in sealed.items())
+    for name, record in sealed.items():
+        size, digest = (record, None) if isinstance(record, int) else (record[0], record[1])  # older seals: sizes
+        if present.get(name) != size:
+            return f"incomplete ({name} is missing or cut short)"
+        if digest is not None and file_sha256(folder / name) != digest:
+            return f"corrupted ({name} differs from what was written)"
+    return None
+
+
+def is_complete(folder: Path) -> bool:
+    return checkpoint_problem(folder) is None
 
 
 def last_complete_checkpoint(stage_dir: Path, log: Callable[[str], None]) -> str | None:
@@ -59,10 +78,10 @@ def last_complete_checkpoint(stage_dir: Path, log: Callable[[str], None]) -> str
     found = sorted(((int(m.group(1)), p) for p in stage_dir.glob("checkpoint-*")
                     if p.is_dir() and (m := _CHECKPOINT.match(p.name)) and written.is_ours(p.name)), reverse=True)
     for _, folder in found:
-        if is_complete(folder):
+        problem = checkpoint_problem(folder)
+        if problem is None:
             return str(folder)
-        log(f"[resume] {folder.name} is incomplete (the run was stopped while writing it): removed, "
-            "resuming from an earlier checkpoint or the stage start")
+        log(f"[resume] {folder.name} is {problem}: removed, resuming from an earlier checkpoint or the stage start")
         if is_main_process():
             shutil.rmtree(folder, ignore_errors=True)
     return None

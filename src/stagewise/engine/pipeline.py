@@ -32,7 +32,7 @@ from ..precision import resolve_precision
 from ..report import build_report, write_report
 from ..written import Written, before_first_write, remove, stage_written
 from .manifest import Manifest
-from .run_folder import check_foreign_content, check_writable_folder, read_manifest, run_lock
+from .run_folder import check_foreign_content, check_no_links, check_writable_folder, read_manifest, run_lock
 from .stage import ADAPTER_DIR, ModelIdentity, StageResult, class_labels, run_stage
 
 Log = Callable[[str], None]
@@ -65,10 +65,20 @@ def head_seed(recipe: Recipe) -> int:
 
 
 def seed_model_key(recipe: Recipe) -> str:
-    """Identity of the run's starting model: its recipe entry, for a local folder its weights, and
-    for a classifier the seed of its new head."""
+    """Identity of the run's starting model and how it computes: its recipe entry (keys at their
+    defaults left out, so a new key with a default changes no hash), for a local folder its weights,
+    for a classifier the seed of its new head, and the precision it trains in."""
     head = [head_seed(recipe)] if recipe.model.task == "sequence_classification" else []
-    return config_hash(recipe_to_dict(recipe)["model"], model_fingerprint(recipe.model.model_name_or_path), *head)
+    return config_hash(settings_of(recipe.model), model_fingerprint(recipe.model.model_name_or_path),
+                       resolve_precision(recipe.performance.precision), *head)
+
+
+def settings_of(config: Any) -> Any:
+    """A config as a hash sees it: its values that differ from their defaults (HASH_SCHEME marks the rule)."""
+    return [HASH_SCHEME, config.model_dump(mode="json", exclude_defaults=True)]
+
+
+HASH_SCHEME = 2  # 2: settings without their defaults (1, before: whole dumps, so every new key retrained all runs)
 
 
 def stage_hashes(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> list[str]:
@@ -76,7 +86,7 @@ def stage_hashes(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> list[str
     hashes: list[str] = []
     parent = seed_model_key(recipe)
     for stage in recipe.stages:
-        parent = config_hash(parent, stage.model_dump(mode="json"),
+        parent = config_hash(parent, settings_of(stage),
                              {n: datasets[n].fingerprint for n in stage_inputs(stage)})
         hashes.append(parent)
     return hashes
@@ -145,6 +155,8 @@ def run_recipe(
     output_dir = Path(recipe.output_dir)
     if is_main_process():
         check_writable_folder(output_dir)
+        check_no_links(output_dir, [stage_dir_name(i, stage.name) for i, stage in enumerate(recipe.stages)]
+                       + ["manifest.json", "report.json", "report.md", "report.png"])
     barrier()
     try:
         previous = read_manifest(output_dir)

@@ -40,6 +40,18 @@ def check_writable_folder(path: Path) -> None:
         raise OutputError(f"output_dir {path}: not writable ({err.strerror or type(err).__name__})") from None
 
 
+def check_no_links(path: Path, names: list[str]) -> None:
+    """Nothing stagewise writes under ``path`` may go through a link: a linked stage or eval
+    folder (anywhere under ``eval/``) would carry the writes outside the output folder."""
+    candidates = [path / name for name in names] + [path / "eval"]
+    if (path / "eval").is_dir() and not (path / "eval").is_symlink():
+        candidates += list((path / "eval").rglob("*"))
+    for candidate in candidates:
+        if candidate.is_symlink():
+            raise OutputError(f"{candidate}: is a link; stagewise writes only inside the output folder "
+                              "(replace the link with a folder, or choose another output_dir)")
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """The previous run's manifest, or {} when there is none; one line when it is not stagewise's."""
     file = path / MANIFEST

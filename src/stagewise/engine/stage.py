@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from ..config import (DatasetConfig, EvalTaskConfig, EvaluationConfig, Recipe, S
 from ..data import ListDataset, LoadedDataset, encode_dataset
 from ..data.mixture import MixtureSampler, mixture_counts
 from ..data.tokenize import prompt_text
-from ..errors import DataError, TrainingError
+from ..errors import DataError, DiskSpaceError, TrainingError
 from ..eval import evaluate_task
 from ..merging import WeightSource, merge_model
 from ..precision import (COMPUTE_DTYPES, autocast, hold_trainable_in_fp32, resolve_precision,
@@ -437,6 +438,7 @@ def save_stage(trainer: Trainer, model: torch.nn.Module, tokenizer: PreTrainedTo
                metrics: dict[str, float]) -> torch.nn.Module:
     """Weights (a ``save_pretrained`` folder), trainer_state.json and train_results.json; the
     checkpoints are removed once the stage's own files are written."""
+    check_free_space(model, stage_dir)
     written = Written(stage_dir)
     written.begin_library_save()
     if is_peft_model(model) or model is not trainer.model:
@@ -449,6 +451,16 @@ def save_stage(trainer: Trainer, model: torch.nn.Module, tokenizer: PreTrainedTo
     written.end_library_save()
     remove_checkpoints(stage_dir)
     return model
+
+
+def check_free_space(model: torch.nn.Module, folder: Path, margin: float = 1.1) -> None:
+    """One line (exit 1) before a save that the disk cannot hold: the weights in their stored size,
+    with a margin for the tokenizer and state files."""
+    needed = margin * sum({id(p): p.numel() * p.element_size() for p in model.parameters()}.values())
+    free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    if free < needed:
+        raise DiskSpaceError(f"{folder}: saving the stage needs about {needed / 2**30:.2f} GiB but only "
+                             f"{free / 2**30:.2f} GiB are free; free space and rerun the same command to resume")
 
 
 def last_logged(trainer: Trainer) -> dict[str, float]:

@@ -13,7 +13,7 @@ from ..config import Recipe, builds_model, config_hash
 from ..data import LoadedDataset
 from ..distributed import broadcast_from_main, is_main_process
 from ..io import atomic_write_text, read_verified_json, write_verified_json
-from ..precision import autocast, resolve_precision
+from ..precision import autocast
 from .suite import evaluate_suite
 
 
@@ -21,10 +21,8 @@ def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset], seed_key
     """Identity of the base model's scores: the model, the probes and the probed data."""
     assert recipe.evaluation is not None
     used = {task.data for group in ("target", "retention") for task in getattr(recipe.evaluation, group) if task.data}
-    precision = resolve_precision(recipe.performance.precision)  # probes are scored in the compute dtype
-    return config_hash(seed_key, recipe.evaluation.model_dump(mode="json"),
-                       {name: datasets[name].fingerprint for name in sorted(used)},
-                       *([precision] if precision != "fp32" else []))
+    return config_hash(seed_key, recipe.evaluation.model_dump(mode="json", exclude_defaults=True),
+                       {name: datasets[name].fingerprint for name in sorted(used)})  # seed_key holds the precision
 
 
 class Evaluator:

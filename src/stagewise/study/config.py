@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -44,11 +44,12 @@ class StudyConfig(StrictModel):
     arms: dict[str, ArmConfig] = Field(default_factory=dict)
     baseline: str | None = None                 # the arm every other arm is compared with, item by item
     loco: LocoConfig | None = None              # instead of arms: leave-one-cluster-out arms, baseline `all`
-    seeds: list[int] = Field(min_length=1)      # applied to every stage's seed
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(min_length=1)  # applied to every stage's seed
     overrides: list[str] = Field(default_factory=list)  # applied to every arm first (e.g. smaller data)
     match_on: str | None = None                 # target probe whose gain is matched (default: the first)
     gain_levels: list[float] = Field(default_factory=list)  # more gain levels to read retention at
-    bootstrap: int = Field(default=2000, ge=100)  # bootstrap resamples per interval
+    bootstrap: int = Field(default=2000, ge=100, le=100_000)  # bootstrap resamples per interval (each holds
+                                                                # resamples x items floats per probe in memory)
     output_dir: str = "runs/study"
 
     @field_validator("seeds")
@@ -164,6 +165,12 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
         except StagewiseError as err:
             fail(("arms", arm_name, "recipe"), str(err))
         values = arm.sweep.values if arm.sweep else [None]
+        labels = [_sweep_label(arm.sweep.key, value) for value in values] if arm.sweep else []
+        clash = next((label for label in labels if labels.count(label) > 1), None)
+        if clash is not None:
+            fail(("arms", arm_name, "sweep", "values"), f"two values share the run folder name {clash!r} "
+                                                        "(values differing only in characters a folder name cannot "
+                                                        "hold); make them distinct")
         for value in values:
             for seed in config.seeds:
                 folder = out / "runs" / arm_name

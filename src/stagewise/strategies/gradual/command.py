@@ -5,7 +5,27 @@ import argparse
 import json
 from pathlib import Path
 
+from typing import Annotated
+
+from pydantic import Field
+
+from ...options import OutputFile, command_options
 from ...registry import COMMANDS
+from ...schema import StrictModel
+
+
+class CategorizeOptions(StrictModel):
+    columns: list[Annotated[str, Field(pattern=r"^[^=]+=[^=]+$")]] = []  # old=new renames
+    out: OutputFile
+    n_prompts: int = Field(ge=1)
+    shots: int = Field(ge=0)
+    samples: int = Field(ge=0)
+    temperature: float = Field(gt=0)
+    max_new_tokens: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+
+    def renames(self) -> dict[str, str]:
+        return dict(column.split("=", 1) for column in self.columns)
 
 
 def categorize_items(args: argparse.Namespace) -> int:
@@ -16,16 +36,18 @@ def categorize_items(args: argparse.Namespace) -> int:
     from ...models import load_model_and_tokenizer
     from ...probing import CATEGORIES, ProbeSettings, categorize, model_answerer
 
+    options = command_options(CategorizeOptions, args)
     init_from_launcher()  # under torchrun/accelerate launch, ranks share the items
     rows = load_dataset_config("data", DatasetConfig(format="instruction", path=args.data,
-                                                     columns=dict(c.split("=", 1) for c in args.columns))).rows
+                                                     columns=options.renames())).rows
     model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path=args.model))
-    settings = ProbeSettings(n_prompts=args.n_prompts, shots=args.shots, samples=args.samples,
-                             temperature=args.temperature, max_new_tokens=args.max_new_tokens, checker=args.checker)
-    results = categorize(rows, settings, model_answerer(model, tokenizer, args.batch_size))
+    settings = ProbeSettings(n_prompts=options.n_prompts, shots=options.shots, samples=options.samples,
+                             temperature=options.temperature, max_new_tokens=options.max_new_tokens,
+                             checker=args.checker)
+    results = categorize(rows, settings, model_answerer(model, tokenizer, options.batch_size))
     if not is_main_process():
         return 0
-    out = Path(args.out)
+    out = Path(options.out)
     atomic_write_text(out, "".join(json.dumps({**row, **result}, ensure_ascii=False) + "\n"
                                    for row, result in zip(rows, results)))
     for category in CATEGORIES:
