@@ -126,3 +126,30 @@ def test_two_process_run_killed_after_a_checkpoint_resumes_to_the_same_weights(t
     assert manifest["stages"][0]["resumed_from"] == "checkpoint-2"
     straight, resumed = finals
     assert max(float((straight[k] - resumed[k]).abs().max()) for k in straight) < 1e-6
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_a_locked_folder_stops_every_rank_of_a_two_process_run(tmp_path):
+    """Rank 0 takes the lock and tells the other ranks: while another run holds it, both ranks stop
+    with the one line (no rank trains on, none waits forever at a collective)."""
+    import fcntl
+    import socket
+
+    out = tmp_path / "run"
+    out.mkdir()
+    recipe = {"model": "tiny-llama", "datasets": {"d": {"format": "instruction", "template": "alpaca", "rows": ROWS}},
+              "stages": [{"name": "s", "data": "d", "max_steps": 1, "batch_size": 2}], "output_dir": str(out)}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    fd = os.open(out / ".stagewise.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}).encode())
+    try:
+        env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(["torchrun", "--nproc_per_node=2", "-m", "stagewise", "run", str(path)],
+                              capture_output=True, text=True, env=env, timeout=180)
+    finally:
+        os.close(fd)
+    assert done.returncode != 0
+    assert done.stderr.count("in use by another stagewise run") == 2, done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [".stagewise.lock"]  # nothing written

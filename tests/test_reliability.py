@@ -253,6 +253,8 @@ CASES: list[tuple[str, Callable[[Sandbox], Any], str]] = [
     ("jsonl-lone-surrogate", data_file("s.jsonl", '{"text": "broken \\ud800 text"}\n'), "s.jsonl line 1: field 'text' holds"),
     ("parquet-date-column", lambda b: parquet_file(b, {"text": ["a"], "when": [__import__("datetime").date(2024, 1, 1)]}),
      "m.parquet row 1: field 'when' holds a date"),
+    ("parquet-date-out-of-range", lambda b: parquet_file(b, {"text": ["a"], "when": __import__("pyarrow").array(
+        [2**30], type=__import__("pyarrow").date32())}), "m.parquet: a value cannot be read"),
     ("parquet-decimal-column", lambda b: parquet_file(b, {"text": ["a"], "price": [__import__("decimal").Decimal("1.5")]}),
      "m.parquet row 1: field 'price' holds a Decimal"),
     ("jsonl-empty", data_file("empty.jsonl", ""), "is empty"),

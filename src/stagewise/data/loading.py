@@ -97,7 +97,12 @@ def _read_parquet(path: Path, encoding: str) -> list[tuple[str, Any]]:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises many types for a bad file
         raise DataError(f"{path}: not a readable Parquet file ({type(err).__name__})") from None
-    return [(f"row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
+    try:
+        rows = table.to_pylist()
+    except (ValueError, OverflowError) as err:  # a date or time outside Python's range, say
+        raise DataError(f"{path}: a value cannot be read ({str(err).splitlines()[0][:120]}); "
+                        "store it as text") from None
+    return [(f"row {i}", row) for i, row in enumerate(rows, start=1)]
 
 
 READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
