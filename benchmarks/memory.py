@@ -39,6 +39,13 @@ CASES = {  # name -> (bundled recipe, overrides)
     "dpo": ("dpo", []),
     "dpo-precompute": ("dpo", ["stages.0.trainer={kind: dpo, precompute_ref_log_probs: true}"]),
     "wise-ft": ("wise-ft", []),
+    "hft+tempbalance": ("hft+tempbalance", []),
+    "promot": ("promot", []),
+    "self-replay": ("self-replay", ["transforms_rows=16"]),
+    "sdft": ("sdft", ["transforms_rows=8"]),
+    "rlhf": ("rlhf", []),
+    "grpo": ("grpo-math", []),
+    "continual": ("continual", []),
 }
 LEAN = ["l2sp", "ewc", "wise-ft", "dpo"]  # the strategy copies made lean: measured before/after with --before
 GiB = 2**30
@@ -96,6 +103,10 @@ def shrunk_recipe(case: str, model: str, steps: int, out: Path):
     path = find_recipe(recipe_name)
     raw = yaml.safe_load(path.read_text())
     model_override = f"model.model_name_or_path={model}" if isinstance(raw["model"], dict) else f"model={model}"
+    rows = next((int(o.split("=")[1]) for o in overrides if o.startswith("transforms_rows=")), None)
+    overrides = [o for o in overrides if not o.startswith("transforms_rows=")]
+    if rows:  # a generating transform reads only this many rows of each dataset (it is slow on a CPU)
+        overrides += [f"datasets.{name}.max_samples={rows}" for name in raw["datasets"]]
     overrides = [*overrides, model_override, f"output_dir={out}", "evaluation=null"]
     overrides += [f"stages.{i}.{key}" for i, _ in enumerate(raw["stages"])
                   for key in (f"max_steps={steps}", "save_steps=1000")]
@@ -113,8 +124,8 @@ def measure(case: str, model: str, steps: int, out: Path, planned: bool) -> dict
 
         row["seq_len"] = longest_row(recipe)
         plans = plan_recipe(recipe, load_model_config(recipe.model), seq_len=row["seq_len"])
-        row["planned"] = max(plan.train.peak for plan in plans)
-        row["parts"] = max(plans, key=lambda plan: plan.train.peak).train.parts
+        row["planned"] = max(plan.peak for plan in plans)  # training, or generating (transforms) if larger
+        row["parts"] = max(plans, key=lambda plan: plan.peak).train.parts
     before = status("VmRSS")
     run_recipe(recipe, log=lambda message: None)
     row["measured"] = status("VmHWM") - before

@@ -28,14 +28,14 @@ SAVED_BY_LIBRARIES = ("*.safetensors", "*.json", "*.jinja", "merges.txt", "vocab
 
 
 class Written:
-    """The journal of one folder (rank 0 reads and writes it; other ranks keep an empty view)."""
+    """The journal of one folder (every rank reads it, rank 0 writes it)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.names: dict[str, str | None] = {}  # name -> sha256 when the content must stay as written
         self.saving = False
         path = folder / JOURNAL
-        if is_main_process() and path.is_file() and not path.is_symlink():
+        if path.is_file() and not path.is_symlink():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
                 self.names = {str(k): v for k, v in data.get("names", {}).items()}
@@ -74,11 +74,16 @@ class Written:
         self.saving = True
         self._save()
 
+    def record_present(self) -> None:
+        """Everything now in the folder, written by this stage and the libraries it drives."""
+        self._begin()
+        self.names.update({p.name: self.names.get(p.name) for p in self.folder.iterdir() if p.name != JOURNAL})
+        self._save()
+
     def end_library_save(self) -> None:
         """After a library's save: everything now in the folder is ours."""
-        self.names.update({p.name: self.names.get(p.name) for p in self.folder.iterdir() if p.name != JOURNAL})
         self.saving = False
-        self._save()
+        self.record_present()
 
     def is_ours(self, name: str) -> bool:
         if name == JOURNAL or name in self.names and self._unchanged(name):

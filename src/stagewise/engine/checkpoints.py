@@ -41,12 +41,14 @@ class CheckpointSeal(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if control.should_save:  # set by the Trainer's flow callback, which runs first
-            Written(Path(args.output_dir)).record(f"checkpoint-{state.global_step}")
+            # the checkpoint, and the model card TRL's trainers write beside it
+            Written(Path(args.output_dir)).record(f"checkpoint-{state.global_step}", "README.md")
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if is_main_process() and folder.is_dir():
             atomic_write_json(folder / SEAL, {"step": state.global_step, "files": _digests(folder)})
+            Written(Path(args.output_dir)).record_present()  # whatever the Trainer wrote beside it
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -74,7 +76,7 @@ def is_complete(folder: Path) -> bool:
 
 def last_complete_checkpoint(stage_dir: Path, log: Callable[[str], None]) -> str | None:
     """The newest complete ``checkpoint-N`` in ``stage_dir``; incomplete newer ones are removed."""
-    written = Written(stage_dir)
+    written = Written(stage_dir)  # every rank reads the same journal and seals, so all resume alike
     found = sorted(((int(m.group(1)), p) for p in stage_dir.glob("checkpoint-*")
                     if p.is_dir() and (m := _CHECKPOINT.match(p.name)) and written.is_ours(p.name)), reverse=True)
     for _, folder in found:

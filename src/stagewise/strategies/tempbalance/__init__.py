@@ -22,6 +22,7 @@ from ...io import save_figure
 from ...registry import LR_RULES, PluginConfig, Requires
 from ...schedules import LrPlan, LrRuleContext
 from ...selection import transformer_blocks
+from ...written import Written
 from .esd import block_sigmoid_multipliers, eigenvalues, hill_alpha, linear_multipliers
 
 
@@ -146,6 +147,7 @@ class TempBalance:
 
     def log(self, step: int, lrs: dict[str, float]) -> None:
         if self.log_path is not None:
+            Written(self.log_path.parent).record(self.log_path.name)
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": step, "alpha": self.alphas, "lr": lrs}) + "\n")
 
