@@ -5,9 +5,6 @@ transformers + peft (+ bitsandbytes) to the same logits, a killed run resumes bi
 line at ``validate``."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 import yaml
@@ -100,15 +97,16 @@ def test_merge_on_save_merges_into_the_dequantized_base(tmp_path, bits):
     ("tempbalance", {"trainable": LORA, "lr_rule": "tempbalance"}, "stages.0.lr_rule"),
     ("merge", {"trainable": "none", "merge": {"alpha": 0.5}}, "stages.0.merge"),
 ])
-def test_what_cannot_train_a_quantized_base_is_one_line_at_validate(tmp_path, case, stage_update, key):
+def test_what_cannot_train_a_quantized_base_is_one_line_at_validate(tmp_path, capsys, case, stage_update, key):
+    from stagewise.cli import main
+
     stage = {"name": "s", "data": "d", **stage_update}
     recipe = {"model": quantized(), "stages": [stage], "output_dir": str(tmp_path / "run"),
               "datasets": {"d": {"format": "instruction", "rows": [{"instruction": "a", "output": "b"}]}}}
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    done = subprocess.run([sys.executable, "-m", "stagewise", "validate", str(path)], capture_output=True, text=True)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
+    assert main(["validate", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and key in lines[0] and ("quantiz" in lines[0] or "4/8" in lines[0]), lines
     assert not (tmp_path / "run").exists()
 

@@ -5,9 +5,6 @@ written through a link out of the output folder."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +16,24 @@ from stagewise.errors import OutputError
 STAGE = {"name": "s", "data": "sft", "lr": 1e-3, "max_steps": 4, "batch_size": 2, "save_steps": 2}
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stagewise", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "TQDM_DISABLE": "1"}, timeout=300)
+class Done:
+    """What a command left: its exit status and what it printed."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def cli(*args: str, cwd: Path) -> Done:
+    """The `stagewise` command, run in this process (a subprocess costs seconds of imports)."""
+    import contextlib
+    import io
+
+    from stagewise.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(list(args))
+    return Done(status, out.getvalue(), err.getvalue())
 
 
 def recipe_file(tmp_path: Path, **stage: object) -> Path:
