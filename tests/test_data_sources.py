@@ -73,3 +73,10 @@ def test_hub_only_keys_without_hub_are_one_line(tmp_path):
     with pytest.raises(RecipeError, match=r"datasets\.sft\.subset: 'subset' applies to a 'hub' dataset only"):
         make_recipe(tmp_path, [{"name": "s", "data": "sft"}],
                     datasets={"sft": {"format": "instruction", "rows": ROWS, "subset": "x"}})
+
+
+def test_hub_data_files_matching_nothing_is_one_line(tmp_path):
+    cfg = DatasetConfig(format="instruction", hub="json", data_files=str(tmp_path / "none-*.jsonl"))
+    with pytest.raises(DataError, match=r"^datasets\.d\.hub: could not fetch 'json'") as err:
+        load_dataset_config("d", cfg)
+    assert "\n" not in str(err.value)

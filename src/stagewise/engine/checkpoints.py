@@ -44,6 +44,8 @@ class CheckpointSeal(TrainerCallback):
             # the checkpoint, and the model card TRL's trainers write beside it
             Written(Path(args.output_dir)).record(f"checkpoint-{state.global_step}", "README.md")
 
+    on_epoch_end = on_step_end  # save_strategy "epoch" decides to save here, not at a step's end
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if is_main_process() and folder.is_dir():
