@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random models (built from configs) and recipe helpers."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -69,12 +70,25 @@ class CrashAfterSave(TrainerCallback):
             raise KeyboardInterrupt("simulated kill")
 
 
+MEASURED_PEAKS: dict[str, float] = {}  # the machine's matmul peaks, measured once (2 s each) for every test
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path, monkeypatch):
-    """Each test gets its own cache for converted models, base-model scores and benchmarks."""
+    """Each test gets its own cache for converted models, base-model scores and benchmarks; the
+    machine's measured matmul peak (for MFU) is carried from test to test."""
     shared = Path(os.environ.get("STAGEWISE_CACHE", Path.home() / ".cache/stagewise"))
     cache = tmp_path / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     (shared / "sources").mkdir(parents=True, exist_ok=True)  # the VADER source archive: fetched once, shared
     (cache / "sources").symlink_to(shared / "sources")
+    if MEASURED_PEAKS:
+        (cache / "peak.json").write_text(json.dumps(MEASURED_PEAKS))
     monkeypatch.setenv("STAGEWISE_CACHE", str(cache))
+    yield
+    peaks = cache / "peak.json"
+    if peaks.is_file():
+        try:
+            MEASURED_PEAKS.update(json.loads(peaks.read_text()))
+        except ValueError:
+            pass  # a test that wrote a damaged table on purpose

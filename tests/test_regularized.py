@@ -95,6 +95,17 @@ def test_fisher_once_per_stage_on_trainable_tensors_only_and_cached(tmp_path, mo
     assert len(calls) == 1  # same entering model, data and settings: read from the cache
 
 
+def test_the_fisher_cache_is_read_back_for_many_tensors(tmp_path, monkeypatch):
+    """safetensors returns its names sorted, not in module order: the cache must still be found."""
+    calls = []
+    original = regularized.empirical_fisher
+    monkeypatch.setattr(regularized, "empirical_fisher", lambda *a, **k: calls.append(1) or original(*a, **k))
+    ewc = {"kind": "ewc", "weight": 10.0, "data": "general", "batches": 2}
+    for name in ("a", "b"):
+        run(make_recipe(tmp_path / name, [stage(trainable="full", regularizer=ewc)], datasets=DATASETS))
+    assert len(calls) == 1
+
+
 def test_a_strong_anchor_keeps_the_weights_closer_to_the_entering_model(tmp_path):
     snapshot = Snapshot()
     plain = run(make_recipe(tmp_path / "plain", [stage(trainable="full")], datasets=DATASETS), [snapshot])

@@ -228,7 +228,7 @@ CASES: list[tuple[str, Callable[[Sandbox], Any], str]] = [
      "distributed.deepspeed"),
     ("deepspeed-not-installed", lambda b: (b.write("ds.json", "{}"), b.recipe.update(distributed={"deepspeed": str(b.root / "ds.json")})),
      "the deepspeed package is not installed"),
-    ("fsdp-config-missing", top(distributed={"fsdp": True, "fsdp_config": "none.json"}), "distributed.fsdp_config: file"),
+    ("fsdp-not-bool", top(distributed={"fsdp": "full_shard auto_wrap"}), "distributed.fsdp"),
     ("regex-invalid", probes({"name": "p", "data": "d", "metric": "regex", "pattern": "(unclosed"}), "invalid regular expression"),
     ("regex-no-pattern", probes({"name": "p", "data": "d", "metric": "regex"}), "metric 'regex' needs a 'pattern'"),
     ("metric-unknown", probes({"name": "p", "data": "d", "metric": "bleu"}), "evaluation.target.0.metric"),

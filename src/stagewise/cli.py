@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -50,7 +49,10 @@ def bundled_recipes() -> dict[str, tuple[Path, str]]:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_recipe, recipe_to_dict
 
+    from .sharding import check_shardable
+
     recipe = load_recipe(find_recipe(args.recipe), args.overrides)
+    check_shardable(recipe)
     print(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True), end="")
     return 0
 

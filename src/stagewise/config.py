@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, NoReturn
 
 import yaml
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
@@ -252,12 +252,14 @@ class StageConfig(StrictModel):
 
 
 class DistributedConfig(StrictModel):
-    """Sharding engines passed to the HF Trainer; plain DDP needs nothing here
-    (``torchrun --nproc_per_node=N -m stagewise run ...`` or ``accelerate launch``)."""
+    """Sharding; plain DDP needs nothing here (``torchrun --nproc_per_node=N -m stagewise run ...``)."""
 
-    deepspeed: str | None = None            # a DeepSpeed JSON (ZeRO-2/3), e.g. recipes/distributed/zero3.json
-    fsdp: bool | str | None = None          # true (settings in fsdp_config), or HF's older "full_shard auto_wrap"
-    fsdp_config: str | dict[str, Any] | None = None
+    fsdp: bool = False                      # FSDP2, applied by stagewise: weights, gradients and optimizer state
+                                            # sharded over all ranks, one shard unit per decoder block
+    reshard_after_forward: bool = True      # FSDP2: free each block's gathered weights after its forward (less
+                                            # memory; false keeps them until backward: one all-gather fewer)
+    deepspeed: str | None = None            # a DeepSpeed ZeRO-2 JSON (recipes/distributed/zero2.json), passed to
+                                            # the Trainer; ZeRO-3 is refused (use fsdp)
 
 
 class PerformanceConfig(StrictModel):
@@ -778,6 +780,9 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
         seen_objective = sorted({_objective(f) for f in seen_formats})[0]
         requires = registry.get(config.kind).requires
         problem = requires.problem(seen_objective, seen_formats, recipe.model.task)
+        if not requires.sharded and recipe.distributed.fsdp:
+            return field, (f"{registry.what} {config.kind!r} does not run on FSDP2 shards; drop distributed.fsdp "
+                           "(an add-on or preference stage of a 7-8B model fits one GPU) or choose another entry")
         if requires.plain_weights and recipe.model.quantization is not None:
             return field, (f"{registry.what} {config.kind!r} trains or reads the base's weight matrices, which "
                            "model.quantization holds in 4/8 bits; on a quantized base train an add-on (lora, prompt)")
@@ -812,28 +817,43 @@ def _check_precision(recipe: Recipe, source: str, lines: dict[tuple, int]) -> No
 
 
 def _check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], base_dir: Path | None) -> None:
-    """Sharding configs are handed to the Trainer: check the file and the package first."""
+    """FSDP2 or a DeepSpeed ZeRO-2 file (checked, and the package); ZeRO-3 and what cannot run
+    sharded are refused here, each with one line."""
     import importlib.util
 
     dist = recipe.distributed
-    for field, value in (("deepspeed", dist.deepspeed), ("fsdp_config", dist.fsdp_config)):
-        if not isinstance(value, str):
-            continue
-        candidates = [Path(value)] + ([base_dir / value] if base_dir and not Path(value).is_absolute() else [])
-        found = next((c for c in candidates if c.is_file()), None)
+
+    def fail(field: str, message: str) -> NoReturn:
         line = line_for(("distributed", field), lines)
-        where = f"{source} line {line}" if line else source
-        if found is None:
-            raise RecipeError(f"{where}: distributed.{field}: file {value!r} not found")
-        try:
-            json.loads(read_text_file(found, "config"))
-        except json.JSONDecodeError as err:
-            raise RecipeError(f"{where}: distributed.{field}: {found} line {err.lineno}: invalid JSON ({err.msg})") from None
-        setattr(dist, field, str(found))
-    if dist.deepspeed and importlib.util.find_spec("deepspeed") is None:
-        line = line_for(("distributed", "deepspeed"), lines)
-        raise RecipeError(f"{source}{f' line {line}' if line else ''}: distributed.deepspeed: "
-                          "the deepspeed package is not installed (pip install deepspeed)")
+        raise RecipeError(f"{source}{f' line {line}' if line else ''}: distributed.{field}: {message}")
+
+    if dist.fsdp and dist.deepspeed:
+        fail("deepspeed", "choose one sharding engine: fsdp or deepspeed, not both")
+    if dist.fsdp and recipe.evaluation and recipe.evaluation.every == "epoch":
+        fail("fsdp", "evaluation.every: epoch scores the model in the middle of sharded training; score each "
+                     "stage (every: stage) instead")
+    if dist.deepspeed:
+        found, config = _deepspeed_config(dist.deepspeed, base_dir, fail)
+        dist.deepspeed = str(found)
+        stage = (config.get("zero_optimization") or {}).get("stage") if isinstance(config, dict) else None
+        if stage == 3:
+            fail("deepspeed", "ZeRO-3 shards the weights where stagewise's selectors, regularizers, LR rules and "
+                              "merges cannot see them; use distributed: {fsdp: true} (FSDP2), or ZeRO-2")
+        if importlib.util.find_spec("deepspeed") is None:
+            fail("deepspeed", "the deepspeed package is not installed (pip install deepspeed)")
+
+
+def _deepspeed_config(value: str, base_dir: Path | None, fail: Callable[[str, str], NoReturn]) -> tuple[Path, Any]:
+    """The DeepSpeed JSON's path (a relative one is looked up beside the recipe too) and content."""
+    candidates = [Path(value)] + ([base_dir / value] if base_dir and not Path(value).is_absolute() else [])
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        fail("deepspeed", f"file {value!r} not found")
+    try:
+        config = json.loads(read_text_file(found, "config"))
+    except json.JSONDecodeError as err:
+        fail("deepspeed", f"{found} line {err.lineno}: invalid JSON ({err.msg})")
+    return found, config
 
 
 def _objective(data_format: str) -> str:

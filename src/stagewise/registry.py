@@ -68,6 +68,7 @@ class Requires:
     formats: tuple[str, ...] | None = None      # data formats (finer: instruction, text, ...)
     model_tasks: tuple[str, ...] | None = None  # causal_lm, sequence_classification
     plain_weights: bool = False  # trains or reads the base's weight matrices: not on a 4/8-bit base (model.quantization)
+    sharded: bool = True         # runs on FSDP2 shards (distributed.fsdp); False: refused at validate
 
     def problem(self, objective: str, formats: set[str], model_task: str) -> str | None:
         """Why this entry cannot serve a stage with this data and model, or None."""

@@ -5,6 +5,8 @@ trainable tensors are selected). Its gradient is added to the trainable tensors'
 every backward pass (by ``trainers.StageTrainerMixin``, scaled so that it counts once per optimizer
 step under gradient accumulation), tensor by tensor: the same update as adding the penalty to the
 loss, without an autograd graph of full-size intermediates. Its value is logged as ``penalty``.
+A penalty is built on the whole model; when the stage is sharded it is told to :meth:`Penalty.follow`
+the shards, and each rank then penalises its own slice of every tensor.
 ``none`` adds nothing; strategies register anchors to the entering weights (L2-SP, EWC).
 """
 from __future__ import annotations
@@ -24,6 +26,10 @@ class Penalty(Protocol):
 
     def add_gradients(self, scale: float) -> None:
         """Add ``scale`` × the penalty's gradient to each trainable tensor's ``.grad``."""
+
+    def follow(self, model: torch.nn.Module) -> None:
+        """Act on ``model``'s parameters from now on: sharding (FSDP2) replaced the tensors the
+        penalty was built on by shards of the same names."""
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,17 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .addons import is_peft_model
 from .data import ListDataset
+from .distributed import barrier
 from .errors import TrainingError
-from .precision import return_to_storage_dtype
 from .losses import LossFn
+from .precision import return_to_storage_dtype, storage_dtype
 from .registry import TRAINERS, PluginConfig, Requires
 from .regularizers import Penalty
 from .schedules import GroupSplitter
+from .sharding import full_optimizer_state, full_state_dict, is_sharded, load_full_optimizer_state, load_full_state_dict
 
 WRAPPED_WEIGHTS = "stagewise-wrapped-model.safetensors"  # exact resume state of an add-on-wrapped model
+OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"  # the Trainer's names
 
 
 @dataclass
@@ -61,11 +64,18 @@ class StageTrainerMixin:
     layer), a regularizer's penalty on top of whatever loss the trainer computes, a data
     mixture's sampler, and
     checkpoints of an add-on-wrapped model that keep base *and* add-on (PEFT saves only the
-    adapter, which would lose a base update made under a frozen prompt on resume)."""
+    adapter, which would lose a base update made under a frozen prompt on resume). For a model the
+    engine sharded (FSDP2), weights and optimizer state are saved and loaded as full, gathered
+    state dicts: rank 0 writes them, every rank reads them."""
 
     def __init__(self, *args: Any, split_groups: GroupSplitter | None = None, penalty: Penalty | None = None,
                  train_sampler: torch.utils.data.Sampler | None = None, **kwargs: Any) -> None:
+        self.sharded = kwargs.get("model") is not None and is_sharded(kwargs["model"])
+        if self.sharded:  # transformers refuses resumable checkpoints of a pre-sharded model: ours gather
+            kwargs["args"].save_only_model, save_only_model = True, kwargs["args"].save_only_model
         super().__init__(*args, **kwargs)
+        if self.sharded:
+            self.args.save_only_model = save_only_model
         self.split_groups = split_groups
         self.penalty = penalty
         self.train_sampler = train_sampler
@@ -100,6 +110,37 @@ class StageTrainerMixin:
         self.optimizer = optimizer_cls(self.split_groups(opt_model, groups), **optimizer_kwargs)
         return self.optimizer
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Sharded: every rank gathers, rank 0 writes a plain ``save_pretrained`` folder (a stage's
+        final weights in their storage dtype; a checkpoint's as trained, fp32 masters included)."""
+        if not self.sharded:
+            return super().save_model(output_dir, _internal_call)
+        state = full_state_dict(self.model, None if _internal_call else storage_dtype(self.model))
+        if self.args.should_save:
+            self._save(output_dir, state_dict=state)
+        barrier()
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not self.sharded:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        state = full_optimizer_state(self.model, unwrapped_optimizer(self.optimizer))
+        if self.args.should_save:
+            torch.save(state, Path(output_dir) / OPTIMIZER_FILE)
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_FILE)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        if not self.sharded or checkpoint is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        folder = Path(checkpoint)
+        state = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        load_full_optimizer_state(self.model, unwrapped_optimizer(self.optimizer), state)
+        self.lr_scheduler.load_state_dict(torch.load(folder / SCHEDULER_FILE, weights_only=True))
+
+    def _load_best_model(self) -> None:
+        if not self.sharded:
+            return super()._load_best_model()
+        load_full_state_dict(self.model, saved_weights(Path(self.state.best_model_checkpoint)))
+
     def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
         if not is_peft_model(self.model):
             return super()._save(output_dir, state_dict)
@@ -112,6 +153,8 @@ class StageTrainerMixin:
                   str(folder / WRAPPED_WEIGHTS))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if self.sharded:
+            return load_full_state_dict(self.model, saved_weights(Path(resume_from_checkpoint)))
         wrapped = Path(resume_from_checkpoint) / WRAPPED_WEIGHTS
         if is_peft_model(self.model) and wrapped.is_file():
             from safetensors.torch import load_file
@@ -122,6 +165,21 @@ class StageTrainerMixin:
             self.model.load_state_dict(saved, strict=False)  # the 4/8-bit base weights are frozen, never saved
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+def unwrapped_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def saved_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a ``save_pretrained`` folder's safetensors files (read by every rank)."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise TrainingError(f"{folder}: holds no safetensors weights to load")
+    return {name: tensor for file in files for name, tensor in load_file(str(file)).items()}
 
 
 def restorable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -72,7 +72,8 @@ def rows_fingerprint(rows: list[dict[str, Any]]) -> str:
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """The transformed data, beside the stage's weights, for inspection (written by rank 0)."""
+    """The transformed data, beside the stage's weights, for inspection (written by rank 0; every
+    rank records it, since the first record starts the stage, which all ranks must do together)."""
+    Written(path.parent).record(path.name)
     if is_main_process():
-        Written(path.parent).record(path.name)
         atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from .. import __version__
 from ..config import Recipe, StageConfig, builds_model, config_hash, plugin_configs, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
+from ..sharding import check_shardable, wants_sharding
 from ..errors import OutputError, StagewiseError
 from ..eval import Evaluator
 from ..io import file_sha256, folder_sha256
@@ -175,8 +175,9 @@ def _run_locked(
     recipe: Recipe, recipe_path: str | None, callbacks: list[TrainerCallback] | None, log: Log, force: bool,
     previous: dict[str, Any],
 ) -> RunResult:
-    if recipe.distributed.fsdp and not torch.cuda.is_available():
-        log("[warning] distributed.fsdp: without a GPU, the Trainer (accelerate) runs this as plain DDP, not sharded")
+    if recipe.distributed.fsdp and not wants_sharding(recipe):
+        log("[warning] distributed.fsdp: one process, nothing to shard (launch with torchrun --nproc_per_node=N)")
+    check_shardable(recipe)
     if resolve_precision(recipe.performance.precision) == "bf16-pure":
         log("[warning] precision bf16-pure: weights and optimizer state in bf16; updates smaller than bf16's "
             "spacing are lost (bf16-mixed keeps fp32 master weights)")

@@ -57,7 +57,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     file = path / MANIFEST
     if not file.exists():
         return {}
-    fresh = f"move it away or pass --force to start this folder afresh"
+    fresh = "move it away or pass --force to start this folder afresh"
     try:
         data = read_json(file)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

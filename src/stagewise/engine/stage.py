@@ -36,6 +36,7 @@ from ..data.tokenize import prompt_text
 from ..errors import DataError, DiskSpaceError, TrainingError
 from ..eval import evaluate_task
 from ..merging import WeightSource, merge_model
+from ..models import load_stage_output
 from ..precision import (COMPUTE_DTYPES, autocast, hold_trainable_in_fp32, resolve_precision,
                          return_to_storage_dtype, trainer_flags)
 from ..losses import LossContext
@@ -43,6 +44,7 @@ from ..registry import LOSSES, LR_RULES, REGULARIZERS, TRAINERS, TRANSFORMS
 from ..regularizers import RegularizerContext
 from ..schedules import LrRuleContext
 from ..selection import SelectionContext, apply_selector, count_parameters
+from ..sharding import shard_model, wants_sharding
 from ..speed import mfu
 from ..trainers import TrainerInputs
 from ..written import Written
@@ -195,7 +197,8 @@ def training_arguments(
     kwargs.update(extra)
     if stage.optim:
         kwargs["optim"] = stage.optim
-    kwargs.update({k: v for k, v in recipe.distributed.model_dump().items() if v is not None})
+    if recipe.distributed.deepspeed:  # FSDP is applied by the engine (sharding.py), not by the Trainer
+        kwargs["deepspeed"] = recipe.distributed.deepspeed
     performance = recipe.performance
     kwargs.update(trainer_flags(performance.precision), torch_compile=performance.torch_compile)
     if performance.gradient_checkpointing:  # transformers 5 calls it activation checkpointing
@@ -281,6 +284,8 @@ def run_stage(
                   if recipe.resume_from_checkpoint and stage_dir.is_dir() else None)
     started = time.perf_counter()
     metrics = train(trainer, checkpoint) if trainable > 0 else {}  # trainable: none only evaluates and saves
+    if getattr(trainer, "sharded", False):
+        model = reload_whole(trainer, recipe, stage_dir)
     return_to_storage_dtype(model)
     # evaluation run from inside train() (curve points) is not training time
     wall = time.perf_counter() - started - sum(getattr(cb, "off_clock_s", 0.0) for cb in callbacks or [])
@@ -308,6 +313,20 @@ def run_stage(
         merge=merge,
         mixture=data.mixture,
     )
+
+
+def reload_whole(trainer: Trainer, recipe: Recipe, stage_dir: Path) -> torch.nn.Module:
+    """After sharded training: the trained weights gathered into the stage folder and loaded back
+    whole by every rank, so merges, generation, evaluation and the next stage's selector see plain
+    tensors, as without sharding (the stage's final save then overwrites the folder's weights)."""
+    release_optimizer_state(trainer)
+    written = Written(stage_dir)
+    written.begin_library_save()
+    trainer.save_model(str(stage_dir))
+    written.end_library_save()
+    model = load_stage_output(stage_dir, recipe.model, recipe.performance.precision)[0]
+    check_finite_weights(model)
+    return model
 
 
 def release_optimizer_state(trainer: Trainer) -> None:
@@ -402,6 +421,11 @@ def build_trainer(
         penalty = REGULARIZERS.impl(stage.regularizer)(stage.regularizer, model, RegularizerContext(
             examples_of=data.encode, collator=data.collator, model_key=identity.key, stage_dir=stage_dir, log=log))
     lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr))
+    if wants_sharding(recipe):  # after the selector, the penalty's anchors and the LR rule saw whole tensors
+        shard_model(model, COMPUTE_DTYPES[resolve_precision(recipe.performance.precision)],
+                    recipe.distributed.reshard_after_forward)
+        if penalty is not None:
+            penalty.follow(model)
     inputs = TrainerInputs(
         model=model, tokenizer=tokenizer, rows=data.rows, examples=data.examples, dev=data.dev,
         collator=data.collator, loss=loss, split_groups=lr_plan.split_groups,
@@ -416,7 +440,8 @@ def train(trainer: Trainer, checkpoint: str | None) -> dict[str, float]:
     output = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = {key: float(value) for key, value in output.metrics.items() if isinstance(value, (int, float))}
     metrics.update(last_logged(trainer))
-    check_finite_weights(trainer.model)
+    if not getattr(trainer, "sharded", False):  # a sharded model is checked once reloaded whole
+        check_finite_weights(trainer.model)
     if trainer.state.best_model_checkpoint:
         metrics["best_epoch"] = float(next(r["epoch"] for r in trainer.state.log_history
                                            if r.get(trainer.args.metric_for_best_model) == trainer.state.best_metric))

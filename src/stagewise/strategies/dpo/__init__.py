@@ -48,7 +48,7 @@ def reference_for(config: Any, model: Any) -> Any:
     return None if config.precompute_ref_log_probs else frozen_reference(model)
 
 
-@TRAINERS.register("dpo", DPOConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",)),
+@TRAINERS.register("dpo", DPOConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",), sharded=False),
                    traits=OWN_BATCHES, plan=reference_plan)
 def dpo_trainer(config: DPOConfig, inputs: TrainerInputs) -> Trainer:
     """Direct preference optimization on prompt/chosen/rejected rows (TRL DPOTrainer)."""
@@ -71,7 +71,7 @@ class KTOConfig(PluginConfig):
     precompute_ref_log_probs: bool = False                # as DPO's: no resident reference copy
 
 
-@TRAINERS.register("kto", KTOConfig, requires=Requires(objectives=("feedback",), model_tasks=("causal_lm",)),
+@TRAINERS.register("kto", KTOConfig, requires=Requires(objectives=("feedback",), model_tasks=("causal_lm",), sharded=False),
                    traits=OWN_BATCHES, plan=reference_plan)
 def kto_trainer(config: KTOConfig, inputs: TrainerInputs) -> Trainer:
     """KTO (Ethayarajh et al., ICML 2024): unpaired good/bad answers (``feedback`` rows: prompt,

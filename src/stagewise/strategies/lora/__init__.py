@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 from ...addons import is_peft_model, peft_task_type, train_addon
 from ...errors import DataError, RecipeError
 from ...models import dequantize_in_place, is_quantized
-from ...registry import ADDONS, SELECTORS, PluginConfig, SelectorTraits
+from ...registry import ADDONS, SELECTORS, PluginConfig, Requires, SelectorTraits
 from ...selection import Selection, SelectionContext
 
 MARKER = "lora_"
@@ -55,7 +55,8 @@ def _carries_lora(model: torch.nn.Module) -> bool:
     return is_peft_model(model) and "lora" in str(model.peft_config["default"].peft_type).lower()
 
 
-@SELECTORS.register("lora", LoraSelectorConfig, traits=SelectorTraits(wraps_model=True))
+@SELECTORS.register("lora", LoraSelectorConfig, requires=Requires(sharded=False),
+                    traits=SelectorTraits(wraps_model=True))
 def select_lora(model: torch.nn.Module, config: LoraSelectorConfig, context: SelectionContext) -> Selection:
     """Low-rank adapters on the target modules; only the adapters train."""
     return Selection(model=train_addon(model, LORA, "lora", lambda: attach_lora(model, config, context)))

@@ -31,7 +31,8 @@ def _carries_osf(model: torch.nn.Module) -> bool:
     return is_peft_model(model) and "osf" in str(model.peft_config["default"].peft_type).lower()
 
 
-@SELECTORS.register("osf", OSFSelectorConfig, requires=Requires(plain_weights=True), traits=SelectorTraits(wraps_model=True))
+@SELECTORS.register("osf", OSFSelectorConfig, requires=Requires(plain_weights=True, sharded=False),
+                    traits=SelectorTraits(wraps_model=True))
 def select_osf(model: torch.nn.Module, config: OSFSelectorConfig, context: SelectionContext) -> Selection:
     """Train each target matrix only in the subspace orthogonal to its top singular directions."""
     return Selection(model=train_addon(model, OSF, "osf", lambda: attach_osf(model, config)))

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from ...addons import base_model_of, is_peft_model, peft_task_type, train_addon
 from ...errors import RecipeError
-from ...registry import ADDONS, SELECTORS, PluginConfig, SelectorTraits
+from ...registry import ADDONS, SELECTORS, PluginConfig, Requires, SelectorTraits
 from ...selection import Selection, SelectionContext
 
 MARKER = "prompt_encoder"
@@ -33,7 +33,8 @@ def _carries_prompt(model: torch.nn.Module) -> bool:
     return is_peft_model(model) and model.peft_config["default"].is_prompt_learning
 
 
-@SELECTORS.register("prompt", PromptSelectorConfig, traits=SelectorTraits(wraps_model=True))
+@SELECTORS.register("prompt", PromptSelectorConfig, requires=Requires(sharded=False),
+                    traits=SelectorTraits(wraps_model=True))
 def select_prompt(model: torch.nn.Module, config: PromptSelectorConfig, context: SelectionContext) -> Selection:
     """Soft prompt tuning: virtual token embeddings prepended to every input; only they train."""
     return Selection(model=train_addon(model, SOFT_PROMPT, "prompt", lambda: attach_prompt(model, config, context)))

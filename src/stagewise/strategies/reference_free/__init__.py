@@ -20,7 +20,7 @@ from transformers import Trainer
 from ...registry import TRAINERS, PluginConfig, Requires, TrainerTraits
 from ...trainers import TrainerInputs, stage_trainer_class
 
-PREFERENCE = Requires(objectives=("preference",), model_tasks=("causal_lm",))
+PREFERENCE = Requires(objectives=("preference",), model_tasks=("causal_lm",), sharded=False)  # TRL trainer
 OWN_BATCHES = TrainerTraits(takes_loss=False, samples_examples=False)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,8 +24,10 @@ from pydantic import Field
 
 from ...bundled import cache_dir
 from ...errors import DataError
+from ...distributed import barrier, broadcast_from_main, is_main_process
 from ...registry import REGULARIZERS, PluginConfig
 from ...regularizers import Penalty, RegularizerContext
+from ...sharding import local, local_shard, sum_over_ranks
 
 
 class L2SPConfig(PluginConfig):
@@ -58,7 +61,9 @@ class Anchor:
     tensor at a time, so no autograd graph of full-size differences is held. θ₀ and F are kept in
     the storage dtype (θ₀ is exact there: the entering weights were stored in it; under mixed
     precision the trained tensors are fp32 copies of them), on the CPU with ``offload``. It holds
-    the parameter objects themselves, so a wrapped model (DDP) is penalised on the same tensors."""
+    the parameter objects themselves, so a wrapped model (DDP) is penalised on the same tensors;
+    under FSDP2 it follows the shards: θ₀ and F are cut like each parameter, every rank works on
+    its own slice, and the logged value is summed over ranks."""
 
     def __init__(self, model: torch.nn.Module, weight: float, importance: list[torch.Tensor] | None = None,
                  offload: bool = False) -> None:
@@ -66,17 +71,27 @@ class Anchor:
         from ...addons import base_model_of
 
         dtype = storage_dtype(base_model_of(model))
-        self.params = [param for _, param in trainable_tensors(model)]
-        home = (lambda t: t.detach().to("cpu", dtype, copy=True)) if offload else (
+        named = trainable_tensors(model)
+        self.names = [name for name, _ in named]
+        self.params = [param for _, param in named]
+        self.home = (lambda t: t.detach().to("cpu", dtype, copy=True)) if offload else (
             lambda t: t.detach().to(dtype=dtype, copy=True))
-        self.anchor = [home(param) for param in self.params]
-        self.importance = None if importance is None else [home(tensor) for tensor in importance]
+        self.anchor = [self.home(param) for param in self.params]
+        self.importance = None if importance is None else [self.home(tensor) for tensor in importance]
         self.weight = weight
 
+    def follow(self, model: torch.nn.Module) -> None:
+        parameters = dict(model.named_parameters())
+        self.params = [parameters[name] for name in self.names]
+        cut = [lambda whole, p=param: self.home(local_shard(whole.to(p.device), p)) for param in self.params]
+        self.anchor = [shard(whole) for shard, whole in zip(cut, self.anchor)]
+        if self.importance is not None:
+            self.importance = [shard(whole) for shard, whole in zip(cut, self.importance)]
+
     def _difference(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(θᵢ − θ₀,ᵢ, wᵢ or None for L2-SP) in the parameter's dtype, on its device."""
-        param = self.params[index]
-        difference = param.detach() - self.anchor[index].to(param.device, param.dtype)
+        """(θᵢ − θ₀,ᵢ, wᵢ or None for L2-SP) of this rank's part, in the parameter's dtype, on its device."""
+        param = local(self.params[index]).detach()
+        difference = param - self.anchor[index].to(param.device, param.dtype)
         weight = None if self.importance is None else self.importance[index].to(param.device, param.dtype)
         return difference, weight
 
@@ -87,7 +102,7 @@ class Anchor:
             difference, weight = self._difference(index)
             squared = difference.pow_(2)
             total += float((squared if weight is None else squared.mul_(weight)).sum())
-        return 0.5 * self.weight * total
+        return 0.5 * self.weight * sum_over_ranks(total)
 
     @torch.no_grad()
     def add_gradients(self, scale: float) -> None:
@@ -98,7 +113,8 @@ class Anchor:
                 continue
             difference, weight = self._difference(index)
             gradient = difference if weight is None else difference.mul_(weight)
-            param.grad.add_(gradient.to(param.grad.dtype), alpha=self.weight * scale)
+            grad = local(param.grad)
+            grad.add_(gradient.to(grad.dtype), alpha=self.weight * scale)
 
 
 def anchor_plan(copies: int) -> Any:
@@ -143,10 +159,21 @@ def fisher_cache_key(context: RegularizerContext, config: EWCConfig, names: list
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:24]
 
 
+def cached_fisher(path: Path, named: list[tuple[str, torch.nn.Parameter]]) -> list[torch.Tensor] | None:
+    """The Fisher cached at ``path`` for exactly these tensors, or None."""
+    from safetensors.torch import load_file
+
+    cached = load_file(str(path)) if path.is_file() else None  # (safetensors returns its names sorted)
+    if cached is None or set(cached) != {name for name, _ in named} or any(
+            cached[name].shape != param.shape for name, param in named):
+        return None
+    return [cached[name].to(param.device) for name, param in named]
+
+
 @REGULARIZERS.register("ewc", EWCConfig, example={"data": "d"}, plan=anchor_plan(2))
 def ewc(config: EWCConfig, model: torch.nn.Module, context: RegularizerContext) -> Penalty | None:
     """EWC: squared distance from the entering weights, weighted by their diagonal Fisher."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     named = trainable_tensors(model)
     if not named:
@@ -157,15 +184,20 @@ def ewc(config: EWCConfig, model: torch.nn.Module, context: RegularizerContext) 
                         "from (EWC needs text, instruction, chat, prompt_completion or classification rows)")
     names = [name for name, _ in named]
     path = cache_dir() / "fisher" / f"{fisher_cache_key(context, config, names, examples)}.safetensors"
-    cached = load_file(str(path)) if path.is_file() else None
-    if cached is not None and list(cached) == names and all(cached[n].shape == p.shape for n, p in named):
-        fisher = [cached[name].to(param.device) for name, param in named]
+    fisher = cached_fisher(path, named) if is_main_process() else None
+    if broadcast_from_main(fisher is not None):  # every rank takes the branch rank 0 takes
+        fisher = fisher or cached_fisher(path, named)
         context.log(f"[ewc] Fisher of {len(names)} tensors from {path}")
-    else:
-        fisher = empirical_fisher(model, examples, context.collator, config.batches, config.batch_size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        save_file({name: tensor.contiguous().cpu() for name, tensor in zip(names, fisher)}, str(partial))
-        partial.replace(path)
+    else:  # rank 0 computes and writes it once; the other ranks wait and read it
+        if is_main_process():
+            fisher = empirical_fisher(model, examples, context.collator, config.batches, config.batch_size)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            save_file({name: tensor.contiguous().cpu() for name, tensor in zip(names, fisher)}, str(partial))
+            partial.replace(path)
+        barrier()
+        fisher = fisher or cached_fisher(path, named)
+        if fisher is None:
+            raise DataError(f"regularizer: the Fisher that rank 0 wrote to {path} cannot be read on this rank")
         context.log(f"[ewc] Fisher of {len(names)} tensors from {config.batches} batches of {config.data!r}")
     return Anchor(model, config.weight, fisher, offload=config.offload)

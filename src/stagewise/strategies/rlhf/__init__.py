@@ -70,7 +70,7 @@ def preference_dataset(rows: list[dict[str, Any]]) -> Any:
 
 
 @TRAINERS.register("reward", RewardConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",),
-                                                             plain_weights=True),
+                                                             plain_weights=True, sharded=False),
                    traits=TrainerTraits(takes_loss=False, samples_examples=False, builds_model=reward_model_from),
                    plan=lambda config, ctx: {"entering model (kept)": ctx.stored_weights})
 def reward_trainer(config: RewardConfig, inputs: TrainerInputs) -> Trainer:
@@ -187,7 +187,7 @@ def gold_answers_for_rules(config: OnPolicyConfig, formats: set[str], stage: Any
 
 
 ON_POLICY = Requires(objectives=("lm", "preference"), formats=("instruction", "prompt_completion", "preference"),
-                     model_tasks=("causal_lm",))
+                     model_tasks=("causal_lm",), sharded=False)  # TRL trainers
 OWN_BATCHES = TrainerTraits(takes_loss=False, samples_examples=False, check=gold_answers_for_rules)
 
 

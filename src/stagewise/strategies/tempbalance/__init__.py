@@ -18,10 +18,12 @@ import torch
 from pydantic import Field
 from transformers import TrainerCallback
 
+from ...distributed import broadcast_from_main, is_main_process
 from ...io import save_figure
 from ...registry import LR_RULES, PluginConfig, Requires
 from ...schedules import LrPlan, LrRuleContext
 from ...selection import transformer_blocks
+from ...sharding import gathered
 from ...written import Written
 from .esd import block_sigmoid_multipliers, eigenvalues, hill_alpha, linear_multipliers
 
@@ -57,8 +59,14 @@ def matrix_modules(model: torch.nn.Module, config: TempBalanceConfig) -> dict[st
 
 
 def layer_alphas(model: torch.nn.Module, config: TempBalanceConfig) -> dict[str, float]:
-    return {name: hill_alpha(eigenvalues(module.weight), config.xmin_pos)
-            for name, module in matrix_modules(model, config).items()}
+    """Each matrix's alpha. Sharded: every rank gathers one matrix at a time, rank 0 alone computes
+    its spectrum, and the alphas are sent to every rank (all ranks then set the same LRs)."""
+    alphas = {}
+    for name, module in matrix_modules(model, config).items():
+        weight = gathered(module.weight)
+        if is_main_process():
+            alphas[name] = hill_alpha(eigenvalues(weight), config.xmin_pos)
+    return broadcast_from_main(alphas)
 
 
 def plot_alphas(alphas: dict[str, float], path: Path, title: str) -> None:
@@ -146,8 +154,10 @@ class TempBalance:
         self.log(step, lrs)
 
     def log(self, step: int, lrs: dict[str, float]) -> None:
-        if self.log_path is not None:
-            Written(self.log_path.parent).record(self.log_path.name)
+        if self.log_path is None:
+            return
+        Written(self.log_path.parent).record(self.log_path.name)  # every rank: it may start the stage (a barrier)
+        if is_main_process():
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": step, "alpha": self.alphas, "lr": lrs}) + "\n")
 

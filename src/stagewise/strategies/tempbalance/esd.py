@@ -13,12 +13,13 @@ import torch
 
 
 def eigenvalues(weight: torch.Tensor, conv_norm: float = 0.5) -> torch.Tensor:
-    """Ascending eigenvalues of WᵀW, i.e. squared singular values, in float32 on CPU.
+    """Ascending eigenvalues of WᵀW, i.e. squared singular values, in float32 on the weight's
+    device (a GPU's SVD is far faster than the host's on large matrices).
 
     A conv kernel (out, in, k...) becomes one (out, in) matrix per kernel position, scaled
     by sqrt(conv_norm) as in the reference, and all positions' values are pooled.
     """
-    matrix = weight.detach().to("cpu", torch.float32)
+    matrix = weight.detach().to(torch.float32)
     if matrix.dim() > 2:
         matrix = matrix.flatten(2).permute(2, 0, 1) * math.sqrt(conv_norm)
     values = torch.linalg.svdvals(matrix).flatten().square()
