@@ -85,11 +85,11 @@ def recipe_for(case: str, folder: Path, out: Path, steps: int, seq_len: int, bat
     words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
     text = " ".join(words[i % len(words)] for i in range(seq_len))  # ~seq_len tokens per row
     rows = [{"instruction": f"Row {i}: repeat the text.", "output": text} for i in range(batch * steps)]
-    return {"model": {"model_name_or_path": str(folder), "dtype": "bfloat16", **model_keys},
+    return {"model": {"model_name_or_path": str(folder), **model_keys},  # dtype auto: the folder's bf16
             "datasets": {"d": {"format": "instruction", "template": "alpaca", "rows": rows}},
             "stages": [{"name": case, "data": "d", "trainable": trainable, "lr": 1e-4, "max_steps": steps,
                         "batch_size": batch, "max_length": seq_len, "save_steps": 10**6, "logging_steps": 5}],
-            "performance": {"precision": "bf16-mixed" if torch.cuda.is_available() else "fp32"},
+            "performance": {"precision": "bf16-mixed"},
             "output_dir": str(out)}
 
 

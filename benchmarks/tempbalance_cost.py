@@ -42,7 +42,7 @@ def main() -> None:
 
     print(f"device: {device_name()} ({args.device}), torch threads: {torch.get_num_threads()}")
     model = load_model_and_tokenizer(ModelConfig(model_name_or_path="smollm2-135m", dtype="float32"))[0].to(args.device)
-    config = TempBalanceConfig()
+    config = TempBalanceConfig(kind="tempbalance")
     count = len(matrix_modules(model, config))
     seconds = timed(lambda: layer_alphas(model, config), args.repeats)
     print(f"SmolLM2-135M: {count} matrices, one recomputation {seconds:.2f} s")

@@ -34,7 +34,7 @@ SETTINGS = (("instruction", "causal_lm", LM_ROWS), ("classification", "sequence_
 POINTS = {"trainable": SELECTORS, "loss": LOSSES, "regularizer": REGULARIZERS, "lr_rule": LR_RULES,
           "trainer": TRAINERS}
 TINY_EXAMPLES = {"select": {"categories": ["Unknown"]}}  # a random tiny model knows none of the rows
-TOLERANCE = 1e-3  # fp32, 2 steps at lr 1e-2: reduction order differs between 1 and 2 processes
+TOLERANCE = 5e-4  # fp32, 2 steps at lr 1e-2: reduction order differs (measured worst 1.5e-4, SDFT distill)
 
 
 def served(entry: Any) -> tuple[str, str, list[dict[str, Any]]] | None:
