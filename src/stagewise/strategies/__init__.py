@@ -2,5 +2,5 @@
 
 Adding a strategy = a folder here, imported below, plus a recipe YAML (README: "Adding a strategy").
 """
-from . import (class_balanced, dpo, gradual, hft, lora, osf, promot, reference_free, regularized,  # noqa: F401
+from . import (class_balanced, dpo, eaft, gradual, hft, lora, osf, promot, reference_free, regularized,  # noqa: F401
                replay, rlhf, sdft, tempbalance, templates)  # registrations
