@@ -4,7 +4,7 @@ Conflicts to Mitigate Forgetting"; reference: the authors' loss merged into LLaM
 
 SFT forgets most on *confident conflicts*: tokens where the model is sure (low entropy) and the
 label says otherwise. EAFT scales each answer token's cross-entropy by the model's own, detached
-uncertainty at that position (paper eq. 5):
+uncertainty at that position:
 
     w_t = (H̃_t / s)^α,   H̃_t = −Σ_{v ∈ top-k} p̃_v log p̃_v   (p̃: softmax over the k largest logits)
     L = Σ_t w_t · CE_t / N
