@@ -226,3 +226,49 @@ def test_evaluation_inside_training_is_off_the_training_clock(tmp_path):
         result = run(make_recipe(tmp_path / str(declare), [stage]), [Busy(declare)])
         walls[declare] = result.manifest["stages"][0]["wall_time_s"]
     assert walls[False] >= 2.0 and walls[True] < walls[False] - 1.5, walls
+
+
+@pytest.fixture
+def immutable(tmp_path):
+    """Folders made immutable (``chattr +i``): not writable even by root, as a read-only mount would be."""
+    import shutil
+    import subprocess
+
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr not available")
+    made: list[Path] = []
+
+    def freeze(path: Path) -> None:
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("this filesystem or user cannot set the immutable flag")
+        made.append(path)
+
+    yield freeze
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, immutable):
+    from stagewise.errors import OutputError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    immutable(out)
+    recipe = make_recipe(tmp_path, [{"name": "s", "data": "sft", "max_steps": 1, "batch_size": 2}])
+    with pytest.raises(OutputError, match=r"output_dir .*run: not writable \(Operation not permitted\)") as err:
+        run(recipe)
+    assert "\n" not in str(err.value) and list(out.iterdir()) == []
+
+
+def test_a_finished_stage_that_cannot_be_cleared_is_one_line_and_kept(tmp_path, immutable):
+    from stagewise.errors import OutputError
+
+    stages = [{"name": "s", "data": "sft", "max_steps": 1, "batch_size": 2}]
+    run(make_recipe(tmp_path, stages))
+    stage_dir = tmp_path / "run/0-s"
+    before = {p.name: p.read_bytes() for p in stage_dir.iterdir() if p.is_file()}
+    immutable(stage_dir)
+    with pytest.raises(OutputError, match=r"0-s.*cannot be (cleared|written)") as err:
+        run(make_recipe(tmp_path, [{**stages[0], "lr": 2e-3}]))
+    assert "\n" not in str(err.value)
+    assert {p.name: p.read_bytes() for p in stage_dir.iterdir() if p.is_file()} == before

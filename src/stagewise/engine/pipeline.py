@@ -324,15 +324,20 @@ def clear_stale_stage_folder(recipe: Recipe, manifest: Manifest, index: int, con
     it holds an interrupted run of the same config (resumed from its complete checkpoints)."""
     stage_dir = stage_folder(recipe, index)
     previous = manifest.previous(index)
-    if stage_dir.exists() and not (previous and previous.get("config_hash") == config_hash_
-                                   and previous.get("status") != "completed"):
+    holds_files = stage_dir.is_dir() and any(stage_dir.iterdir())  # (the Trainer makes it empty at start)
+    if holds_files and not (previous and previous.get("config_hash") == config_hash_
+                            and previous.get("status") != "completed"):
         log(f"[invalidate] stage {index} '{recipe.stages[index].name}' changed: clearing {stage_dir}")
-        if force and is_main_process():
-            remove(stage_dir)
-        else:
-            written = stage_written(stage_dir, previous)
-            written.check(f"stage {index} must clear it to train again")
-            written.clear()
+        try:
+            if force and is_main_process():
+                remove(stage_dir)
+            else:
+                written = stage_written(stage_dir, previous)
+                written.check(f"stage {index} must clear it to train again")
+                written.clear()
+        except PermissionError as err:
+            raise OutputError(f"{stage_dir}: cannot be cleared for stage {index} to train again "
+                              f"({err.strerror}); make it writable") from None
     barrier()
 
 
