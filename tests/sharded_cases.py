@@ -10,26 +10,16 @@ from __future__ import annotations
 import json
 import sys
 
-from transformers import TrainerCallback
-
+from conftest import CrashAfterSave  # (this script's folder is on its path)
 from stagewise.config import recipe_from_dict
 from stagewise.distributed import init_from_launcher, is_main_process
 from stagewise.engine import run_recipe
 
 
-class StopAfterSave(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt("simulated kill")
-
-
 def run_case(case: dict) -> None:
     if case.get("crash_step"):
         try:
-            run_recipe(recipe_from_dict(case["recipe"]), callbacks=[StopAfterSave(case["crash_step"])],
+            run_recipe(recipe_from_dict(case["recipe"]), callbacks=[CrashAfterSave(case["crash_step"])],
                        log=lambda message: None)
         except KeyboardInterrupt:
             pass

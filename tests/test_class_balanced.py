@@ -89,5 +89,5 @@ def test_class_balanced_loss_on_lm_stage_is_a_recipe_error(tmp_path):
     from stagewise.errors import RecipeError
 
     with pytest.raises(RecipeError, match=r"stages.0.loss: loss 'ldam' takes classification data, not lm "
-                                          r"\(this stage can use: ce\)"):
+                                          r"\(this stage can use: ce, eaft\)"):
         make_recipe(tmp_path, [{"name": "s", "data": "sft", "loss": "ldam", "max_steps": 1}])
