@@ -78,3 +78,15 @@ def test_geo_knowledge_items_are_unique_real_and_never_answered_by_their_questio
     for name, rows in known.items():
         assert set(r["id"] for r in rows) <= set(r["id"] for r in splits[name])
     assert len(known["world_cities"]) >= 300 and len(known["us_cities"]) >= 300
+
+
+def test_feedback_rows_are_the_preference_pairs_unpaired():
+    from stagewise.bench import feedback, preference
+
+    pairs, rows = preference.build(), feedback.build()
+    for split in pairs:
+        assert len(rows[split]) == 2 * len(pairs[split])
+        desirable = [(r["prompt"], r["completion"]) for r in rows[split] if r["label"] is True]
+        undesirable = [(r["prompt"], r["completion"]) for r in rows[split] if r["label"] is False]
+        assert desirable == [(p["prompt"], p["chosen"]) for p in pairs[split]]
+        assert undesirable == [(p["prompt"], p["rejected"]) for p in pairs[split]]

@@ -13,7 +13,8 @@ from ..bundled import cache_dir
 from ..config import config_hash
 from ..errors import DataError
 from ..io import atomic_folder
-from . import chat, facts, format_following, general_text, geo_knowledge, icl_probes, math, preference, sentiment
+from . import (chat, facts, feedback, format_following, general_text, geo_knowledge, icl_probes, math, preference,
+               sentiment)
 
 VERSION = "v1"  # bump when a builder's output changes, so caches never mix versions
 BUILDERS: dict[str, Callable[..., dict[str, list[dict[str, Any]]]]] = {
@@ -24,6 +25,7 @@ BUILDERS: dict[str, Callable[..., dict[str, list[dict[str, Any]]]]] = {
     "icl-probes": icl_probes.build,
     "general-text": general_text.build,
     "preference": preference.build,
+    "feedback": feedback.build,
     "geo-knowledge": geo_knowledge.build,
     "format-following": format_following.build,
 }
