@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, ValidationError
 
 from .errors import StagewiseError
+from .io import file_in_the_way
 from .schema import StrictModel
 
 Options = TypeVar("Options", bound=StrictModel)
@@ -27,11 +28,9 @@ def _output_file(value: str) -> str:
         raise ValueError("is a link; give a plain file path")
     if path.is_dir():
         raise ValueError("is a folder; give a file path")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{parent} is a file, not a folder")
-            break
+    blocked = file_in_the_way(path)
+    if blocked is not None:
+        raise ValueError(f"{blocked} is a file, not a folder")
     return value
 
 
@@ -44,11 +43,9 @@ def _output_folder(value: str) -> str:
         raise ValueError("is a link; give a plain folder")
     if path.exists() and not path.is_dir():
         raise ValueError("is a file; give a folder")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{parent} is a file, not a folder")
-            break
+    blocked = file_in_the_way(path)
+    if blocked is not None:
+        raise ValueError(f"{blocked} is a file, not a folder")
     return value
 
 

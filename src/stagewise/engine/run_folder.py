@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 from ..distributed import broadcast_from_main, is_main_process
 from ..errors import OutputError
-from ..io import read_json
+from ..io import file_in_the_way, read_json
 from .manifest import MANIFEST, now
 
 LOCK = ".stagewise.lock"
@@ -28,11 +28,9 @@ def check_writable_folder(path: Path) -> None:
     """Create ``path`` if needed; one line if it is a file, under a file, or not writable."""
     if path.exists() and not path.is_dir():
         raise OutputError(f"output_dir {path}: is a file, expected a folder")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"output_dir {path}: {parent} is a file, not a folder")
-            break
+    blocked = file_in_the_way(path)
+    if blocked is not None:
+        raise OutputError(f"output_dir {path}: {blocked} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path).close()
