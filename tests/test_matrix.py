@@ -1,11 +1,12 @@
 """One test matrix over every registered entry (in the style of PEFT's shared tests).
 
-Cases are generated from the registries: every selector, loss, regularizer, LR rule and trainer runs on
+Cases are generated from the registries: every selector, loss, regularizer, LR rule, optimizer and trainer runs on
 each tiny model (Llama, GPT-2, BERT) whose data and task it declares it serves, built from its
 registered ``example`` config. A newly registered entry is tested here without a new test:
 - frozen tensors are bit-identical after training, and trainable ones moved;
 - the optimizer holds exactly the trainable tensors;
 - the LR rule's optimizer groups are the ones every trainer trains with;
+- every optimizer entry is the one every trainer steps with, over the LR rule's groups;
 - a run killed after a checkpoint resumes to the uninterrupted run's weights;
 - a combination an entry does not serve is one line at ``stagewise validate`` (exit 2).
 """
@@ -20,8 +21,8 @@ import yaml
 from transformers import TrainerCallback
 
 from conftest import CLASSIFICATION_ROWS, INSTRUCTION_ROWS, CrashAfterSave, make_recipe, run
-from stagewise.registry import (LOSSES, LR_RULES, METRICS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS,
-                                load_plugins)
+from stagewise.registry import (LOSSES, LR_RULES, METRICS, OPTIMIZERS, REGULARIZERS, SELECTORS, TRAINERS,
+                                TRANSFORMS, load_plugins)
 from stagewise.schedules import LrRuleContext
 
 load_plugins()
@@ -86,6 +87,7 @@ class OptimizerWatch(TrainerCallback):
         self.optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
         self.trainable = {id(p) for p in model.parameters() if p.requires_grad}
         self.group_lrs = sorted(group.get("initial_lr", group["lr"]) for group in optimizer.param_groups)
+        self.optimizer_class = type(getattr(optimizer, "optimizer", optimizer))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         """The weights at the end of training (saving may merge an add-on away afterwards)."""
@@ -168,6 +170,31 @@ def test_every_trainer_trains_with_the_lr_rules_groups(tmp_path, rule, trainer, 
         assert len(watch.planned) > 1
 
 
+def optimizer_cases() -> list[Any]:
+    return [pytest.param(optimizer.name, trainer.name, *setting_for(trainer, trainer.name)[0],
+                         id=f"{optimizer.name}-{trainer.name}")
+            for optimizer in OPTIMIZERS.entries() for trainer in TRAINERS.entries()]
+
+
+@pytest.mark.parametrize("optimizer, trainer, model, data_format", optimizer_cases())
+def test_every_trainer_steps_with_the_optimizer_entry_over_the_lr_rules_groups(tmp_path, optimizer, trainer, model,
+                                                                                data_format):
+    """The entry's optimizer (or the Trainer's own where it leaves it) holds exactly the trainable
+    tensors in the LR rule's groups, and frozen tensors stay bit-identical."""
+    from transformers import TrainingArguments
+
+    entry = OPTIMIZERS.get(optimizer)
+    watch = PlanWatch("tempbalance", lr=1e-3)
+    run(stage_recipe(tmp_path, model, data_format, optimizer=config_of(entry), trainer=trainer, lr=1e-3,
+                     lr_rule=config_of(LR_RULES.get("tempbalance"))), [watch])
+    built = entry.impl(entry.config_cls.model_validate(config_of(entry)),
+                       [{"params": [torch.nn.Parameter(torch.zeros(2, 2))]}], TrainingArguments(str(tmp_path / "args")))
+    if built is not None:
+        assert watch.optimizer_class is type(built)
+    assert watch.optimized == watch.trainable and set(watch.group_lrs) == watch.planned
+    assert all(torch.equal(before, watch.after[n]) for n, (before, trainable) in watch.before.items() if not trainable)
+
+
 def resume_cases() -> list[Any]:
     return [pytest.param(entry.name, *setting_for(entry, entry.name)[0], id=entry.name) for entry in TRAINERS.entries()]
 
@@ -188,7 +215,8 @@ def unserved_cases() -> list[Any]:
     """For every entry that declares requirements: one model/data it does not serve."""
     cases = []
     for field, registry in (("trainer", TRAINERS), ("trainable", SELECTORS), ("loss", LOSSES), ("lr_rule", LR_RULES),
-                            ("regularizer", REGULARIZERS), ("transforms", TRANSFORMS), ("metric", METRICS)):
+                            ("regularizer", REGULARIZERS), ("optimizer", OPTIMIZERS), ("transforms", TRANSFORMS),
+                            ("metric", METRICS)):
         for entry in registry.entries():
             for model, task in MODELS.items():
                 unserved = [f for f in ("instruction", "text", *TRAINING_FORMATS[1:])
@@ -210,7 +238,7 @@ def test_an_unserved_combination_is_one_line_at_validate(tmp_path, capsys, field
                               "datasets": {"d": {"format": data_format, "rows": DATA[data_format]}},
                               "stages": [stage], "output_dir": str(tmp_path / "run")}
     registry = {"trainer": TRAINERS, "trainable": SELECTORS, "loss": LOSSES, "lr_rule": LR_RULES,
-                "regularizer": REGULARIZERS, "transforms": TRANSFORMS, "metric": METRICS}[field]
+                "regularizer": REGULARIZERS, "optimizer": OPTIMIZERS, "transforms": TRANSFORMS, "metric": METRICS}[field]
     config = config_of(registry.get(name))
     if field == "metric":
         recipe["evaluation"] = {"target": [{"name": "p", "data": "d", **{k: v for k, v in config.items() if k != "kind"},

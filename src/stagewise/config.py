@@ -18,8 +18,8 @@ from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_vali
 
 from .errors import RecipeError
 from .merging import BASE, MergeConfig
-from .registry import (LOSSES, LR_RULES, METRICS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS, PluginConfig,
-                       Registry, load_plugins)
+from .registry import (LOSSES, LR_RULES, METRICS, OPTIMIZERS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS,
+                       PluginConfig, Registry, load_plugins)
 from .schema import SAFE_NAME_HINT, SafeName, StrictModel, is_safe_name
 
 DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "feedback", "classification",
@@ -182,6 +182,7 @@ class StageConfig(StrictModel):
     loss: Any = "ce"
     regularizer: Any = "none"  # a penalty added to the loss: none, l2sp or ewc (anchored to the entering model)
     lr_rule: Any = "uniform"
+    optimizer: Any = Field(default_factory=lambda: PluginConfig(kind="hf"))  # hf: the Trainer's, named by `optim`; or mofo
     transforms: list[Any] = Field(default_factory=list)  # model-in-the-loop data steps (distill, select)
     trainer: Any = "hf"  # what runs the optimisation: hf (transformers Trainer) or a registered one (dpo)
     lr: float = Field(default=5e-5, gt=0)
@@ -347,7 +348,8 @@ class Recipe(StrictModel):
 
 # The registered sections of a stage: field name -> registry that validates it.
 PLUGIN_FIELDS: dict[str, Registry[Any, Any]] = {  # in the order their fit is checked: the trainer decides the most
-    "trainer": TRAINERS, "trainable": SELECTORS, "loss": LOSSES, "regularizer": REGULARIZERS, "lr_rule": LR_RULES}
+    "trainer": TRAINERS, "trainable": SELECTORS, "loss": LOSSES, "regularizer": REGULARIZERS, "lr_rule": LR_RULES,
+    "optimizer": OPTIMIZERS}
 
 
 # ---------------------------------------------------------------- YAML with lines
@@ -769,6 +771,9 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     problem = trainer_traits.check(stage.trainer, formats, stage) if trainer_traits.check else None
     if problem:
         return ("trainer", problem[0]), problem[1]
+    if stage.optim and stage.optimizer.kind != "hf":
+        return ("optim",), (f"names a transformers optimizer, but `optimizer: {stage.optimizer.kind}` builds the "
+                            "stage's optimizer; remove one of them")
     takes_loss = trainer_traits.takes_loss
     if not takes_loss and stage.loss.kind != "ce":
         return ("loss",), f"trainer {stage.trainer.kind!r} defines its own objective; remove `loss: {stage.loss.kind}`"

@@ -1,7 +1,7 @@
 """The one place strategies register, and what each entry declares.
 
-Extension points: trainable **selectors**, **losses**, **regularizers**, **LR rules**, data **transforms**,
-**trainers**, evaluation **metrics**, model **add-ons** (an adapter or soft prompt attached to
+Extension points: trainable **selectors**, **losses**, **regularizers**, **LR rules**, **optimizers**,
+data **transforms**, **trainers**, evaluation **metrics**, model **add-ons** (an adapter or soft prompt attached to
 the model) and CLI **commands**. A strategy is a folder under ``stagewise/strategies`` whose
 ``__init__`` registers into some of them with a pydantic config class, what the entry
 *requires* of the stage (data objective and format, model task) and the point's *traits*
@@ -9,8 +9,8 @@ the model) and CLI **commands**. A strategy is a folder under ``stagewise/strate
 The engine asks the entry instead of naming it: ``config`` checks every stage's entries
 against its data and model at validation time, and the shared test matrix runs every entry.
 Each point's call shape is a typed protocol beside its context (``selection.Selector``,
-``losses.LossBuilder``, ``regularizers.Regularizer``, ``schedules.LrRule``, ``transforms.Transform``, ``trainers.TrainerFactory``,
-``eval.metrics.Metric``, ``addons.AddOn``).
+``losses.LossBuilder``, ``regularizers.Regularizer``, ``schedules.LrRule``, ``optimizers.OptimizerBuilder``,
+``transforms.Transform``, ``trainers.TrainerFactory``, ``eval.metrics.Metric``, ``addons.AddOn``).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .addons import AddOn
     from .eval.metrics import Metric
     from .losses import LossBuilder
+    from .optimizers import OptimizerBuilder
     from .regularizers import Regularizer
     from .schedules import LrRule
     from .selection import Selector
@@ -192,6 +193,7 @@ SELECTORS: Registry[Selector, SelectorTraits] = Registry("trainable selector", S
 LOSSES: Registry[LossBuilder, NoTraits] = Registry("loss", NoTraits)
 REGULARIZERS: Registry[Regularizer, NoTraits] = Registry("regularizer", NoTraits)
 LR_RULES: Registry[LrRule, NoTraits] = Registry("lr_rule", NoTraits)
+OPTIMIZERS: Registry[OptimizerBuilder, NoTraits] = Registry("optimizer", NoTraits)
 TRANSFORMS: Registry[Transform, TransformTraits] = Registry("data transform", TransformTraits)
 TRAINERS: Registry[TrainerFactory, TrainerTraits] = Registry("trainer", TrainerTraits)
 METRICS: Registry[Metric, MetricTraits] = Registry("metric", MetricTraits)
@@ -203,6 +205,6 @@ def load_plugins() -> None:
     """Import every module that registers entries (idempotent; imports are cached)."""
     import importlib
 
-    for module in ("selection", "losses", "regularizers", "schedules", "transforms", "trainers", "eval", "probing",
+    for module in ("selection", "losses", "regularizers", "schedules", "optimizers", "transforms", "trainers", "eval", "probing",
                    "strategies"):
         importlib.import_module(f"{__package__}.{module}")

@@ -22,6 +22,7 @@ from .data import ListDataset
 from .distributed import barrier
 from .errors import TrainingError
 from .losses import LossFn
+from .optimizers import ParamGroups
 from .precision import return_to_storage_dtype, storage_dtype
 from .registry import TRAINERS, PluginConfig, Requires
 from .regularizers import Penalty
@@ -30,6 +31,8 @@ from .sharding import full_optimizer_state, full_state_dict, is_sharded, load_fu
 
 WRAPPED_WEIGHTS = "stagewise-wrapped-model.safetensors"  # exact resume state of an add-on-wrapped model
 OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"  # the Trainer's names
+# (groups, TrainingArguments) -> the stage's optimizer entry's optimizer, or None for the Trainer's own
+OptimizerMaker = Callable[[ParamGroups, TrainingArguments], "torch.optim.Optimizer | None"]
 
 
 @dataclass
@@ -49,10 +52,12 @@ class TrainerInputs:
     stage_folder: Callable[[str], Path] | None = None  # an earlier stage's saved folder by name (its reward model)
     prompts: Callable[[], list[str]] | None = None  # each row's prompt as training renders it (on-policy trainers)
     batch_size: int = 8                             # the stage's batch_size (rows, or prompts, per device step)
+    build_optimizer: OptimizerMaker | None = None   # the stage's optimizer entry over the groups (None: the Trainer's)
 
     def stage_features(self) -> dict[str, Any]:
-        """Keyword arguments of a :func:`stage_trainer_class` trainer: LR groups, penalty, sampler."""
-        return {"split_groups": self.split_groups, "penalty": self.penalty, "train_sampler": self.sampler}
+        """Keyword arguments of a :func:`stage_trainer_class` trainer: LR groups, optimizer, penalty, sampler."""
+        return {"split_groups": self.split_groups, "build_optimizer": self.build_optimizer, "penalty": self.penalty,
+                "train_sampler": self.sampler}
 
 
 class TrainerFactory(Protocol):
@@ -68,8 +73,9 @@ class StageTrainerMixin:
     engine sharded (FSDP2), weights and optimizer state are saved and loaded as full, gathered
     state dicts: rank 0 writes them, every rank reads them."""
 
-    def __init__(self, *args: Any, split_groups: GroupSplitter | None = None, penalty: Penalty | None = None,
-                 train_sampler: torch.utils.data.Sampler | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, split_groups: GroupSplitter | None = None,
+                 build_optimizer: OptimizerMaker | None = None, penalty: Penalty | None = None, train_sampler: torch.utils.data.Sampler | None = None,
+                 **kwargs: Any) -> None:
         self.sharded = kwargs.get("model") is not None and is_sharded(kwargs["model"])
         if self.sharded:  # transformers refuses resumable checkpoints of a pre-sharded model: ours gather
             kwargs["args"].save_only_model, save_only_model = True, kwargs["args"].save_only_model
@@ -77,6 +83,7 @@ class StageTrainerMixin:
         if self.sharded:
             self.args.save_only_model = save_only_model
         self.split_groups = split_groups
+        self.build_optimizer = build_optimizer
         self.penalty = penalty
         self.train_sampler = train_sampler
 
@@ -97,7 +104,9 @@ class StageTrainerMixin:
         super().log(logs, *args, **kwargs)
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
-        if self.split_groups is None or self.optimizer is not None:
+        """The Trainer's decay / no-decay groups, split by the LR rule, given to the stage's optimizer entry
+        (or to the Trainer's optimizer class when the entry leaves it to the Trainer)."""
+        if self.optimizer is not None or (self.split_groups is None and self.build_optimizer is None):
             return super().create_optimizer(model)
         opt_model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
@@ -106,8 +115,14 @@ class StageTrainerMixin:
             {"params": [p for n, p in trainable if n in decay], "weight_decay": self.args.weight_decay},
             {"params": [p for n, p in trainable if n not in decay], "weight_decay": 0.0},
         ]
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        self.optimizer = optimizer_cls(self.split_groups(opt_model, groups), **optimizer_kwargs)
+        groups = self.split_groups(opt_model, groups) if self.split_groups is not None else groups
+        built = self.build_optimizer(groups, self.args) if self.build_optimizer is not None else None
+        if built is None and self.split_groups is None:  # the Trainer's own optimizer over its own groups
+            return super().create_optimizer(model)
+        if built is None:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            built = optimizer_cls(groups, **optimizer_kwargs)
+        self.optimizer = built
         return self.optimizer
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

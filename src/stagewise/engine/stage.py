@@ -40,7 +40,7 @@ from ..models import load_stage_output
 from ..precision import (COMPUTE_DTYPES, autocast, hold_trainable_in_fp32, resolve_precision,
                          return_to_storage_dtype, trainer_flags)
 from ..losses import LossContext
-from ..registry import LOSSES, LR_RULES, REGULARIZERS, TRAINERS, TRANSFORMS
+from ..registry import LOSSES, LR_RULES, OPTIMIZERS, REGULARIZERS, TRAINERS, TRANSFORMS
 from ..regularizers import RegularizerContext
 from ..schedules import LrRuleContext
 from ..selection import SelectionContext, apply_selector, count_parameters
@@ -431,6 +431,7 @@ def build_trainer(
         collator=data.collator, loss=loss, split_groups=lr_plan.split_groups,
         callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks], penalty=penalty, sampler=data.sampler,
         stage_folder=identity.folder_of, prompts=data.prompts, batch_size=stage.batch_size,
+        build_optimizer=lambda groups, args: OPTIMIZERS.impl(stage.optimizer)(stage.optimizer, groups, args),
         args_for=lambda cls=TrainingArguments, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
     return TRAINERS.impl(stage.trainer)(stage.trainer, inputs)
 
