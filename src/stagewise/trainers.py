@@ -74,8 +74,8 @@ class StageTrainerMixin:
     state dicts: rank 0 writes them, every rank reads them."""
 
     def __init__(self, *args: Any, split_groups: GroupSplitter | None = None,
-                 build_optimizer: OptimizerMaker | None = None, penalty: Penalty | None = None, train_sampler: torch.utils.data.Sampler | None = None,
-                 **kwargs: Any) -> None:
+                 build_optimizer: OptimizerMaker | None = None, penalty: Penalty | None = None,
+                 train_sampler: torch.utils.data.Sampler | None = None, **kwargs: Any) -> None:
         self.sharded = kwargs.get("model") is not None and is_sharded(kwargs["model"])
         if self.sharded:  # transformers refuses resumable checkpoints of a pre-sharded model: ours gather
             kwargs["args"].save_only_model, save_only_model = True, kwargs["args"].save_only_model
