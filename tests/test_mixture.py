@@ -78,3 +78,7 @@ def test_a_trainer_that_batches_rows_itself_refuses_weights(tmp_path):
     pref = {name: {"format": "preference", "rows": [{"prompt": "p", "chosen": "a", "rejected": "b"}]} for name in "xy"}
     with pytest.raises(RecipeError, match="trainer 'dpo' builds its own batches"):
         make_recipe(tmp_path, [{"name": "d", "data": {"x": 1.0, "y": 1.0}, "trainer": "dpo"}], datasets=pref)
+
+
+def test_a_dataset_a_transform_emptied_draws_no_rows():
+    assert mixture_counts([10, 0, 4], [1.0, 0.5, 0.5]) == [10, 0, 5]

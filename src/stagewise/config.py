@@ -656,6 +656,12 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                 if name not in stage.data:
                     fail(("stages", index, "transforms", position, "datasets"),
                          f"{name!r} is not one of this stage's datasets ({', '.join(stage.data)})")
+            if transform.datasets is None and not transform_targets(recipe, stage, transform):
+                earlier = ", ".join(sorted(earlier_data(recipe, stage))) or "none, this is the first stage"
+                fail(("stages", index, "transforms", position), (
+                    f"transform {transform.kind!r} replays data an earlier stage trained on, and none of this "
+                    f"stage's datasets ({', '.join(stage.data)}) is such (earlier stages' data: {earlier}); add it "
+                    "to `data` as a mixture (data: {new: 1.0, old: 0.1}) or name the datasets in `datasets`"))
         if "fewshot" in {recipe.datasets[name].format for name in stage.data}:
             fail(("stages", index, "data"), "format 'fewshot' is for evaluation probes only, not training")
         formats = stage_formats(recipe, stage)  # after the transforms: a labelled set templated into instructions mixes
@@ -777,8 +783,8 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     takes_loss = trainer_traits.takes_loss
     if not takes_loss and stage.loss.kind != "ce":
         return ("loss",), f"trainer {stage.trainer.kind!r} defines its own objective; remove `loss: {stage.loss.kind}`"
-    used = [(("transforms", i), TRANSFORMS, transform, {chain[i][name] for name in transform_targets(stage, transform)})
-            for i, transform in enumerate(stage.transforms) if transform_targets(stage, transform)]
+    used = [(("transforms", i), TRANSFORMS, transform, {chain[i][name] for name in transform_targets(recipe, stage, transform)})
+            for i, transform in enumerate(stage.transforms) if transform_targets(recipe, stage, transform)]
     used += [((field,), registry, getattr(stage, field), formats) for field, registry in PLUGIN_FIELDS.items()
              if takes_loss or field != "loss"]
     for field, registry, config, seen_formats in used:
@@ -865,10 +871,16 @@ def _objective(data_format: str) -> str:
     return {"classification": "classification", "preference": "preference", "feedback": "feedback"}.get(data_format, "lm")
 
 
-def transform_targets(stage: StageConfig, transform: Any) -> list[str]:
-    """The stage datasets a transform rewrites: those its ``datasets`` lists, else all of them."""
-    only = getattr(transform, "datasets", None)
-    return list(stage.data) if only is None else [name for name in stage.data if name in only]
+def transform_targets(recipe: Recipe, stage: StageConfig, transform: Any) -> list[str]:
+    """The stage datasets a transform rewrites (:meth:`TransformConfig.targets`)."""
+    return transform.targets(list(stage.data), earlier_data(recipe, stage))
+
+
+def earlier_data(recipe: Recipe, stage: StageConfig) -> set[str]:
+    """The datasets the stages before ``stage`` trained on."""
+    names = [other.name for other in recipe.stages]
+    index = names.index(stage.name) if stage.name in names else len(names)
+    return {name for other in recipe.stages[:index] for name in other.data}
 
 
 def format_chain(recipe: Recipe, stage: StageConfig) -> list[dict[str, str]]:
@@ -877,7 +889,7 @@ def format_chain(recipe: Recipe, stage: StageConfig) -> list[dict[str, str]]:
     chain = [{name: recipe.datasets[name].format for name in stage.data}]
     for transform in stage.transforms:
         output = TRANSFORMS.get(transform.kind).traits.output_format
-        chain.append({name: output if output and name in transform_targets(stage, transform) else fmt
+        chain.append({name: output if output and name in transform_targets(recipe, stage, transform) else fmt
                       for name, fmt in chain[-1].items()})
     return chain
 

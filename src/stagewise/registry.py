@@ -60,6 +60,11 @@ class TransformConfig(PluginConfig):
 
     datasets: list[str] | None = None
 
+    def targets(self, stage_data: list[str], earlier_data: set[str]) -> list[str]:
+        """The stage datasets it rewrites: those ``datasets`` lists, else all of them (a transform that
+        replays earlier stages' data narrows the default to those)."""
+        return list(stage_data) if self.datasets is None else [name for name in stage_data if name in self.datasets]
+
 
 @dataclass(frozen=True)
 class Requires:

@@ -34,6 +34,7 @@ class TransformContext:
     load_seed_model: Callable[[], tuple[Any, Any]]  # the run's starting model (for "before" categories)
     seed_model_key: str
     rows_of: Callable[[str], list[dict[str, Any]]]  # any recipe dataset's rows (e.g. prompts to answer)
+    stage_folder: Callable[[str], Path]             # a finished earlier stage's folder, by name (its reward model)
 
 
 class Transform(Protocol):

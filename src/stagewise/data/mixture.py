@@ -15,9 +15,11 @@ import torch
 
 
 def mixture_counts(sizes: list[int], weights: list[float]) -> list[int]:
-    """Rows per epoch of each dataset: all of the first, the others in proportion to it."""
+    """Rows per epoch of each dataset: all of the first, the others in proportion to it (none of a
+    dataset a transform left empty: on-policy replay may reject every answer)."""
     first_size, first_weight = sizes[0], weights[0]
-    return [first_size] + [round(first_size * weight / first_weight) for weight in weights[1:]]
+    return [first_size] + [round(first_size * weight / first_weight) if size else 0
+                           for size, weight in zip(sizes[1:], weights[1:])]
 
 
 class MixtureSampler(torch.utils.data.Sampler[int]):

@@ -96,7 +96,7 @@ def transform_stage_data(
         context = TransformContext(model=model, tokenizer=tokenizer, dataset_name=name, dataset=dataset,
                                    model_key=identity.key, seed=stage.seed, stage_dir=stage_dir, log=log,
                                    load_seed_model=identity.load_seed, seed_model_key=identity.seed_key,
-                                   rows_of=lambda other: datasets[other].rows)
+                                   rows_of=lambda other: datasets[other].rows, stage_folder=identity.folder_of)
         out, report = TRANSFORMS.impl(transform)(part, transform, context)
         reports.append({"kind": transform.kind, "data": name, **report})
         return out
@@ -104,7 +104,7 @@ def transform_stage_data(
     row_format = {name: recipe.datasets[name].format for name in stage.data}  # after the transforms so far
     for transform in stage.transforms:
         traits = TRANSFORMS.get(transform.kind).traits
-        targets = transform_targets(stage, transform)
+        targets = transform_targets(recipe, stage, transform)
         if not targets:  # e.g. a leave-one-cluster-out arm dropped every dataset it templates
             continue
         if not traits.stage_wide or len(targets) == 1:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, Trainer
 
 from ...addons import is_peft_model
@@ -34,6 +34,7 @@ from ...errors import DataError, ModelError
 from ...precision import record_storage_dtype, storage_dtype
 from ...eval.suite import answer_correct, item_ids
 from ...registry import METRICS, TRAINERS, PluginConfig, Requires, TrainerTraits
+from ...rewards import RewardSource, load_reward_model, reward_scores
 from ...trainers import TrainerInputs, frozen_reference, stage_trainer_class
 
 HEADS = ("score.", "classifier.")  # decoder-style and encoder-style classification heads
@@ -93,15 +94,8 @@ def reward_accuracy(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, 
     if model.config.num_labels != 1:
         raise DataError(f"evaluation {task.name!r}: reward_accuracy needs a reward model (one output), "
                         f"this model has {model.config.num_labels}")
-    device = next(model.parameters()).device
-
     def rewards(texts: list[str]) -> list[float]:
-        found = []
-        for start in range(0, len(texts), evaluation.batch_size):
-            batch = tokenizer(texts[start:start + evaluation.batch_size], return_tensors="pt", padding=True,
-                              padding_side="right", truncation=True, max_length=evaluation.max_length).to(device)
-            found += model(**batch).logits[:, 0].float().tolist()
-        return found
+        return reward_scores(model, tokenizer, texts, evaluation.batch_size, evaluation.max_length)
 
     model.eval()
     margins = [c - r for c, r in zip(rewards([row["prompt"] + row["chosen"] for row in rows]),
@@ -112,26 +106,14 @@ def reward_accuracy(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, 
             "items": items}
 
 
-class OnPolicyConfig(PluginConfig):
+class OnPolicyConfig(RewardSource):
     """Shared by GRPO and RLOO. ``batch_size`` of the stage counts prompts per step; each is
-    sampled ``num_generations`` times."""
+    sampled ``num_generations`` times; rewarded by a reward stage's model or a rule (``RewardSource``)."""
 
-    stage_fields = ("reward_model",)
-    reward_model: str | None = None        # an earlier `trainer: reward` stage, by name
-    reward_rule: Literal["last_integer", "exact_match", "contains", "regex"] | None = None  # or a rule on the gold answer
-    pattern: str | None = None              # reward_rule regex: the first group is the answer
     num_generations: int = Field(default=4, ge=2)  # samples per prompt (the group)
     max_new_tokens: int = Field(default=64, ge=1)   # completion length
     temperature: float = Field(default=1.0, gt=0)
     beta: float = Field(default=0.04, ge=0)         # KL weight to the entering model (DeepSeekMath GRPO: 0.04)
-
-    @model_validator(mode="after")
-    def _one_reward(self) -> "OnPolicyConfig":
-        if (self.reward_model is None) == (self.reward_rule is None):
-            raise ValueError("give exactly one of reward_model (an earlier reward stage) or reward_rule")
-        if self.reward_rule == "regex" and not self.pattern:
-            raise ValueError("reward_rule regex needs a 'pattern'")
-        return self
 
 
 def rule_reward(config: OnPolicyConfig, rows: list[dict[str, Any]]) -> Any:
@@ -163,9 +145,8 @@ def on_policy_trainer(trainer_cls: type[Trainer], config_cls: type, module: Any,
 
     dataset = Dataset.from_list([{"prompt": p, "row_index": i} for i, p in enumerate(inputs.prompts())])
     if config.reward_model:
-        folder = inputs.stage_folder(config.reward_model)
-        reward_funcs: Any = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
-        reward_funcs.to(next(inputs.model.parameters()).device).eval()
+        reward_funcs: Any = load_reward_model(inputs.stage_folder(config.reward_model),
+                                              next(inputs.model.parameters()).device)
     else:
         reward_funcs = rule_reward(config, inputs.rows)
     args = inputs.args_for(
