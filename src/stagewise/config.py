@@ -651,6 +651,10 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                 problem = separate_model_problem(recipe, index, getattr(config, key))
                 if problem:
                     fail(("stages", index, *field, key), problem)
+            for key in config.named_model_fields:
+                problem = named_model_problem(recipe, index, getattr(config, key))
+                if problem:
+                    fail(("stages", index, *field, key), problem)
         for position, transform in enumerate(stage.transforms):
             for name in getattr(transform, "datasets", None) or []:
                 if name not in stage.data:
@@ -711,6 +715,30 @@ def separate_model_problem(recipe: Recipe, index: int, name: str | None) -> str 
     if name not in earlier:
         return (f"{name!r} is not an earlier stage that trains a separate model such as a reward model "
                 f"(earlier ones: {', '.join(earlier) or 'none'})")
+    return None
+
+
+def named_model_problem(recipe: Recipe, index: int, name: str) -> str | None:
+    """A whole model a stage names (a teacher) is ``base``, an earlier stage that hands its model on,
+    or a local model folder whose vocabulary is the run model's (the logits are compared token by token)."""
+    earlier = [stage.name for stage in recipe.stages[:index] if not builds_model(stage)]
+    if name == BASE or name in earlier:
+        return None
+    if name in [stage.name for stage in recipe.stages]:
+        return f"{name!r} is not an earlier stage that hands its model on (earlier: {', '.join(earlier) or 'none'})"
+    config_file = Path(name).expanduser() / "config.json"
+    if not config_file.is_file():
+        return (f"{name!r} is neither 'base', an earlier stage ({', '.join(earlier) or 'none'}) nor a local model "
+                "folder with a config.json")
+    from .plan import load_model_config
+
+    try:
+        theirs = json.loads(config_file.read_text()).get("vocab_size")
+        ours = getattr(load_model_config(recipe.model), "vocab_size", None)
+    except (RecipeError, ValueError, OSError, AttributeError):
+        return None  # unreadable offline here: TRL compares the vocabularies when the stage starts
+    if theirs is not None and ours is not None and theirs != ours:
+        return f"{name!r} has a vocabulary of {theirs} tokens, the model trained here {ours}: they must share a tokenizer"
     return None
 
 

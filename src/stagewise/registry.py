@@ -48,6 +48,7 @@ class PluginConfig(StrictModel):
     model_config = ConfigDict(frozen=True, validate_assignment=False)
     dataset_fields: ClassVar[tuple[str, ...]] = ()
     stage_fields: ClassVar[tuple[str, ...]] = ()  # fields naming an earlier stage whose separate model (e.g. a reward model) this entry uses
+    named_model_fields: ClassVar[tuple[str, ...]] = ()  # fields naming a whole model: base, an earlier stage or a local folder
     kind: str
 
     def datasets_named(self) -> list[str]:

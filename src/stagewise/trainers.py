@@ -50,6 +50,7 @@ class TrainerInputs:
     penalty: Penalty | None = None              # the stage's regularizer: its gradient joins every backward
     sampler: torch.utils.data.Sampler | None = None  # a weighted data mixture's per-epoch draw over ``examples``
     stage_folder: Callable[[str], Path] | None = None  # an earlier stage's saved folder by name (its reward model)
+    model_named: Callable[[str], Any] | None = None    # base, an earlier stage or a folder, whole and frozen (a teacher)
     prompts: Callable[[], list[str]] | None = None  # each row's prompt as training renders it (on-policy trainers)
     batch_size: int = 8                             # the stage's batch_size (rows, or prompts, per device step)
     build_optimizer: OptimizerMaker | None = None   # the stage's optimizer entry over the groups (None: the Trainer's)

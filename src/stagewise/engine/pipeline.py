@@ -19,6 +19,7 @@ from typing import Any, Callable
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from .. import __version__
+from ..addons import is_peft_model
 from ..config import Recipe, StageConfig, builds_model, config_hash, plugin_configs, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
@@ -26,9 +27,9 @@ from ..sharding import check_shardable, wants_sharding
 from ..errors import OutputError, StagewiseError
 from ..eval import Evaluator
 from ..io import file_sha256, folder_sha256
-from ..merging import HeldWeights, SafetensorsWeights, WeightSource, plain_weights
-from ..models import load_model_and_tokenizer, load_stage_output, seed_weights_folder
-from ..precision import resolve_precision
+from ..merging import BASE, HeldWeights, SafetensorsWeights, WeightSource, plain_weights
+from ..models import load_model_and_tokenizer, load_pretrained, load_stage_output, on_local_device, seed_weights_folder
+from ..precision import load_dtype, resolve_precision
 from ..report import build_report, write_report
 from ..written import Written, before_first_write, remove, stage_written
 from .manifest import Manifest
@@ -218,7 +219,8 @@ def _run_locked(
         entering = entering_stage(recipe, index)
         identity = ModelIdentity(key=hashes[entering] if entering >= 0 else seed_key, seed_key=seed_key,
                                  load_seed=load_seed, weights_of=functools.partial(named_weights, recipe, load_seed),
-                                 folder_of=functools.partial(named_folder, recipe))
+                                 folder_of=functools.partial(named_folder, recipe),
+                                 model_of=functools.partial(named_model, recipe, load_seed))
         model = train_and_record(model, tokenizer, recipe, index, datasets, hashes[index], manifest, evaluator,
                                  identity, callbacks, log, force)
     if recipe.evaluation and is_main_process():
@@ -239,6 +241,24 @@ def named_weights(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name
     index = next(i for i, stage in enumerate(recipe.stages) if stage.name == name)
     model = load_stage_output(stage_folder(recipe, index), recipe.model, recipe.performance.precision)[0]
     return HeldWeights(plain_weights(model)[1])
+
+
+def named_model(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name: str) -> Any:
+    """A whole, frozen copy of the run's starting model (``base``), a finished stage's model (its
+    adapter merged in) or a local model folder: a distillation teacher."""
+    if name == BASE:
+        model = load_seed()[0]
+    elif name in [stage.name for stage in recipe.stages]:
+        model = load_stage_output(named_folder(recipe, name), recipe.model, recipe.performance.precision)[0]
+    else:
+        folder_config = recipe.model.model_copy(update={"model_name_or_path": name, "revision": None})
+        model = load_pretrained(Path(name), folder_config,
+                                dtype=load_dtype(recipe.performance.precision, recipe.model.dtype))[0]
+    if is_peft_model(model):
+        model = model.merge_and_unload()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return on_local_device(model).eval()
 
 
 def named_folder(recipe: Recipe, name: str) -> Path:

@@ -78,6 +78,7 @@ class ModelIdentity:
     load_seed: Callable[[], tuple[Any, Any]]        # reload the starting model when needed
     weights_of: Callable[[str], WeightSource]       # the starting model's ("base") or a finished stage's weights
     folder_of: Callable[[str], Path]                # a finished stage's saved folder, by name (a reward model's)
+    model_of: Callable[[str], Any]                  # base, a finished stage or a folder as a whole frozen model (a teacher)
 
 
 def transform_stage_data(
@@ -430,7 +431,7 @@ def build_trainer(
         model=model, tokenizer=tokenizer, rows=data.rows, examples=data.examples, dev=data.dev,
         collator=data.collator, loss=loss, split_groups=lr_plan.split_groups,
         callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks], penalty=penalty, sampler=data.sampler,
-        stage_folder=identity.folder_of, prompts=data.prompts, batch_size=stage.batch_size,
+        stage_folder=identity.folder_of, model_named=identity.model_of, prompts=data.prompts, batch_size=stage.batch_size,
         build_optimizer=lambda groups, args: OPTIMIZERS.impl(stage.optimizer)(stage.optimizer, groups, args),
         args_for=lambda cls=TrainingArguments, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
     return TRAINERS.impl(stage.trainer)(stage.trainer, inputs)

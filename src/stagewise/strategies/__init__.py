@@ -2,5 +2,5 @@
 
 Adding a strategy = a folder here, imported below, plus a recipe YAML (README: "Adding a strategy").
 """
-from . import (class_balanced, dpo, eaft, gradual, hft, lora, mofo, on_policy_replay, osf, promot,  # noqa: F401
-               reference_free, regularized, replay, rlhf, sdft, tempbalance, templates)  # registrations
+from . import (class_balanced, dpo, eaft, gradual, hft, lora, mofo, on_policy_distill, on_policy_replay,  # noqa: F401
+               osf, promot, reference_free, regularized, replay, rlhf, sdft, tempbalance, templates)  # registrations
