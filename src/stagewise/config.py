@@ -140,6 +140,7 @@ class EvalTaskConfig(StrictModel):
     shots: int = Field(default=4, ge=0)  # fewshot: demonstrations per query, from the same task
     max_new_tokens: int = Field(default=24, ge=1)
     pattern: str | None = None  # regex metric: first group is the answer
+    choices: int = Field(default=4, ge=2)  # choice: the gold and choices - 1 other items' answers (lm-eval: 4 options)
     addon: Literal["auto", "always", "never"] = Field(  # score with the stage's add-on attached? auto = the
         default="auto", validation_alias=AliasChoices("addon", "use_prompt"))  # add-on's rule (soft prompt: target only)
     n_prompts: int = Field(default=10, ge=1)  # highly_known: SliCK's few-shot prompts per item

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..addons import model_for_probe
 from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig
-from ..data.tokenize import encode_classification_rows, encode_lm_rows, encode_prompt
+from ..data.tokenize import encode_classification_rows, encode_prompt
 from ..errors import DataError
 from ..generation import SamplingConfig, generate
 from ..registry import METRICS, MetricTraits, Requires
@@ -127,35 +126,6 @@ def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, row
     scores = {f"accuracy_{name}": sum(v) / len(v) for name, v in per_task.items()}
     scores["accuracy"] = sum(scores.values()) / len(scores)  # macro over tasks
     return {"score": scores["accuracy"], "scores": scores, "truncated": clipped, "items": items}
-
-
-@METRICS.register("perplexity", requires=Requires(formats=("text", *GENERATIVE.formats), model_tasks=("causal_lm",)),
-                  traits=MetricTraits(higher_is_better=False))
-@torch.inference_mode()
-def perplexity_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig) -> Result:
-    """Corpus perplexity; each item's score is its mean token negative log-likelihood."""
-    batch_size, max_length = evaluation.batch_size, evaluation.max_length
-    encoded = [(item_id, encode_lm_rows([row], cfg.format, tokenizer, cfg.template, False, max_length))
-               for item_id, row in zip(item_ids(rows), rows)]
-    ids = [item_id for item_id, example in encoded if example]
-    examples = [example[0] for _, example in encoded if example]
-    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    device = next(model.parameters()).device
-    item_nll: list[float] = []
-    item_tokens: list[int] = []
-    model.eval()
-    for start in tqdm(range(0, len(examples), batch_size), desc="eval perplexity", leave=False):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].transpose(1, 2).float(), labels, ignore_index=-100, reduction="none")
-        item_nll += nll.sum(dim=1).tolist()
-        item_tokens += (labels != -100).sum(dim=1).tolist()
-    mean = sum(item_nll) / max(sum(item_tokens), 1)
-    items = [{"id": i, "score": n / max(t, 1), "tokens": t} for i, n, t in zip(ids, item_nll, item_tokens)]
-    return {"score": math.exp(min(mean, 50.0)), "scores": {"perplexity": math.exp(min(mean, 50.0)), "nll": mean},
-            "items": items}
 
 
 @torch.inference_mode()

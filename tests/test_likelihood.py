@@ -1,0 +1,103 @@
+"""Log-likelihood probes: answer_logprob is the mean log-probability of the gold answer's tokens after
+the prompt as training renders it (checked by hand on a tiny model), choice ranks the gold among
+other items' answers (the same candidates in every run, whatever the row order), and bad settings
+are one line."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from conftest import make_recipe
+from stagewise.config import DatasetConfig, EvalTaskConfig, EvaluationConfig, ModelConfig
+from stagewise.data.tokenize import encode_prompt
+from stagewise.errors import RecipeError
+from stagewise.eval.likelihood import answer_logprob_task, candidates, choice_task
+from stagewise.eval.suite import item_ids
+from stagewise.models import load_model_and_tokenizer
+
+ROWS = [{"instruction": f"Capital of country {i}?", "output": answer}
+        for i, answer in enumerate(["Paris", "Rome", "Berlin", "Madrid", "Lisbon", "Vienna"])]
+CFG = DatasetConfig(format="instruction", template="alpaca", rows=ROWS)
+
+
+def by_hand(model, tokenizer, row: dict, answer: str) -> tuple[float, int]:
+    """Summed log-probability of ``answer``'s tokens after the row's alpaca prompt, and their count."""
+    prompt = encode_prompt(row, "instruction", tokenizer, "alpaca")
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + answer_ids])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    total = sum(float(log_probs[len(prompt) - 1 + k, token]) for k, token in enumerate(answer_ids))
+    return total, len(answer_ids)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+
+
+def test_answer_logprob_is_the_mean_gold_token_log_probability(tiny):
+    model, tokenizer = tiny
+    result = answer_logprob_task(model, tokenizer, EvalTaskConfig(name="p", data="d", metric="answer_logprob"), CFG,
+                                 ROWS, EvaluationConfig(batch_size=4))
+    expected = [total / count for total, count in (by_hand(model, tokenizer, row, row["output"]) for row in ROWS)]
+    assert [item["score"] for item in result["items"]] == pytest.approx(expected, abs=1e-5)
+    assert result["score"] == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+    assert [item["id"] for item in result["items"]] == item_ids(ROWS)
+
+
+def test_choice_ranks_the_gold_among_other_items_answers(tiny):
+    model, tokenizer = tiny
+    result = choice_task(model, tokenizer, EvalTaskConfig(name="p", data="d", metric="choice", choices=3), CFG, ROWS,
+                         EvaluationConfig(batch_size=5))
+    options = candidates(ROWS, item_ids(ROWS), "output", 3)
+    for row, option, item in zip(ROWS, options, result["items"]):
+        assert option[0] == row["output"] and len(set(option)) == 3 and item["candidates"] == 3
+        totals = [by_hand(model, tokenizer, row, text)[0] for text in option]
+        assert item["score"] == float(max(range(3), key=totals.__getitem__) == 0)
+    assert result["score"] == sum(item["score"] for item in result["items"]) / len(ROWS)
+
+
+def test_choice_candidates_do_not_depend_on_row_order():
+    shuffled = ROWS[:]
+    random.Random(5).shuffle(shuffled)
+    first = dict(zip(item_ids(ROWS), candidates(ROWS, item_ids(ROWS), "output", 4)))
+    second = dict(zip(item_ids(shuffled), candidates(shuffled, item_ids(shuffled), "output", 4)))
+    assert first == second
+
+
+def test_choice_on_a_probe_with_one_answer_is_one_line(tiny):
+    from stagewise.errors import DataError
+
+    rows = [{**row, "output": "same"} for row in ROWS]
+    with pytest.raises(DataError, match="needs at least 2 distinct gold answers") as err:
+        choice_task(*tiny, EvalTaskConfig(name="p", data="d", metric="choice"), CFG, rows, EvaluationConfig())
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("probe, message", [
+    ({"name": "p", "data": "sft", "metric": "choice", "choices": 1}, "evaluation.target.0.choices"),
+    ({"name": "p", "data": "prose", "metric": "answer_logprob"}, "metric 'answer_logprob' takes data of format"),
+])
+def test_bad_likelihood_probes_are_one_line(tmp_path, probe, message):
+    datasets = {"sft": {"format": "instruction", "rows": ROWS}, "prose": {"format": "text", "rows": [{"text": "x"}]}}
+    with pytest.raises(RecipeError) as err:
+        make_recipe(tmp_path, [{"name": "s", "data": "sft"}], datasets=datasets, evaluation={"target": [probe]})
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_run_reports_likelihood_probes_before_and_after(tmp_path):
+    from conftest import run
+
+    datasets = {"sft": {"format": "instruction", "template": "alpaca", "rows": ROWS}}
+    evaluation = {"target": [{"name": "logprob", "data": "sft", "metric": "answer_logprob"}],
+                  "retention": [{"name": "mc", "data": "sft", "metric": "choice", "choices": 3}]}
+    result = run(make_recipe(tmp_path, [{"name": "s", "data": "sft", "max_steps": 3, "lr": 1e-2, "batch_size": 3}],
+                             datasets=datasets, evaluation=evaluation))
+    before = result.manifest["base_evaluation"]["target"]["logprob"]["score"]
+    after = result.manifest["stages"][0]["evaluation"]["target"]["logprob"]["score"]
+    assert after > before  # training on these answers makes them more likely
+    items = (tmp_path / "run" / result.manifest["stages"][0]["evaluation"]["retention"]["mc"]["items_file"])
+    assert len(items.read_text().splitlines()) == len(ROWS)  # per-item scores for the study's paired statistics
