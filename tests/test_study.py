@@ -133,7 +133,12 @@ def one_line_error(capsys, argv, expected):
     ({"seeds": [1, 1]}, "seeds must be distinct"),
     ({"arms": {"full": {"recipe": "missing.yaml"}, "b": {"recipe": "base.yaml"}}}, "arms.full.recipe: missing.yaml: recipe file not found"),
     ({"arms": {"full": {"recipe": "base.yaml"}, "b": {"recipe": "base.yaml", "sweep": {"key": "stages.0.lrr", "values": [1]}}}},
-     "arms.b.sweep.key"),
+     "arms.b.sweep.stages.0.lrr: "),
+    ({"arms": {"full": {"recipe": "base.yaml"}, "b": {"recipe": "base.yaml", "sweep": {"stages.0.lr": [1e-3],
+                                                                                       "stages.0.epochz": [1]}}}},
+     "arms.b.sweep.stages.0.epochz: "),
+    ({"arms": {"full": {"recipe": "base.yaml"}, "b": {"recipe": "base.yaml", "sweep": {"stages.0.lr": []}}}},
+     "arms.b.sweep: 'stages.0.lr' has no values"),
     ({"arms": {"full": {"recipe": "base.yaml"}, "b": {"recipe": "base.yaml", "overrides": ["evaluation.retention=[]"]}}},
      "arms.b: its probes differ from arm 'full'"),
     ({"arms": {"full": {"recipe": "base.yaml"}, "a/b": {"recipe": "base.yaml"}}}, "arm name 'a/b'"),
@@ -143,7 +148,7 @@ def one_line_error(capsys, argv, expected):
     ({"arms": {"full": {"recipe": "base.yaml"}}}, "arms: give at least 2 arms"),
     ({"arms": {"full": {"recipe": "base.yaml"},
                "b": {"recipe": "base.yaml", "sweep": {"key": "description", "values": ["a b", "a_b"]}}}},
-     "arms.b.sweep.values: two values share the run folder name 'description=a_b'"),
+     "arms.b.sweep: two values share the run folder name 'description=a_b'"),
     ({"seeds": [-1]}, "seeds.0: Input should be greater than or equal to 0"),
     ({"bootstrap": 10**15}, "bootstrap: Input should be less than or equal to 100000"),
 ])
@@ -292,3 +297,17 @@ def test_a_task_sequence_study_reports_bwt_consistent_with_each_runs_matrix(tmp_
     assert versus["estimate"] == pytest.approx(continual["arms"]["low"]["bwt"]["estimate"]
                                                - continual["arms"]["full"]["bwt"]["estimate"])
     assert "## Task sequence: ta -> tb" in (tmp_path / "study/study.md").read_text()
+
+
+def test_a_sweep_over_several_keys_is_a_grid_of_runs(tmp_path):
+    from stagewise.cli import find_recipe
+    from stagewise.study.config import load_study
+
+    grid = {"stages.0.lr": [1e-3, 1e-2], "stages.0.epochs": [1, 3]}
+    path = write_study(tmp_path, arms={"full": {"recipe": "base.yaml"}, "g": {"recipe": "base.yaml", "sweep": grid}})
+    study = load_study(path, find_recipe)
+    runs = [run for run in study.runs if run.arm == "g"]
+    assert [(run.recipe.stages[0].lr, run.recipe.stages[0].epochs, run.seed) for run in runs] == [
+        (lr, epochs, seed) for lr in (1e-3, 1e-2) for epochs in (1, 3) for seed in (0, 1)]
+    assert runs[2].point == "g@lr=0.001,epochs=3"
+    assert runs[2].recipe.output_dir.endswith("runs/g/lr=0.001+epochs=3/seed-0")

@@ -3,12 +3,13 @@ baseline arm; every run it implies, validated before anything runs.
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..config import Recipe, line_for, load_recipe, raise_validation_error, read_yaml_file
 from ..errors import RecipeError, StagewiseError
@@ -16,10 +17,40 @@ from ..schema import SAFE_NAME_HINT, StrictModel, is_safe_name
 
 
 class SweepConfig(StrictModel):
-    """One recipe key and its values: each value is a run (per seed), in this order along the curve."""
+    """Recipe keys and their values. ``{key: K, values: [...]}`` sweeps one key, each value a run
+    (per seed), in this order along the curve; ``{K1: [...], K2: [...]}`` is a grid: every
+    combination is a run (the first key varies slowest)."""
 
-    key: str                                    # a dotted override path, e.g. stages.0.lr
-    values: list[Any] = Field(min_length=1)
+    grid: dict[str, list[Any]]                  # dotted override path (e.g. stages.0.lr) -> its values
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_key_or_grid(cls, value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"key", "values"}:
+            value = {value["key"]: value["values"]}
+        if not isinstance(value, dict) or not value:
+            raise ValueError("give a key and its values ({key: stages.0.lr, values: [...]}) or a grid of keys "
+                             "({stages.0.lr: [...], stages.0.epochs: [...]})")
+        empty = [key for key, values in value.items() if isinstance(values, list) and not values]
+        if empty:
+            raise ValueError(f"{empty[0]!r} has no values")
+        return {"grid": value}
+
+    def points(self) -> list[Any]:
+        """Each run's sweep value: the value of a one-key sweep, else a {key: value} per grid point."""
+        if len(self.grid) == 1:
+            return list(next(iter(self.grid.values())))
+        return [dict(zip(self.grid, combination)) for combination in itertools.product(*self.grid.values())]
+
+    def overrides(self, value: Any) -> list[str]:
+        pairs = value.items() if isinstance(value, dict) else [(next(iter(self.grid)), value)]
+        return [f"{key}={item}" for key, item in pairs]
+
+    def label(self, value: Any) -> str:
+        """The run folder's name for a sweep value (``lr=0.0001``, ``lr=0.0001+epochs=2``)."""
+        pairs = value.items() if isinstance(value, dict) else [(next(iter(self.grid)), value)]
+        text = "+".join(f"{key.split('.')[-1]}={item}" for key, item in pairs)
+        return "".join(c if c.isalnum() or c in "._+=-" else "_" for c in text)
 
 
 class ArmConfig(StrictModel):
@@ -71,7 +102,11 @@ class StudyRun:
     @property
     def point(self) -> str:
         """The arm's curve point this run belongs to (its sweep value, or the arm itself)."""
-        return self.arm if self.sweep_value is None else f"{self.arm}@{self.sweep_value}"
+        if self.sweep_value is None:
+            return self.arm
+        if isinstance(self.sweep_value, dict):
+            return f"{self.arm}@" + ",".join(f"{key.split('.')[-1]}={value}" for key, value in self.sweep_value.items())
+        return f"{self.arm}@{self.sweep_value}"
 
 
 @dataclass(frozen=True)
@@ -120,11 +155,6 @@ def select_seeds(study: Study, seeds: list[int]) -> Study:
     return replace(study, config=config, runs=[run for run in study.runs if run.seed in keep])
 
 
-def _sweep_label(key: str, value: Any) -> str:
-    text = f"{key.split('.')[-1]}={value}"
-    return "".join(c if c.isalnum() or c in "._+=-" else "_" for c in text)
-
-
 def load_study(path: str | Path, find_recipe: Any) -> Study:
     """Read, validate and expand a study file; every problem is one line with the file and line."""
     path = Path(path)
@@ -164,28 +194,26 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
             recipe_path = find_recipe(str(path.parent / arm.recipe) if (path.parent / arm.recipe).is_file() else arm.recipe)
         except StagewiseError as err:
             fail(("arms", arm_name, "recipe"), str(err))
-        values = arm.sweep.values if arm.sweep else [None]
-        labels = [_sweep_label(arm.sweep.key, value) for value in values] if arm.sweep else []
+        values = arm.sweep.points() if arm.sweep else [None]
+        labels = [arm.sweep.label(value) for value in values] if arm.sweep else []
         clash = next((label for label in labels if labels.count(label) > 1), None)
         if clash is not None:
-            fail(("arms", arm_name, "sweep", "values"), f"two values share the run folder name {clash!r} "
-                                                        "(values differing only in characters a folder name cannot "
-                                                        "hold); make them distinct")
+            fail(("arms", arm_name, "sweep"), f"two values share the run folder name {clash!r} "
+                                              "(values differing only in characters a folder name cannot "
+                                              "hold); make them distinct")
         for value in values:
             for seed in config.seeds:
                 folder = out / "runs" / arm_name
                 if value is not None:
-                    folder = folder / _sweep_label(arm.sweep.key, value)
-                overrides = [*config.overrides, *arm.overrides]
-                if arm.sweep:
-                    overrides.append(f"{arm.sweep.key}={value}")
+                    folder = folder / arm.sweep.label(value)
+                overrides = [*config.overrides, *arm.overrides, *(arm.sweep.overrides(value) if arm.sweep else [])]
                 try:
                     recipe = load_recipe(recipe_path, overrides)
                     recipe = load_recipe(recipe_path, [*overrides, *(f"stages.{i}.seed={seed}" for i in range(len(recipe.stages))),
                                                        f"output_dir={folder / f'seed-{seed}'}"])
                 except RecipeError as err:
-                    loc = ("arms", arm_name, "sweep", "key") if arm.sweep and arm.sweep.key in str(err) else ("arms", arm_name)
-                    fail(loc, str(err))
+                    swept = [key for key in (arm.sweep.grid if arm.sweep else {}) if key in str(err)]
+                    fail(("arms", arm_name, "sweep", swept[0]) if swept else ("arms", arm_name), str(err))
                 if recipe.evaluation is None:
                     fail(("arms", arm_name, "recipe"), f"{recipe_path} has no evaluation section: nothing to compare")
                 signature = {group: [(t.name, t.metric, t.tasks,
