@@ -54,6 +54,7 @@ def test_study_runs_every_arm_and_seed_and_writes_its_outputs(tmp_path, capsys):
         versus = results["rows"][name]["probes"]["recall"]["vs_baseline"]
         assert versus["low"] <= versus["estimate"] <= versus["high"] and 0 < versus["p_holm"] <= 1
     assert "vs_baseline" not in results["rows"]["full"]["probes"]["recall"]
+    assert results["frontier"]["note"] == "no gain range that every arm measured"  # 0/1 recall: some arm gains 0
     assert results["probes"]["recall"]["items"] == 8 and results["probes"]["ppl"]["items"] == 6
     # every epoch-1 point plus the final point, per arm; a sweep arm's curve is its sweep values
     assert len(results["matched"]["full"]["curve"]) == 2 and len(results["matched"]["lr"]["curve"]) == 2
@@ -311,3 +312,19 @@ def test_a_sweep_over_several_keys_is_a_grid_of_runs(tmp_path):
         (lr, epochs, seed) for lr in (1e-3, 1e-2) for epochs in (1, 3) for seed in (0, 1)]
     assert runs[2].point == "g@lr=0.001,epochs=3"
     assert runs[2].recipe.output_dir.endswith("runs/g/lr=0.001+epochs=3/seed-0")
+
+
+def test_a_study_with_a_continuous_target_compares_frontiers(tmp_path):
+    """answer_logprob as the target: every arm gains, so frontiers are compared and drawn."""
+    path = write_study(tmp_path, arms={"full": {"recipe": "base.yaml"},
+                                       "lr": {"recipe": "base.yaml", "sweep": {"stages.0.lr": [1e-3, 3e-3]}}},
+                       seeds=[0], gain_levels=[])
+    recipe = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    recipe["evaluation"]["target"] = [{"name": "logprob", "data": "facts", "metric": "answer_logprob"}]
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["study", str(path)]) == 0
+    out = tmp_path / "study"
+    frontier = json.loads((out / "study.json").read_text())["frontier"]
+    assert len(frontier["levels"]) == 9 and set(frontier["probes"]["ppl"]["arms"]) == {"full", "lr"}
+    assert "area" in frontier["probes"]["ppl"]["arms"]["lr"] and (out / "frontier.png").is_file()
+    assert "## Frontiers (logprob gain vs retention)" in (out / "study.md").read_text()

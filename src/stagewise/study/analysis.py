@@ -25,6 +25,7 @@ from ..stats import (
     statistic_delta_interval,
 )
 from .config import Study, StudyRun
+from .frontier import frontier_analysis
 
 GROUPS = ("target", "retention")
 CLASSIFICATION = ("macro_f1", "micro_f1", "accuracy")  # probes whose items carry prediction and gold labels
@@ -227,6 +228,12 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
             {"gain": float((point[match.name] - match.base[None, :]).mean()),
              **{probe.name: float((point[probe.name] - probe.base[None, :]).mean())
                 for probe in retention}} for point in curve]
+    frontier = None
+    if not match.classification and retention:
+        paths = {arm: [row.points for row in rows if row.arm == arm] for arm in config.arms}
+        frontier = frontier_analysis(paths, config.baseline, match.name,
+                                     {probe.name: probe.higher_is_better for probe in retention},
+                                     {probe.name: probe.base for probe in probes}, n_boot, config.frontier_levels)
     summary = {name: {"group": probe.group, "metric": probe.metric if name == probe.name else "f1",
                       "higher_is_better": probe.higher_is_better, "items": len(probe.ids),
                       "base": float(probe.base.mean()) if statistic is None
@@ -242,6 +249,7 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
         "probes": summary,
         "rows": table,
         "matched": matched,
+        "frontier": frontier,
         "continual": continual_summary(study, probes, rows, baseline, n_boot),
         "loco": [{"cluster": cluster, "probe": name, "base": summary[name]["base"],
                   "held_out": table[f"without-{cluster}"]["probes"][name]["score"],

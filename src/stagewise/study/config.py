@@ -79,6 +79,7 @@ class StudyConfig(StrictModel):
     overrides: list[str] = Field(default_factory=list)  # applied to every arm first (e.g. smaller data)
     match_on: str | None = None                 # target probe whose gain is matched (default: the first)
     gain_levels: list[float] = Field(default_factory=list)  # more gain levels to read retention at
+    frontier_levels: int = Field(default=9, ge=2, le=50)  # gain levels the frontiers are compared at
     bootstrap: int = Field(default=2000, ge=100, le=100_000)  # bootstrap resamples per interval (each holds
                                                                 # resamples x items floats per probe in memory)
     output_dir: str = "runs/study"

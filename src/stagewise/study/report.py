@@ -1,6 +1,7 @@
 """What a person reads from a study: study.md (tables), study.png (gain vs retention, one line
-per arm along its curve, the base model at the origin) and forest.png (paired differences vs the
-baseline with their 95% intervals)."""
+per arm along its curve, the base model at the origin), frontier.png (each arm's best retention
+at each gain, with its band) and forest.png (paired differences vs the baseline with their 95%
+intervals)."""
 from __future__ import annotations
 
 import math
@@ -93,7 +94,69 @@ def study_markdown(results: dict[str, Any]) -> str:
             if probe == "curve":
                 continue
             lines.append(f"| {arm} | {probe} | " + " | ".join(_ci(v) for v in values) + " |")
-    return "\n".join(lines + _cost(results)) + "\n"
+    return "\n".join(lines + _frontier(results) + _cost(results)) + "\n"
+
+
+def _frontier(results: dict[str, Any]) -> list[str]:
+    """Each arm's frontier (best retention reached at each gain, cross-fitted) and the mean paired
+    difference from the baseline's frontier over the common gain range."""
+    frontier = results.get("frontier")
+    if not frontier:
+        return []
+    if not frontier["levels"]:
+        return ["", f"Frontiers: not compared ({frontier['note']})."]
+    levels = frontier["levels"]
+    lines = ["", f"## Frontiers ({frontier['match_on']} gain vs retention)", "",
+             "Each arm's best retention change reached at each target gain over all its points (every sweep value "
+             "and curve point; paths chosen on one half of the items, read on the other). 'area' is the mean "
+             f"paired difference from the baseline's frontier over gains {levels[0]:+.3f} to {levels[-1]:+.3f}."]
+    for probe, entry in frontier["probes"].items():
+        lines += ["", f"### {probe}", "",
+                  "| arm | area vs baseline [95% CI] | p | p (Holm) | " + " | ".join(f"at {g:+.3f}" for g in levels) + " |",
+                  "|---|---|---|---|" + "---|" * len(levels)]
+        for arm, values in entry["arms"].items():
+            area = values.get("area")
+            lines.append(f"| {arm} | {_ci(area) if area else '(baseline)'} | {_p(area and area.get('p_value'))} | "
+                         f"{_p(area and area.get('p_holm'))} | "
+                         + " | ".join(_ci(point, "+.3f") for point in values["frontier"]) + " |")
+    return lines
+
+
+def plot_frontier(results: dict[str, Any], path: Path) -> None:
+    """One panel per retention probe: each arm's points (light), its frontier and 95% band, the base
+    model at the origin (nothing to draw without a common gain range)."""
+    frontier = results.get("frontier")
+    if not frontier or not frontier["levels"]:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probes = list(frontier["probes"])
+    columns = min(len(probes), 3)
+    fig, axes = plt.subplots(math.ceil(len(probes) / columns), columns, figsize=(5 * columns, 4), squeeze=False)
+    for ax, probe in zip(axes.flat, probes):
+        entry = frontier["probes"][probe]
+        for arm, values in entry["arms"].items():
+            cloud = entry["cloud"][arm]
+            dots = ax.scatter([x for x, _ in cloud], [y for _, y in cloud], s=8, alpha=0.35)
+            shown = [p for p in values["frontier"] if p["estimate"] is not None]
+            ax.plot([p["gain"] for p in shown], [p["estimate"] for p in shown], color=dots.get_facecolor()[0],
+                    alpha=1.0, label=arm)
+            banded = [p for p in shown if p["low"] is not None]
+            ax.fill_between([p["gain"] for p in banded], [p["low"] for p in banded], [p["high"] for p in banded],
+                            color=dots.get_facecolor()[0], alpha=0.15)
+        ax.scatter([0], [0], marker="*", s=120, color="black", zorder=5, label="base model")
+        ax.set_xlabel(f"target gain ({frontier['match_on']})")
+        ax.set_ylabel(f"change on {probe}")
+        ax.set_title(probe)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(probes):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("frontiers: best retention reached at each gain (cross-fitted; bands: 95% CI)")
+    save_figure(fig, path, dpi=130, bbox_inches="tight")
 
 
 def _cost(results: dict[str, Any]) -> list[str]:

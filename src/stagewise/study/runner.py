@@ -20,7 +20,7 @@ from ..io import atomic_write_json, atomic_write_text
 from ..written import Written
 from .analysis import analyse
 from .config import Study, StudyRun
-from .report import plot_forest, plot_gain_retention, study_markdown
+from .report import plot_forest, plot_frontier, plot_gain_retention, study_markdown
 
 
 def is_complete(run: StudyRun) -> bool:
@@ -81,6 +81,7 @@ def run_study(study: Study, log: Callable[[str], None]) -> dict[str, Any]:
     atomic_write_json(out / "study.json", results)
     plot_gain_retention(results, out / "study.png")
     plot_forest(results, out / "forest.png")
+    plot_frontier(results, out / "frontier.png")
     atomic_write_text(out / "study.md", study_markdown(results))
     for name in REPORTS:
         if (out / name).is_file():
@@ -88,7 +89,7 @@ def run_study(study: Study, log: Callable[[str], None]) -> dict[str, Any]:
     return results
 
 
-REPORTS = ("study.json", "study.png", "forest.png", "study.md")
+REPORTS = ("study.json", "study.png", "forest.png", "frontier.png", "study.md")
 
 
 def check_reports(folder: Path) -> None:
