@@ -208,3 +208,22 @@ def test_every_epoch_traces_a_curve_of_points(tmp_path):
         items = read_items(tmp_path / "run" / point["evaluation"]["target"]["recall"]["items_file"])
         assert len(items) == len(FACT_ROWS) and point["eval_time_s"] > 0
     assert (tmp_path / "run/eval/0-sft/epoch-1/recall.jsonl").is_file()
+
+
+@pytest.mark.parametrize("every, points", [
+    ("log", ["step-1", "step-2", "step-4", "epoch-1", "epoch-2"]),  # 8 steps per epoch: 1/8, 1/4, 1/2, then epochs
+    ({"steps": [3, 5]}, ["step-3", "step-5"]),
+    ("epoch", ["epoch-1", "epoch-2"]),
+])
+def test_curve_points_land_where_asked(tmp_path, every, points):
+    """`every: log` is dense inside the first epoch, `{steps}` at the listed steps, `epoch` at epoch ends
+    (the stage's last point is its own evaluation)."""
+    from conftest import make_recipe, run
+
+    rows = [{"instruction": f"say {i}", "output": f"{i}"} for i in range(16)]
+    datasets = {"d": {"format": "instruction", "template": "alpaca", "rows": rows}}
+    evaluation = {"target": [{"name": "t", "data": "d", "metric": "answer_logprob"}], "every": every}
+    result = run(make_recipe(tmp_path, [{"name": "s", "data": "d", "epochs": 3, "batch_size": 2}],
+                             datasets=datasets, evaluation=evaluation))
+    curve = result.manifest["stages"][0]["curve"]
+    assert [point["evaluation"]["target"]["t"]["items_file"].split("/")[-2] for point in curve] == points

@@ -118,3 +118,11 @@ def test_f1_statistics_match_hand_computed_values_and_pair():
     perfect = np.stack([gold, gold])
     delta = statistic_delta_interval(perfect, predicted, macro, n_boot=200)
     assert delta.estimate == pytest.approx(1 - 0.625) and delta.low <= delta.estimate <= delta.high
+
+
+def test_the_interpolated_gap_is_the_bracketing_segment_over_the_range():
+    from stagewise.stats import crossing_gap
+
+    assert crossing_gap([0.0, 0.1, 0.4, 0.5], 0.2) == pytest.approx(0.6)   # 0.1 -> 0.4 of a 0.5 range
+    assert crossing_gap([0.0, 0.1, 0.4, 0.5], 0.05) == pytest.approx(0.2)
+    assert crossing_gap([0.0, 0.1], 0.3) is None

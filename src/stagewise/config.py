@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Literal, NoReturn
+from typing import Annotated, Any, Callable, Literal, NoReturn
 
 import yaml
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
@@ -163,6 +163,12 @@ class EvalTaskConfig(StrictModel):
         return value
 
 
+class CurveSteps(StrictModel):
+    """``evaluation.every: {steps: [25, 50, 100]}``: curve points after these optimizer steps."""
+
+    steps: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+
+
 class EvaluationConfig(StrictModel):
     """What 'gain' and 'forgetting' mean for this recipe: target probes and retention probes."""
 
@@ -171,7 +177,10 @@ class EvaluationConfig(StrictModel):
     batch_size: int = Field(default=16, ge=1)   # sequences decoded (or scored) per batch
     max_length: int = Field(default=512, ge=8)
     after_each_stage: bool = True
-    every: Literal["stage", "epoch"] = "stage"  # epoch: also score at each epoch's end (a gain/retention curve)
+    # stage: score after each stage; epoch: also at each epoch's end (a gain/retention curve); log: also after
+    # 1/8, 1/4 and 1/2 of the first epoch, then every epoch (dense where fine-tuning changes most);
+    # {steps: [...]}: also after these optimizer steps of every stage
+    every: Literal["stage", "epoch", "log"] | CurveSteps = "stage"
 
 
 class StageConfig(StrictModel):
@@ -869,8 +878,9 @@ def _check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], bas
 
     if dist.fsdp and dist.deepspeed:
         fail("deepspeed", "choose one sharding engine: fsdp or deepspeed, not both")
-    if dist.fsdp and recipe.evaluation and recipe.evaluation.every == "epoch":
-        fail("fsdp", "evaluation.every: epoch scores the model in the middle of sharded training; score each "
+    if dist.fsdp and recipe.evaluation and recipe.evaluation.every != "stage":
+        every = recipe.evaluation.every if isinstance(recipe.evaluation.every, str) else "{steps}"
+        fail("fsdp", f"evaluation.every: {every} scores the model in the middle of sharded training; score each "
                      "stage (every: stage) instead")
     if dist.deepspeed:
         found, config = _deepspeed_config(dist.deepspeed, base_dir, fail)

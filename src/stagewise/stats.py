@@ -93,6 +93,16 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def crossing_gap(gains: Sequence[float], level: float) -> float | None:
+    """The gain width of the segment where a curve (from the base model at 0) first reaches ``level``,
+    as a share of the curve's gain range: how much unmeasured curve the interpolation bridges."""
+    span = max(abs(g) for g in gains) or 1.0
+    for g0, g1 in zip(gains, gains[1:]):
+        if (g0 - level) * (g1 - level) <= 0 and g0 != g1:
+            return abs(g1 - g0) / span
+    return None
+
+
 def interpolate_at_gain(gains: Sequence[float], retentions: Sequence[float], level: float) -> float | None:
     """Retention where a curve of (gain, retention) points, in training order starting at the base
     model (0, 0), first reaches ``level`` of gain (linear between neighbouring points); None when
@@ -126,6 +136,7 @@ def matched_retention(
     estimate = curve(None, None)
     if estimate is None:
         return {"estimate": None, "low": None, "high": None, "reached": False}
+    gap = crossing_gap([0.0, *(float((t - target_base[None, :]).mean()) for t in target)], level)
     rng = np.random.default_rng(seed)
     seeds, n_target, n_retention = target[0].shape[0], target[0].shape[1], retention[0].shape[1]
     draws = []
@@ -137,9 +148,10 @@ def matched_retention(
             draws.append(value)
     reached = len(draws) / n_boot
     if len(draws) < 0.5 * n_boot:  # most resamples never reach the level: no honest interval
-        return {"estimate": estimate, "low": None, "high": None, "reached": True, "reached_in_resamples": reached}
+        return {"estimate": estimate, "low": None, "high": None, "reached": True, "reached_in_resamples": reached,
+                "gap": gap}
     interval = _percentile(np.asarray(draws), estimate, conf)
-    return {**interval.to_dict(), "reached": True, "reached_in_resamples": reached}
+    return {**interval.to_dict(), "reached": True, "reached_in_resamples": reached, "gap": gap}
 
 
 def f1_per_class(predicted: np.ndarray, gold: np.ndarray, n_classes: int) -> np.ndarray:

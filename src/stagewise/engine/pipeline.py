@@ -115,22 +115,44 @@ def _weights_sha256(files: tuple[tuple[str, int, int, int], ...]) -> list[tuple[
     return [(Path(path).name, file_sha256(path)) for path, *_ in files]
 
 
-class CurvePoints(TrainerCallback):
-    """``evaluation.every: epoch``: score the probes at the end of every epoch but the last (the
-    stage's own evaluation covers that), so each stage traces a (gain, retention) curve. Points
-    are recorded in the manifest entry's ``curve`` as they come (one per step, so a resumed stage
-    replaces the points it recomputes)."""
+LOG_FRACTIONS = (1 / 8, 1 / 4, 1 / 2)  # `every: log`: points inside the first epoch, where most change happens
 
-    def __init__(self, evaluator: Evaluator, entry: dict[str, Any], manifest: Manifest, tokenizer: Any) -> None:
+
+class CurvePoints(TrainerCallback):
+    """``evaluation.every: epoch | log | {steps}``: score the probes during training — at the end
+    of every epoch but the last (the stage's own evaluation covers that), after 1/8, 1/4 and 1/2
+    of the first epoch too (``log``), or after the listed steps — so each stage traces a (gain,
+    retention) curve. Points are recorded in the manifest entry's ``curve`` as they come (one per
+    step, so a resumed stage replaces the points it recomputes)."""
+
+    def __init__(self, evaluator: Evaluator, entry: dict[str, Any], manifest: Manifest, tokenizer: Any,
+                 every: Any) -> None:
         self.evaluator, self.entry, self.manifest, self.tokenizer = evaluator, entry, manifest, tokenizer
+        self.every = every
+        self.steps: set[int] = set()
         self.off_clock_s = 0.0  # seconds spent evaluating inside train(): the stage runner subtracts them
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.every == "log":
+            per_epoch = state.max_steps / max(state.num_train_epochs, 1)
+            self.steps = {round(per_epoch * fraction) for fraction in LOG_FRACTIONS} - {0}
+        elif not isinstance(self.every, str):
+            self.steps = set(self.every.steps)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step in self.steps:
+            self.score(args, state, model, f"step-{state.global_step}")
+
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if self.every in ("epoch", "log") and state.global_step not in self.steps:
+            self.score(args, state, model, f"epoch-{round(state.epoch or 0.0, 3):g}")
+
+    def score(self, args: Any, state: Any, model: Any, name: str) -> None:
         if state.global_step >= state.max_steps:
             return
         Written(Path(args.output_dir)).record()  # the stage is under way: start it before recording a point
         epoch = round(state.epoch or 0.0, 3)
-        point = f"{stage_dir_name(self.entry['index'], self.entry['name'])}/epoch-{epoch:g}"
+        point = f"{stage_dir_name(self.entry['index'], self.entry['name'])}/{name}"
         self.evaluator.log(f"[eval] {point}")
         summary, seconds = self.evaluator.score(model, self.tokenizer, point)
         self.off_clock_s += seconds
@@ -377,8 +399,8 @@ def train_and_record(
         manifest.set_stage(index, entry)
 
     log(f"[stage {index}] '{stage.name}': training")
-    if recipe.evaluation and recipe.evaluation.every == "epoch" and not builds_model(stage):
-        callbacks = [*(callbacks or []), CurvePoints(evaluator, entry, manifest, tokenizer)]
+    if recipe.evaluation and recipe.evaluation.every != "stage" and not builds_model(stage):
+        callbacks = [*(callbacks or []), CurvePoints(evaluator, entry, manifest, tokenizer, recipe.evaluation.every)]
     with before_first_write(stage_dir, start) as started:
         try:
             model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)

@@ -93,8 +93,17 @@ def study_markdown(results: dict[str, Any]) -> str:
         for probe, values in per_probe.items():
             if probe == "curve":
                 continue
-            lines.append(f"| {arm} | {probe} | " + " | ".join(_ci(v) for v in values) + " |")
+            lines.append(f"| {arm} | {probe} | " + " | ".join(_ci(v) + _gap_mark(v) for v in values) + " |")
+    lines += ["", f"† read across an unmeasured stretch wider than {WIDE_GAP:.0%} of the curve's gain range (the "
+                  "curve was interpolated there: add curve points, e.g. `evaluation.every: log`)."]
     return "\n".join(lines + _frontier(results) + _cost(results)) + "\n"
+
+
+WIDE_GAP = 0.25  # a matched-gain value read across a wider share of the gain range is flagged
+
+
+def _gap_mark(value: dict[str, Any]) -> str:
+    return " †" if (value.get("gap") or 0.0) > WIDE_GAP else ""
 
 
 def _frontier(results: dict[str, Any]) -> list[str]:
