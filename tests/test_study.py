@@ -314,13 +314,16 @@ def test_a_sweep_over_several_keys_is_a_grid_of_runs(tmp_path):
     assert runs[2].recipe.output_dir.endswith("runs/g/lr=0.001+epochs=3/seed-0")
 
 
-def test_a_study_with_a_continuous_target_compares_frontiers(tmp_path):
-    """answer_logprob as the target: every arm gains, so frontiers are compared and drawn."""
+def test_a_study_with_a_continuous_target_compares_frontiers_and_splits_drops(tmp_path):
+    """answer_logprob as the target: every arm gains, so frontiers are compared and drawn; a probe with
+    recovery_shots gets its format loss per arm."""
     path = write_study(tmp_path, arms={"full": {"recipe": "base.yaml"},
                                        "lr": {"recipe": "base.yaml", "sweep": {"stages.0.lr": [1e-3, 3e-3]}}},
                        seeds=[0], gain_levels=[])
     recipe = yaml.safe_load((tmp_path / "base.yaml").read_text())
     recipe["evaluation"]["target"] = [{"name": "logprob", "data": "facts", "metric": "answer_logprob"}]
+    recipe["evaluation"]["retention"].append({"name": "facts_mc", "data": "facts", "metric": "answer_logprob",
+                                              "recovery_shots": 2})
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["study", str(path)]) == 0
     out = tmp_path / "study"
@@ -328,3 +331,8 @@ def test_a_study_with_a_continuous_target_compares_frontiers(tmp_path):
     assert len(frontier["levels"]) == 9 and set(frontier["probes"]["ppl"]["arms"]) == {"full", "lr"}
     assert "area" in frontier["probes"]["ppl"]["arms"]["lr"] and (out / "frontier.png").is_file()
     assert "## Frontiers (logprob gain vs retention)" in (out / "study.md").read_text()
+    results = json.loads((out / "study.json").read_text())  # knowledge vs format on the probe scored with examples
+    assert results["probes"]["facts_mc@2shot"]["group"] == "recovery"
+    split = results["knowledge_vs_format"]["facts_mc"]["arms"]
+    assert set(split) == {"full", "lr@0.001", "lr@0.003"} and "vs_baseline" in split["lr@0.001"]
+    assert "## Knowledge vs format" in (out / "study.md").read_text()

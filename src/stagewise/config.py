@@ -141,6 +141,8 @@ class EvalTaskConfig(StrictModel):
     max_new_tokens: int = Field(default=24, ge=1)
     pattern: str | None = None  # regex metric: first group is the answer
     choices: int = Field(default=4, ge=2)  # choice: the gold and choices - 1 other items' answers (lm-eval: 4 options)
+    recovery_shots: int = Field(default=0, ge=0)  # retention: also score with k other items as examples (probe
+                                                  # <name>@<k>shot), splitting a drop into format and knowledge loss
     addon: Literal["auto", "always", "never"] = Field(  # score with the stage's add-on attached? auto = the
         default="auto", validation_alias=AliasChoices("addon", "use_prompt"))  # add-on's rule (soft prompt: target only)
     n_prompts: int = Field(default=10, ge=1)  # highly_known: SliCK's few-shot prompts per item
@@ -692,7 +694,7 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                 if task.name in names:
                     fail(("evaluation", group, index, "name"), f"duplicate probe name {task.name!r}")
                 names.add(task.name)
-                problem = probe_problem(recipe, task)
+                problem = probe_problem(recipe, task) or recovery_problem(recipe, task, group)
                 if problem:
                     fail(("evaluation", group, index, problem[0]), problem[1])
                 if task.stage is not None and task.stage not in seen:
@@ -795,6 +797,20 @@ def probe_problem(recipe: Recipe, task: EvalTaskConfig) -> tuple[str, str] | Non
         problem_text = entry.requires.problem(_objective(data_format), {data_format}, recipe.model.task)
         if problem_text:
             return "metric", f"metric {task.metric!r} {problem_text} (dataset {task.data!r})"
+    return None
+
+
+def recovery_problem(recipe: Recipe, task: EvalTaskConfig, group: str) -> tuple[str, str] | None:
+    """``recovery_shots`` re-scores a retention probe's items as prompt/completion rows with examples."""
+    if not task.recovery_shots:
+        return None
+    if group != "retention":
+        return "recovery_shots", "splits a retention drop into format and knowledge loss: set it on retention probes"
+    data_format = recipe.datasets[task.data].format if task.data else None
+    if data_format not in ("instruction", "prompt_completion") or METRICS.get(task.metric).requires.problem(
+            "lm", {"prompt_completion"}, recipe.model.task):
+        return "recovery_shots", (f"needs an instruction or prompt_completion probe scored by a generation or "
+                                  f"likelihood metric (not {task.metric!r} on {data_format} data)")
     return None
 
 

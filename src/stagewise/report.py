@@ -45,12 +45,28 @@ def compare_scores(base: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def knowledge_vs_format(base: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Per retention probe scored with examples too (``<name>@<k>shot``): its drop without them, the
+    knowledge loss (the drop with them) and the format loss (the part the examples recover)."""
+    split = {}
+    for name, shown in after.get("recovery", {}).items():
+        probe = name.rsplit("@", 1)[0]
+        before, before_shown = base.get("retention", {}).get(probe), base.get("recovery", {}).get(name)
+        if before is None or before_shown is None or probe not in after.get("retention", {}):
+            continue
+        drop = after["retention"][probe]["score"] - before["score"]
+        knowledge = shown["score"] - before_shown["score"]
+        split[probe] = {"examples": name, "drop": drop, "knowledge_loss": knowledge, "format_loss": drop - knowledge}
+    return split
+
+
 def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
     base = manifest.get("base_evaluation") or {}
     stages = []
     for entry in manifest["stages"]:
         if entry.get("evaluation"):
-            stages.append({"stage": f"{entry['index']}-{entry['name']}", **compare_scores(base, entry["evaluation"])})
+            stages.append({"stage": f"{entry['index']}-{entry['name']}", **compare_scores(base, entry["evaluation"]),
+                           "knowledge_vs_format": knowledge_vs_format(base, entry["evaluation"])})
     base_scores = compare_scores(base, base) if base else {}
     return {
         "recipe": manifest.get("recipe_path"),
@@ -86,6 +102,12 @@ def report_markdown(report: dict[str, Any]) -> str:
                    if row.get("truncated")]
         if clipped:
             lines += ["", f"Prompts clipped to evaluation.max_length (kept their last tokens): {', '.join(clipped)}"]
+        if stage.get("knowledge_vs_format"):
+            lines += ["", "| retention probe | drop | with examples: knowledge loss | recovered: format loss |",
+                      "|---|---|---|---|"]
+            lines += [f"| {probe} ({split['examples']}) | {fmt(split['drop'], signed=True)} | "
+                      f"{fmt(split['knowledge_loss'], signed=True)} | {fmt(split['format_loss'], signed=True)} |"
+                      for probe, split in stage["knowledge_vs_format"].items()]
         lines.append("")
     continual = report.get("continual")
     if continual:

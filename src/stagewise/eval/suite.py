@@ -26,6 +26,7 @@ from ..errors import DataError
 from ..generation import SamplingConfig, generate
 from ..registry import METRICS, MetricTraits, Requires
 from . import metrics
+from .recovery import recovery_name, with_examples
 
 Result = dict[str, Any]
 
@@ -174,10 +175,19 @@ def evaluate_suite(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, evaluation: EvaluationConfig,
     dataset_configs: dict[str, DatasetConfig], rows: dict[str, list[dict[str, Any]]],
 ) -> dict[str, dict[str, Result]]:
-    """``{"target": {name: result}, "retention": {name: result}}``."""
-    return {
+    """``{"target": {name: result}, "retention": {name: result}}``, and ``"recovery"`` with each
+    retention probe that sets ``recovery_shots`` scored with examples in its prompts."""
+    results = {
         group: {task.name: evaluate_task(model_for_probe(model, task, group), tokenizer, task, dataset_configs.get(task.data),
                                          rows.get(task.data, []), evaluation)
                 for task in getattr(evaluation, group)}
         for group in ("target", "retention")
     }
+    recovered = {}
+    for task in evaluation.retention:
+        if task.recovery_shots:
+            cfg, shown = with_examples(task, dataset_configs[task.data], rows[task.data], item_ids(rows[task.data]),
+                                       tokenizer)
+            recovered[recovery_name(task)] = evaluate_task(model_for_probe(model, task, "retention"), tokenizer, task,
+                                                           cfg, shown, evaluation)
+    return {**results, "recovery": recovered} if recovered else results

@@ -27,7 +27,7 @@ from ..stats import (
 from .config import Study, StudyRun
 from .frontier import frontier_analysis
 
-GROUPS = ("target", "retention")
+GROUPS = ("target", "retention", "recovery")  # recovery: retention probes scored with examples
 CLASSIFICATION = ("macro_f1", "micro_f1", "accuracy")  # probes whose items carry prediction and gold labels
 
 
@@ -108,7 +108,7 @@ def load_scores(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> tupl
     run_dir = Path(first_run.recipe.output_dir)
     probes = []
     for group in GROUPS:
-        for name, summary in base[group].items():
+        for name, summary in base.get(group, {}).items():
             items = _items(run_dir, summary)
             probe = Probe(name, group, summary["metric"], summary["higher_is_better"], list(items), np.array([]))
             if probe.classification:
@@ -141,7 +141,7 @@ def continual_summary(study: Study, probes: list[Probe], rows: list[Row], baseli
     resampled alike for both arms, as :func:`stats.paired_difference` does)."""
     recipe = study.runs[0].recipe
     stages = [stage.name for stage in recipe.stages]
-    tasks = sorted((stages.index(t.stage), t.name) for group in GROUPS
+    tasks = sorted((stages.index(t.stage), t.name) for group in ("target", "retention")
                    for t in getattr(recipe.evaluation, group) if t.stage)
     by_name = {probe.name: probe for probe in probes}
     if (not tasks or recipe.evaluation.every != "stage" or any(by_name[name].classification for _, name in tasks)
@@ -176,6 +176,30 @@ def continual_summary(study: Study, probes: list[Probe], rows: list[Row], baseli
                     sum(map(len, every_item))).to_dict()
             table[row.name][key] = entry
     return {"tasks": [name for _, name in tasks], "arms": table}
+
+
+def knowledge_vs_format(probes: list[Probe], rows: list[Row], baseline: Row, n_boot: int) -> dict[str, Any]:
+    """Per retention probe scored with examples too (``<name>@<k>shot``) and arm: the format loss,
+    the part of the drop the examples recover (drop without them minus drop with them), with its
+    interval and its paired difference from the baseline's (the knowledge loss is the ``@kshot``
+    probe's own change, in the probe tables)."""
+    by_name = {probe.name: probe for probe in probes}
+    split: dict[str, Any] = {}
+    for shown in (probe for probe in probes if probe.group == "recovery"):
+        plain = by_name.get(shown.name.rsplit("@", 1)[0])
+        if plain is None or plain.classification:
+            continue
+        base = plain.base - shown.base
+
+        def format_part(row: Row) -> np.ndarray:
+            return row.final[plain.name] - row.final[shown.name]  # (seeds, items): plain minus with examples
+
+        split[plain.name] = {"examples": shown.name, "arms": {
+            row.name: {"format_loss": mean_delta_interval(format_part(row), base, n_boot).to_dict(),
+                       **({} if row is baseline else {"vs_baseline": paired_difference(
+                           format_part(row), format_part(baseline), n_boot).to_dict()})}
+            for row in rows}}
+    return split
 
 
 def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str, Any]:
@@ -234,6 +258,7 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
         frontier = frontier_analysis(paths, config.baseline, match.name,
                                      {probe.name: probe.higher_is_better for probe in retention},
                                      {probe.name: probe.base for probe in probes}, n_boot, config.frontier_levels)
+    split = knowledge_vs_format(probes, rows, baseline, n_boot)
     summary = {name: {"group": probe.group, "metric": probe.metric if name == probe.name else "f1",
                       "higher_is_better": probe.higher_is_better, "items": len(probe.ids),
                       "base": float(probe.base.mean()) if statistic is None
@@ -250,6 +275,7 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
         "rows": table,
         "matched": matched,
         "frontier": frontier,
+        "knowledge_vs_format": split,
         "continual": continual_summary(study, probes, rows, baseline, n_boot),
         "loco": [{"cluster": cluster, "probe": name, "base": summary[name]["base"],
                   "held_out": table[f"without-{cluster}"]["probes"][name]["score"],

@@ -82,7 +82,7 @@ def study_markdown(results: dict[str, Any]) -> str:
     if not levels:
         lines += ["", "Retention at matched target gain: not computed (it needs a per-item score target probe and "
                       "at least one such retention probe)."]
-        return "\n".join(lines + _cost(results)) + "\n"
+        return "\n".join(lines + _knowledge_vs_format(results) + _cost(results)) + "\n"
     lines += ["", f"## Retention at matched target gain ({results['match_on']})", "",
               f"Read along each arm's curve (training order from the base model) at the baseline's final gain "
               f"{levels[0]:+.3f}" + (f" and at {', '.join(f'{g:+.3f}' for g in levels[1:])}" if levels[1:] else "")
@@ -96,7 +96,7 @@ def study_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {arm} | {probe} | " + " | ".join(_ci(v) + _gap_mark(v) for v in values) + " |")
     lines += ["", f"† read across an unmeasured stretch wider than {WIDE_GAP:.0%} of the curve's gain range (the "
                   "curve was interpolated there: add curve points, e.g. `evaluation.every: log`)."]
-    return "\n".join(lines + _frontier(results) + _cost(results)) + "\n"
+    return "\n".join(lines + _knowledge_vs_format(results) + _frontier(results) + _cost(results)) + "\n"
 
 
 WIDE_GAP = 0.25  # a matched-gain value read across a wider share of the gain range is flagged
@@ -104,6 +104,25 @@ WIDE_GAP = 0.25  # a matched-gain value read across a wider share of the gain ra
 
 def _gap_mark(value: dict[str, Any]) -> str:
     return " †" if (value.get("gap") or 0.0) > WIDE_GAP else ""
+
+
+def _knowledge_vs_format(results: dict[str, Any]) -> list[str]:
+    """Per probe scored with examples: each arm's format loss (recovered by the examples) with its
+    interval and paired difference from the baseline's."""
+    split = results.get("knowledge_vs_format")
+    if not split:
+        return []
+    lines = ["", "## Knowledge vs format", "",
+             "Format loss: the part of a retention drop that examples in the prompt recover (the drop without them "
+             "minus the drop with them); the knowledge loss is the `@kshot` probe's own change above."]
+    for probe, entry in split.items():
+        lines += ["", f"| {probe} ({entry['examples']}) | format loss [95% CI] | vs baseline [95% CI] | p |",
+                  "|---|---|---|---|"]
+        for arm, values in entry["arms"].items():
+            versus = values.get("vs_baseline")
+            lines.append(f"| {arm} | {_ci(values['format_loss'])} | {_ci(versus) if versus else '(baseline)'} | "
+                         f"{_p(versus and versus['p_value'])} |")
+    return lines
 
 
 def _frontier(results: dict[str, Any]) -> list[str]:
