@@ -126,3 +126,16 @@ def test_the_interpolated_gap_is_the_bracketing_segment_over_the_range():
     assert crossing_gap([0.0, 0.1, 0.4, 0.5], 0.2) == pytest.approx(0.6)   # 0.1 -> 0.4 of a 0.5 range
     assert crossing_gap([0.0, 0.1, 0.4, 0.5], 0.05) == pytest.approx(0.2)
     assert crossing_gap([0.0, 0.1], 0.3) is None
+
+
+def test_spearman_uses_average_ranks_for_ties():
+    from stagewise.stats import average_ranks, spearman, spearman_interval
+
+    assert average_ranks([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # x ranks 1..5, y ranks [2, 1, 4, 3, 5]: 1 - 6 * sum d^2 / (n (n^2 - 1)) = 1 - 6 * 4 / 120 = 0.8
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    result = spearman_interval(list(range(30)), [v + (v % 3) for v in range(30)], n_boot=300)
+    assert result["low"] <= result["estimate"] <= result["high"] and result["points"] == 30

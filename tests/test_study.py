@@ -336,3 +336,5 @@ def test_a_study_with_a_continuous_target_compares_frontiers_and_splits_drops(tm
     split = results["knowledge_vs_format"]["facts_mc"]["arms"]
     assert set(split) == {"full", "lr@0.001", "lr@0.003"} and "vs_baseline" in split["lr@0.001"]
     assert "## Knowledge vs format" in (out / "study.md").read_text()
+    correlation = results["kl_vs_retention"]["ppl"]  # 3 runs x 1 stage: KL vs perplexity change
+    assert correlation["points"] == 3 and -1 <= correlation["estimate"] <= 1

@@ -183,6 +183,8 @@ class EvaluationConfig(StrictModel):
     # 1/8, 1/4 and 1/2 of the first epoch, then every epoch (dense where fine-tuning changes most);
     # {steps: [...]}: also after these optimizer steps of every stage
     every: Literal["stage", "epoch", "log"] | CurveSteps = "stage"
+    kl_prompts: int = Field(default=64, ge=0)  # forgetting predictor: KL(tuned || entering) on this many of each
+    kl_tokens: int = Field(default=32, ge=1)   # stage's prompts, tuned model's samples of this length (0: off)
 
 
 class StageConfig(StrictModel):

@@ -66,7 +66,8 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
     for entry in manifest["stages"]:
         if entry.get("evaluation"):
             stages.append({"stage": f"{entry['index']}-{entry['name']}", **compare_scores(base, entry["evaluation"]),
-                           "knowledge_vs_format": knowledge_vs_format(base, entry["evaluation"])})
+                           "knowledge_vs_format": knowledge_vs_format(base, entry["evaluation"]),
+                           "kl_to_entering": entry.get("kl_to_entering")})
     base_scores = compare_scores(base, base) if base else {}
     return {
         "recipe": manifest.get("recipe_path"),
@@ -92,7 +93,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     for stage in report["stages"]:
         lines += [f"## after {stage['stage']}", "",
                   f"target gain: **{fmt(stage['target_gain'], signed=True)}**, "
-                  f"retention delta: **{fmt(stage['retention_delta'], signed=True)}**", "",
+                  f"retention delta: **{fmt(stage['retention_delta'], signed=True)}**"
+                  + (f", KL to the entering model on this stage's prompts: **{fmt(stage['kl_to_entering']['per_sequence'])}**"
+                     f" per sequence ({fmt(stage['kl_to_entering']['per_token'], '.4f')} per token)"
+                     if stage.get("kl_to_entering") else ""), "",
                   "| group | probe | metric | base | after | delta |", "|---|---|---|---|---|---|"]
         for group in GROUPS:
             for name, row in stage[group].items():

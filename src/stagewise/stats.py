@@ -8,7 +8,7 @@ model, so every comparison is paired on the same items.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -197,3 +197,32 @@ def paired_statistic_difference(arm: np.ndarray, baseline: np.ndarray, statistic
         idx = rng.integers(0, items, size=items)
         draws[b] = value(arm, idx) - value(baseline, idx)
     return paired_from_draws(draws, estimate, level, items)
+
+
+def average_ranks(values: Sequence[float]) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank."""
+    _, inverse, counts = np.unique(np.asarray(values, float), return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2)[inverse]
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's on average ranks); None when either side is constant."""
+    rx, ry = average_ranks(x), average_ranks(y)
+    if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def spearman_interval(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, level: float = 0.95,
+                      seed: int = 0) -> dict[str, Any]:
+    """Spearman's correlation with a percentile interval from resampling the (x, y) points."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    estimate = spearman(x, y)
+    rng = np.random.default_rng(seed)
+    draws = [value for value in (spearman(x[idx], y[idx]) for idx in rng.integers(0, len(x), size=(n_boot, len(x))))
+             if value is not None]
+    if estimate is None or len(draws) < 0.5 * n_boot:
+        return {"estimate": estimate, "low": None, "high": None, "points": len(x)}
+    low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return {"estimate": estimate, "low": float(low), "high": float(high), "points": len(x)}

@@ -26,6 +26,7 @@ from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_m
 from ..sharding import check_shardable, wants_sharding
 from ..errors import OutputError, StagewiseError
 from ..eval import Evaluator
+from ..eval.kl import forward_kl, stage_prompts
 from ..io import file_sha256, folder_sha256
 from ..merging import BASE, HeldWeights, SafetensorsWeights, WeightSource, plain_weights
 from ..models import load_model_and_tokenizer, load_pretrained, load_stage_output, on_local_device, seed_weights_folder
@@ -383,6 +384,28 @@ def clear_stale_stage_folder(recipe: Recipe, manifest: Manifest, index: int, con
     barrier()
 
 
+def measures_kl(recipe: Recipe, stage: StageConfig) -> bool:
+    """The forgetting predictor applies to a causal LM stage that hands its model on (``kl_prompts > 0``)."""
+    return bool(recipe.evaluation and recipe.evaluation.kl_prompts and recipe.model.task == "causal_lm"
+                and not builds_model(stage))
+
+
+def stage_kl(model: Any, tokenizer: Any, recipe: Recipe, index: int, datasets: dict[str, LoadedDataset],
+             identity: ModelIdentity, log: Log) -> dict[str, float]:
+    """KL(tuned ‖ entering) on the stage's own prompts (``eval.kl``); the entering model is reloaded."""
+    evaluation, stage = recipe.evaluation, recipe.stages[index]
+    prompts = [ids for name in stage.data for ids in stage_prompts(
+        datasets[name].rows, recipe.datasets[name].format, tokenizer, recipe.datasets[name].template,
+        evaluation.kl_prompts, stage.seed)][:evaluation.kl_prompts]
+    entering = entering_stage(recipe, index)
+    log(f"[eval] KL to the model entering stage {index} on {len(prompts)} of its prompts")
+    reference = identity.model_of("base" if entering < 0 else recipe.stages[entering].name)
+    try:
+        return forward_kl(model, reference, tokenizer, prompts, evaluation.kl_tokens, evaluation.batch_size, stage.seed)
+    finally:
+        del reference
+
+
 def train_and_record(
     model: Any, tokenizer: Any, recipe: Recipe, index: int, datasets: dict[str, LoadedDataset], config_hash_: str,
     manifest: Manifest, evaluator: Evaluator, identity: ModelIdentity, callbacks: list[TrainerCallback] | None,
@@ -413,6 +436,8 @@ def train_and_record(
             raise
     record_trained(entry, result, stage_dir)
     manifest.set_stage(index, entry)
+    if evaluator.wants(index) and measures_kl(recipe, stage) and is_main_process():
+        entry["kl_to_entering"] = stage_kl(model, tokenizer, recipe, index, datasets, identity, log)
     if evaluator.wants(index):
         evaluator.score_stage(entry, model, tokenizer, stage_dir.name)
     entry["status"] = "completed"

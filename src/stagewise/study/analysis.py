@@ -20,6 +20,7 @@ from ..stats import (
     matched_retention,
     mean_delta_interval,
     paired_difference,
+    spearman_interval,
     paired_from_draws,
     paired_statistic_difference,
     statistic_delta_interval,
@@ -178,6 +179,27 @@ def continual_summary(study: Study, probes: list[Probe], rows: list[Row], baseli
     return {"tasks": [name for _, name in tasks], "arms": table}
 
 
+def kl_predicts_forgetting(manifests: dict[StudyRun, dict[str, Any]], retention: list[Probe],
+                           n_boot: int) -> dict[str, Any]:
+    """Per retention probe: Spearman's correlation, over every run's scored stages, between the stage's
+    KL to its entering model and the probe's change over that stage (RL's Razor's forgetting predictor)."""
+    points: dict[str, list[tuple[float, float]]] = {probe.name: [] for probe in retention}
+    for manifest in manifests.values():
+        before = manifest.get("base_evaluation") or {}
+        for stage in manifest["stages"]:
+            after = stage.get("evaluation")
+            if not after:
+                continue
+            kl = stage.get("kl_to_entering")
+            for probe in retention:
+                old, new = (scores.get("retention", {}).get(probe.name, {}).get("score") for scores in (before, after))
+                if kl is not None and old is not None and new is not None:
+                    points[probe.name].append((kl["per_sequence"], new - old))
+            before = after
+    return {name: spearman_interval([x for x, _ in pairs], [y for _, y in pairs], n_boot)
+            for name, pairs in points.items() if len(pairs) >= 3}
+
+
 def knowledge_vs_format(probes: list[Probe], rows: list[Row], baseline: Row, n_boot: int) -> dict[str, Any]:
     """Per retention probe scored with examples too (``<name>@<k>shot``) and arm: the format loss,
     the part of the drop the examples recover (drop without them minus drop with them), with its
@@ -259,6 +281,7 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
                                      {probe.name: probe.higher_is_better for probe in retention},
                                      {probe.name: probe.base for probe in probes}, n_boot, config.frontier_levels)
     split = knowledge_vs_format(probes, rows, baseline, n_boot)
+    kl_correlation = kl_predicts_forgetting(manifests, retention, n_boot)
     summary = {name: {"group": probe.group, "metric": probe.metric if name == probe.name else "f1",
                       "higher_is_better": probe.higher_is_better, "items": len(probe.ids),
                       "base": float(probe.base.mean()) if statistic is None
@@ -276,6 +299,7 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
         "matched": matched,
         "frontier": frontier,
         "knowledge_vs_format": split,
+        "kl_vs_retention": kl_correlation,
         "continual": continual_summary(study, probes, rows, baseline, n_boot),
         "loco": [{"cluster": cluster, "probe": name, "base": summary[name]["base"],
                   "held_out": table[f"without-{cluster}"]["probes"][name]["score"],

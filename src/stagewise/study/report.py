@@ -82,7 +82,7 @@ def study_markdown(results: dict[str, Any]) -> str:
     if not levels:
         lines += ["", "Retention at matched target gain: not computed (it needs a per-item score target probe and "
                       "at least one such retention probe)."]
-        return "\n".join(lines + _knowledge_vs_format(results) + _cost(results)) + "\n"
+        return "\n".join(lines + _knowledge_vs_format(results) + _kl_correlation(results) + _cost(results)) + "\n"
     lines += ["", f"## Retention at matched target gain ({results['match_on']})", "",
               f"Read along each arm's curve (training order from the base model) at the baseline's final gain "
               f"{levels[0]:+.3f}" + (f" and at {', '.join(f'{g:+.3f}' for g in levels[1:])}" if levels[1:] else "")
@@ -96,7 +96,8 @@ def study_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {arm} | {probe} | " + " | ".join(_ci(v) + _gap_mark(v) for v in values) + " |")
     lines += ["", f"† read across an unmeasured stretch wider than {WIDE_GAP:.0%} of the curve's gain range (the "
                   "curve was interpolated there: add curve points, e.g. `evaluation.every: log`)."]
-    return "\n".join(lines + _knowledge_vs_format(results) + _frontier(results) + _cost(results)) + "\n"
+    return "\n".join(lines + _knowledge_vs_format(results) + _frontier(results) + _kl_correlation(results)
+                     + _cost(results)) + "\n"
 
 
 WIDE_GAP = 0.25  # a matched-gain value read across a wider share of the gain range is flagged
@@ -104,6 +105,20 @@ WIDE_GAP = 0.25  # a matched-gain value read across a wider share of the gain ra
 
 def _gap_mark(value: dict[str, Any]) -> str:
     return " †" if (value.get("gap") or 0.0) > WIDE_GAP else ""
+
+
+def _kl_correlation(results: dict[str, Any]) -> list[str]:
+    """Spearman's correlation between each stage's KL to its entering model and a probe's change."""
+    correlation = results.get("kl_vs_retention")
+    if not correlation:
+        return []
+    lines = ["", "## Does KL to the entering model predict forgetting?", "",
+             "Spearman's correlation, over every run's scored stages, between the stage's KL(tuned || entering) on "
+             "its own prompts and each retention probe's change over that stage (negative: more KL, more "
+             "forgetting); the interval resamples the points.", "",
+             "| retention probe | Spearman [95% CI] | points |", "|---|---|---|"]
+    lines += [f"| {probe} | {_ci(value, '+.2f')} | {value['points']} |" for probe, value in correlation.items()]
+    return lines
 
 
 def _knowledge_vs_format(results: dict[str, Any]) -> list[str]:
