@@ -68,12 +68,12 @@ def test_choice_candidates_do_not_depend_on_row_order():
     assert first == second
 
 
-def test_choice_on_a_probe_with_one_answer_is_one_line(tiny):
+def test_choice_with_too_few_distinct_answers_is_one_line(tiny):
     from stagewise.errors import DataError
 
-    rows = [{**row, "output": "same"} for row in ROWS]
-    with pytest.raises(DataError, match="needs at least 2 distinct gold answers") as err:
-        choice_task(*tiny, EvalTaskConfig(name="p", data="d", metric="choice"), CFG, rows, EvaluationConfig())
+    rows = [{**row, "output": "same" if i % 2 else "other"} for i, row in enumerate(ROWS)]  # 2 distinct answers
+    with pytest.raises(DataError, match="choices 3 needs at least 3 distinct gold answers .* it has 2") as err:
+        choice_task(*tiny, EvalTaskConfig(name="p", data="d", metric="choice", choices=3), CFG, rows, EvaluationConfig())
     assert "\n" not in str(err.value)
 
 

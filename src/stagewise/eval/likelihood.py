@@ -103,10 +103,12 @@ def choice_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows
                 evaluation: EvaluationConfig) -> Result:
     """Is the gold answer the most likely of the item's candidates (1/0)?"""
     key, ids = ANSWER_KEY[cfg.format], item_ids(rows)
+    distinct = len({normalize_answer(row[key]) for row in rows})
+    if distinct < task.choices:
+        raise DataError(f"evaluation {task.name!r}: metric 'choice' with choices {task.choices} needs at least "
+                        f"{task.choices} distinct gold answers in dataset {task.data!r} (it has {distinct}; the "
+                        "distractors are other items' answers): lower choices")
     options = candidates(rows, ids, key, task.choices)
-    if max(len(option) for option in options) < 2:
-        raise DataError(f"evaluation {task.name!r}: metric 'choice' needs at least 2 distinct gold answers in "
-                        f"dataset {task.data!r} (the distractors are other items' answers)")
     model.eval()
     examples = [answer_example({**row, key: text}, cfg, tokenizer, evaluation.max_length)
                 for row, option in zip(rows, options) for text in option]
