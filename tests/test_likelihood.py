@@ -72,7 +72,7 @@ def test_choice_with_too_few_distinct_answers_is_one_line(tiny):
     from stagewise.errors import DataError
 
     rows = [{**row, "output": "same" if i % 2 else "other"} for i, row in enumerate(ROWS)]  # 2 distinct answers
-    with pytest.raises(DataError, match="choices 3 needs at least 3 distinct gold answers .* it has 2") as err:
+    with pytest.raises(DataError, match=r"choices 3 needs at least 3 distinct gold answers .*\(it has 2") as err:
         choice_task(*tiny, EvalTaskConfig(name="p", data="d", metric="choice", choices=3), CFG, rows, EvaluationConfig())
     assert "\n" not in str(err.value)
 
