@@ -165,6 +165,15 @@ class EvalTaskConfig(StrictModel):
         return value
 
 
+class GuardConfig(StrictModel):
+    """``evaluation.guard``: stop a stage whose retention probe drops too far (``engine.guard``)."""
+
+    probe: str                                 # a retention probe's name
+    max_drop: float = Field(gt=0)              # largest drop from the entering model's score that is tolerated
+    every_steps: int = Field(default=50, ge=1)  # optimizer steps between checks
+    items: int | None = Field(default=None, ge=1)  # score the probe's first N items only (None: all)
+
+
 class CurveSteps(StrictModel):
     """``evaluation.every: {steps: [25, 50, 100]}``: curve points after these optimizer steps."""
 
@@ -183,6 +192,7 @@ class EvaluationConfig(StrictModel):
     # 1/8, 1/4 and 1/2 of the first epoch, then every epoch (dense where fine-tuning changes most);
     # {steps: [...]}: also after these optimizer steps of every stage
     every: Literal["stage", "epoch", "log"] | CurveSteps = "stage"
+    guard: GuardConfig | None = None  # stop a stage when a retention probe drops more than max_drop
     kl_prompts: int = Field(default=64, ge=0)  # forgetting predictor: KL(tuned || entering) on this many of each
     kl_tokens: int = Field(default=32, ge=1)   # stage's prompts, tuned model's samples of this length (0: off)
 
@@ -706,6 +716,9 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                                                                f"not {task.metric!r} (lower is better)")
                 if task.stage is not None and not recipe.evaluation.after_each_stage:
                     fail(("evaluation", "after_each_stage"), "task probes (stage:) need a score after every stage")
+        problem = guard_problem(recipe)
+        if problem:
+            fail(("evaluation", "guard", problem[0]), problem[1])
     for name, dataset in recipe.datasets.items():
         sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None,
                    dataset.hub is not None]
@@ -799,6 +812,20 @@ def probe_problem(recipe: Recipe, task: EvalTaskConfig) -> tuple[str, str] | Non
         problem_text = entry.requires.problem(_objective(data_format), {data_format}, recipe.model.task)
         if problem_text:
             return "metric", f"metric {task.metric!r} {problem_text} (dataset {task.data!r})"
+    return None
+
+
+def guard_problem(recipe: Recipe) -> tuple[str, str] | None:
+    """The guard names a retention probe and checks within every stage that sets max_steps."""
+    guard = recipe.evaluation.guard if recipe.evaluation else None
+    if guard is None:
+        return None
+    retention = [task.name for task in recipe.evaluation.retention]
+    if guard.probe not in retention:
+        return "probe", f"{guard.probe!r} is not a retention probe (retention probes: {', '.join(retention) or 'none'})"
+    short = next((stage.name for stage in recipe.stages if 0 < stage.max_steps < guard.every_steps), None)
+    if short is not None:
+        return "every_steps", f"{guard.every_steps} is more than stage {short!r}'s max_steps: the guard would never check"
     return None
 
 

@@ -102,6 +102,8 @@ class StageTrainerMixin:
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.penalty is not None and "loss" in logs:
             logs = {**logs, "penalty": self.penalty.value()}
+        for callback in self.callback_handler.callbacks:  # e.g. the retention guard's latest check
+            logs = {**logs, **getattr(callback, "extra_logs", dict)()}
         super().log(logs, *args, **kwargs)
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:

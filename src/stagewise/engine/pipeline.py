@@ -31,8 +31,10 @@ from ..io import file_sha256, folder_sha256
 from ..merging import BASE, HeldWeights, SafetensorsWeights, WeightSource, plain_weights
 from ..models import load_model_and_tokenizer, load_pretrained, load_stage_output, on_local_device, seed_weights_folder
 from ..precision import load_dtype, resolve_precision
+from ..registry import METRICS
 from ..report import build_report, write_report
 from ..written import Written, before_first_write, remove, stage_written
+from .guard import RetentionGuard
 from .manifest import Manifest
 from .run_folder import check_foreign_content, check_no_links, check_writable_folder, read_manifest, run_lock
 from .stage import ADAPTER_DIR, ModelIdentity, StageResult, class_labels, run_stage
@@ -424,6 +426,12 @@ def train_and_record(
     log(f"[stage {index}] '{stage.name}': training")
     if recipe.evaluation and recipe.evaluation.every != "stage" and not builds_model(stage):
         callbacks = [*(callbacks or []), CurvePoints(evaluator, entry, manifest, tokenizer, recipe.evaluation.every)]
+    if recipe.evaluation and recipe.evaluation.guard and not builds_model(stage):
+        guard = recipe.evaluation.guard
+        metric = next(task.metric for task in recipe.evaluation.retention if task.name == guard.probe)
+        callbacks = [*(callbacks or []), RetentionGuard(
+            lambda scored: evaluator.probe_score(scored, tokenizer, guard.probe, guard.items), guard,
+            METRICS.get(metric).traits.higher_is_better, entry, log)]
     with before_first_write(stage_dir, start) as started:
         try:
             model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)
@@ -455,8 +463,9 @@ def record_failure(manifest: Manifest, entry: dict[str, Any], started: bool, **d
 
 def running_entry(recipe: Recipe, index: int, datasets: dict[str, LoadedDataset], config_hash_: str,
                   previous: dict[str, Any] | None) -> dict[str, Any]:
-    """The manifest entry of a stage about to train: its inputs, and the curve points a resumed
-    run of the same config already has (points before its checkpoint are not recomputed)."""
+    """The manifest entry of a stage about to train: its inputs, and the curve points and guard record
+    a resumed run of the same config already has (points before its checkpoint are not recomputed;
+    the guard keeps measuring drops from the score the stage entered with)."""
     stage = recipe.stages[index]
     entry: dict[str, Any] = {
         "index": index,
@@ -471,8 +480,8 @@ def running_entry(recipe: Recipe, index: int, datasets: dict[str, LoadedDataset]
         },
         "outputs": {"dir": str(stage_folder(recipe, index))},
     }
-    if previous and previous.get("config_hash") == config_hash_ and previous.get("curve"):
-        entry["curve"] = previous["curve"]
+    if previous and previous.get("config_hash") == config_hash_:
+        entry.update({key: previous[key] for key in ("curve", "guard") if previous.get(key)})
     return entry
 
 

@@ -14,7 +14,7 @@ from ..data import LoadedDataset
 from ..distributed import broadcast_from_main, is_main_process
 from ..io import atomic_write_text, read_verified_json, write_verified_json
 from ..precision import autocast
-from .suite import evaluate_suite
+from .suite import evaluate_suite, evaluate_task
 
 
 def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset], seed_key: str) -> str:
@@ -58,6 +58,16 @@ class Evaluator:
                         json.dumps(item, ensure_ascii=False) + "\n" for item in result.get("items", [])))
                 summary[group][name] = {**{k: v for k, v in result.items() if k != "items"}, "items_file": relative}
         return summary
+
+    def probe_score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str,
+                    items: int | None) -> float:
+        """One retention probe's score on its first ``items`` items, recorded nowhere (the guard's check)."""
+        assert self.recipe.evaluation is not None
+        task = next(task for task in self.recipe.evaluation.retention if task.name == name)
+        rows = self.datasets[task.data].rows[:items] if task.data else []
+        with autocast(self.recipe.performance.precision):
+            return evaluate_task(model, tokenizer, task, self.recipe.datasets.get(task.data), rows,
+                                 self.recipe.evaluation)["score"]
 
     def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, point: str) -> tuple[dict[str, Any], float]:
         """(summary, wall seconds) of scoring ``model`` at ``point``."""
