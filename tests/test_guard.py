@@ -65,3 +65,11 @@ def test_bad_guards_are_one_line(tmp_path, guard, stage, message):
     with pytest.raises(RecipeError) as err:
         recipe(tmp_path, guard, **stage)
     assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_a_guard_under_fsdp_is_one_line(tmp_path):
+    with pytest.raises(RecipeError, match=r"distributed\.fsdp: evaluation\.guard scores the model") as err:
+        make_recipe(tmp_path, [{"name": "s", "data": "sft"}], datasets=DATASETS, distributed={"fsdp": True},
+                    evaluation={"retention": [{"name": "ppl", "data": "prose", "metric": "perplexity"}],
+                                "guard": {"probe": "ppl", "max_drop": 1.0}})
+    assert "\n" not in str(err.value)

@@ -124,3 +124,21 @@ def test_mofo_on_fsdp_shards_is_refused(tmp_path):
     with pytest.raises(RecipeError, match=r"optimizer 'mofo' does not run on FSDP2 shards") as err:
         make_recipe(tmp_path, [{"name": "s", "data": "sft", "optimizer": "mofo"}], distributed={"fsdp": True})
     assert "\n" not in str(err.value)
+
+
+def test_mofo_trains_a_qlora_adapter_and_moves_a_fraction_of_each_adapter_matrix(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from conftest import Snapshot
+
+    stage = {"name": "s", "data": "sft", "lr": 1e-2, "max_steps": 1, "batch_size": 2,
+             "trainable": {"kind": "lora", "lora_rank": 4}, "optimizer": {"kind": "mofo", "fraction": 0.25}}
+    snapshot = Snapshot()
+    result = run(make_recipe(tmp_path, [stage], model={"model_name_or_path": "tiny-llama",
+                                                       "quantization": {"bits": 4}}), [snapshot])
+    before = snapshot.states[0]
+    after = dict(result.model.named_parameters())
+    moved = {name: int((before[name] != after[name].detach()).sum()) for name in before
+             if after[name].requires_grad and after[name].ndim == 2}
+    assert moved and all(count == max(1, int(before[name].numel() * 0.25)) or count == 0
+                         for name, count in moved.items())  # one step: exactly the top quarter (B starts at 0)
+    assert any(count > 0 for count in moved.values())

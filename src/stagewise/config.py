@@ -923,6 +923,9 @@ def _check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], bas
 
     if dist.fsdp and dist.deepspeed:
         fail("deepspeed", "choose one sharding engine: fsdp or deepspeed, not both")
+    if dist.fsdp and recipe.evaluation and recipe.evaluation.guard:
+        fail("fsdp", "evaluation.guard scores the model in the middle of sharded training; drop the guard or "
+                     "distributed.fsdp")
     if dist.fsdp and recipe.evaluation and recipe.evaluation.every != "stage":
         every = recipe.evaluation.every if isinstance(recipe.evaluation.every, str) else "{steps}"
         fail("fsdp", f"evaluation.every: {every} scores the model in the middle of sharded training; score each "

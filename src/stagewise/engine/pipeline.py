@@ -219,11 +219,13 @@ def _run_locked(
     start = reusable_stages(recipe, manifest, hashes, log)
     check_stage_folders(recipe, manifest, hashes, start, force)
     evaluator = Evaluator(recipe, datasets, seed_model_key(recipe), log)
-    finish_reused_stages(recipe, manifest, evaluator, start)
 
     def load_seed() -> tuple[Any, Any]:
         return load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets), seed=head_seed(recipe),
                                         precision=recipe.performance.precision)
+
+    finish_reused_stages(recipe, manifest, evaluator, start, datasets,
+                         functools.partial(named_model, recipe, load_seed), log)
 
     base_scores = evaluator.cached_base()
     model = tokenizer = None
@@ -332,14 +334,22 @@ def changed_output(stage_dir: Path, recorded: dict[str, str] | None) -> str | No
     return None
 
 
-def finish_reused_stages(recipe: Recipe, manifest: Manifest, evaluator: Evaluator, start: int) -> None:
+def finish_reused_stages(recipe: Recipe, manifest: Manifest, evaluator: Evaluator, start: int,
+                         datasets: dict[str, LoadedDataset], model_of: Callable[[str], Any], log: Log) -> None:
     """Record the reused stages and score those never scored on these probes (changed probes,
-    or a run stopped during evaluation), from their saved weights."""
+    or a run stopped during evaluation), from their saved weights, with the KL to their entering
+    model where it is missing too."""
     for index in range(start):
         entry = dict(manifest.previous(index) or {})
-        if evaluator.wants(index) and entry.get("evaluation_key") != evaluator.key:
+        unscored = evaluator.wants(index) and entry.get("evaluation_key") != evaluator.key
+        no_kl = (unscored and measures_kl(recipe, recipe.stages[index]) and is_main_process()
+                 and "kl_to_entering" not in entry)  # (a finished stage is reused as it was recorded)
+        if unscored:
             stage_model, stage_tokenizer = load_stage_output(stage_folder(recipe, index), recipe.model,
                                                              recipe.performance.precision)
+        if no_kl:
+            entry["kl_to_entering"] = stage_kl(stage_model, stage_tokenizer, recipe, index, datasets, model_of, log)
+        if unscored:
             evaluator.score_stage(entry, stage_model, stage_tokenizer, stage_dir_name(index, entry["name"]))
         entry["status"] = "completed"
         manifest.set_stage(index, entry)
@@ -393,7 +403,7 @@ def measures_kl(recipe: Recipe, stage: StageConfig) -> bool:
 
 
 def stage_kl(model: Any, tokenizer: Any, recipe: Recipe, index: int, datasets: dict[str, LoadedDataset],
-             identity: ModelIdentity, log: Log) -> dict[str, float]:
+             model_of: Callable[[str], Any], log: Log) -> dict[str, float]:
     """KL(tuned ‖ entering) on the stage's own prompts (``eval.kl``); the entering model is reloaded."""
     evaluation, stage = recipe.evaluation, recipe.stages[index]
     prompts = [ids for name in stage.data for ids in stage_prompts(
@@ -401,7 +411,7 @@ def stage_kl(model: Any, tokenizer: Any, recipe: Recipe, index: int, datasets: d
         evaluation.kl_prompts, stage.seed)][:evaluation.kl_prompts]
     entering = entering_stage(recipe, index)
     log(f"[eval] KL to the model entering stage {index} on {len(prompts)} of its prompts")
-    reference = identity.model_of("base" if entering < 0 else recipe.stages[entering].name)
+    reference = model_of("base" if entering < 0 else recipe.stages[entering].name)
     try:
         return forward_kl(model, reference, tokenizer, prompts, evaluation.kl_tokens, evaluation.batch_size, stage.seed)
     finally:
@@ -445,7 +455,8 @@ def train_and_record(
     record_trained(entry, result, stage_dir)
     manifest.set_stage(index, entry)
     if evaluator.wants(index) and measures_kl(recipe, stage) and is_main_process():
-        entry["kl_to_entering"] = stage_kl(model, tokenizer, recipe, index, datasets, identity, log)
+        entry["kl_to_entering"] = stage_kl(model, tokenizer, recipe, index, datasets, identity.model_of, log)
+        manifest.set_stage(index, entry)
     if evaluator.wants(index):
         evaluator.score_stage(entry, model, tokenizer, stage_dir.name)
     entry["status"] = "completed"
