@@ -281,7 +281,8 @@ def test_selection_runs_over_all_stage_datasets_and_hands_rows_back_to_their_own
     loaded = {name: load_dataset_config(name, recipe.datasets[name]) for name in datasets}
     model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
     identity = ModelIdentity(key="k-stagewide", seed_key="k-stagewide", load_seed=lambda: (model, tokenizer),
-                             weights_of=lambda name: None, folder_of=lambda name: tmp_path)
+                             weights_of=lambda name: None, folder_of=lambda name: tmp_path,
+                             model_of=lambda name: model)
     out, reports = transform_stage_data(model, tokenizer, recipe, recipe.stages[0], loaded, tmp_path,
                                         identity, lambda message: None)
     [report] = reports

@@ -33,7 +33,11 @@ LM_ROWS = [{"instruction": a * 4, "output": b * 4} for a, b in ("ab", "cd", "ef"
 SETTINGS = (("instruction", "causal_lm", LM_ROWS), ("classification", "sequence_classification", CLASSIFICATION_ROWS))
 POINTS = {"trainable": SELECTORS, "loss": LOSSES, "regularizer": REGULARIZERS, "lr_rule": LR_RULES,
           "trainer": TRAINERS}
-TINY_EXAMPLES = {"select": {"categories": ["Unknown"]}}  # a random tiny model knows none of the rows
+TINY_EXAMPLES = {"select": {"categories": ["Unknown"]},  # a random tiny model knows none of the rows
+                 # on-policy replay keeps an answer whose last number equals the gold's: the golds have none, so
+                 # the tiny model's number-free answers pass (by 'contains' it would reject them all); 4-token
+                 # answers keep all 4 rows and equal token counts (1 row per rank and step)
+                 "on_policy_replay": {"reward_rule": "last_integer", "max_new_tokens": 4}}
 TOLERANCE = 5e-4  # fp32, 2 steps at lr 1e-2: reduction order differs (measured worst 1.5e-4, SDFT distill)
 
 

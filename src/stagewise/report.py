@@ -96,7 +96,7 @@ def report_markdown(report: dict[str, Any]) -> str:
                   f"retention delta: **{fmt(stage['retention_delta'], signed=True)}**"
                   + (f", KL to the entering model on this stage's prompts: **{fmt(stage['kl_to_entering']['per_sequence'])}**"
                      f" per sequence ({fmt(stage['kl_to_entering']['per_token'], '.4f')} per token)"
-                     if stage.get("kl_to_entering") else ""), "",
+                     if (stage.get("kl_to_entering") or {}).get("per_sequence") is not None else ""), "",
                   "| group | probe | metric | base | after | delta |", "|---|---|---|---|---|---|"]
         for group in GROUPS:
             for name, row in stage[group].items():

@@ -409,6 +409,8 @@ def stage_kl(model: Any, tokenizer: Any, recipe: Recipe, index: int, datasets: d
     prompts = [ids for name in stage.data for ids in stage_prompts(
         datasets[name].rows, recipe.datasets[name].format, tokenizer, recipe.datasets[name].template,
         evaluation.kl_prompts, stage.seed)][:evaluation.kl_prompts]
+    if not prompts:
+        return {"per_sequence": None, "per_token": None, "prompts": 0, "tokens": 0}
     entering = entering_stage(recipe, index)
     log(f"[eval] KL to the model entering stage {index} on {len(prompts)} of its prompts")
     reference = model_of("base" if entering < 0 else recipe.stages[entering].name)

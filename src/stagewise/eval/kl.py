@@ -20,9 +20,15 @@ import torch
 from ..data.tokenize import prompt_text
 
 
+PROMPT_FORMATS = ("instruction", "prompt_completion", "chat", "preference")  # the formats whose rows have a prompt
+
+
 def stage_prompts(rows: list[dict[str, Any]], data_format: str, tokenizer: Any, template: str, count: int,
                   seed: int) -> list[list[int]]:
-    """Up to ``count`` of the rows' prompts (drawn with ``seed``), token ids as training renders them."""
+    """Up to ``count`` of the rows' prompts (drawn with ``seed``), token ids as training renders them;
+    none for data without prompts (plain text, labelled rows a transform templates later)."""
+    if data_format not in PROMPT_FORMATS:
+        return []
     chosen = rows if len(rows) <= count else random.Random(seed).sample(rows, count)
     texts = [prompt_text(row, data_format, tokenizer, template) for row in chosen]
     return [tokenizer(text, add_special_tokens=True)["input_ids"] for text in texts if text]

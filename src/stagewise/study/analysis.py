@@ -193,7 +193,7 @@ def kl_predicts_forgetting(manifests: dict[StudyRun, dict[str, Any]], retention:
             kl = stage.get("kl_to_entering")
             for probe in retention:
                 old, new = (scores.get("retention", {}).get(probe.name, {}).get("score") for scores in (before, after))
-                if kl is not None and old is not None and new is not None:
+                if kl and kl["per_sequence"] is not None and old is not None and new is not None:
                     points[probe.name].append((kl["per_sequence"], new - old))
             before = after
     return {name: spearman_interval([x for x, _ in pairs], [y for _, y in pairs], n_boot)
