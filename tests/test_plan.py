@@ -55,6 +55,10 @@ def test_the_shipped_configs_get_a_verdict_and_the_cheapest_fix(tmp_path):
     eight = load_model_config(recipe.model, str(CONFIGS / "llama-3-8b.json"))
     [full] = plan_recipe(recipe, eight, device_memory=parse_memory("80GB"))
     assert full.train.total == 8_030_261_248 and not full.fits and full.suggestion.startswith("an 8-bit optimizer")
+    mofo = make_recipe(tmp_path, [{**STAGE, "optimizer": "mofo"}])  # its own optimizer: `optim` is not a fix
+    [own] = plan_recipe(mofo, eight, device_memory=parse_memory("80GB"))
+    assert own.train.parts["optimizer"] == full.train.parts["optimizer"]  # AdamW's two fp32 moments
+    assert not own.suggestion.startswith("an 8-bit optimizer") and own.suggestion.startswith("LoRA")
     lora = make_recipe(tmp_path, [{**STAGE, "trainable": "lora"}])
     [adapter] = plan_recipe(lora, eight, device_memory=parse_memory("80GB"))
     assert adapter.fits

@@ -21,7 +21,7 @@ from ..addons import base_model_of, is_addon_parameter
 from ..config import ModelConfig, Recipe, StageConfig
 from ..errors import RecipeError
 from ..precision import COMPUTE_DTYPES, MIXED, resolve_precision
-from ..registry import LR_RULES, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS, load_plugins
+from ..registry import LR_RULES, OPTIMIZERS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS, load_plugins
 from .footprint import (GiB, Footprint, ModelShape, PlanContext, activation_bytes, dtype_bytes, kv_bytes_per_token,
                         optimizer_bytes, quantized_weight_bytes)
 
@@ -208,7 +208,7 @@ def stage_footprint(recipe: Recipe, stage: StageConfig, model: torch.nn.Module, 
                                                 recipe.model.attn_implementation == "eager")
     context = plan_context(model, shape, storage, settings, stage, weights)
     for registry, config in ((TRAINERS, stage.trainer), (REGULARIZERS, stage.regularizer), (LR_RULES, stage.lr_rule),
-                             (SELECTORS, stage.trainable)):
+                             (SELECTORS, stage.trainable), (OPTIMIZERS, stage.optimizer)):
         plan = registry.get(config.kind).plan
         parts.update(plan(config, context) if plan else {})
     total = sum({id(p): p.numel() for p in model.parameters()}.values())
@@ -279,7 +279,10 @@ def cheapest_fix(recipe: Recipe, config: Any, plan: StagePlan, device_memory: fl
     def fits(settings: Settings) -> bool:
         return plan_stages(recipe, config, settings)[plan.index].peak <= HEADROOM * device_memory
 
+    own_optimizer = recipe.stages[plan.index].optimizer.kind != "hf"  # (then `optim` is not the stage's to set)
     for text, change in FIXES:
+        if own_optimizer and "optim" in change:
+            continue
         if any(getattr(plan.settings, key) != value for key, value in change.items()) and \
                 fits(fixed_settings(plan.settings, change)):
             return text
