@@ -122,3 +122,57 @@ def test_distillation_of_a_classifier_is_one_line(tmp_path):
                     model={"model_name_or_path": "tiny-bert", "task": "sequence_classification"},
                     datasets={"c": {"format": "classification", "rows": CLASSIFICATION_ROWS}})
     assert "\n" not in str(err.value)
+
+
+def test_a_lora_student_distils_from_the_base_under_its_adapter_without_a_copy(tmp_path, monkeypatch):
+    """LoRA on the base, then distillation from base: the teacher is the student with its adapter off
+    (no model loaded), and its logits are the base model's."""
+    from stagewise.strategies import on_policy_distill
+
+    seen = {}
+    original = on_policy_distill.adapter_off_teacher
+
+    def spy(student, weights):
+        seen["teacher"] = original(student, weights)
+        return seen["teacher"]
+
+    monkeypatch.setattr(on_policy_distill, "adapter_off_teacher", spy)
+    loaded = []
+    lora = {"kind": "lora", "lora_rank": 4}
+    stages = [{"name": "sft", "data": "sft", "trainable": lora, "max_steps": 2, "batch_size": 2, "lr": 1e-2},
+              {"name": "d", "data": "sft", "trainable": lora, "max_steps": 2, "batch_size": 2, "lr": 1e-3,
+               "trainer": {"kind": "distill", "max_new_tokens": 4}}]
+    recipe = make_recipe(tmp_path, stages)
+    import stagewise.engine.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "named_model", lambda *args: loaded.append(args[-1]) or (_ for _ in ()).throw(
+        AssertionError("a teacher copy was loaded")))
+    result = run(recipe)
+    teacher = seen["teacher"]
+    assert teacher is not None and loaded == []
+    base, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    ids = torch.tensor([tokenizer("a question to score")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(teacher(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-6)
+        assert not torch.allclose(result.model(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-4)
+
+
+def test_a_full_student_gets_a_loaded_teacher(tmp_path):
+    from stagewise.strategies.on_policy_distill import adapter_off_teacher
+
+    model, _ = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    assert adapter_off_teacher(model, None) is None
+
+
+def test_a_base_changed_under_the_adapter_gets_a_loaded_teacher(tmp_path, monkeypatch):
+    from stagewise.strategies import on_policy_distill
+
+    seen = []
+    original = on_policy_distill.adapter_off_teacher
+    monkeypatch.setattr(on_policy_distill, "adapter_off_teacher",
+                        lambda student, weights: seen.append(original(student, weights)) or seen[-1])
+    stages = [{"name": "sft", "data": "sft", "max_steps": 2, "batch_size": 2, "lr": 1e-2},  # full: the base moves
+              {"name": "d", "data": "sft", "trainable": {"kind": "lora", "lora_rank": 4}, "max_steps": 1,
+               "batch_size": 2, "trainer": {"kind": "distill", "max_new_tokens": 4}}]
+    result = run(make_recipe(tmp_path, stages))
+    assert seen == [None] and result.manifest["stages"][1]["status"] == "completed"

@@ -51,6 +51,7 @@ class TrainerInputs:
     sampler: torch.utils.data.Sampler | None = None  # a weighted data mixture's per-epoch draw over ``examples``
     stage_folder: Callable[[str], Path] | None = None  # an earlier stage's saved folder by name (its reward model)
     model_named: Callable[[str], Any] | None = None    # base, an earlier stage or a folder, whole and frozen (a teacher)
+    weights_named: Callable[[str], Any] | None = None  # base's or an earlier stage's weights, tensor by tensor (None: a folder)
     prompts: Callable[[], list[str]] | None = None  # each row's prompt as training renders it (on-policy trainers)
     batch_size: int = 8                             # the stage's batch_size (rows, or prompts, per device step)
     build_optimizer: OptimizerMaker | None = None   # the stage's optimizer entry over the groups (None: the Trainer's)

@@ -35,7 +35,7 @@ from ..data.mixture import MixtureSampler, mixture_counts
 from ..data.tokenize import prompt_text
 from ..errors import DataError, DiskSpaceError, TrainingError
 from ..eval import evaluate_task
-from ..merging import WeightSource, merge_model
+from ..merging import BASE, WeightSource, merge_model
 from ..models import load_stage_output
 from ..precision import (COMPUTE_DTYPES, autocast, hold_trainable_in_fp32, resolve_precision,
                          return_to_storage_dtype, trainer_flags)
@@ -432,6 +432,7 @@ def build_trainer(
         collator=data.collator, loss=loss, split_groups=lr_plan.split_groups,
         callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks], penalty=penalty, sampler=data.sampler,
         stage_folder=identity.folder_of, model_named=identity.model_of, prompts=data.prompts, batch_size=stage.batch_size,
+        weights_named=lambda name: identity.weights_of(name) if name in (BASE, *(s.name for s in recipe.stages)) else None,
         build_optimizer=lambda groups, args: OPTIMIZERS.impl(stage.optimizer)(stage.optimizer, groups, args),
         args_for=lambda cls=TrainingArguments, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
     return TRAINERS.impl(stage.trainer)(stage.trainer, inputs)

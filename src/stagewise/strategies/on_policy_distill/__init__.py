@@ -13,7 +13,10 @@ behaviour back where it drifted, on inputs it actually produces.
 
 ``teacher`` is ``base`` (the run's starting model), an earlier stage by name (its adapter merged
 in) or a local model folder; it must share the student's vocabulary (checked at ``validate``).
-The teacher is a second, frozen copy of the model (``stagewise plan`` counts it). We chose TRL's
+When the student carries an adapter and the model under it *is* the teacher (every tensor equal,
+compared one at a time: a LoRA student distilled from the base it was attached to), the teacher is
+the student with its adapter switched off, with no second copy; otherwise it is a second, frozen
+copy of the model (``stagewise plan`` counts it). We chose TRL's
 ``DistillationTrainer`` over the experimental ``GKDTrainer``: it is stable, fully on-policy (GKD's
 ``lmbda`` = 1) and computes the divergence chunk by chunk without materialising full logits.
 """
@@ -21,9 +24,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from pydantic import Field
 from transformers import Trainer
 
+from ...addons import base_without_addon_layers, is_peft_model
 from ...registry import TRAINERS, PluginConfig, Requires, TrainerTraits
 from ...trainers import TrainerInputs, stage_trainer_class
 
@@ -34,6 +39,49 @@ class OnPolicyDistillConfig(PluginConfig):
     beta: float = Field(default=1.0, ge=0, le=1)    # TRL default 1.0 = reverse KL; 0 forward KL, 0.5 JSD (GKD)
     temperature: float = Field(default=1.0, gt=0)   # sampling and divergence temperature (GKD and TRL: 1.0)
     max_new_tokens: int = Field(default=128, ge=1)  # completion length sampled per prompt
+
+
+class AdapterOff(torch.nn.Module):
+    """An adapter-wrapped student seen with its adapter off: the model under the adapter, as TRL's
+    teacher (its backbone, its output embeddings, its config), sharing the student's tensors."""
+
+    def __init__(self, student: Any) -> None:
+        super().__init__()
+        object.__setattr__(self, "student", student)  # not a submodule: its parameters stay the student's alone
+        self.config = student.config
+
+    @property
+    def base_model(self) -> Any:
+        backbone = self.student.get_base_model().base_model
+
+        def without_adapter(**inputs: Any) -> Any:
+            with self.student.disable_adapter():
+                return backbone(**inputs)
+        return without_adapter
+
+    def get_output_embeddings(self) -> Any:
+        return self.student.get_base_model().get_output_embeddings()
+
+    def forward(self, **inputs: Any) -> Any:
+        with self.student.disable_adapter():
+            return self.student(**inputs)
+
+
+def adapter_off_teacher(student: Any, teacher: Any) -> AdapterOff | None:
+    """The student with its adapter off when every tensor of the model under the adapter equals the
+    teacher's (``teacher``: its weights, read one tensor at a time), else None."""
+    if not is_peft_model(student):
+        return None
+    with torch.no_grad(), base_without_addon_layers(student) as base:
+        mine = dict(base.named_parameters())
+        names = list(teacher.keys())
+        if not set(mine) <= set(names) or any(
+                name not in mine and name not in dict(base.named_buffers()) for name in names):
+            return None
+        same = all(name not in mine or (mine[name].shape == teacher.shape(name)
+                                        and torch.equal(mine[name].detach().cpu(), teacher[name].to(mine[name].dtype)))
+                   for name in names)
+    return AdapterOff(student) if same else None
 
 
 def distill_plan(config: OnPolicyDistillConfig, ctx: Any) -> dict[str, float]:
@@ -52,7 +100,9 @@ def on_policy_distill_trainer(config: OnPolicyDistillConfig, inputs: TrainerInpu
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
 
-    teacher = inputs.model_named(config.teacher)
+    named = inputs.weights_named(config.teacher) if inputs.weights_named else None
+    teacher = (adapter_off_teacher(inputs.model, named) if named is not None else None) or \
+        inputs.model_named(config.teacher)
     args = inputs.args_for(DistillationConfig, beta=config.beta, temperature=config.temperature,
                            max_completion_length=config.max_new_tokens,
                            include_num_input_tokens_seen=False)  # the batches hold prompts, not input_ids
