@@ -94,3 +94,27 @@ def test_yaml_tags_are_not_executed(tmp_path):
     evil = GOOD + "description: !!python/object/apply:os.system ['echo pwned']\n"
     with pytest.raises(RecipeError, match="invalid YAML"):
         load_recipe(write(tmp_path, evil))
+
+
+def test_every_strategy_folder_registers_without_a_list(tmp_path, monkeypatch):
+    """A new folder under strategies/ is found by load_plugins: adding a strategy edits no list."""
+    import importlib
+    import sys
+
+    import stagewise.strategies as strategies
+    from stagewise.registry import LOSSES, load_plugins
+
+    folder = tmp_path / "probe_strategy_for_test"
+    folder.mkdir()
+    (folder / "__init__.py").write_text(
+        "from stagewise.registry import LOSSES\n"
+        "LOSSES.register('probe_loss_for_test')(lambda config, context: None)\n")
+    monkeypatch.setattr(strategies, "__path__", [*strategies.__path__, str(tmp_path)])
+    monkeypatch.delitem(LOSSES._entries, "probe_loss_for_test", raising=False)
+    try:
+        load_plugins()
+        assert "probe_loss_for_test" in LOSSES.names()
+    finally:
+        LOSSES._entries.pop("probe_loss_for_test", None)
+        sys.modules.pop("stagewise.strategies.probe_strategy_for_test", None)
+        importlib.invalidate_caches()

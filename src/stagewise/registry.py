@@ -207,10 +207,18 @@ ADDONS: Registry[AddOn, NoTraits] = Registry("add-on", NoTraits)
 COMMANDS: Registry[Callable[[argparse._SubParsersAction], None], NoTraits] = Registry("command", NoTraits)
 
 
-def load_plugins() -> None:
-    """Import every module that registers entries (idempotent; imports are cached)."""
-    import importlib
+BUILT_IN = ("selection", "losses", "regularizers", "schedules", "optimizers", "transforms", "trainers", "eval",
+            "probing")  # each extension point's own module, with its built-in entries (full, ce, none, uniform, hf)
 
-    for module in ("selection", "losses", "regularizers", "schedules", "optimizers", "transforms", "trainers", "eval", "probing",
-                   "strategies"):
+
+def load_plugins() -> None:
+    """Import every module that registers entries: the extension points' own modules, then every
+    folder under ``strategies/`` (idempotent; imports are cached)."""
+    import importlib
+    import pkgutil
+
+    for module in BUILT_IN:
         importlib.import_module(f"{__package__}.{module}")
+    strategies = importlib.import_module(f"{__package__}.strategies")
+    for found in sorted(pkgutil.iter_modules(strategies.__path__), key=lambda info: info.name):
+        importlib.import_module(f"{strategies.__name__}.{found.name}")
