@@ -21,7 +21,7 @@ from stagewise.config import DatasetConfig, ModelConfig  # noqa: E402
 from stagewise.data import load_dataset_config  # noqa: E402
 from stagewise.generation import SamplingConfig, generate  # noqa: E402
 from stagewise.models import load_model_and_tokenizer  # noqa: E402
-from stagewise.probing import ProbeSettings, categorize, model_answerer  # noqa: E402
+from stagewise.strategies.gradual.slick import ProbeSettings, categorize, model_answerer  # noqa: E402
 
 
 def loop_answerer(model, tokenizer):

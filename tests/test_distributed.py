@@ -21,7 +21,7 @@ from stagewise.config import ModelConfig
 from stagewise.distributed import init_from_launcher, is_main_process, rank_and_size
 from stagewise.generation import SamplingConfig, generate
 from stagewise.models import load_model_and_tokenizer
-from stagewise.probing import ProbeSettings, categorize, model_answerer
+from stagewise.strategies.gradual.slick import ProbeSettings, categorize, model_answerer
 
 init_from_launcher()
 model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))

@@ -14,7 +14,7 @@ from stagewise.config import ModelConfig
 from stagewise.generation import (GumbelSample, SamplingConfig, first_line, generate, prompt_generator,
                                   sampling_processors)
 from stagewise.models import load_model_and_tokenizer
-from stagewise.probing import ProbeSettings, categorize, slick_category
+from stagewise.strategies.gradual.slick import ProbeSettings, categorize, slick_category
 from stagewise.strategies.gradual import SelectConfig, choose
 from stagewise.strategies.sdft import distill_prompt, merge_rewrites
 from stagewise.transforms import cached
@@ -222,7 +222,7 @@ def test_gradual_select_keeps_exactly_one_categorys_items_and_categorize_cli(tmp
     """Half the items' gold answers are the model's own greedy answers (zero-shot, so each prompt
     is fixed): those are HighlyKnown, the rest Unknown; selecting HighlyKnown keeps exactly them."""
     from stagewise.cli import main
-    from stagewise.probing import model_answerer, qa_prompt
+    from stagewise.strategies.gradual.slick import model_answerer, qa_prompt
 
     model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
     questions = [f"Capital {i}?" for i in range(8)]

@@ -207,8 +207,8 @@ ADDONS: Registry[AddOn, NoTraits] = Registry("add-on", NoTraits)
 COMMANDS: Registry[Callable[[argparse._SubParsersAction], None], NoTraits] = Registry("command", NoTraits)
 
 
-BUILT_IN = ("selection", "losses", "regularizers", "schedules", "optimizers", "transforms", "trainers", "eval",
-            "probing")  # each extension point's own module, with its built-in entries (full, ce, none, uniform, hf)
+BUILT_IN = ("selection", "losses", "regularizers", "schedules", "optimizers", "transforms", "trainers",
+            "eval")  # each extension point's own module, with its built-in entries (full, ce, none, uniform, hf)
 
 
 def load_plugins() -> None:

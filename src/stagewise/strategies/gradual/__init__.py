@@ -14,7 +14,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ...probing import ProbeSettings, categorize, model_answerer, settings_dict, summary
+from .slick import ProbeSettings, categorize, model_answerer, settings_dict, summary
 from ...registry import TRANSFORMS, Requires, TransformConfig, TransformTraits
 from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
 

@@ -34,7 +34,7 @@ def categorize_items(args: argparse.Namespace) -> int:
     from ...distributed import init_from_launcher, is_main_process
     from ...io import atomic_write_text
     from ...models import load_model_and_tokenizer
-    from ...probing import CATEGORIES, ProbeSettings, categorize, model_answerer
+    from .slick import CATEGORIES, ProbeSettings, categorize, model_answerer
 
     options = command_options(CategorizeOptions, args)
     init_from_launcher()  # under torchrun/accelerate launch, ranks share the items

@@ -14,10 +14,10 @@ import random
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
-from .eval.metrics import contains_match, exact_match
-from .eval.suite import item_ids
-from .generation import SamplingConfig, generate
-from .registry import METRICS, Requires
+from ...eval.metrics import contains_match, exact_match
+from ...eval.suite import item_ids
+from ...generation import SamplingConfig, generate
+from ...registry import METRICS, Requires
 
 CATEGORIES = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
 CHECKERS = {"exact_match": exact_match, "contains": contains_match}
