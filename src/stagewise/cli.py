@@ -3,6 +3,7 @@
 Every user error (bad recipe key, missing file, malformed row) ends in one line on
 stderr and exit status 2; tracebacks are for bugs only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,6 @@ def bundled_recipes() -> dict[str, tuple[Path, str]]:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_recipe, recipe_to_dict
-
     from .sharding import check_shardable
 
     recipe = load_recipe(find_recipe(args.recipe), args.overrides)
@@ -146,7 +146,10 @@ def cmd_study(args: argparse.Namespace) -> int:
     out = study.report_dir
     print((out / "study.md").read_text(), end="")
     cost = results["cost"]
-    print(f"wall {cost['wall_s'] / 60:.1f} min: training {cost['train_s'] / 60:.1f} min, evaluation {cost['eval_s'] / 60:.1f} min")
+    print(
+        f"wall {cost['wall_s'] / 60:.1f} min: training {cost['train_s'] / 60:.1f} min, "
+        f"evaluation {cost['eval_s'] / 60:.1f} min"
+    )
     written = [out / name for name in ("study.json", "study.md", "study.png", "forest.png") if (out / name).is_file()]
     print(f"wrote {', '.join(map(str, written))}")
     return 0
@@ -232,23 +235,36 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         command.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.0.lr=1e-4")
         command.set_defaults(handler=handler)
         if name == "run":
-            command.add_argument("--force", action="store_true",
-                                 help="write into an output_dir that holds files stagewise did not write "
-                                      "(or an unreadable manifest), replacing what is in the way")
+            command.add_argument(
+                "--force",
+                action="store_true",
+                help="write into an output_dir that holds files stagewise did not write "
+                "(or an unreadable manifest), replacing what is in the way",
+            )
     sub.add_parser("recipes", help="list the bundled recipes").set_defaults(handler=cmd_recipes)
     compare = sub.add_parser("compare", help="run several recipes and plot target score vs retention")
     compare.add_argument("recipes", nargs="+", help="recipe files or bundled recipe names")
     compare.add_argument("--out", default="runs/compare", help="folder for compare.json/.md/.png")
-    compare.add_argument("--set", dest="overrides", action="append", default=[],
-                         help="key=value override applied to every recipe (repeatable)")
+    compare.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="key=value override applied to every recipe (repeatable)",
+    )
     compare.set_defaults(handler=cmd_compare)
     study = sub.add_parser("study", help="arms x seeds: paired per-item comparisons with 95%% intervals")
     study.add_argument("study", help="study file (YAML: arms, seeds, baseline, output_dir)")
     study.add_argument("--dry-run", action="store_true", help="list the runs and which are already done")
-    study.add_argument("--arms", help="comma-separated arms to run and report (the baseline is always included); "
-                                      "the report goes to OUTPUT_DIR/arms-<names>/")
-    study.add_argument("--seeds", help="comma-separated seeds of the study file to run and report; "
-                                       "the report goes to OUTPUT_DIR/seeds-<seeds>/")
+    study.add_argument(
+        "--arms",
+        help="comma-separated arms to run and report (the baseline is always included); "
+        "the report goes to OUTPUT_DIR/arms-<names>/",
+    )
+    study.add_argument(
+        "--seeds",
+        help="comma-separated seeds of the study file to run and report; the report goes to OUTPUT_DIR/seeds-<seeds>/",
+    )
     study.set_defaults(handler=cmd_study)
     plan = sub.add_parser("plan", help="estimate each stage's peak memory per device from the model config")
     plan.add_argument("recipe", help="recipe file, or the name of a bundled recipe")
@@ -259,7 +275,9 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     plan.add_argument("--seq-len", type=int, help="tokens per sequence (default: each stage's max_length)")
     plan.set_defaults(handler=cmd_plan)
     peak = sub.add_parser("bench-peak", help="measure this machine's matmul FLOP/s (the MFU denominator)")
-    peak.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"])
+    peak.add_argument(
+        "--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"]
+    )
     peak.set_defaults(handler=cmd_bench_peak)
     evaluate = sub.add_parser("eval", help="score any checkpoint on a recipe's evaluation probes")
     evaluate.add_argument("--model", required=True, help="model folder, hub id or bundled name")
@@ -291,12 +309,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         _close_progress_bars()
         if disk_full(err):
-            print(f"error: no space left on device ({err}); free space and rerun the same command to resume "
-                  "from the last complete checkpoint", file=sys.stderr)
+            print(
+                f"error: no space left on device ({err}); free space and rerun the same command to resume "
+                "from the last complete checkpoint",
+                file=sys.stderr,
+            )
             return 1
         if isinstance(err, OSError) and err.filename:  # a read-only cache or output folder, a file in the way
-            print(f"error: {printable(str(err.filename))}: {err.strerror or type(err).__name__} (check the folder's "
-                  "permissions, or move the cache with STAGEWISE_CACHE)", file=sys.stderr)
+            print(
+                f"error: {printable(str(err.filename))}: {err.strerror or type(err).__name__} (check the folder's "
+                "permissions, or move the cache with STAGEWISE_CACHE)",
+                file=sys.stderr,
+            )
             return 1
         raise
 

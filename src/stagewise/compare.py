@@ -3,6 +3,7 @@
 The shape of PEFT's accuracy-and-forgetting table, across strategies: each recipe is
 run (or its finished stages reused), and its final scores are set beside the base model's.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,29 +17,36 @@ def comparison_rows(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for name, report in reports.items():
         final = report["final"] or {}
-        rows.append({
-            "recipe": name,
-            "target_score": final.get("target_score"),
-            "retention_score": final.get("retention_score"),
-            "target_gain": final.get("target_gain"),
-            "retention_delta": final.get("retention_delta"),
-            "retention_perplexity_change": final.get("retention_perplexity_change"),
-            "base_target_score": report.get("base_target_score"),
-            "base_retention_score": report.get("base_retention_score"),
-        })
+        rows.append(
+            {
+                "recipe": name,
+                "target_score": final.get("target_score"),
+                "retention_score": final.get("retention_score"),
+                "target_gain": final.get("target_gain"),
+                "retention_delta": final.get("retention_delta"),
+                "retention_perplexity_change": final.get("retention_perplexity_change"),
+                "base_target_score": report.get("base_target_score"),
+                "base_retention_score": report.get("base_retention_score"),
+            }
+        )
     return rows
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| recipe | target | retention | target gain | retention delta | retention ppl change |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| recipe | target | retention | target gain | retention delta | retention ppl change |",
+        "|---|---|---|---|---|---|",
+    ]
     if rows:
-        lines.append(f"| base model | {fmt(rows[0]['base_target_score'])} | {fmt(rows[0]['base_retention_score'])} "
-                     "| - | - | - |")
+        lines.append(
+            f"| base model | {fmt(rows[0]['base_target_score'])} | {fmt(rows[0]['base_retention_score'])} | - | - | - |"
+        )
     for row in rows:
-        lines.append(f"| {row['recipe']} | {fmt(row['target_score'])} | {fmt(row['retention_score'])} "
-                     f"| {fmt(row['target_gain'], signed=True)} | {fmt(row['retention_delta'], signed=True)} "
-                     f"| {fmt(row['retention_perplexity_change'], '.1%', signed=True)} |")
+        lines.append(
+            f"| {row['recipe']} | {fmt(row['target_score'])} | {fmt(row['retention_score'])} "
+            f"| {fmt(row['target_gain'], signed=True)} | {fmt(row['retention_delta'], signed=True)} "
+            f"| {fmt(row['retention_perplexity_change'], '.1%', signed=True)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -54,11 +62,22 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
         if row["target_score"] is None or row["retention_score"] is None:
             continue
         ax.scatter(row["retention_score"], row["target_score"], s=50)
-        ax.annotate(row["recipe"], (row["retention_score"], row["target_score"]),
-                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(
+            row["recipe"],
+            (row["retention_score"], row["target_score"]),
+            textcoords="offset points",
+            xytext=(5, 5),
+            fontsize=8,
+        )
     if rows and rows[0]["base_target_score"] is not None and rows[0]["base_retention_score"] is not None:
-        ax.scatter(rows[0]["base_retention_score"], rows[0]["base_target_score"], marker="*", s=180,
-                   color="black", label="base model")
+        ax.scatter(
+            rows[0]["base_retention_score"],
+            rows[0]["base_target_score"],
+            marker="*",
+            s=180,
+            color="black",
+            label="base model",
+        )
         ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("retention score (higher = less forgetting)")
     ax.set_ylabel("target score")

@@ -4,6 +4,7 @@ Key names follow LLaMA-Factory / TRL / transformers where those exist
 (``model_name_or_path``, ``train_on_prompt``, ``output_dir``, ``report_to``,
 ``resume_from_checkpoint``, ``lr_scheduler_type``, ``warmup_ratio``, ...).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -18,12 +19,24 @@ from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_vali
 
 from .errors import RecipeError
 from .merging import BASE, MergeConfig
-from .registry import (LOSSES, LR_RULES, METRICS, OPTIMIZERS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS,
-                       PluginConfig, Registry, load_plugins)
+from .registry import (
+    LOSSES,
+    LR_RULES,
+    METRICS,
+    OPTIMIZERS,
+    REGULARIZERS,
+    SELECTORS,
+    TRAINERS,
+    TRANSFORMS,
+    PluginConfig,
+    Registry,
+    load_plugins,
+)
 from .schema import SAFE_NAME_HINT, SafeName, StrictModel, is_safe_name
 
-DataFormat = Literal["text", "instruction", "chat", "prompt_completion", "preference", "feedback", "classification",
-                     "fewshot"]
+DataFormat = Literal[
+    "text", "instruction", "chat", "prompt_completion", "preference", "feedback", "classification", "fewshot"
+]
 
 
 class QuantizationConfig(StrictModel):
@@ -31,8 +44,8 @@ class QuantizationConfig(StrictModel):
     add-ons (LoRA, DoRA, a soft prompt) and unquantized heads can train on such a base."""
 
     bits: Literal[4, 8] = 4
-    quant_type: Literal["nf4", "fp4"] = "nf4"      # 4-bit: NormalFloat4 (QLoRA's choice) or plain FP4
-    double_quant: bool = True                      # 4-bit: quantize the quantization constants too (QLoRA)
+    quant_type: Literal["nf4", "fp4"] = "nf4"  # 4-bit: NormalFloat4 (QLoRA's choice) or plain FP4
+    double_quant: bool = True  # 4-bit: quantize the quantization constants too (QLoRA)
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: the precision's compute dtype
 
     @model_validator(mode="after")
@@ -40,8 +53,10 @@ class QuantizationConfig(StrictModel):
         import importlib.util
 
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise ValueError("quantized loading needs the bitsandbytes package (pip install bitsandbytes; "
-                             "scripts/install.sh installs it)")
+            raise ValueError(
+                "quantized loading needs the bitsandbytes package (pip install bitsandbytes; "
+                "scripts/install.sh installs it)"
+            )
         return self
 
 
@@ -54,7 +69,7 @@ class ModelConfig(StrictModel):
     head_layers: Literal[1, 2] = 1  # classification head: 1 = HF's linear head, 2 = Linear-ReLU-Linear MLP
     trust_remote_code: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # weights in memory and on disk; auto = the
-                                                                       # checkpoint's own torch_dtype
+    # checkpoint's own torch_dtype
     revision: str | None = None
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"  # auto: transformers' pick
     quantization: QuantizationConfig | None = None  # {bits: 4}: QLoRA's 4-bit NF4 base
@@ -65,8 +80,10 @@ class ModelConfig(StrictModel):
         import importlib.util
 
         if value == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-            raise ValueError("flash_attention_2 needs the flash-attn package and a CUDA GPU "
-                             "(pip install flash-attn); sdpa is the portable choice")
+            raise ValueError(
+                "flash_attention_2 needs the flash-attn package and a CUDA GPU "
+                "(pip install flash-attn); sdpa is the portable choice"
+            )
         return value
 
 
@@ -78,9 +95,9 @@ class DatasetConfig(StrictModel):
     rows: list[dict[str, Any]] | None = None
     builtin: str | None = None  # e.g. "facts:train" (see stagewise.bench)
     builtin_options: dict[str, Any] = Field(default_factory=dict)
-    hub: str | None = None      # a Hugging Face dataset id (org/name) or builder (json, csv, parquet), via
-                                # datasets.load_dataset; `split` picks the split (default train)
-    subset: str | None = None   # hub: the dataset's configuration (load_dataset's `name`)
+    hub: str | None = None  # a Hugging Face dataset id (org/name) or builder (json, csv, parquet), via
+    # datasets.load_dataset; `split` picks the split (default train)
+    subset: str | None = None  # hub: the dataset's configuration (load_dataset's `name`)
     revision: str | None = None  # hub: branch, tag or commit
     data_files: str | list[str] | dict[str, str | list[str]] | None = None  # hub: which of its files
     split: str | None = None
@@ -136,23 +153,24 @@ class EvalTaskConfig(StrictModel):
 
     name: SafeName
     data: str | None = None  # the dataset scored (every metric but lm_eval, which loads its own)
-    metric: str              # a registered metric (README: evaluation metrics)
+    metric: str  # a registered metric (README: evaluation metrics)
     shots: int = Field(default=4, ge=0)  # fewshot: demonstrations per query, from the same task
     max_new_tokens: int = Field(default=24, ge=1)
     pattern: str | None = None  # regex metric: first group is the answer
     choices: int = Field(default=4, ge=2)  # choice: the gold and choices - 1 other items' answers (lm-eval: 4 options)
     recovery_shots: int = Field(default=0, ge=0)  # retention: also score with k other items as examples (probe
-                                                  # <name>@<k>shot), splitting a drop into format and knowledge loss
+    # <name>@<k>shot), splitting a drop into format and knowledge loss
     addon: Literal["auto", "always", "never"] = Field(  # score with the stage's add-on attached? auto = the
-        default="auto", validation_alias=AliasChoices("addon", "use_prompt"))  # add-on's rule (soft prompt: target only)
+        default="auto", validation_alias=AliasChoices("addon", "use_prompt")
+    )  # add-on's rule (soft prompt: target only)
     n_prompts: int = Field(default=10, ge=1)  # highly_known: SliCK's few-shot prompts per item
-    samples: int = Field(default=16, ge=0)    # highly_known: sampled answers per prompt (T = 0.5)
-    tasks: list[str] | None = None            # lm_eval: lm-evaluation-harness task names
+    samples: int = Field(default=16, ge=0)  # highly_known: sampled answers per prompt (T = 0.5)
+    tasks: list[str] | None = None  # lm_eval: lm-evaluation-harness task names
     num_fewshot: int | None = Field(default=None, ge=0)  # lm_eval: None = each task's default
-    limit: int | None = Field(default=None, ge=1)        # lm_eval: first N documents per task
-    include_path: str | None = None           # lm_eval: a folder of the user's own task YAMLs
-    stage: str | None = None                  # continual sequences: the stage that learns this probe's task
-                                              # (the report's accuracy matrix, average accuracy, BWT, FWT)
+    limit: int | None = Field(default=None, ge=1)  # lm_eval: first N documents per task
+    include_path: str | None = None  # lm_eval: a folder of the user's own task YAMLs
+    stage: str | None = None  # continual sequences: the stage that learns this probe's task
+    # (the report's accuracy matrix, average accuracy, BWT, FWT)
 
     @field_validator("pattern")
     @classmethod
@@ -168,8 +186,8 @@ class EvalTaskConfig(StrictModel):
 class GuardConfig(StrictModel):
     """``evaluation.guard``: stop a stage whose retention probe drops too far (``engine.guard``)."""
 
-    probe: str                                 # a retention probe's name
-    max_drop: float = Field(gt=0)              # largest drop from the entering model's score that is tolerated
+    probe: str  # a retention probe's name
+    max_drop: float = Field(gt=0)  # largest drop from the entering model's score that is tolerated
     every_steps: int = Field(default=50, ge=1)  # optimizer steps between checks
     items: int | None = Field(default=None, ge=1)  # score the probe's first N items only (None: all)
 
@@ -185,7 +203,7 @@ class EvaluationConfig(StrictModel):
 
     target: list[EvalTaskConfig] = Field(default_factory=list)
     retention: list[EvalTaskConfig] = Field(default_factory=list)
-    batch_size: int = Field(default=16, ge=1)   # sequences decoded (or scored) per batch
+    batch_size: int = Field(default=16, ge=1)  # sequences decoded (or scored) per batch
     max_length: int = Field(default=512, ge=8)
     after_each_stage: bool = True
     # stage: score after each stage; epoch: also at each epoch's end (a gain/retention curve); log: also after
@@ -194,7 +212,7 @@ class EvaluationConfig(StrictModel):
     every: Literal["stage", "epoch", "log"] | CurveSteps = "stage"
     guard: GuardConfig | None = None  # stop a stage when a retention probe drops more than max_drop
     kl_prompts: int = Field(default=64, ge=0)  # forgetting predictor: KL(tuned || entering) on this many of each
-    kl_tokens: int = Field(default=32, ge=1)   # stage's prompts, tuned model's samples of this length (0: off)
+    kl_tokens: int = Field(default=32, ge=1)  # stage's prompts, tuned model's samples of this length (0: off)
 
 
 class StageConfig(StrictModel):
@@ -206,7 +224,9 @@ class StageConfig(StrictModel):
     loss: Any = "ce"
     regularizer: Any = "none"  # a penalty added to the loss: none, l2sp or ewc (anchored to the entering model)
     lr_rule: Any = "uniform"
-    optimizer: Any = Field(default_factory=lambda: PluginConfig(kind="hf"))  # hf: the Trainer's, named by `optim`; or mofo
+    optimizer: Any = Field(
+        default_factory=lambda: PluginConfig(kind="hf")
+    )  # hf: the Trainer's, named by `optim`; or mofo
     transforms: list[Any] = Field(default_factory=list)  # model-in-the-loop data steps (distill, select)
     trainer: Any = "hf"  # what runs the optimisation: hf (transformers Trainer) or a registered one (dpo)
     lr: float = Field(default=5e-5, gt=0)
@@ -244,7 +264,10 @@ class StageConfig(StrictModel):
             if value not in known:
                 hint = difflib.get_close_matches(value, known, n=1)
                 maybe = f"did you mean {hint[0]!r}? " if hint else ""
-                raise ValueError(f"unknown optimizer ({maybe}expected a transformers optimizer name, e.g. adamw_torch, sgd, adafactor)")
+                raise ValueError(
+                    f"unknown optimizer ({maybe}expected a transformers optimizer name, "
+                    "e.g. adamw_torch, sgd, adafactor)"
+                )
         return value
 
     data_weights: dict[str, float] | None = None  # set by `data: {name: weight}` (a weighted mixture)
@@ -264,7 +287,9 @@ class StageConfig(StrictModel):
             return value
         negative = [name for name, weight in value.items() if weight < 0]
         if negative:
-            raise ValueError(f"data: weight of {negative[0]!r} is negative ({value[negative[0]]}); weights are row proportions >= 0")
+            raise ValueError(
+                f"data: weight of {negative[0]!r} is negative ({value[negative[0]]}); weights are row proportions >= 0"
+            )
         first = next(iter(value))
         if value[first] <= 0:
             raise ValueError(f"data: the first dataset ({first!r}) anchors each epoch, so its weight must be > 0")
@@ -279,12 +304,12 @@ class StageConfig(StrictModel):
 class DistributedConfig(StrictModel):
     """Sharding; plain DDP needs nothing here (``torchrun --nproc_per_node=N -m stagewise run ...``)."""
 
-    fsdp: bool = False                      # FSDP2, applied by stagewise: weights, gradients and optimizer state
-                                            # sharded over all ranks, one shard unit per decoder block
-    reshard_after_forward: bool = True      # FSDP2: free each block's gathered weights after its forward (less
-                                            # memory; false keeps them until backward: one all-gather fewer)
-    deepspeed: str | None = None            # a DeepSpeed ZeRO-2 JSON (recipes/distributed/zero2.json), passed to
-                                            # the Trainer; ZeRO-3 is refused (use fsdp)
+    fsdp: bool = False  # FSDP2, applied by stagewise: weights, gradients and optimizer state
+    # sharded over all ranks, one shard unit per decoder block
+    reshard_after_forward: bool = True  # FSDP2: free each block's gathered weights after its forward (less
+    # memory; false keeps them until backward: one all-gather fewer)
+    deepspeed: str | None = None  # a DeepSpeed ZeRO-2 JSON (recipes/distributed/zero2.json), passed to
+    # the Trainer; ZeRO-3 is refused (use fsdp)
 
 
 class PerformanceConfig(StrictModel):
@@ -294,10 +319,10 @@ class PerformanceConfig(StrictModel):
     # bf16/fp16) | bf16-pure (everything bf16: small updates are lost) | auto: bf16-mixed on a GPU with bf16,
     # fp16-mixed on an older GPU, fp32 on a CPU
     precision: Literal["auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-pure"] = "auto"
-    gradient_checkpointing: bool = False    # recompute activations: less memory, ~30% more compute
+    gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% more compute
     torch_compile: bool = False
-    padding_free: bool = False              # LM stages: each batch's examples packed into one row, no padding;
-                                            # positions restart per example and attention stays inside it
+    padding_free: bool = False  # LM stages: each batch's examples packed into one row, no padding;
+    # positions restart per example and attention stays inside it
 
     @model_validator(mode="before")
     @classmethod
@@ -364,16 +389,25 @@ class Recipe(StrictModel):
             if name in ("none", "all"):
                 continue
             if name not in INTEGRATION_TO_CALLBACK:
-                raise ValueError(f"unknown logger {name!r} (expected none, all or one of: {', '.join(INTEGRATION_TO_CALLBACK)})")
+                raise ValueError(
+                    f"unknown logger {name!r} (expected none, all or one of: {', '.join(INTEGRATION_TO_CALLBACK)})"
+                )
             if name not in get_available_reporting_integrations():
-                raise ValueError(f"logger {name!r} is not installed (pip install {name.replace('_', '-')}), or use 'none'")
+                raise ValueError(
+                    f"logger {name!r} is not installed (pip install {name.replace('_', '-')}), or use 'none'"
+                )
         return value
 
 
 # The registered sections of a stage: field name -> registry that validates it.
 PLUGIN_FIELDS: dict[str, Registry[Any, Any]] = {  # in the order their fit is checked: the trainer decides the most
-    "trainer": TRAINERS, "trainable": SELECTORS, "loss": LOSSES, "regularizer": REGULARIZERS, "lr_rule": LR_RULES,
-    "optimizer": OPTIMIZERS}
+    "trainer": TRAINERS,
+    "trainable": SELECTORS,
+    "loss": LOSSES,
+    "regularizer": REGULARIZERS,
+    "lr_rule": LR_RULES,
+    "optimizer": OPTIMIZERS,
+}
 
 
 # ---------------------------------------------------------------- YAML with lines
@@ -384,29 +418,40 @@ class _LineLoader(yaml.SafeLoader):
 
 def _refuse(what: str) -> Any:
     def construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-        raise yaml.constructor.ConstructorError(None, None, f"{what} is not a recipe value (quote it to keep "
-                                                "it as text)", node.start_mark)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{what} is not a recipe value (quote it to keep it as text)", node.start_mark
+        )
+
     return construct
 
 
 def _checked(construct: Any) -> Any:
     """A scalar constructor whose failure (``!!int abc``) is a YAML error at the value's line."""
+
     def build(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         try:
             return construct(loader, node)
         except (ValueError, TypeError, OverflowError):
             kind = node.tag.rsplit(":", 1)[-1]
-            raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} is not a valid {kind}",
-                                                    node.start_mark) from None
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid {kind}", node.start_mark
+            ) from None
+
     return build
 
 
-for _tag, _what in (("timestamp", "a date or time"), ("set", "a set"), ("binary", "binary data"),
-                    ("omap", "an ordered map"), ("pairs", "a list of pairs")):
+for _tag, _what in (
+    ("timestamp", "a date or time"),
+    ("set", "a set"),
+    ("binary", "binary data"),
+    ("omap", "an ordered map"),
+    ("pairs", "a list of pairs"),
+):
     _LineLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse(_what))
 for _tag in ("int", "float", "bool"):
-    _LineLoader.add_constructor(f"tag:yaml.org,2002:{_tag}",
-                                _checked(yaml.SafeLoader.yaml_constructors[f"tag:yaml.org,2002:{_tag}"]))
+    _LineLoader.add_constructor(
+        f"tag:yaml.org,2002:{_tag}", _checked(yaml.SafeLoader.yaml_constructors[f"tag:yaml.org,2002:{_tag}"])
+    )
 
 
 MAX_RECIPE_BYTES = 16 * 2**20
@@ -441,8 +486,9 @@ def read_text_file(path: Path, what: str = "file") -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise RecipeError(f"{path}: {what} is not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x}); "
-                          "save it as UTF-8") from None
+        raise RecipeError(
+            f"{path}: {what} is not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x}); save it as UTF-8"
+        ) from None
 
 
 def read_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[tuple, int]]:
@@ -484,7 +530,7 @@ def apply_override(data: dict[str, Any], parts: list[str], value: Any, text: str
     for depth, part in enumerate(parts[:-1]):
         if isinstance(target, list):
             if not part.lstrip("-").isdigit() or not -len(target) <= int(part) < len(target):
-                raise RecipeError(f"override {text!r}: {'.'.join(parts[:depth + 1])} is not a valid index")
+                raise RecipeError(f"override {text!r}: {'.'.join(parts[: depth + 1])} is not a valid index")
             target = target[int(part)]
         elif isinstance(target, dict):
             target = target.setdefault(part, {})
@@ -628,7 +674,9 @@ def recipe_from_dict(
 def _resolve_plugins(recipe: Recipe, source: str, lines: dict[tuple, int]) -> None:
     for index, stage in enumerate(recipe.stages):
         for field, registry in PLUGIN_FIELDS.items():
-            setattr(stage, field, _parse_plugin(registry, getattr(stage, field), ("stages", index, field), source, lines))
+            setattr(
+                stage, field, _parse_plugin(registry, getattr(stage, field), ("stages", index, field), source, lines)
+            )
         stage.transforms = [
             _parse_plugin(TRANSFORMS, raw, ("stages", index, "transforms", position), source, lines)
             for position, raw in enumerate(stage.transforms)
@@ -663,8 +711,12 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
             fail(("stages", index, "name"), f"duplicate stage name {stage.name!r}")
         seen.add(stage.name)
         named = [(("data",), stage.data)] + ([(("eval",), stage.eval.data)] if stage.eval else [])
-        named += [((*field, key), [getattr(config, key)]) for field, config in plugin_configs(stage)
-                  for key in config.dataset_fields if getattr(config, key) is not None]
+        named += [
+            ((*field, key), [getattr(config, key)])
+            for field, config in plugin_configs(stage)
+            for key in config.dataset_fields
+            if getattr(config, key) is not None
+        ]
         for field, names in named:
             for name in names:
                 if name not in recipe.datasets:
@@ -682,20 +734,29 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
         for position, transform in enumerate(stage.transforms):
             for name in getattr(transform, "datasets", None) or []:
                 if name not in stage.data:
-                    fail(("stages", index, "transforms", position, "datasets"),
-                         f"{name!r} is not one of this stage's datasets ({', '.join(stage.data)})")
+                    fail(
+                        ("stages", index, "transforms", position, "datasets"),
+                        f"{name!r} is not one of this stage's datasets ({', '.join(stage.data)})",
+                    )
             if transform.datasets is None and not transform_targets(recipe, stage, transform):
                 earlier = ", ".join(sorted(earlier_data(recipe, stage))) or "none, this is the first stage"
-                fail(("stages", index, "transforms", position), (
-                    f"transform {transform.kind!r} replays data an earlier stage trained on, and none of this "
-                    f"stage's datasets ({', '.join(stage.data)}) is such (earlier stages' data: {earlier}); add it "
-                    "to `data` as a mixture (data: {new: 1.0, old: 0.1}) or name the datasets in `datasets`"))
+                fail(
+                    ("stages", index, "transforms", position),
+                    (
+                        f"transform {transform.kind!r} replays data an earlier stage trained on, and none of this "
+                        f"stage's datasets ({', '.join(stage.data)}) is such (earlier stages' data: {earlier}); add it "
+                        "to `data` as a mixture (data: {new: 1.0, old: 0.1}) or name the datasets in `datasets`"
+                    ),
+                )
         if "fewshot" in {recipe.datasets[name].format for name in stage.data}:
             fail(("stages", index, "data"), "format 'fewshot' is for evaluation probes only, not training")
         formats = stage_formats(recipe, stage)  # after the transforms: a labelled set templated into instructions mixes
         if len({_objective(fmt) for fmt in formats}) > 1:
-            fail(("stages", index, "data"), f"cannot mix dataset formats {sorted(formats)} in one stage "
-                                            "(template the labelled ones into instructions first)")
+            fail(
+                ("stages", index, "data"),
+                f"cannot mix dataset formats {sorted(formats)} in one stage "
+                "(template the labelled ones into instructions first)",
+            )
         problem = stage_problem(recipe, stage) or merge_problem(recipe, index)
         if problem:
             fail(("stages", index, *problem[0]), problem[1])
@@ -712,16 +773,22 @@ def _check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> N
                 if task.stage is not None and task.stage not in seen:
                     fail(("evaluation", group, index, "stage"), f"{task.stage!r} is not a stage of this recipe")
                 if task.stage is not None and not METRICS.get(task.metric).traits.higher_is_better:
-                    fail(("evaluation", group, index, "stage"), f"a task probe needs an accuracy-like metric, "
-                                                               f"not {task.metric!r} (lower is better)")
+                    fail(
+                        ("evaluation", group, index, "stage"),
+                        f"a task probe needs an accuracy-like metric, not {task.metric!r} (lower is better)",
+                    )
                 if task.stage is not None and not recipe.evaluation.after_each_stage:
                     fail(("evaluation", "after_each_stage"), "task probes (stage:) need a score after every stage")
         problem = guard_problem(recipe)
         if problem:
             fail(("evaluation", "guard", problem[0]), problem[1])
     for name, dataset in recipe.datasets.items():
-        sources = [dataset.path is not None, dataset.rows is not None, dataset.builtin is not None,
-                   dataset.hub is not None]
+        sources = [
+            dataset.path is not None,
+            dataset.rows is not None,
+            dataset.builtin is not None,
+            dataset.hub is not None,
+        ]
         if sum(sources) != 1:
             fail(("datasets", name), "expected exactly one of 'path', 'rows', 'builtin' or 'hub'")
         for key in ("subset", "revision", "data_files"):
@@ -740,8 +807,10 @@ def separate_model_problem(recipe: Recipe, index: int, name: str | None) -> str 
         return None
     earlier = [stage.name for stage in recipe.stages[:index] if builds_model(stage)]
     if name not in earlier:
-        return (f"{name!r} is not an earlier stage that trains a separate model such as a reward model "
-                f"(earlier ones: {', '.join(earlier) or 'none'})")
+        return (
+            f"{name!r} is not an earlier stage that trains a separate model such as a reward model "
+            f"(earlier ones: {', '.join(earlier) or 'none'})"
+        )
     return None
 
 
@@ -755,8 +824,10 @@ def named_model_problem(recipe: Recipe, index: int, name: str) -> str | None:
         return f"{name!r} is not an earlier stage that hands its model on (earlier: {', '.join(earlier) or 'none'})"
     config_file = Path(name).expanduser() / "config.json"
     if not config_file.is_file():
-        return (f"{name!r} is neither 'base', an earlier stage ({', '.join(earlier) or 'none'}) nor a local model "
-                "folder with a config.json")
+        return (
+            f"{name!r} is neither 'base', an earlier stage ({', '.join(earlier) or 'none'}) nor a local model "
+            "folder with a config.json"
+        )
     from .plan import load_model_config
 
     try:
@@ -765,14 +836,17 @@ def named_model_problem(recipe: Recipe, index: int, name: str) -> str | None:
     except (RecipeError, ValueError, OSError, AttributeError):
         return None  # unreadable offline here: TRL compares the vocabularies when the stage starts
     if theirs is not None and ours is not None and theirs != ours:
-        return f"{name!r} has a vocabulary of {theirs} tokens, the model trained here {ours}: they must share a tokenizer"
+        return (
+            f"{name!r} has a vocabulary of {theirs} tokens, the model trained here {ours}: they must share a tokenizer"
+        )
     return None
 
 
 def plugin_configs(stage: StageConfig) -> list[tuple[tuple[Any, ...], PluginConfig]]:
     """(key path in the stage, config) of every registered entry a stage uses."""
-    return ([((field,), getattr(stage, field)) for field in PLUGIN_FIELDS]
-            + [(("transforms", i), t) for i, t in enumerate(stage.transforms)])
+    return [((field,), getattr(stage, field)) for field in PLUGIN_FIELDS] + [
+        (("transforms", i), t) for i, t in enumerate(stage.transforms)
+    ]
 
 
 def merge_problem(recipe: Recipe, index: int) -> tuple[tuple[Any, ...], str] | None:
@@ -781,7 +855,9 @@ def merge_problem(recipe: Recipe, index: int) -> tuple[tuple[Any, ...], str] | N
     if merge is None:
         return None
     earlier = [stage.name for stage in recipe.stages[:index]]
-    for key, name in [(("merge", "with"), merge.with_model)] + [(("merge", "add", i), n) for i, n in enumerate(merge.add)]:
+    for key, name in [(("merge", "with"), merge.with_model)] + [
+        (("merge", "add", i), n) for i, n in enumerate(merge.add)
+    ]:
         if name != BASE and name not in earlier:
             return key, f"{name!r} is neither 'base' nor an earlier stage (earlier: {', '.join(earlier) or 'none'})"
     for name in merge.select.data if merge.select else []:
@@ -825,7 +901,10 @@ def guard_problem(recipe: Recipe) -> tuple[str, str] | None:
         return "probe", f"{guard.probe!r} is not a retention probe (retention probes: {', '.join(retention) or 'none'})"
     short = next((stage.name for stage in recipe.stages if 0 < stage.max_steps < guard.every_steps), None)
     if short is not None:
-        return "every_steps", f"{guard.every_steps} is more than stage {short!r}'s max_steps: the guard would never check"
+        return (
+            "every_steps",
+            f"{guard.every_steps} is more than stage {short!r}'s max_steps: the guard would never check",
+        )
     return None
 
 
@@ -837,9 +916,12 @@ def recovery_problem(recipe: Recipe, task: EvalTaskConfig, group: str) -> tuple[
         return "recovery_shots", "splits a retention drop into format and knowledge loss: set it on retention probes"
     data_format = recipe.datasets[task.data].format if task.data else None
     if data_format not in ("instruction", "prompt_completion") or METRICS.get(task.metric).requires.problem(
-            "lm", {"prompt_completion"}, recipe.model.task):
-        return "recovery_shots", (f"needs an instruction or prompt_completion probe scored by a generation or "
-                                  f"likelihood metric (not {task.metric!r} on {data_format} data)")
+        "lm", {"prompt_completion"}, recipe.model.task
+    ):
+        return "recovery_shots", (
+            f"needs an instruction or prompt_completion probe scored by a generation or "
+            f"likelihood metric (not {task.metric!r} on {data_format} data)"
+        )
     return None
 
 
@@ -855,34 +937,56 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     formats = set(chain[-1].values())
     trainer_traits = TRAINERS.get(stage.trainer.kind).traits
     if stage.data_weights and not trainer_traits.samples_examples:
-        return ("data",), (f"trainer {stage.trainer.kind!r} builds its own batches from the rows, so data weights "
-                           "(a mixture) do not apply; list the datasets without weights")
+        return ("data",), (
+            f"trainer {stage.trainer.kind!r} builds its own batches from the rows, so data weights "
+            "(a mixture) do not apply; list the datasets without weights"
+        )
     problem = trainer_traits.check(stage.trainer, formats, stage) if trainer_traits.check else None
     if problem:
         return ("trainer", problem[0]), problem[1]
     if stage.optim and stage.optimizer.kind != "hf":
-        return ("optim",), (f"names a transformers optimizer, but `optimizer: {stage.optimizer.kind}` builds the "
-                            "stage's optimizer; remove one of them")
+        return ("optim",), (
+            f"names a transformers optimizer, but `optimizer: {stage.optimizer.kind}` builds the "
+            "stage's optimizer; remove one of them"
+        )
     takes_loss = trainer_traits.takes_loss
     if not takes_loss and stage.loss.kind != "ce":
         return ("loss",), f"trainer {stage.trainer.kind!r} defines its own objective; remove `loss: {stage.loss.kind}`"
-    used = [(("transforms", i), TRANSFORMS, transform, {chain[i][name] for name in transform_targets(recipe, stage, transform)})
-            for i, transform in enumerate(stage.transforms) if transform_targets(recipe, stage, transform)]
-    used += [((field,), registry, getattr(stage, field), formats) for field, registry in PLUGIN_FIELDS.items()
-             if takes_loss or field != "loss"]
+    used = [
+        (
+            ("transforms", i),
+            TRANSFORMS,
+            transform,
+            {chain[i][name] for name in transform_targets(recipe, stage, transform)},
+        )
+        for i, transform in enumerate(stage.transforms)
+        if transform_targets(recipe, stage, transform)
+    ]
+    used += [
+        ((field,), registry, getattr(stage, field), formats)
+        for field, registry in PLUGIN_FIELDS.items()
+        if takes_loss or field != "loss"
+    ]
     for field, registry, config, seen_formats in used:
         seen_objective = sorted({_objective(f) for f in seen_formats})[0]
         requires = registry.get(config.kind).requires
         problem = requires.problem(seen_objective, seen_formats, recipe.model.task)
         if not requires.sharded and recipe.distributed.fsdp:
-            return field, (f"{registry.what} {config.kind!r} does not run on FSDP2 shards; drop distributed.fsdp "
-                           "(an add-on or preference stage of a 7-8B model fits one GPU) or choose another entry")
+            return field, (
+                f"{registry.what} {config.kind!r} does not run on FSDP2 shards; drop distributed.fsdp "
+                "(an add-on or preference stage of a 7-8B model fits one GPU) or choose another entry"
+            )
         if requires.plain_weights and recipe.model.quantization is not None:
-            return field, (f"{registry.what} {config.kind!r} trains or reads the base's weight matrices, which "
-                           "model.quantization holds in 4/8 bits; on a quantized base train an add-on (lora, prompt)")
+            return field, (
+                f"{registry.what} {config.kind!r} trains or reads the base's weight matrices, which "
+                "model.quantization holds in 4/8 bits; on a quantized base train an add-on (lora, prompt)"
+            )
         if problem:
-            others = [name for name in registry.serving(seen_objective, seen_formats, recipe.model.task)
-                      if name != config.kind]
+            others = [
+                name
+                for name in registry.serving(seen_objective, seen_formats, recipe.model.task)
+                if name != config.kind
+            ]
             hint = f" (this stage can use: {', '.join(others)})" if others else ""
             return field, f"{registry.what} {config.kind!r} {problem}{hint}"
     return None
@@ -902,12 +1006,18 @@ def _check_precision(recipe: Recipe, source: str, lines: dict[tuple, int]) -> No
     if recipe.model.quantization is None:
         return
     if recipe.distributed.fsdp or recipe.distributed.deepspeed:
-        fail(("model", "quantization"), "a 4/8-bit base is not sharded by FSDP or DeepSpeed here; drop "
-                                        "distributed or train it on one device (QLoRA fits 8B models on one GPU)")
+        fail(
+            ("model", "quantization"),
+            "a 4/8-bit base is not sharded by FSDP or DeepSpeed here; drop "
+            "distributed or train it on one device (QLoRA fits 8B models on one GPU)",
+        )
     for index, stage in enumerate(recipe.stages):
         if stage.merge is not None:
-            fail(("stages", index, "merge"), "merges interpolate full weights, which model.quantization holds in "
-                                             "4/8 bits; use lora with merge_on_save (the base is dequantized first)")
+            fail(
+                ("stages", index, "merge"),
+                "merges interpolate full weights, which model.quantization holds in "
+                "4/8 bits; use lora with merge_on_save (the base is dequantized first)",
+            )
 
 
 def _check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], base_dir: Path | None) -> None:
@@ -924,19 +1034,27 @@ def _check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], bas
     if dist.fsdp and dist.deepspeed:
         fail("deepspeed", "choose one sharding engine: fsdp or deepspeed, not both")
     if dist.fsdp and recipe.evaluation and recipe.evaluation.guard:
-        fail("fsdp", "evaluation.guard scores the model in the middle of sharded training; drop the guard or "
-                     "distributed.fsdp")
+        fail(
+            "fsdp",
+            "evaluation.guard scores the model in the middle of sharded training; drop the guard or distributed.fsdp",
+        )
     if dist.fsdp and recipe.evaluation and recipe.evaluation.every != "stage":
         every = recipe.evaluation.every if isinstance(recipe.evaluation.every, str) else "{steps}"
-        fail("fsdp", f"evaluation.every: {every} scores the model in the middle of sharded training; score each "
-                     "stage (every: stage) instead")
+        fail(
+            "fsdp",
+            f"evaluation.every: {every} scores the model in the middle of sharded training; score each "
+            "stage (every: stage) instead",
+        )
     if dist.deepspeed:
         found, config = _deepspeed_config(dist.deepspeed, base_dir, fail)
         dist.deepspeed = str(found)
         stage = (config.get("zero_optimization") or {}).get("stage") if isinstance(config, dict) else None
         if stage == 3:
-            fail("deepspeed", "ZeRO-3 shards the weights where stagewise's selectors, regularizers, LR rules and "
-                              "merges cannot see them; use distributed: {fsdp: true} (FSDP2), or ZeRO-2")
+            fail(
+                "deepspeed",
+                "ZeRO-3 shards the weights where stagewise's selectors, regularizers, LR rules and "
+                "merges cannot see them; use distributed: {fsdp: true} (FSDP2), or ZeRO-2",
+            )
         if importlib.util.find_spec("deepspeed") is None:
             fail("deepspeed", "the deepspeed package is not installed (pip install deepspeed)")
 
@@ -955,7 +1073,9 @@ def _deepspeed_config(value: str, base_dir: Path | None, fail: Callable[[str, st
 
 
 def _objective(data_format: str) -> str:
-    return {"classification": "classification", "preference": "preference", "feedback": "feedback"}.get(data_format, "lm")
+    return {"classification": "classification", "preference": "preference", "feedback": "feedback"}.get(
+        data_format, "lm"
+    )
 
 
 def transform_targets(recipe: Recipe, stage: StageConfig, transform: Any) -> list[str]:
@@ -976,8 +1096,12 @@ def format_chain(recipe: Recipe, stage: StageConfig) -> list[dict[str, str]]:
     chain = [{name: recipe.datasets[name].format for name in stage.data}]
     for transform in stage.transforms:
         output = TRANSFORMS.get(transform.kind).traits.output_format
-        chain.append({name: output if output and name in transform_targets(recipe, stage, transform) else fmt
-                      for name, fmt in chain[-1].items()})
+        chain.append(
+            {
+                name: output if output and name in transform_targets(recipe, stage, transform) else fmt
+                for name, fmt in chain[-1].items()
+            }
+        )
     return chain
 
 

@@ -4,6 +4,7 @@ A single process is rank 0 of 1. Under a launcher the process group is started t
 accelerate (the state the HF Trainer uses as well) as soon as a run begins, so steps that
 come before the first Trainer (distillation, categorization, evaluation) can already shard.
 """
+
 from __future__ import annotations
 
 import os

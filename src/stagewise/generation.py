@@ -8,15 +8,25 @@ its KV cache copied for every answer (``model.generate`` would prefill each copy
 is a Gumbel-max argmax, which lets greedy and sampled rows share a batch and is cheaper than
 ``torch.multinomial`` on CPU; with ``first_line`` a sequence stops once its first line is complete.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, PreTrainedModel,
-                          PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TemperatureLogitsWarper,
-                          TopKLogitsWarper, TopPLogitsWarper)
+from transformers import (
+    DynamicCache,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from .distributed import gather_ordered, rank_and_size
 
@@ -30,7 +40,7 @@ class SamplingConfig:
     top_k: int = 0
     num_return_sequences: int = 1
     seed: int = 0
-    first_line: bool = False   # stop once the first non-blank line is complete; return only that line
+    first_line: bool = False  # stop once the first non-blank line is complete; return only that line
     greedy_first: bool = False  # sampled: each prompt's first sequence is its greedy answer (one shared prefill)
 
 
@@ -48,11 +58,12 @@ class GumbelSample(LogitsProcessor):
         self.generators, self.copies, self.greedy_first = generators, copies, greedy_first
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        uniform = torch.cat([torch.rand((self.copies, scores.shape[1]), generator=g, device=scores.device)
-                             for g in self.generators])
+        uniform = torch.cat(
+            [torch.rand((self.copies, scores.shape[1]), generator=g, device=scores.device) for g in self.generators]
+        )
         noise = -torch.log(-torch.log(uniform.clamp_(min=1e-20)))
         if self.greedy_first:
-            noise[::self.copies] = 0.0
+            noise[:: self.copies] = 0.0
         return scores.float() + noise
 
 
@@ -78,7 +89,7 @@ class FirstLineComplete(StoppingCriteria):
         self.tokenizer, self.prompt_width = tokenizer, prompt_width
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
         return torch.tensor(["\n" in text.lstrip() for text in texts], device=input_ids.device)
 
 
@@ -93,8 +104,8 @@ def _left_padded(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, t
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, ids in enumerate(prompts):
-        input_ids[row, width - len(ids):] = torch.tensor(ids)
-        attention[row, width - len(ids):] = 1
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention[row, width - len(ids) :] = 1
     return input_ids, attention
 
 
@@ -106,8 +117,13 @@ def _shared_prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention: 
     """
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
-    model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
-          past_key_values=cache, use_cache=True)
+    model(
+        input_ids=input_ids[:, :-1],
+        attention_mask=attention[:, :-1],
+        position_ids=positions[:, :-1],
+        past_key_values=cache,
+        use_cache=True,
+    )
     cache.batch_repeat_interleave(copies)
     return cache
 
@@ -147,13 +163,20 @@ def generate(
     mine = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))[rank::world_size]
     per_batch = max(1, batch_size // max(copies, 1))
     shard: dict[int, list[str]] = {}
-    kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                  pad_token_id=pad_id, use_cache=True)
+    kwargs = dict(
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
     shared = copies > 1 and _supports_shared_prefill(model) and min(map(len, prompts), default=0) > 1
     try:
         quiet = {"disable": True} if rank else {}  # one progress bar, rank 0's
         for start in tqdm(range(0, len(mine), per_batch), desc=desc, leave=False, **quiet):
-            batch = mine[start:start + per_batch]
+            batch = mine[start : start + per_batch]
             input_ids, attention = (t.to(device) for t in _left_padded([prompts[i] for i in batch], pad_id))
             width = input_ids.shape[1]
             call = dict(kwargs)
@@ -170,7 +193,7 @@ def generate(
             if sampling.first_line:
                 texts = [first_line(text) for text in texts]
             for row, index in enumerate(batch):
-                shard[index] = texts[row * copies:(row + 1) * copies]
+                shard[index] = texts[row * copies : (row + 1) * copies]
     finally:
         model.train(was_training)
     return gather_ordered(shard, len(prompts))

@@ -3,6 +3,7 @@
 Caches and finished outputs carry a content hash, checked before they are reused, so an
 edited, truncated or bit-flipped file is recomputed instead of trusted.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,9 +80,11 @@ def file_sha256(path: str | os.PathLike, chunk: int = 2**22) -> str:
 
 def folder_sha256(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """SHA-256 of every file under ``folder`` (relative POSIX paths), skipping top-level names in ``skip``."""
-    return {path.relative_to(folder).as_posix(): file_sha256(path)
-            for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.relative_to(folder).parts[0] not in skip}
+    return {
+        path.relative_to(folder).as_posix(): file_sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.relative_to(folder).parts[0] not in skip
+    }
 
 
 def save_figure(fig: Any, path: str | os.PathLike, **savefig: Any) -> None:

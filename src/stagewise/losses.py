@@ -2,6 +2,7 @@
 with shifted labels, or classification CE); strategies register class-balanced and margin
 losses here. A loss is a ``compute_loss_func`` for the Trainer; a method that needs its own
 training loop (DPO, reward modelling) is a trainer (``trainers``), not a loss."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -17,6 +17,7 @@ choice go in the manifest. An adapter-carrying model is merged into its base fir
 WiSE-FT is then the interpolation of the merged weights), so the output is a plain
 ``save_pretrained`` folder.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +40,7 @@ class MergeSelect(StrictModel):
 
     data: list[str] = Field(min_length=1)
     metric: str
-    max_new_tokens: int = Field(default=24, ge=1)   # generation metrics: answer length
+    max_new_tokens: int = Field(default=24, ge=1)  # generation metrics: answer length
 
     @field_validator("data", mode="before")
     @classmethod
@@ -51,9 +52,9 @@ class MergeConfig(StrictModel):
     method: Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"] = "linear"
     density: float = Field(default=0.5, gt=0, le=1)  # ties/dare: the share of each task vector's entries kept
     with_model: str = Field(default=BASE, validation_alias=AliasChoices("with", "with_model"))  # base or a stage
-    alpha: list[float] = Field(min_length=1)        # WiSE-FT's α (linear, in [0, 1]) or task arithmetic's λ
-    add: list[str] = Field(default_factory=list)    # task_arithmetic: more fine-tuned stages' task vectors
-    select: MergeSelect | None = None               # required when alpha lists several values
+    alpha: list[float] = Field(min_length=1)  # WiSE-FT's α (linear, in [0, 1]) or task arithmetic's λ
+    add: list[str] = Field(default_factory=list)  # task_arithmetic: more fine-tuned stages' task vectors
+    select: MergeSelect | None = None  # required when alpha lists several values
 
     @field_validator("alpha", mode="before")
     @classmethod
@@ -67,8 +68,9 @@ class MergeConfig(StrictModel):
         if self.method != "linear" and any(a < 0 for a in self.alpha):
             raise ValueError(f"alpha: task-vector scales must be >= 0 (got {self.alpha})")
         if self.add and self.method == "linear":
-            raise ValueError("add: WiSE-FT (linear) interpolates two models; several task vectors need "
-                             "task_arithmetic, ties or dare")
+            raise ValueError(
+                "add: WiSE-FT (linear) interpolates two models; several task vectors need task_arithmetic, ties or dare"
+            )
         if self.method in MERGEKIT_METHODS:
             import importlib.util
 
@@ -151,8 +153,10 @@ def merged_names(model: torch.nn.Module, source: WeightSource, what: str) -> lis
         if name not in held:
             raise DataError(f"merge: {what} has a different architecture (parameter {name!r} is in one model only)")
         if tuple(state[name].shape) != source.shape(name):
-            raise DataError(f"merge: {what} has parameter {name!r} of shape {source.shape(name)}, "
-                            f"this model {tuple(state[name].shape)}")
+            raise DataError(
+                f"merge: {what} has parameter {name!r} of shape {source.shape(name)}, "
+                f"this model {tuple(state[name].shape)}"
+            )
     return names
 
 
@@ -162,8 +166,10 @@ def check_same_shapes(mine: dict[str, torch.Tensor], other: dict[str, torch.Tens
         raise DataError(f"merge: {what} has a different architecture (parameter {missing[0]!r} is in one model only)")
     for name, tensor in mine.items():
         if tensor.shape != other[name].shape:
-            raise DataError(f"merge: {what} has parameter {name!r} of shape {tuple(other[name].shape)}, "
-                            f"this model {tuple(tensor.shape)}")
+            raise DataError(
+                f"merge: {what} has parameter {name!r} of shape {tuple(other[name].shape)}, "
+                f"this model {tuple(tensor.shape)}"
+            )
 
 
 def merge_tensor(config: MergeConfig, alpha: float, tuned: list[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
@@ -173,16 +179,27 @@ def merge_tensor(config: MergeConfig, alpha: float, tuned: list[torch.Tensor], a
     return anchor + alpha * sum(weights - anchor for weights in tuned)
 
 
-def merged_weights(config: MergeConfig, alpha: float, tuned: list[dict[str, torch.Tensor]],
-                   anchor: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def merged_weights(
+    config: MergeConfig, alpha: float, tuned: list[dict[str, torch.Tensor]], anchor: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """:func:`merge_tensor` over whole state dicts; floating tensors only (integer buffers are
     copied from the first tuned model)."""
-    return {name: merge_tensor(config, alpha, [weights[name] for weights in tuned], anchor[name])
-            if first.is_floating_point() else first for name, first in tuned[0].items()}
+    return {
+        name: merge_tensor(config, alpha, [weights[name] for weights in tuned], anchor[name])
+        if first.is_floating_point()
+        else first
+        for name, first in tuned[0].items()
+    }
 
 
-def mergekit_weights(config: MergeConfig, alpha: float, model: torch.nn.Module, tuned: list[dict[str, torch.Tensor]],
-                     anchor: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+def mergekit_weights(
+    config: MergeConfig,
+    alpha: float,
+    model: torch.nn.Module,
+    tuned: list[dict[str, torch.Tensor]],
+    anchor: dict[str, torch.Tensor],
+    seed: int,
+) -> dict[str, torch.Tensor]:
     """TIES / DARE through mergekit: the models are written to a scratch folder (mergekit merges
     checkpoints on disk) and the merged weights read back."""
     import tempfile
@@ -198,11 +215,17 @@ def mergekit_weights(config: MergeConfig, alpha: float, model: torch.nn.Module, 
             folder = Path(scratch) / f"model-{index}"
             model.save_pretrained(folder, state_dict=dict(weights))  # save_pretrained empties the dict it is given
             folders.append(str(folder))
-        merge = MergeConfiguration.model_validate({
-            "merge_method": config.method, "base_model": folders[0], "dtype": "float32",
-            "models": [{"model": folder, "parameters": {"weight": alpha, "density": config.density}}
-                       for folder in folders[1:]],
-        })
+        merge = MergeConfiguration.model_validate(
+            {
+                "merge_method": config.method,
+                "base_model": folders[0],
+                "dtype": "float32",
+                "models": [
+                    {"model": folder, "parameters": {"weight": alpha, "density": config.density}}
+                    for folder in folders[1:]
+                ],
+            }
+        )
         torch.manual_seed(seed)
         run_merge(merge, str(Path(scratch) / "out"), options=MergeOptions(copy_tokenizer=False, quiet=True))
         merged: dict[str, torch.Tensor] = {}
@@ -218,8 +241,13 @@ def mergekit_weights(config: MergeConfig, alpha: float, model: torch.nn.Module, 
 
 
 def merge_model(
-    model: torch.nn.Module, config: MergeConfig, weights_of: Callable[[str], WeightSource],
-    score: Callable[[torch.nn.Module], float] | None, log: Callable[[str], None], scratch: Path, seed: int = 0,
+    model: torch.nn.Module,
+    config: MergeConfig,
+    weights_of: Callable[[str], WeightSource],
+    score: Callable[[torch.nn.Module], float] | None,
+    log: Callable[[str], None],
+    scratch: Path,
+    seed: int = 0,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Merge ``model`` as ``config`` says, in place and tensor by tensor: ``weights_of(name)`` gives
     ``base``'s or an earlier stage's weights (streamed from its safetensors where it has them),
@@ -242,15 +270,23 @@ def merge_model(
             if score is not None and len(config.alpha) > 1:
                 dev_scores[f"{alpha:g}"] = score(model)
                 log(f"[merge] {config.method} alpha={alpha:g}: dev {dev_scores[f'{alpha:g}']:.4f}")
-        chosen = config.alpha[0] if not dev_scores else config.alpha[
-            max(range(len(config.alpha)), key=lambda i: (dev_scores[f"{config.alpha[i]:g}"], -i))]
+        chosen = (
+            config.alpha[0]
+            if not dev_scores
+            else config.alpha[max(range(len(config.alpha)), key=lambda i: (dev_scores[f"{config.alpha[i]:g}"], -i))]
+        )
         if chosen != config.alpha[-1]:
             apply_merge(model, config, chosen, names, tuned, extras, anchor, seed)
     finally:
         scratch.unlink(missing_ok=True)
     log(f"[merge] {config.method} with {config.with_model!r}: alpha {chosen:g}")
-    return model, {"method": config.method, "with": config.with_model, "add": config.add, "alpha": chosen,
-                   "dev_scores": dev_scores}
+    return model, {
+        "method": config.method,
+        "with": config.with_model,
+        "add": config.add,
+        "alpha": chosen,
+        "dev_scores": dev_scores,
+    }
 
 
 def keep_on_disk(model: torch.nn.Module, names: list[str], scratch: Path) -> WeightSource:
@@ -263,8 +299,16 @@ def keep_on_disk(model: torch.nn.Module, names: list[str], scratch: Path) -> Wei
 
 
 @torch.no_grad()
-def apply_merge(model: torch.nn.Module, config: MergeConfig, alpha: float, names: list[str], tuned: WeightSource,
-                extras: list[WeightSource], anchor: WeightSource, seed: int) -> None:
+def apply_merge(
+    model: torch.nn.Module,
+    config: MergeConfig,
+    alpha: float,
+    names: list[str],
+    tuned: WeightSource,
+    extras: list[WeightSource],
+    anchor: WeightSource,
+    seed: int,
+) -> None:
     """Write the merge at ``alpha`` into the model's tensors, one tensor at a time (TIES/DARE:
     mergekit merges whole checkpoints)."""
     state = model.state_dict()

@@ -4,6 +4,7 @@ Bundled names run offline. ``tiny-*`` are small random models built from configs
 (for tests and smoke runs); real bundled models are resolved in ``bundled.py``.
 Weights load with safetensors; ``trust_remote_code`` stays off unless the recipe sets it.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,19 +65,38 @@ TINY_VOCAB = 272  # 5 specials + 256 bytes, rounded up
 def _tiny_config(arch: str) -> Any:
     if arch == "llama":
         return LlamaConfig(
-            vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
         )
     if arch == "gpt2":
         return GPT2Config(
-            vocab_size=TINY_VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=512,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2,
+            vocab_size=TINY_VOCAB,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            n_positions=512,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
         )
     if arch == "bert":
         return BertConfig(
-            vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=512, pad_token_id=0,
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            pad_token_id=0,
         )
     raise ValueError(arch)
 
@@ -113,8 +133,12 @@ def install_mlp_head(model: PreTrainedModel) -> None:
     linear: torch.nn.Linear = getattr(model, name)
     hidden = linear.in_features
     dropout = getattr(model.config, "hidden_dropout_prob", 0.1) or 0.0
-    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Dropout(dropout),
-                               torch.nn.Linear(hidden, linear.out_features, bias=linear.bias is not None))
+    head = torch.nn.Sequential(
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(dropout),
+        torch.nn.Linear(hidden, linear.out_features, bias=linear.bias is not None),
+    )
     setattr(model, name, head.to(linear.weight.dtype))
     model.config.stagewise_head_layers = 2
 
@@ -129,7 +153,7 @@ def restore_mlp_head(model: PreTrainedModel, folder: Path) -> None:
     name = next(attr for attr in HEAD_ATTRIBUTES if isinstance(getattr(model, attr, None), torch.nn.Sequential))
     state = {}
     for file in sorted(folder.glob("*.safetensors")):
-        state.update({k[len(name) + 1:]: v for k, v in load_file(str(file)).items() if k.startswith(name + ".")})
+        state.update({k[len(name) + 1 :]: v for k, v in load_file(str(file)).items() if k.startswith(name + ".")})
     getattr(model, name).load_state_dict(state)
 
 
@@ -158,7 +182,9 @@ def load_model_and_tokenizer(
 
         path = resolve_bundled(name) if name in BUNDLED else tiny_folder(name) if name in TINY_MODELS else name
         torch.manual_seed(seed)
-        model, tokenizer = load_pretrained(path, cfg, extra, dtype=dtype, quantization=quantization_config(cfg, precision))
+        model, tokenizer = load_pretrained(
+            path, cfg, extra, dtype=dtype, quantization=quantization_config(cfg, precision)
+        )
         if name in IDENTITY_POOLER and cfg.task == "sequence_classification":
             use_identity_pooler(model)
     if cfg.task == "sequence_classification" and cfg.head_layers == 2:
@@ -213,12 +239,19 @@ def quantization_config(cfg: ModelConfig, precision: str) -> Any:
 
     from .precision import COMPUTE_DTYPES, resolve_precision
 
-    compute = (COMPUTE_DTYPES[resolve_precision(precision)] if quant.compute_dtype == "auto"
-               else getattr(torch, quant.compute_dtype))
+    compute = (
+        COMPUTE_DTYPES[resolve_precision(precision)]
+        if quant.compute_dtype == "auto"
+        else getattr(torch, quant.compute_dtype)
+    )
     if quant.bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
-                              bnb_4bit_use_double_quant=quant.double_quant, bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
 
 
 def loaded_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -261,8 +294,9 @@ def dequantize_in_place(model: PreTrainedModel) -> PreTrainedModel:
         if not isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
             continue
         weight = dequantize_bnb_weight(module.weight, getattr(module, "state", None)).to(dtype)
-        plain = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                                device=weight.device, dtype=dtype)
+        plain = torch.nn.Linear(
+            module.in_features, module.out_features, bias=module.bias is not None, device=weight.device, dtype=dtype
+        )
         with torch.no_grad():
             plain.weight.copy_(weight)
             if module.bias is not None:
@@ -284,7 +318,10 @@ def on_local_device(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def load_pretrained(
-    path: str | Path, cfg: ModelConfig, extra: dict[str, Any] | None = None, dtype: torch.dtype | str = "auto",
+    path: str | Path,
+    cfg: ModelConfig,
+    extra: dict[str, Any] | None = None,
+    dtype: torch.dtype | str = "auto",
     quantization: Any = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load weights (safetensors only) and tokenizer from a folder or hub id, straight into
@@ -297,15 +334,22 @@ def load_pretrained(
     if Path(path).expanduser().is_dir():
         check_weight_files(Path(path).expanduser())
     common = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
-    placement: dict[str, Any] = {"device_map": {"": local_device()}} if (
-        quantization is not None or torch.cuda.is_available()) else {}
+    placement: dict[str, Any] = (
+        {"device_map": {"": local_device()}} if (quantization is not None or torch.cuda.is_available()) else {}
+    )
     if cfg.attn_implementation != "auto":
         placement["attn_implementation"] = cfg.attn_implementation
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         model = _auto_class(cfg.task).from_pretrained(
-            path, dtype=dtype, use_safetensors=True, quantization_config=quantization, **placement, **common,
-            **(extra or {}))
+            path,
+            dtype=dtype,
+            use_safetensors=True,
+            quantization_config=quantization,
+            **placement,
+            **common,
+            **(extra or {}),
+        )
     except MemoryError:
         raise
     except Exception as err:  # config.json of the wrong types or shapes fails deep inside transformers/hub
@@ -343,8 +387,11 @@ def check_weight_files(folder: Path) -> None:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
-        what = f"only pickle weights ({', '.join(pickles)}), which stagewise never loads: convert them to safetensors" \
-            if pickles else "no *.safetensors weights"
+        what = (
+            f"only pickle weights ({', '.join(pickles)}), which stagewise never loads: convert them to safetensors"
+            if pickles
+            else "no *.safetensors weights"
+        )
         raise ModelError(f"model folder {folder}: {what}")
     for file in files:
         try:  # reads the header and checks that the tensors cover the file exactly
@@ -363,11 +410,13 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_stage_output(stage_dir: Path, cfg: ModelConfig,
-                      precision: str = "auto") -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+def load_stage_output(
+    stage_dir: Path, cfg: ModelConfig, precision: str = "auto"
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """Reload a finished stage's folder (after skipped stages), with its adapter if it has one."""
-    model, tokenizer = load_pretrained(stage_dir, cfg.model_copy(update={"revision": None}),
-                                       dtype=load_dtype(precision, cfg.dtype))
+    model, tokenizer = load_pretrained(
+        stage_dir, cfg.model_copy(update={"revision": None}), dtype=load_dtype(precision, cfg.dtype)
+    )
     record_storage_dtype(model, loaded_dtype(model))
     if (stage_dir / "adapter").is_dir():
         from peft import PeftConfig, PeftModel
@@ -377,5 +426,3 @@ def load_stage_output(stage_dir: Path, cfg: ModelConfig,
         trainable = not PeftConfig.from_pretrained(adapter).is_prompt_learning
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
     return on_local_device(model), tokenizer
-
-

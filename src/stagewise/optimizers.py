@@ -6,6 +6,7 @@ by the LR rule, e.g. one group per layer under TempBalance) and the stage's ``Tr
 so every selector and LR rule works with every optimizer. ``hf`` (the default) returns ``None``:
 the Trainer builds its own, named by the stage's ``optim``. Strategies register others (MoFO).
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol
@@ -25,7 +26,8 @@ class OptimizerBuilder(Protocol):
 
 
 @OPTIMIZERS.register("hf")
-def trainer_optimizer(config: PluginConfig, groups: ParamGroups,
-                      args: TrainingArguments) -> torch.optim.Optimizer | None:
+def trainer_optimizer(
+    config: PluginConfig, groups: ParamGroups, args: TrainingArguments
+) -> torch.optim.Optimizer | None:
     """The transformers Trainer's optimizer, chosen by the stage's ``optim`` (default AdamW)."""
     return None

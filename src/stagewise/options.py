@@ -4,6 +4,7 @@ checked before any work (a folder where a file is expected, a path under a file,
 A command declares its options as a :class:`~stagewise.schema.StrictModel` and reads them with
 :func:`command_options`; a bad value is one line naming the ``--flag``.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -16,6 +16,7 @@
 
 Evaluation, generation and Fisher estimation run under the same autocast (:func:`autocast`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,12 @@ from typing import Any, Iterator
 
 import torch
 
-COMPUTE_DTYPES = {"fp32": torch.float32, "bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16,
-                  "bf16-pure": torch.bfloat16}
+COMPUTE_DTYPES = {
+    "fp32": torch.float32,
+    "bf16-mixed": torch.bfloat16,
+    "fp16-mixed": torch.float16,
+    "bf16-pure": torch.bfloat16,
+}
 MIXED = ("bf16-mixed", "fp16-mixed")
 
 
@@ -44,8 +49,10 @@ def precision_problem(precision: str, model_dtype: str) -> str | None:
         return "fp16-mixed needs a GPU (CPU autocast has no fp16 loss scaling); use bf16-mixed or fp32"
     if resolved == "fp32" and model_dtype not in ("auto", "float32"):
         machine = " (auto on a machine without a GPU)" if precision == "auto" else ""
-        return (f"precision resolves to fp32{machine} but model.dtype is {model_dtype}: use precision bf16-mixed "
-                "(fp32 master weights, bf16 compute) or bf16-pure, or drop model.dtype")
+        return (
+            f"precision resolves to fp32{machine} but model.dtype is {model_dtype}: use precision bf16-mixed "
+            "(fp32 master weights, bf16 compute) or bf16-pure, or drop model.dtype"
+        )
     return None
 
 

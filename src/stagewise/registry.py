@@ -12,6 +12,7 @@ Each point's call shape is a typed protocol beside its context (``selection.Sele
 ``losses.LossBuilder``, ``regularizers.Regularizer``, ``schedules.LrRule``, ``optimizers.OptimizerBuilder``,
 ``transforms.Transform``, ``trainers.TrainerFactory``, ``eval.metrics.Metric``, ``addons.AddOn``).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -47,8 +48,12 @@ class PluginConfig(StrictModel):
 
     model_config = ConfigDict(frozen=True, validate_assignment=False)
     dataset_fields: ClassVar[tuple[str, ...]] = ()
-    stage_fields: ClassVar[tuple[str, ...]] = ()  # fields naming an earlier stage whose separate model (e.g. a reward model) this entry uses
-    named_model_fields: ClassVar[tuple[str, ...]] = ()  # fields naming a whole model: base, an earlier stage or a local folder
+    stage_fields: ClassVar[
+        tuple[str, ...]
+    ] = ()  # fields naming an earlier stage whose separate model (e.g. a reward model) this entry uses
+    named_model_fields: ClassVar[
+        tuple[str, ...]
+    ] = ()  # fields naming a whole model: base, an earlier stage or a local folder
     kind: str
 
     def datasets_named(self) -> list[str]:
@@ -71,11 +76,13 @@ class TransformConfig(PluginConfig):
 class Requires:
     """What an entry needs from the stage (or probe) it is used in; ``None`` = anything."""
 
-    objectives: tuple[str, ...] | None = None   # data objectives: lm, classification, preference
-    formats: tuple[str, ...] | None = None      # data formats (finer: instruction, text, ...)
+    objectives: tuple[str, ...] | None = None  # data objectives: lm, classification, preference
+    formats: tuple[str, ...] | None = None  # data formats (finer: instruction, text, ...)
     model_tasks: tuple[str, ...] | None = None  # causal_lm, sequence_classification
-    plain_weights: bool = False  # trains or reads the base's weight matrices: not on a 4/8-bit base (model.quantization)
-    sharded: bool = True         # runs on FSDP2 shards (distributed.fsdp); False: refused at validate
+    plain_weights: bool = (
+        False  # trains or reads the base's weight matrices: not on a 4/8-bit base (model.quantization)
+    )
+    sharded: bool = True  # runs on FSDP2 shards (distributed.fsdp); False: refused at validate
 
     def problem(self, objective: str, formats: set[str], model_task: str) -> str | None:
         """Why this entry cannot serve a stage with this data and model, or None."""
@@ -95,18 +102,18 @@ class NoTraits:
 
 @dataclass(frozen=True)
 class SelectorTraits:
-    wraps_model: bool = False   # attaches (or trains) an add-on: gets the wrapped model, trains only the add-on
+    wraps_model: bool = False  # attaches (or trains) an add-on: gets the wrapped model, trains only the add-on
 
 
 @dataclass(frozen=True)
 class TransformTraits:
-    stage_wide: bool = False    # one pass over all of its datasets together (not one per dataset)
+    stage_wide: bool = False  # one pass over all of its datasets together (not one per dataset)
     output_format: str | None = None  # the data format of the rows it returns (None: the format it received)
 
 
 @dataclass(frozen=True)
 class TrainerTraits:
-    takes_loss: bool = True     # trains with the stage's `loss` (False: the trainer defines its own objective)
+    takes_loss: bool = True  # trains with the stage's `loss` (False: the trainer defines its own objective)
     samples_examples: bool = True  # batches the engine's encoded examples (so a data mixture's sampler applies)
     # builds_model(model, seed) -> the model this trainer trains instead (a reward model on the entering
     # model's backbone). Such a stage branches: its model is saved in its folder for later stages to name,
@@ -119,7 +126,7 @@ class TrainerTraits:
 @dataclass(frozen=True)
 class MetricTraits:
     higher_is_better: bool = True
-    needs_data: bool = True     # scores one of the recipe's datasets (False: loads its own, e.g. lm-eval)
+    needs_data: bool = True  # scores one of the recipe's datasets (False: loads its own, e.g. lm-eval)
     check: Callable[[Any], tuple[str, str] | None] | None = None  # probe validation: (key, problem) or None
 
 
@@ -144,9 +151,16 @@ class Registry(Generic[Impl, Traits]):
         self.traits_cls = traits_cls
         self._entries: dict[str, Entry[Impl, Traits]] = {}
 
-    def register(self, name: str, config_cls: type[PluginConfig] | None = None, *, requires: Requires | None = None,
-                 traits: Traits | None = None, example: dict[str, Any] | None = None,
-                 plan: Callable[[Any, Any], dict[str, float]] | None = None) -> Callable[[Impl], Impl]:
+    def register(
+        self,
+        name: str,
+        config_cls: type[PluginConfig] | None = None,
+        *,
+        requires: Requires | None = None,
+        traits: Traits | None = None,
+        example: dict[str, Any] | None = None,
+        plan: Callable[[Any, Any], dict[str, float]] | None = None,
+    ) -> Callable[[Impl], Impl]:
         """Decorator: ``@SELECTORS.register("hft", HFTConfig)`` on the implementation.
 
         ``example`` is the entry's smallest valid recipe value beyond ``kind`` (required keys);
@@ -155,8 +169,15 @@ class Registry(Generic[Impl, Traits]):
         def decorate(impl: Impl) -> Impl:
             if name in self._entries:
                 raise ValueError(f"{self.what} {name!r} is registered twice")
-            self._entries[name] = Entry(name, config_cls or PluginConfig, impl, requires or Requires(),
-                                        traits if traits is not None else self.traits_cls(), dict(example or {}), plan)
+            self._entries[name] = Entry(
+                name,
+                config_cls or PluginConfig,
+                impl,
+                requires or Requires(),
+                traits if traits is not None else self.traits_cls(),
+                dict(example or {}),
+                plan,
+            )
             return impl
 
         return decorate
@@ -207,8 +228,16 @@ ADDONS: Registry[AddOn, NoTraits] = Registry("add-on", NoTraits)
 COMMANDS: Registry[Callable[[argparse._SubParsersAction], None], NoTraits] = Registry("command", NoTraits)
 
 
-BUILT_IN = ("selection", "losses", "regularizers", "schedules", "optimizers", "transforms", "trainers",
-            "eval")  # each extension point's own module, with its built-in entries (full, ce, none, uniform, hf)
+BUILT_IN = (
+    "selection",
+    "losses",
+    "regularizers",
+    "schedules",
+    "optimizers",
+    "transforms",
+    "trainers",
+    "eval",
+)  # each extension point's own module, with its built-in entries (full, ce, none, uniform, hf)
 
 
 def load_plugins() -> None:

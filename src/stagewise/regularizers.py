@@ -9,6 +9,7 @@ A penalty is built on the whole model; when the stage is sharded it is told to :
 the shards, and each rank then penalises its own slice of every tensor.
 ``none`` adds nothing; strategies register anchors to the entering weights (L2-SP, EWC).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 ``report.json`` holds every number; ``report.md`` is the same as tables; the run's
 console summary and ``stagewise compare`` read the same structure.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,8 +31,13 @@ def compare_scores(base: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
         for name, result in after.get(group, {}).items():
             before = base.get(group, {}).get(name, {}).get("score")
             delta = None if before is None else result["score"] - before
-            rows[name] = {"metric": result["metric"], "base": before, "after": result["score"], "delta": delta,
-                          "truncated": result.get("truncated", 0)}  # inputs clipped to evaluation.max_length
+            rows[name] = {
+                "metric": result["metric"],
+                "base": before,
+                "after": result["score"],
+                "delta": delta,
+                "truncated": result.get("truncated", 0),
+            }  # inputs clipped to evaluation.max_length
             if result["higher_is_better"]:
                 scores.append(result["score"])
                 if delta is not None:
@@ -65,9 +71,14 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
     stages = []
     for entry in manifest["stages"]:
         if entry.get("evaluation"):
-            stages.append({"stage": f"{entry['index']}-{entry['name']}", **compare_scores(base, entry["evaluation"]),
-                           "knowledge_vs_format": knowledge_vs_format(base, entry["evaluation"]),
-                           "kl_to_entering": entry.get("kl_to_entering")})
+            stages.append(
+                {
+                    "stage": f"{entry['index']}-{entry['name']}",
+                    **compare_scores(base, entry["evaluation"]),
+                    "knowledge_vs_format": knowledge_vs_format(base, entry["evaluation"]),
+                    "kl_to_entering": entry.get("kl_to_entering"),
+                }
+            )
     base_scores = compare_scores(base, base) if base else {}
     return {
         "recipe": manifest.get("recipe_path"),
@@ -91,38 +102,65 @@ def fmt(value: Any, spec: str = ".3f", signed: bool = False) -> str:
 def report_markdown(report: dict[str, Any]) -> str:
     lines = [f"# stagewise report: {report['recipe'] or report['model']}", "", f"Base model: `{report['model']}`", ""]
     for stage in report["stages"]:
-        lines += [f"## after {stage['stage']}", "",
-                  f"target gain: **{fmt(stage['target_gain'], signed=True)}**, "
-                  f"retention delta: **{fmt(stage['retention_delta'], signed=True)}**"
-                  + (f", KL to the entering model on this stage's prompts: **{fmt(stage['kl_to_entering']['per_sequence'])}**"
-                     f" per sequence ({fmt(stage['kl_to_entering']['per_token'], '.4f')} per token)"
-                     if (stage.get("kl_to_entering") or {}).get("per_sequence") is not None else ""), "",
-                  "| group | probe | metric | base | after | delta |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## after {stage['stage']}",
+            "",
+            f"target gain: **{fmt(stage['target_gain'], signed=True)}**, "
+            f"retention delta: **{fmt(stage['retention_delta'], signed=True)}**"
+            + (
+                ", KL to the entering model on this stage's prompts: "
+                f"**{fmt(stage['kl_to_entering']['per_sequence'])}**"
+                f" per sequence ({fmt(stage['kl_to_entering']['per_token'], '.4f')} per token)"
+                if (stage.get("kl_to_entering") or {}).get("per_sequence") is not None
+                else ""
+            ),
+            "",
+            "| group | probe | metric | base | after | delta |",
+            "|---|---|---|---|---|---|",
+        ]
         for group in GROUPS:
             for name, row in stage[group].items():
-                lines.append(f"| {group} | {name} | {row['metric']} | {fmt(row['base'])} | {fmt(row['after'])} "
-                             f"| {fmt(row['delta'], signed=True)} |")
-        clipped = [f"{name} ({row['truncated']})" for group in GROUPS for name, row in stage[group].items()
-                   if row.get("truncated")]
+                lines.append(
+                    f"| {group} | {name} | {row['metric']} | {fmt(row['base'])} | {fmt(row['after'])} "
+                    f"| {fmt(row['delta'], signed=True)} |"
+                )
+        clipped = [
+            f"{name} ({row['truncated']})"
+            for group in GROUPS
+            for name, row in stage[group].items()
+            if row.get("truncated")
+        ]
         if clipped:
             lines += ["", f"Prompts clipped to evaluation.max_length (kept their last tokens): {', '.join(clipped)}"]
         if stage.get("knowledge_vs_format"):
-            lines += ["", "| retention probe | drop | with examples: knowledge loss | recovered: format loss |",
-                      "|---|---|---|---|"]
-            lines += [f"| {probe} ({split['examples']}) | {fmt(split['drop'], signed=True)} | "
-                      f"{fmt(split['knowledge_loss'], signed=True)} | {fmt(split['format_loss'], signed=True)} |"
-                      for probe, split in stage["knowledge_vs_format"].items()]
+            lines += [
+                "",
+                "| retention probe | drop | with examples: knowledge loss | recovered: format loss |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {probe} ({split['examples']}) | {fmt(split['drop'], signed=True)} | "
+                f"{fmt(split['knowledge_loss'], signed=True)} | {fmt(split['format_loss'], signed=True)} |"
+                for probe, split in stage["knowledge_vs_format"].items()
+            ]
         lines.append("")
     continual = report.get("continual")
     if continual:
-        lines += ["## task sequence", "", "R[i][j]: task j's score after the stage that learns task i "
-                  f"(average accuracy **{fmt(continual.get('average_accuracy'))}**, "
-                  f"BWT **{fmt(continual.get('bwt'), signed=True)}**, FWT **{fmt(continual.get('fwt'), signed=True)}**)", "",
-                  "| after \\ task | " + " | ".join(continual["tasks"]) + " |",
-                  "|---" * (len(continual["tasks"]) + 1) + "|",
-                  "| base | " + " | ".join(fmt(v) for v in continual["base"]) + " |"]
-        lines += [f"| {stage} | " + " | ".join(fmt(v) for v in row) + " |"
-                  for stage, row in zip(continual["stages"], continual["matrix"])]
+        lines += [
+            "## task sequence",
+            "",
+            "R[i][j]: task j's score after the stage that learns task i "
+            f"(average accuracy **{fmt(continual.get('average_accuracy'))}**, "
+            f"BWT **{fmt(continual.get('bwt'), signed=True)}**, FWT **{fmt(continual.get('fwt'), signed=True)}**)",
+            "",
+            "| after \\ task | " + " | ".join(continual["tasks"]) + " |",
+            "|---" * (len(continual["tasks"]) + 1) + "|",
+            "| base | " + " | ".join(fmt(v) for v in continual["base"]) + " |",
+        ]
+        lines += [
+            f"| {stage} | " + " | ".join(fmt(v) for v in row) + " |"
+            for stage, row in zip(continual["stages"], continual["matrix"])
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -140,9 +178,12 @@ def print_run_summary(manifest: dict[str, Any], console: Console | None = None) 
     for entry in manifest["stages"]:
         metrics = entry.get("metrics", {})
         table.add_row(
-            f"{entry['index']}-{entry['name']}", entry.get("status", "?"),
-            fmt(entry.get("trainable_fraction"), ".1%"), fmt(entry.get("train_rows"), "d"),
-            fmt(entry.get("tokens_per_s"), ".1f"), fmt(entry.get("wall_time_s"), ".1f"),
+            f"{entry['index']}-{entry['name']}",
+            entry.get("status", "?"),
+            fmt(entry.get("trainable_fraction"), ".1%"),
+            fmt(entry.get("train_rows"), "d"),
+            fmt(entry.get("tokens_per_s"), ".1f"),
+            fmt(entry.get("wall_time_s"), ".1f"),
             fmt(metrics.get("train_loss"), ".4g"),
         )
     console.print(table)
@@ -155,13 +196,22 @@ def print_run_summary(manifest: dict[str, Any], console: Console | None = None) 
     for stage in report["stages"]:
         for group in GROUPS:
             for name, row in stage[group].items():
-                probes.add_row(stage["stage"], group, name, row["metric"], fmt(row["base"]), fmt(row["after"]),
-                               fmt(row["delta"], signed=True))
+                probes.add_row(
+                    stage["stage"],
+                    group,
+                    name,
+                    row["metric"],
+                    fmt(row["base"]),
+                    fmt(row["after"]),
+                    fmt(row["delta"], signed=True),
+                )
     console.print(probes)
     final = report["final"]
-    console.print(f"target gain {fmt(final['target_gain'], signed=True)} | "
-                  f"retention delta {fmt(final['retention_delta'], signed=True)} | "
-                  f"retention perplexity change {fmt(final['retention_perplexity_change'], '.1%', signed=True)}")
+    console.print(
+        f"target gain {fmt(final['target_gain'], signed=True)} | "
+        f"retention delta {fmt(final['retention_delta'], signed=True)} | "
+        f"retention perplexity change {fmt(final['retention_perplexity_change'], '.1%', signed=True)}"
+    )
 
 
 def continual_metrics(accuracy: list[list[float]], base: list[float]) -> dict[str, float | None]:
@@ -189,9 +239,16 @@ def continual_section(manifest: dict[str, Any]) -> dict[str, Any] | None:
     if not probes or any(task["stage"] not in entries for _, task in probes):
         return None
     base = manifest.get("base_evaluation") or {}
-    matrix = [[entries[row_task["stage"]]["evaluation"][group][task["name"]]["score"] for group, task in probes]
-              for _, row_task in probes]
+    matrix = [
+        [entries[row_task["stage"]]["evaluation"][group][task["name"]]["score"] for group, task in probes]
+        for _, row_task in probes
+    ]
     base_row = [base.get(group, {}).get(task["name"], {}).get("score") for group, task in probes]
     summary = continual_metrics(matrix, base_row) if None not in base_row else {}
-    return {"tasks": [task["name"] for _, task in probes], "stages": [task["stage"] for _, task in probes],
-            "matrix": matrix, "base": base_row, **summary}
+    return {
+        "tasks": [task["name"] for _, task in probes],
+        "stages": [task["stage"] for _, task in probes],
+        "matrix": matrix,
+        "base": base_row,
+        **summary,
+    }

@@ -1,6 +1,7 @@
 """How entries judge the model's own answers: a rule on the row's gold answer, or the reward model
 an earlier ``trainer: reward`` stage trained. Shared by GRPO/RLOO (``strategies/rlhf``) and on-policy
 replay's filter (``strategies/on_policy_replay``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,9 +21,9 @@ class RewardSource(PluginConfig):
     check of the answer against the row's gold: ``eval.suite.answer_correct``)."""
 
     stage_fields: ClassVar[tuple[str, ...]] = ("reward_model",)
-    reward_model: str | None = None        # an earlier `trainer: reward` stage, by name
+    reward_model: str | None = None  # an earlier `trainer: reward` stage, by name
     reward_rule: RewardRule | None = None  # or a rule on the gold answer
-    pattern: str | None = None             # reward_rule regex: the first group is the answer
+    pattern: str | None = None  # reward_rule regex: the first group is the answer
 
     @model_validator(mode="after")
     def _one_reward(self) -> "RewardSource":
@@ -40,13 +41,20 @@ def load_reward_model(folder: Path, device: torch.device) -> PreTrainedModel:
 
 
 @torch.inference_mode()
-def reward_scores(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int,
-                  max_length: int) -> list[float]:
+def reward_scores(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int, max_length: int
+) -> list[float]:
     """The reward model's score of each full text (prompt + answer), in batches."""
     device = next(model.parameters()).device
     found: list[float] = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, padding_side="right",
-                          truncation=True, max_length=max_length).to(device)
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
+            truncation=True,
+            max_length=max_length,
+        ).to(device)
         found += model(**batch).logits[:, 0].float().tolist()
     return found

@@ -5,6 +5,7 @@ parameter groups (each group's LR then follows the schedule scaled by its own in
 LR), and Trainer callbacks that adjust those groups during training. ``uniform`` gives
 every trainable tensor the scheduled LR; TempBalance registers in its strategy folder.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -4,6 +4,7 @@ pydantic's lax mode would take ``lr: true`` as 1.0 and ``epochs: .inf`` as a num
 a recipe value that is a boolean where a number is expected, or not finite, is refused
 here with the field's name, before anything runs.
 """
+
 from __future__ import annotations
 
 import re

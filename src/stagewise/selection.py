@@ -10,6 +10,7 @@ frozen unless the stage's selector is one that wraps the model (``SelectorTraits
 so a ``full`` stage on a model carrying a prompt trains the base and keeps the prompt
 bit-identical (see ``addons``). A selector may return a :class:`Selection`.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -41,7 +42,9 @@ class Selector(Protocol):
     def __call__(self, model: torch.nn.Module, config: Any, context: SelectionContext) -> Selection | None: ...
 
 
-def apply_selector(model: torch.nn.Module, config: PluginConfig, context: SelectionContext) -> tuple[torch.nn.Module, list[Any]]:
+def apply_selector(
+    model: torch.nn.Module, config: PluginConfig, context: SelectionContext
+) -> tuple[torch.nn.Module, list[Any]]:
     """Run a stage's selector; returns the (possibly newly wrapped) model and its callbacks."""
     set_trainable(model, [])
     entry = SELECTORS.get(config.kind)
@@ -109,7 +112,7 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 
 class HeadConfig(PluginConfig):
     top_layers: int = Field(default=0, ge=0)  # also train this many top transformer blocks
-    pooler: bool = False                      # also train the encoder's pooler (BERT), as LP-FT's reference does
+    pooler: bool = False  # also train the encoder's pooler (BERT), as LP-FT's reference does
 
 
 class LayersConfig(PluginConfig):
@@ -141,7 +144,7 @@ def select_head(model: torch.nn.Module, config: HeadConfig, context: SelectionCo
         _, blocks = transformer_blocks(model)
         if config.top_layers > len(blocks):
             raise RecipeError(f"trainable.top_layers: {config.top_layers} exceeds the {len(blocks)} blocks")
-        params += [p for block in blocks[-config.top_layers:] for p in block.parameters()]
+        params += [p for block in blocks[-config.top_layers :] for p in block.parameters()]
     if config.pooler:
         pooler = [p for n, p in model.named_parameters() if ".pooler." in f".{n}"]
         if not pooler:

@@ -16,6 +16,7 @@ Precision: FSDP2 gathers one dtype per shard unit, so under mixed precision ever
 in fp32 while sharded (4 bytes per parameter divided by the number of ranks) and FSDP2's
 ``MixedPrecisionPolicy`` gathers it in the compute dtype, with gradients reduced in fp32.
 """
+
 from __future__ import annotations
 
 import os
@@ -88,8 +89,10 @@ def shard_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     unsplit = set(getattr(base, "_no_split_modules", None) or [])
     kind = type(blocks[0]).__name__
     if unsplit and kind not in unsplit:
-        raise RecipeError(f"distributed.fsdp: the repeated block {kind} of {type(base).__name__} is not one of its "
-                          f"unsplittable modules ({', '.join(sorted(unsplit))}); cannot choose shard units")
+        raise RecipeError(
+            f"distributed.fsdp: the repeated block {kind} of {type(base).__name__} is not one of its "
+            f"unsplittable modules ({', '.join(sorted(unsplit))}); cannot choose shard units"
+        )
     return list(blocks)
 
 
@@ -153,8 +156,7 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     """The optimizer's whole state on rank 0, empty elsewhere; every rank must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
-                                                                                cpu_offload=True))
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

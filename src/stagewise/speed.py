@@ -4,6 +4,7 @@ MFU follows nanoGPT / PaLM: a training token costs 6·N FLOPs (forward 2N, backw
 attention 12·L·d·T (L layers, width d, context T); MFU = achieved FLOP/s ÷ the machine's
 *measured* peak matmul FLOP/s (``stagewise bench-peak``), not a datasheet number.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ All intervals are percentile bootstrap intervals (Efron & Tibshirani 1993, ch. 1
 per-item arrays shaped ``(seeds, items)``, aligned by item id across arms, seeds and the base
 model, so every comparison is paired on the same items.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -45,8 +46,9 @@ def hierarchical_draws(delta: Scores, n_boot: int, rng: np.random.Generator) -> 
     return picked.mean(axis=(1, 2))
 
 
-def mean_delta_interval(after: Scores, base: np.ndarray, n_boot: int = 2000, level: float = 0.95,
-                        seed: int = 0) -> Interval:
+def mean_delta_interval(
+    after: Scores, base: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> Interval:
     """Mean change from the base model (``after - base`` per item), with a hierarchical bootstrap
     interval over seeds and items."""
     delta = np.asarray(after, float) - np.asarray(base, float)[None, :]
@@ -72,8 +74,9 @@ def paired_from_draws(draws: np.ndarray, estimate: float, level: float, n_items:
     return PairedDifference(_percentile(draws, estimate, level), min(1.0, max(p, 1 / draws.size)), n_items, draws.size)
 
 
-def paired_difference(arm: Scores, baseline: Scores, n_boot: int = 2000, level: float = 0.95,
-                      seed: int = 0) -> PairedDifference:
+def paired_difference(
+    arm: Scores, baseline: Scores, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> PairedDifference:
     """Arm minus baseline on the same items, each arm averaged over its seeds first; a paired
     bootstrap over items gives the interval and a two-sided p-value (see :func:`_paired`)."""
     per_item = np.asarray(arm, float).mean(axis=0) - np.asarray(baseline, float).mean(axis=0)
@@ -117,12 +120,19 @@ def interpolate_at_gain(gains: Sequence[float], retentions: Sequence[float], lev
 
 
 def matched_retention(
-    target: list[Scores], retention: list[Scores], target_base: np.ndarray, retention_base: np.ndarray,
-    level: float, n_boot: int = 2000, conf: float = 0.95, seed: int = 0,
+    target: list[Scores],
+    retention: list[Scores],
+    target_base: np.ndarray,
+    retention_base: np.ndarray,
+    level: float,
+    n_boot: int = 2000,
+    conf: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, float | None]:
     """Retention delta at a target gain of ``level`` along a curve whose points (training order)
     hold per-item scores ``target[k]`` and ``retention[k]`` (seeds x items). The interval
     resamples seeds and items (the same draw for every point, so the curve moves as one)."""
+
     def curve(t_idx: tuple | None, r_idx: tuple | None) -> float | None:
         gains, rets = [0.0], [0.0]
         for t, r in zip(target, retention):
@@ -142,14 +152,22 @@ def matched_retention(
     draws = []
     for _ in range(n_boot):
         s = rng.integers(0, seeds, size=seeds)[:, None]
-        value = curve((s, rng.integers(0, n_target, size=(seeds, n_target))),
-                      (s, rng.integers(0, n_retention, size=(seeds, n_retention))))
+        value = curve(
+            (s, rng.integers(0, n_target, size=(seeds, n_target))),
+            (s, rng.integers(0, n_retention, size=(seeds, n_retention))),
+        )
         if value is not None:
             draws.append(value)
     reached = len(draws) / n_boot
     if len(draws) < 0.5 * n_boot:  # most resamples never reach the level: no honest interval
-        return {"estimate": estimate, "low": None, "high": None, "reached": True, "reached_in_resamples": reached,
-                "gap": gap}
+        return {
+            "estimate": estimate,
+            "low": None,
+            "high": None,
+            "reached": True,
+            "reached_in_resamples": reached,
+            "gap": gap,
+        }
     interval = _percentile(np.asarray(draws), estimate, conf)
     return {**interval.to_dict(), "reached": True, "reached_in_resamples": reached, "gap": gap}
 
@@ -164,24 +182,32 @@ def f1_per_class(predicted: np.ndarray, gold: np.ndarray, n_classes: int) -> np.
     return scores
 
 
-def statistic_delta_interval(after: np.ndarray, base: np.ndarray, statistic, n_boot: int = 2000,
-                             level: float = 0.95, seed: int = 0) -> Interval:
+def statistic_delta_interval(
+    after: np.ndarray, base: np.ndarray, statistic, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> Interval:
     """Like :func:`mean_delta_interval` for a statistic that is not a mean of items (macro-F1,
     a class's F1): ``statistic(values, item_index)`` scores one seed's (or the base model's)
     predictions on the drawn items; seeds, then items within each seed, are resampled."""
     seeds, items = after.shape
-    estimate = np.mean([statistic(after[s], np.arange(items)) for s in range(seeds)]) - statistic(base, np.arange(items))
+    estimate = np.mean([statistic(after[s], np.arange(items)) for s in range(seeds)]) - statistic(
+        base, np.arange(items)
+    )
     rng = np.random.default_rng(seed)
     draws = np.empty(n_boot)
     for b in range(n_boot):
         drawn = rng.integers(0, seeds, size=seeds)
-        draws[b] = np.mean([statistic(after[s], idx) - statistic(base, idx)
-                            for s, idx in ((s, rng.integers(0, items, size=items)) for s in drawn)])
+        draws[b] = np.mean(
+            [
+                statistic(after[s], idx) - statistic(base, idx)
+                for s, idx in ((s, rng.integers(0, items, size=items)) for s in drawn)
+            ]
+        )
     return _percentile(draws, float(estimate), level)
 
 
-def paired_statistic_difference(arm: np.ndarray, baseline: np.ndarray, statistic, n_boot: int = 2000,
-                                level: float = 0.95, seed: int = 0) -> PairedDifference:
+def paired_statistic_difference(
+    arm: np.ndarray, baseline: np.ndarray, statistic, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> PairedDifference:
     """Like :func:`paired_difference` for a statistic that is not a mean of items: the same items
     are drawn for both arms; each arm's statistic is averaged over its seeds."""
     items = arm.shape[1]
@@ -214,14 +240,18 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def spearman_interval(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, level: float = 0.95,
-                      seed: int = 0) -> dict[str, Any]:
+def spearman_interval(
+    x: Sequence[float], y: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
     """Spearman's correlation with a percentile interval from resampling the (x, y) points."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     estimate = spearman(x, y)
     rng = np.random.default_rng(seed)
-    draws = [value for value in (spearman(x[idx], y[idx]) for idx in rng.integers(0, len(x), size=(n_boot, len(x))))
-             if value is not None]
+    draws = [
+        value
+        for value in (spearman(x[idx], y[idx]) for idx in rng.integers(0, len(x), size=(n_boot, len(x))))
+        if value is not None
+    ]
     if estimate is None or len(draws) < 0.5 * n_boot:
         return {"estimate": estimate, "low": None, "high": None, "points": len(x)}
     low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])

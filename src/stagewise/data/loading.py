@@ -2,6 +2,7 @@
 
 Errors name the file, the row (JSONL: line) and the field, in one line.
 """
+
 from __future__ import annotations
 
 import csv
@@ -46,9 +47,11 @@ def _decode(path: Path, encoding: str) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise DataError(f"{path} line {line}: not {encoding} text (byte {err.start} is 0x{data[err.start]:02x}); "
-                        "convert the file or set the dataset's 'encoding'") from None
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} line {line}: not {encoding} text (byte {err.start} is 0x{data[err.start]:02x}); "
+            "convert the file or set the dataset's 'encoding'"
+        ) from None
 
 
 def _read_jsonl(path: Path, encoding: str) -> list[tuple[str, Any]]:
@@ -100,8 +103,9 @@ def _read_parquet(path: Path, encoding: str) -> list[tuple[str, Any]]:
     try:
         rows = table.to_pylist()
     except (ValueError, OverflowError) as err:  # a date or time outside Python's range, say
-        raise DataError(f"{path}: a value cannot be read ({str(err).splitlines()[0][:120]}); "
-                        "store it as text") from None
+        raise DataError(
+            f"{path}: a value cannot be read ({str(err).splitlines()[0][:120]}); store it as text"
+        ) from None
     return [(f"row {i}", row) for i, row in enumerate(rows, start=1)]
 
 
@@ -124,8 +128,10 @@ def _value_problem(value: Any) -> str | None:
     if isinstance(value, dict):
         return next((problem for item in [*value, *value.values()] if (problem := _value_problem(item))), None)
     names = {"date": "a date", "datetime": "a date and time", "time": "a time", "timedelta": "a duration"}
-    return names.get(type(value).__name__, f"a {type(value).__name__}") + \
-        " (stagewise reads text, numbers, booleans, lists and objects)"
+    return (
+        names.get(type(value).__name__, f"a {type(value).__name__}")
+        + " (stagewise reads text, numbers, booleans, lists and objects)"
+    )
 
 
 def _check_row(row: Any, where: str, data_format: str, columns: dict[str, str]) -> dict[str, Any]:
@@ -139,16 +145,16 @@ def _check_row(row: Any, where: str, data_format: str, columns: dict[str, str]) 
     required, optional = FORMAT_FIELDS[data_format]
     for field in required:
         if field not in row or row[field] is None:
-            raise DataError(
-                f"{where}: field {field!r} missing (format {data_format!r} needs {', '.join(required)})"
-            )
+            raise DataError(f"{where}: field {field!r} missing (format {data_format!r} needs {', '.join(required)})")
     out = {key: value for key, value in row.items() if value is not None}  # extra fields (aliases, type) kept
     if data_format == "chat":
         _check_messages(out["messages"], where)
     elif data_format == "feedback":
         if not isinstance(out["label"], bool):
-            raise DataError(f"{where}: field 'label' must be true or false (a desirable or undesirable answer), "
-                            f"got {out['label']!r}")
+            raise DataError(
+                f"{where}: field 'label' must be true or false (a desirable or undesirable answer), "
+                f"got {out['label']!r}"
+            )
     elif data_format == "classification":
         if not isinstance(out["label"], (str, int)) or isinstance(out["label"], bool):
             raise DataError(f"{where}: field 'label' must be a string or integer, got {out['label']!r}")
@@ -226,7 +232,12 @@ def read_source(name: str, cfg: DatasetConfig) -> tuple[Raw, str, str, bool]:
     ``save_to_disk`` folder."""
     if cfg.rows is not None:
         digest = hashlib.sha256(json.dumps(cfg.rows, sort_keys=True).encode()).hexdigest()
-        return [(f"datasets.{name}.rows[{i}]", row) for i, row in enumerate(cfg.rows)], digest, f"datasets.{name}", False
+        return (
+            [(f"datasets.{name}.rows[{i}]", row) for i, row in enumerate(cfg.rows)],
+            digest,
+            f"datasets.{name}",
+            False,
+        )
     if cfg.hub is not None:
         return _read_hub(name, cfg)
     if cfg.builtin is not None:
@@ -269,8 +280,10 @@ def _read_saved(name: str, folder: Path, cfg: DatasetConfig) -> tuple[Raw, str, 
     try:
         loaded = load_from_disk(str(folder))
     except Exception as err:  # datasets raises several types for a damaged folder
-        raise DataError(f"datasets.{name}.path: {folder} is not a readable save_to_disk folder "
-                        f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})") from None
+        raise DataError(
+            f"datasets.{name}.path: {folder} is not a readable save_to_disk folder "
+            f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})"
+        ) from None
     if isinstance(loaded, DatasetDict):
         split = (cfg.split or "train").split("[")[0]
         if split not in loaded:
@@ -290,11 +303,14 @@ def _read_hub(name: str, cfg: DatasetConfig) -> tuple[Raw, str, str, bool]:
 
     source = cfg.hub + (f"/{cfg.subset}" if cfg.subset else "")
     try:
-        loaded = load_dataset(cfg.hub, cfg.subset, split=cfg.split or "train", revision=cfg.revision,
-                              data_files=cfg.data_files)
+        loaded = load_dataset(
+            cfg.hub, cfg.subset, split=cfg.split or "train", revision=cfg.revision, data_files=cfg.data_files
+        )
     except Exception as err:  # offline, unknown id, unknown split: many types
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise DataError(f"datasets.{name}.hub: could not fetch {source!r} ({reason})") from None
-    digest = getattr(loaded, "_fingerprint", None) or hashlib.sha256(
-        json.dumps(loaded.to_list(), sort_keys=True, default=str).encode()).hexdigest()
+    digest = (
+        getattr(loaded, "_fingerprint", None)
+        or hashlib.sha256(json.dumps(loaded.to_list(), sort_keys=True, default=str).encode()).hexdigest()
+    )
     return [(f"{source} row {i}", row) for i, row in enumerate(loaded.to_list(), start=1)], digest, source, True

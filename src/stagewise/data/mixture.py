@@ -7,6 +7,7 @@ replacement up to its size, whole copies plus a draw beyond it). So ``{new_facts
 general: 0.3}`` over 120 new facts trains 120 + 36 rows per epoch, 23% of them replayed general
 data. The draw is seeded by (stage seed, epoch), so a resumed run sees the same rows.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -18,8 +19,9 @@ def mixture_counts(sizes: list[int], weights: list[float]) -> list[int]:
     """Rows per epoch of each dataset: all of the first, the others in proportion to it (none of a
     dataset a transform left empty: on-policy replay may reject every answer)."""
     first_size, first_weight = sizes[0], weights[0]
-    return [first_size] + [round(first_size * weight / first_weight) if size else 0
-                           for size, weight in zip(sizes[1:], weights[1:])]
+    return [first_size] + [
+        round(first_size * weight / first_weight) if size else 0 for size, weight in zip(sizes[1:], weights[1:])
+    ]
 
 
 class MixtureSampler(torch.utils.data.Sampler[int]):

@@ -5,6 +5,7 @@ masked (label -100). Segments are encoded one by one, so the mask boundary is ex
 and the prompt is encoded exactly as it will be at generation time. SFT masks the
 prompt unless ``train_on_prompt`` (LLaMA-Factory's key) is set.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,7 +55,9 @@ def instruction_prompt(row: dict[str, Any]) -> str:
     return ALPACA_PROMPT.format(instruction=row["instruction"])
 
 
-def row_segments(row: dict[str, Any], data_format: str, tokenizer: PreTrainedTokenizerBase, template: str) -> tuple[Segments, bool]:
+def row_segments(
+    row: dict[str, Any], data_format: str, tokenizer: PreTrainedTokenizerBase, template: str
+) -> tuple[Segments, bool]:
     """Segments for one row, and whether the special prefix/EOS must be added by us."""
     if data_format == "text":
         return [(row["text"], True)], True
@@ -76,8 +79,12 @@ def row_segments(row: dict[str, Any], data_format: str, tokenizer: PreTrainedTok
 
 
 def encode_segments(
-    tokenizer: PreTrainedTokenizerBase, segments: Segments, add_special: bool, train_on_prompt: bool,
-    max_length: int, add_eos: bool = True,
+    tokenizer: PreTrainedTokenizerBase,
+    segments: Segments,
+    add_special: bool,
+    train_on_prompt: bool,
+    max_length: int,
+    add_eos: bool = True,
 ) -> dict[str, list[int]]:
     input_ids: list[int] = []
     labels: list[int] = []
@@ -101,7 +108,9 @@ def encode_segments(
     }
 
 
-def encode_prompt(row: dict[str, Any], data_format: str, tokenizer: PreTrainedTokenizerBase, template: str = "auto") -> list[int]:
+def encode_prompt(
+    row: dict[str, Any], data_format: str, tokenizer: PreTrainedTokenizerBase, template: str = "auto"
+) -> list[int]:
     """Token ids of everything before the first trained segment: the generation prompt,
     encoded exactly as in training."""
     segments, add_special = row_segments(row, data_format, tokenizer, template)
@@ -113,7 +122,9 @@ def encode_prompt(row: dict[str, Any], data_format: str, tokenizer: PreTrainedTo
     return encode_segments(tokenizer, prompt, add_special, False, 10**9, add_eos=False)["input_ids"]
 
 
-def prompt_text(row: dict[str, Any], data_format: str, tokenizer: PreTrainedTokenizerBase, template: str = "auto") -> str:
+def prompt_text(
+    row: dict[str, Any], data_format: str, tokenizer: PreTrainedTokenizerBase, template: str = "auto"
+) -> str:
     """The text of everything before the first trained segment (what :func:`encode_prompt`
     encodes), for trainers that tokenize prompts themselves (TRL's on-policy trainers)."""
     if data_format == "preference":
@@ -128,8 +139,12 @@ def prompt_text(row: dict[str, Any], data_format: str, tokenizer: PreTrainedToke
 
 
 def encode_lm_rows(
-    rows: list[dict[str, Any]], data_format: str, tokenizer: PreTrainedTokenizerBase,
-    template: str = "auto", train_on_prompt: bool = False, max_length: int = 512,
+    rows: list[dict[str, Any]],
+    data_format: str,
+    tokenizer: PreTrainedTokenizerBase,
+    template: str = "auto",
+    train_on_prompt: bool = False,
+    max_length: int = 512,
 ) -> list[dict[str, list[int]]]:
     """Encode rows; rows with nothing left to train on after truncation are dropped."""
     encoded = []
@@ -152,8 +167,14 @@ def encode_classification_rows(
 
 
 def encode_dataset(
-    rows: list[dict[str, Any]], data_format: str, tokenizer: PreTrainedTokenizerBase, *,
-    template: str = "auto", train_on_prompt: bool = False, max_length: int = 512, labels: list[str] | None = None,
+    rows: list[dict[str, Any]],
+    data_format: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    template: str = "auto",
+    train_on_prompt: bool = False,
+    max_length: int = 512,
+    labels: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     if data_format == "classification":
         return encode_classification_rows(rows, tokenizer, labels or sorted({r["label"] for r in rows}), max_length)

@@ -8,6 +8,7 @@ once the Trainer has finished a checkpoint; :func:`last_complete_checkpoint` res
 the newest sealed checkpoint whose files are all there at their recorded sizes, and removes
 the incomplete ones (stagewise wrote them), saying so in one log line each.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,11 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def _files(folder: Path) -> dict[str, int]:
-    return {p.relative_to(folder).as_posix(): p.stat().st_size
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != SEAL}
+    return {
+        p.relative_to(folder).as_posix(): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != SEAL
+    }
 
 
 def _digests(folder: Path) -> dict[str, list[Any]]:
@@ -79,8 +83,14 @@ def is_complete(folder: Path) -> bool:
 def last_complete_checkpoint(stage_dir: Path, log: Callable[[str], None]) -> str | None:
     """The newest complete ``checkpoint-N`` in ``stage_dir``; incomplete newer ones are removed."""
     written = Written(stage_dir)  # every rank reads the same journal and seals, so all resume alike
-    found = sorted(((int(m.group(1)), p) for p in stage_dir.glob("checkpoint-*")
-                    if p.is_dir() and (m := _CHECKPOINT.match(p.name)) and written.is_ours(p.name)), reverse=True)
+    found = sorted(
+        (
+            (int(m.group(1)), p)
+            for p in stage_dir.glob("checkpoint-*")
+            if p.is_dir() and (m := _CHECKPOINT.match(p.name)) and written.is_ours(p.name)
+        ),
+        reverse=True,
+    )
     for _, folder in found:
         problem = checkpoint_problem(folder)
         if problem is None:

@@ -8,6 +8,7 @@ had at the last check that passed (held on the CPU: a copy of the trainable tens
 entry's ``guard`` records the entering score, each check, and where and why the stage stopped. A
 resumed stage reads the entering score from the manifest and checks the checkpoint's weights first.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -19,8 +20,14 @@ from ..errors import TrainingError
 
 
 class RetentionGuard(TrainerCallback):
-    def __init__(self, score: Callable[[Any], float], config: Any, higher_is_better: bool, entry: dict[str, Any],
-                 log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        score: Callable[[Any], float],
+        config: Any,
+        higher_is_better: bool,
+        entry: dict[str, Any],
+        log: Callable[[str], None],
+    ) -> None:
         self.score, self.config, self.sign, self.log = score, config, 1.0 if higher_is_better else -1.0, log
         self.record = entry.setdefault("guard", {"probe": config.probe, "max_drop": config.max_drop, "checks": []})
         self.kept: dict[str, torch.Tensor] = {}
@@ -34,8 +41,10 @@ class RetentionGuard(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if self.config.every_steps > state.max_steps:
-            raise TrainingError(f"evaluation.guard.every_steps: {self.config.every_steps} is more than the stage's "
-                                f"{state.max_steps} steps: the guard would never check")
+            raise TrainingError(
+                f"evaluation.guard.every_steps: {self.config.every_steps} is more than the stage's "
+                f"{state.max_steps} steps: the guard would never check"
+            )
         if "entering" not in self.record:
             self.record["entering"] = self.score(model)
             self.log(f"[guard] {self.config.probe}: {self.record['entering']:.4f} entering the stage")
@@ -52,7 +61,9 @@ class RetentionGuard(TrainerCallback):
         self.record["checks"].append({"step": state.global_step, "score": value, "drop": drop})
         self.pending = {f"guard/{self.config.probe}": value, f"guard/{self.config.probe}_drop": drop}
         if drop <= self.config.max_drop:
-            self.kept = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+            self.kept = {
+                name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad
+            }
             self.kept_step = state.global_step
             return
         if self.kept:
@@ -60,9 +71,14 @@ class RetentionGuard(TrainerCallback):
                 for name, param in model.named_parameters():
                     if name in self.kept:
                         param.copy_(self.kept[name])
-        self.record["stopped"] = {"step": state.global_step, "drop": drop, "kept_step": self.kept_step if self.kept
-                                  else state.global_step, "reason": f"{self.config.probe} dropped {drop:.4f} > "
-                                                                    f"max_drop {self.config.max_drop}"}
-        self.log(f"[guard] stopping at step {state.global_step}: {self.record['stopped']['reason']}; keeping the "
-                 f"weights of step {self.record['stopped']['kept_step']}")
+        self.record["stopped"] = {
+            "step": state.global_step,
+            "drop": drop,
+            "kept_step": self.kept_step if self.kept else state.global_step,
+            "reason": f"{self.config.probe} dropped {drop:.4f} > max_drop {self.config.max_drop}",
+        }
+        self.log(
+            f"[guard] stopping at step {state.global_step}: {self.record['stopped']['reason']}; keeping the "
+            f"weights of step {self.record['stopped']['kept_step']}"
+        )
         control.should_training_stop = True

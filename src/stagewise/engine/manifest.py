@@ -4,6 +4,7 @@ Written atomically after every change of a stage's status, so an interrupted run
 leaves a manifest that says exactly which stages finished. It also lists the stage
 folders stagewise created in the output folder (``owned_dirs``): only those are ever removed.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -32,11 +33,16 @@ class Manifest:
         self.path = output_dir / MANIFEST
         self.previous_stages: list[dict[str, Any]] = previous.get("stages", [])
         self.owned: set[str] = set(previous.get("owned_dirs", [])) | {
-            Path(stage["outputs"]["dir"]).name for stage in self.previous_stages
-            if isinstance(stage.get("outputs"), dict) and "dir" in stage["outputs"]}
-        self.data: dict[str, Any] = {**header, "created": previous.get("created", now()),
-                                     "stages": [dict(stage) for stage in self.previous_stages[:n_stages]],
-                                     "owned_dirs": sorted(self.owned)}
+            Path(stage["outputs"]["dir"]).name
+            for stage in self.previous_stages
+            if isinstance(stage.get("outputs"), dict) and "dir" in stage["outputs"]
+        }
+        self.data: dict[str, Any] = {
+            **header,
+            "created": previous.get("created", now()),
+            "stages": [dict(stage) for stage in self.previous_stages[:n_stages]],
+            "owned_dirs": sorted(self.owned),
+        }
         if not previous:
             self.save()
 
@@ -60,4 +66,3 @@ class Manifest:
         self.data["updated"] = now()
         if is_main_process():
             atomic_write_json(self.path, self.data)
-

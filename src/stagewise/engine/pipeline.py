@@ -8,6 +8,7 @@ complete checkpoint. A stage is ``running`` while it trains, ``trained`` once it
 are saved and hashed, ``completed`` once evaluated: a run stopped at any instant resumes
 without redoing finished work.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,7 +24,6 @@ from ..addons import is_peft_model
 from ..config import Recipe, StageConfig, builds_model, config_hash, plugin_configs, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
-from ..sharding import check_shardable, wants_sharding
 from ..errors import OutputError, StagewiseError
 from ..eval import Evaluator
 from ..eval.kl import forward_kl, stage_prompts
@@ -33,6 +33,7 @@ from ..models import load_model_and_tokenizer, load_pretrained, load_stage_outpu
 from ..precision import load_dtype, resolve_precision
 from ..registry import METRICS
 from ..report import build_report, write_report
+from ..sharding import check_shardable, wants_sharding
 from ..written import Written, before_first_write, remove, stage_written
 from .guard import RetentionGuard
 from .manifest import Manifest
@@ -73,8 +74,12 @@ def seed_model_key(recipe: Recipe) -> str:
     defaults left out, so a new key with a default changes no hash), for a local folder its weights,
     for a classifier the seed of its new head, and the precision it trains in."""
     head = [head_seed(recipe)] if recipe.model.task == "sequence_classification" else []
-    return config_hash(settings_of(recipe.model), model_fingerprint(recipe.model.model_name_or_path),
-                       resolve_precision(recipe.performance.precision), *head)
+    return config_hash(
+        settings_of(recipe.model),
+        model_fingerprint(recipe.model.model_name_or_path),
+        resolve_precision(recipe.performance.precision),
+        *head,
+    )
 
 
 def settings_of(config: Any) -> Any:
@@ -90,8 +95,7 @@ def stage_hashes(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> list[str
     hashes: list[str] = []
     parent = seed_model_key(recipe)
     for stage in recipe.stages:
-        parent = config_hash(parent, settings_of(stage),
-                             {n: datasets[n].fingerprint for n in stage_inputs(stage)})
+        parent = config_hash(parent, settings_of(stage), {n: datasets[n].fingerprint for n in stage_inputs(stage)})
         hashes.append(parent)
     return hashes
 
@@ -109,7 +113,10 @@ def model_fingerprint(name: str) -> Any:
     if not folder.is_dir():
         return name
     files = sorted(folder.glob("*.safetensors"))
-    return [name, _weights_sha256(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in files))]
+    return [
+        name,
+        _weights_sha256(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in files)),
+    ]
 
 
 @functools.lru_cache(maxsize=8)
@@ -128,8 +135,9 @@ class CurvePoints(TrainerCallback):
     retention) curve. Points are recorded in the manifest entry's ``curve`` as they come (one per
     step, so a resumed stage replaces the points it recomputes)."""
 
-    def __init__(self, evaluator: Evaluator, entry: dict[str, Any], manifest: Manifest, tokenizer: Any,
-                 every: Any) -> None:
+    def __init__(
+        self, evaluator: Evaluator, entry: dict[str, Any], manifest: Manifest, tokenizer: Any, every: Any
+    ) -> None:
         self.evaluator, self.entry, self.manifest, self.tokenizer = evaluator, entry, manifest, tokenizer
         self.every = every
         self.steps: set[int] = set()
@@ -181,8 +189,11 @@ def run_recipe(
     output_dir = Path(recipe.output_dir)
     if is_main_process():
         check_writable_folder(output_dir)
-        check_no_links(output_dir, [stage_dir_name(i, stage.name) for i, stage in enumerate(recipe.stages)]
-                       + ["manifest.json", "report.json", "report.md", "report.png"])
+        check_no_links(
+            output_dir,
+            [stage_dir_name(i, stage.name) for i, stage in enumerate(recipe.stages)]
+            + ["manifest.json", "report.json", "report.md", "report.png"],
+        )
     barrier()
     try:
         previous = read_manifest(output_dir)
@@ -198,34 +209,47 @@ def run_recipe(
 
 
 def _run_locked(
-    recipe: Recipe, recipe_path: str | None, callbacks: list[TrainerCallback] | None, log: Log, force: bool,
+    recipe: Recipe,
+    recipe_path: str | None,
+    callbacks: list[TrainerCallback] | None,
+    log: Log,
+    force: bool,
     previous: dict[str, Any],
 ) -> RunResult:
     if recipe.distributed.fsdp and not wants_sharding(recipe):
         log("[warning] distributed.fsdp: one process, nothing to shard (launch with torchrun --nproc_per_node=N)")
     check_shardable(recipe)
     if resolve_precision(recipe.performance.precision) == "bf16-pure":
-        log("[warning] precision bf16-pure: weights and optimizer state in bf16; updates smaller than bf16's "
-            "spacing are lost (bf16-mixed keeps fp32 master weights)")
+        log(
+            "[warning] precision bf16-pure: weights and optimizer state in bf16; updates smaller than bf16's "
+            "spacing are lost (bf16-mixed keeps fp32 master weights)"
+        )
     datasets = {name: load_dataset_config(name, cfg) for name, cfg in recipe.datasets.items()}
     hashes = stage_hashes(recipe, datasets)
     output_dir = Path(recipe.output_dir)
-    manifest = Manifest(output_dir, {
-        "stagewise_version": __version__,
-        "recipe_path": recipe_path,
-        "recipe": recipe_to_dict(recipe),
-        "model": recipe.model.model_name_or_path,
-    }, previous, len(recipe.stages))
+    manifest = Manifest(
+        output_dir,
+        {
+            "stagewise_version": __version__,
+            "recipe_path": recipe_path,
+            "recipe": recipe_to_dict(recipe),
+            "model": recipe.model.model_name_or_path,
+        },
+        previous,
+        len(recipe.stages),
+    )
     start = reusable_stages(recipe, manifest, hashes, log)
     check_stage_folders(recipe, manifest, hashes, start, force)
     evaluator = Evaluator(recipe, datasets, seed_model_key(recipe), log)
 
     def load_seed() -> tuple[Any, Any]:
-        return load_model_and_tokenizer(recipe.model, base_labels(recipe, datasets), seed=head_seed(recipe),
-                                        precision=recipe.performance.precision)
+        return load_model_and_tokenizer(
+            recipe.model, base_labels(recipe, datasets), seed=head_seed(recipe), precision=recipe.performance.precision
+        )
 
-    finish_reused_stages(recipe, manifest, evaluator, start, datasets,
-                         functools.partial(named_model, recipe, load_seed), log)
+    finish_reused_stages(
+        recipe, manifest, evaluator, start, datasets, functools.partial(named_model, recipe, load_seed), log
+    )
 
     base_scores = evaluator.cached_base()
     model = tokenizer = None
@@ -236,20 +260,37 @@ def _run_locked(
     manifest.data["base_evaluation"] = base_scores
     resumed_from = entering_stage(recipe, start)
     if resumed_from >= 0:
-        model, tokenizer = load_stage_output(stage_folder(recipe, resumed_from), recipe.model,
-                                             recipe.performance.precision)
+        model, tokenizer = load_stage_output(
+            stage_folder(recipe, resumed_from), recipe.model, recipe.performance.precision
+        )
     elif model is None:
         model, tokenizer = load_seed()
 
     seed_key = seed_model_key(recipe)
     for index in range(start, len(recipe.stages)):
         entering = entering_stage(recipe, index)
-        identity = ModelIdentity(key=hashes[entering] if entering >= 0 else seed_key, seed_key=seed_key,
-                                 load_seed=load_seed, weights_of=functools.partial(named_weights, recipe, load_seed),
-                                 folder_of=functools.partial(named_folder, recipe),
-                                 model_of=functools.partial(named_model, recipe, load_seed))
-        model = train_and_record(model, tokenizer, recipe, index, datasets, hashes[index], manifest, evaluator,
-                                 identity, callbacks, log, force)
+        identity = ModelIdentity(
+            key=hashes[entering] if entering >= 0 else seed_key,
+            seed_key=seed_key,
+            load_seed=load_seed,
+            weights_of=functools.partial(named_weights, recipe, load_seed),
+            folder_of=functools.partial(named_folder, recipe),
+            model_of=functools.partial(named_model, recipe, load_seed),
+        )
+        model = train_and_record(
+            model,
+            tokenizer,
+            recipe,
+            index,
+            datasets,
+            hashes[index],
+            manifest,
+            evaluator,
+            identity,
+            callbacks,
+            log,
+            force,
+        )
     if recipe.evaluation and is_main_process():
         write_report(output_dir, build_report(manifest.data))
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)
@@ -279,8 +320,9 @@ def named_model(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name: 
         model = load_stage_output(named_folder(recipe, name), recipe.model, recipe.performance.precision)[0]
     else:
         folder_config = recipe.model.model_copy(update={"model_name_or_path": name, "revision": None})
-        model = load_pretrained(Path(name), folder_config,
-                                dtype=load_dtype(recipe.performance.precision, recipe.model.dtype))[0]
+        model = load_pretrained(
+            Path(name), folder_config, dtype=load_dtype(recipe.performance.precision, recipe.model.dtype)
+        )[0]
     if is_peft_model(model):
         model = model.merge_and_unload()
     for param in model.parameters():
@@ -309,8 +351,11 @@ def reusable_stages(recipe: Recipe, manifest: Manifest, hashes: list[str], log: 
     if is_main_process():
         for index, stage in enumerate(recipe.stages):
             previous = manifest.previous(index)
-            if not (previous and previous.get("config_hash") == hashes[index]
-                    and previous.get("status") in ("trained", "completed")):
+            if not (
+                previous
+                and previous.get("config_hash") == hashes[index]
+                and previous.get("status") in ("trained", "completed")
+            ):
                 break
             problem = changed_output(stage_folder(recipe, index), previous.get("outputs", {}).get("sha256"))
             if problem:
@@ -334,19 +379,31 @@ def changed_output(stage_dir: Path, recorded: dict[str, str] | None) -> str | No
     return None
 
 
-def finish_reused_stages(recipe: Recipe, manifest: Manifest, evaluator: Evaluator, start: int,
-                         datasets: dict[str, LoadedDataset], model_of: Callable[[str], Any], log: Log) -> None:
+def finish_reused_stages(
+    recipe: Recipe,
+    manifest: Manifest,
+    evaluator: Evaluator,
+    start: int,
+    datasets: dict[str, LoadedDataset],
+    model_of: Callable[[str], Any],
+    log: Log,
+) -> None:
     """Record the reused stages and score those never scored on these probes (changed probes,
     or a run stopped during evaluation), from their saved weights, with the KL to their entering
     model where it is missing too."""
     for index in range(start):
         entry = dict(manifest.previous(index) or {})
         unscored = evaluator.wants(index) and entry.get("evaluation_key") != evaluator.key
-        no_kl = (unscored and measures_kl(recipe, recipe.stages[index]) and is_main_process()
-                 and "kl_to_entering" not in entry)  # (a finished stage is reused as it was recorded)
+        no_kl = (
+            unscored
+            and measures_kl(recipe, recipe.stages[index])
+            and is_main_process()
+            and "kl_to_entering" not in entry
+        )  # (a finished stage is reused as it was recorded)
         if unscored:
-            stage_model, stage_tokenizer = load_stage_output(stage_folder(recipe, index), recipe.model,
-                                                             recipe.performance.precision)
+            stage_model, stage_tokenizer = load_stage_output(
+                stage_folder(recipe, index), recipe.model, recipe.performance.precision
+            )
         if no_kl:
             entry["kl_to_entering"] = stage_kl(stage_model, stage_tokenizer, recipe, index, datasets, model_of, log)
         if unscored:
@@ -355,9 +412,7 @@ def finish_reused_stages(recipe: Recipe, manifest: Manifest, evaluator: Evaluato
         manifest.set_stage(index, entry)
 
 
-def check_stage_folders(
-    recipe: Recipe, manifest: Manifest, hashes: list[str], start: int, force: bool
-) -> None:
+def check_stage_folders(recipe: Recipe, manifest: Manifest, hashes: list[str], start: int, force: bool) -> None:
     """Before anything is written: a folder in the way of a stage that will train must be one
     stagewise created, holding only what stagewise wrote (cleared or resumed when that stage
     starts), unless ``force``."""
@@ -368,20 +423,24 @@ def check_stage_folders(
         if stage_dir.is_symlink() or not stage_dir.is_dir():
             raise OutputError(f"{stage_dir}: is a link or a file, not a folder stagewise made; move it away")
         if stage_dir.name not in manifest.owned and any(stage_dir.iterdir()):  # (empty: made, then killed)
-            raise OutputError(f"{stage_dir}: stagewise did not create this folder but stage {index} would write "
-                              "there; move it away or pass --force")
+            raise OutputError(
+                f"{stage_dir}: stagewise did not create this folder but stage {index} would write "
+                "there; move it away or pass --force"
+            )
         stage_written(stage_dir, manifest.previous(index)).check(f"stage {index} would write there")
 
 
-def clear_stale_stage_folder(recipe: Recipe, manifest: Manifest, index: int, config_hash_: str, force: bool,
-                             log: Log) -> None:
+def clear_stale_stage_folder(
+    recipe: Recipe, manifest: Manifest, index: int, config_hash_: str, force: bool, log: Log
+) -> None:
     """Right before stage ``index`` trains: remove what stagewise wrote in its old folder, unless
     it holds an interrupted run of the same config (resumed from its complete checkpoints)."""
     stage_dir = stage_folder(recipe, index)
     previous = manifest.previous(index)
     holds_files = stage_dir.is_dir() and any(stage_dir.iterdir())  # (the Trainer makes it empty at start)
-    if holds_files and not (previous and previous.get("config_hash") == config_hash_
-                            and previous.get("status") != "completed"):
+    if holds_files and not (
+        previous and previous.get("config_hash") == config_hash_ and previous.get("status") != "completed"
+    ):
         log(f"[invalidate] stage {index} '{recipe.stages[index].name}' changed: clearing {stage_dir}")
         try:
             if force and is_main_process():
@@ -391,24 +450,45 @@ def clear_stale_stage_folder(recipe: Recipe, manifest: Manifest, index: int, con
                 written.check(f"stage {index} must clear it to train again")
                 written.clear()
         except PermissionError as err:
-            raise OutputError(f"{stage_dir}: cannot be cleared for stage {index} to train again "
-                              f"({err.strerror}); make it writable") from None
+            raise OutputError(
+                f"{stage_dir}: cannot be cleared for stage {index} to train again ({err.strerror}); make it writable"
+            ) from None
     barrier()
 
 
 def measures_kl(recipe: Recipe, stage: StageConfig) -> bool:
     """The forgetting predictor applies to a causal LM stage that hands its model on (``kl_prompts > 0``)."""
-    return bool(recipe.evaluation and recipe.evaluation.kl_prompts and recipe.model.task == "causal_lm"
-                and not builds_model(stage))
+    return bool(
+        recipe.evaluation
+        and recipe.evaluation.kl_prompts
+        and recipe.model.task == "causal_lm"
+        and not builds_model(stage)
+    )
 
 
-def stage_kl(model: Any, tokenizer: Any, recipe: Recipe, index: int, datasets: dict[str, LoadedDataset],
-             model_of: Callable[[str], Any], log: Log) -> dict[str, float]:
+def stage_kl(
+    model: Any,
+    tokenizer: Any,
+    recipe: Recipe,
+    index: int,
+    datasets: dict[str, LoadedDataset],
+    model_of: Callable[[str], Any],
+    log: Log,
+) -> dict[str, float]:
     """KL(tuned ‖ entering) on the stage's own prompts (``eval.kl``); the entering model is reloaded."""
     evaluation, stage = recipe.evaluation, recipe.stages[index]
-    prompts = [ids for name in stage.data for ids in stage_prompts(
-        datasets[name].rows, recipe.datasets[name].format, tokenizer, recipe.datasets[name].template,
-        evaluation.kl_prompts, stage.seed)][:evaluation.kl_prompts]
+    prompts = [
+        ids
+        for name in stage.data
+        for ids in stage_prompts(
+            datasets[name].rows,
+            recipe.datasets[name].format,
+            tokenizer,
+            recipe.datasets[name].template,
+            evaluation.kl_prompts,
+            stage.seed,
+        )
+    ][: evaluation.kl_prompts]
     if not prompts:
         return {"per_sequence": None, "per_token": None, "prompts": 0, "tokens": 0}
     entering = entering_stage(recipe, index)
@@ -421,9 +501,18 @@ def stage_kl(model: Any, tokenizer: Any, recipe: Recipe, index: int, datasets: d
 
 
 def train_and_record(
-    model: Any, tokenizer: Any, recipe: Recipe, index: int, datasets: dict[str, LoadedDataset], config_hash_: str,
-    manifest: Manifest, evaluator: Evaluator, identity: ModelIdentity, callbacks: list[TrainerCallback] | None,
-    log: Log, force: bool = False,
+    model: Any,
+    tokenizer: Any,
+    recipe: Recipe,
+    index: int,
+    datasets: dict[str, LoadedDataset],
+    config_hash_: str,
+    manifest: Manifest,
+    evaluator: Evaluator,
+    identity: ModelIdentity,
+    callbacks: list[TrainerCallback] | None,
+    log: Log,
+    force: bool = False,
 ) -> Any:
     """Train stage ``index`` and record it: running -> trained (outputs hashed) -> completed (scored)."""
     stage = recipe.stages[index]
@@ -441,9 +530,16 @@ def train_and_record(
     if recipe.evaluation and recipe.evaluation.guard and not builds_model(stage):
         guard = recipe.evaluation.guard
         metric = next(task.metric for task in recipe.evaluation.retention if task.name == guard.probe)
-        callbacks = [*(callbacks or []), RetentionGuard(
-            lambda scored: evaluator.probe_score(scored, tokenizer, guard.probe, guard.items), guard,
-            METRICS.get(metric).traits.higher_is_better, entry, log)]
+        callbacks = [
+            *(callbacks or []),
+            RetentionGuard(
+                lambda scored: evaluator.probe_score(scored, tokenizer, guard.probe, guard.items),
+                guard,
+                METRICS.get(metric).traits.higher_is_better,
+                entry,
+                log,
+            ),
+        ]
     with before_first_write(stage_dir, start) as started:
         try:
             model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)
@@ -451,8 +547,13 @@ def train_and_record(
             record_failure(manifest, entry, started(), error=str(err))
             raise type(err)(f"stages.{index} '{stage.name}': {err}") from None
         except BaseException as err:
-            record_failure(manifest, entry, started(), error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
-                           traceback=traceback.format_exc(limit=3)[-2000:])
+            record_failure(
+                manifest,
+                entry,
+                started(),
+                error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
+                traceback=traceback.format_exc(limit=3)[-2000:],
+            )
             raise
     record_trained(entry, result, stage_dir)
     manifest.set_stage(index, entry)
@@ -474,8 +575,9 @@ def record_failure(manifest: Manifest, entry: dict[str, Any], started: bool, **d
         manifest.set_stage(entry["index"], entry)
 
 
-def running_entry(recipe: Recipe, index: int, datasets: dict[str, LoadedDataset], config_hash_: str,
-                  previous: dict[str, Any] | None) -> dict[str, Any]:
+def running_entry(
+    recipe: Recipe, index: int, datasets: dict[str, LoadedDataset], config_hash_: str, previous: dict[str, Any] | None
+) -> dict[str, Any]:
     """The manifest entry of a stage about to train: its inputs, and the curve points and guard record
     a resumed run of the same config already has (points before its checkpoint are not recomputed;
     the guard keeps measuring drops from the score the stage entered with)."""
@@ -486,10 +588,15 @@ def running_entry(recipe: Recipe, index: int, datasets: dict[str, LoadedDataset]
         "config_hash": config_hash_,
         "status": "running",
         "inputs": {
-            "model": (str(stage_folder(recipe, entering_stage(recipe, index))) if entering_stage(recipe, index) >= 0
-                      else recipe.model.model_name_or_path),
-            "data": {n: {"source": datasets[n].source, "rows": len(datasets[n].rows),
-                         "fingerprint": datasets[n].fingerprint} for n in stage_inputs(stage)},
+            "model": (
+                str(stage_folder(recipe, entering_stage(recipe, index)))
+                if entering_stage(recipe, index) >= 0
+                else recipe.model.model_name_or_path
+            ),
+            "data": {
+                n: {"source": datasets[n].source, "rows": len(datasets[n].rows), "fingerprint": datasets[n].fingerprint}
+                for n in stage_inputs(stage)
+            },
         },
         "outputs": {"dir": str(stage_folder(recipe, index))},
     }

@@ -6,6 +6,7 @@ is not stagewise's is refused with one line (``--force`` takes the folder over).
 at a time per folder: the kernel's exclusive lock on ``.stagewise.lock`` (which also records
 the holder's PID and host for the message a second run prints).
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,10 @@ def check_no_links(path: Path, names: list[str]) -> None:
         candidates += list((path / "eval").rglob("*"))
     for candidate in candidates:
         if candidate.is_symlink():
-            raise OutputError(f"{candidate}: is a link; stagewise writes only inside the output folder "
-                              "(replace the link with a folder, or choose another output_dir)")
+            raise OutputError(
+                f"{candidate}: is a link; stagewise writes only inside the output folder "
+                "(replace the link with a folder, or choose another output_dir)"
+            )
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -60,9 +63,15 @@ def read_manifest(path: Path) -> dict[str, Any]:
         data = read_json(file)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise OutputError(f"{file}: not a readable JSON manifest ({type(err).__name__}); {fresh}") from None
-    if (not isinstance(data, dict) or "stagewise_version" not in data or not isinstance(data.get("stages"), list)
-            or not all(isinstance(stage, dict) for stage in data["stages"])):
-        raise OutputError(f"{file}: not a stagewise manifest (expected an object with stagewise_version and stages); {fresh}")
+    if (
+        not isinstance(data, dict)
+        or "stagewise_version" not in data
+        or not isinstance(data.get("stages"), list)
+        or not all(isinstance(stage, dict) for stage in data["stages"])
+    ):
+        raise OutputError(
+            f"{file}: not a stagewise manifest (expected an object with stagewise_version and stages); {fresh}"
+        )
     return data
 
 
@@ -74,8 +83,10 @@ def check_foreign_content(path: Path, manifest: dict[str, Any]) -> None:
     foreign = sorted(p.name for p in path.iterdir() if not p.name.startswith(ours))
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise OutputError(f"output_dir {path}: holds files stagewise did not write ({shown}); "
-                          "choose a new or empty folder, or pass --force")
+        raise OutputError(
+            f"output_dir {path}: holds files stagewise did not write ({shown}); "
+            "choose a new or empty folder, or pass --force"
+        )
 
 
 @contextmanager
@@ -113,8 +124,10 @@ def acquire_lock(lock: Path, log: Callable[[str], None]) -> int:
         except BlockingIOError:
             holder = _recorded_holder(fd)
             os.close(fd)
-            raise OutputError(f"output_dir {lock.parent}: in use by another stagewise run (pid {holder.get('pid', '?')} "
-                              f"on {holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to finish") from None
+            raise OutputError(
+                f"output_dir {lock.parent}: in use by another stagewise run (pid {holder.get('pid', '?')} "
+                f"on {holder.get('host', '?')}, since {holder.get('since', '?')}); wait for it to finish"
+            ) from None
         try:  # the holder before us may have removed the file between our open and our flock: retry on the new one
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino
         except FileNotFoundError:

@@ -6,6 +6,7 @@ optimizer over the trainable tensors only. The model object (and any add-on atta
 it) carries over to the next stage. Outputs follow Hugging Face conventions: the stage folder
 is a ``save_pretrained`` folder with ``trainer_state.json`` and ``train_results.json``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,18 +29,31 @@ from transformers import (
 )
 
 from ..addons import base_without_addon_layers, is_peft_model, model_to_save
-from ..config import (DatasetConfig, EvalTaskConfig, EvaluationConfig, Recipe, StageConfig, stage_objective,
-                      transform_targets)
+from ..config import (
+    DatasetConfig,
+    EvalTaskConfig,
+    EvaluationConfig,
+    Recipe,
+    StageConfig,
+    stage_objective,
+    transform_targets,
+)
 from ..data import ListDataset, LoadedDataset, encode_dataset
 from ..data.mixture import MixtureSampler, mixture_counts
 from ..data.tokenize import prompt_text
 from ..errors import DataError, DiskSpaceError, TrainingError
 from ..eval import evaluate_task
+from ..losses import LossContext
 from ..merging import BASE, WeightSource, merge_model
 from ..models import load_stage_output
-from ..precision import (COMPUTE_DTYPES, autocast, hold_trainable_in_fp32, resolve_precision,
-                         return_to_storage_dtype, trainer_flags)
-from ..losses import LossContext
+from ..precision import (
+    COMPUTE_DTYPES,
+    autocast,
+    hold_trainable_in_fp32,
+    resolve_precision,
+    return_to_storage_dtype,
+    trainer_flags,
+)
 from ..registry import LOSSES, LR_RULES, OPTIMIZERS, REGULARIZERS, TRAINERS, TRANSFORMS
 from ..regularizers import RegularizerContext
 from ..schedules import LrRuleContext
@@ -47,8 +61,8 @@ from ..selection import SelectionContext, apply_selector, count_parameters
 from ..sharding import shard_model, wants_sharding
 from ..speed import mfu
 from ..trainers import TrainerInputs
-from ..written import Written
 from ..transforms import TransformContext
+from ..written import Written
 from .checkpoints import CheckpointSeal, last_complete_checkpoint, remove_checkpoints
 
 ADAPTER_DIR = "adapter"
@@ -65,7 +79,7 @@ class StageResult:
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: str | None = None
     transforms: list[dict[str, Any]] = field(default_factory=list)
-    merge: dict[str, Any] | None = None   # the merge's chosen coefficient and the dev score of each
+    merge: dict[str, Any] | None = None  # the merge's chosen coefficient and the dev score of each
     mixture: dict[str, Any] | None = None  # a weighted data mixture's realised rows per epoch
 
 
@@ -73,17 +87,23 @@ class StageResult:
 class ModelIdentity:
     """Who the model entering a stage is, for caches of model-generated data."""
 
-    key: str                                        # hash chain of the stages that produced it
-    seed_key: str                                   # the run's starting model
-    load_seed: Callable[[], tuple[Any, Any]]        # reload the starting model when needed
-    weights_of: Callable[[str], WeightSource]       # the starting model's ("base") or a finished stage's weights
-    folder_of: Callable[[str], Path]                # a finished stage's saved folder, by name (a reward model's)
-    model_of: Callable[[str], Any]                  # base, a finished stage or a folder as a whole frozen model (a teacher)
+    key: str  # hash chain of the stages that produced it
+    seed_key: str  # the run's starting model
+    load_seed: Callable[[], tuple[Any, Any]]  # reload the starting model when needed
+    weights_of: Callable[[str], WeightSource]  # the starting model's ("base") or a finished stage's weights
+    folder_of: Callable[[str], Path]  # a finished stage's saved folder, by name (a reward model's)
+    model_of: Callable[[str], Any]  # base, a finished stage or a folder as a whole frozen model (a teacher)
 
 
 def transform_stage_data(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, stage: StageConfig,
-    datasets: dict[str, LoadedDataset], stage_dir: Path, identity: ModelIdentity, log: Callable[[str], None],
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    recipe: Recipe,
+    stage: StageConfig,
+    datasets: dict[str, LoadedDataset],
+    stage_dir: Path,
+    identity: ModelIdentity,
+    log: Callable[[str], None],
 ) -> tuple[dict[str, LoadedDataset], list[dict[str, Any]]]:
     """Apply the stage's transforms in order: each to every dataset on its
     own, or, for a stage-wide transform (selection with replay ratios), once to all of them together."""
@@ -94,10 +114,20 @@ def transform_stage_data(
 
     def apply(transform: Any, name: str, dataset: DatasetConfig, part: list[dict[str, Any]]) -> list[dict[str, Any]]:
         log(f"[transform] {transform.kind} on {name!r} ({len(part)} rows)")
-        context = TransformContext(model=model, tokenizer=tokenizer, dataset_name=name, dataset=dataset,
-                                   model_key=identity.key, seed=stage.seed, stage_dir=stage_dir, log=log,
-                                   load_seed_model=identity.load_seed, seed_model_key=identity.seed_key,
-                                   rows_of=lambda other: datasets[other].rows, stage_folder=identity.folder_of)
+        context = TransformContext(
+            model=model,
+            tokenizer=tokenizer,
+            dataset_name=name,
+            dataset=dataset,
+            model_key=identity.key,
+            seed=stage.seed,
+            stage_dir=stage_dir,
+            log=log,
+            load_seed_model=identity.load_seed,
+            seed_model_key=identity.seed_key,
+            rows_of=lambda other: datasets[other].rows,
+            stage_folder=identity.folder_of,
+        )
         out, report = TRANSFORMS.impl(transform)(part, transform, context)
         reports.append({"kind": transform.kind, "data": name, **report})
         return out
@@ -113,23 +143,36 @@ def transform_stage_data(
         else:
             formats = {row_format[name] for name in targets}
             if len(formats) > 1:
-                raise DataError(f"transform {transform.kind!r} takes all of its datasets at once; "
-                                f"they must share one format (got {sorted(formats)})")
+                raise DataError(
+                    f"transform {transform.kind!r} takes all of its datasets at once; "
+                    f"they must share one format (got {sorted(formats)})"
+                )
             origin = {id(row): name for name in targets for row in rows[name]}
-            kept = apply(transform, "+".join(targets), recipe.datasets[targets[0]],
-                         [row for name in targets for row in rows[name]])
+            kept = apply(
+                transform,
+                "+".join(targets),
+                recipe.datasets[targets[0]],
+                [row for name in targets for row in rows[name]],
+            )
             rows.update({name: [row for row in kept if origin[id(row)] == name] for name in targets})
             reports[-1]["rows_out_per_dataset"] = {name: len(rows[name]) for name in targets}
         if traits.output_format:
             row_format.update(dict.fromkeys(targets, traits.output_format))
     if not any(rows.values()):  # one dataset may end empty, the stage may not
-        kept_text = "; ".join(f"{r['kind']} on {r['data']}: " + ", ".join(
-            f"{key.replace('_', ' ')} {value}" for key, value in r.items() if key not in ("kind", "data")) for r in reports)
+        kept_text = "; ".join(
+            f"{r['kind']} on {r['data']}: "
+            + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in r.items() if key not in ("kind", "data"))
+            for r in reports
+        )
         raise DataError(f"the transforms kept no training row ({kept_text})")
-    changed = {name: dataclasses.replace(datasets[name], rows=part,
-                                         format=None if row_format[name] == recipe.datasets[name].format
-                                         else row_format[name])
-               for name, part in rows.items()}
+    changed = {
+        name: dataclasses.replace(
+            datasets[name],
+            rows=part,
+            format=None if row_format[name] == recipe.datasets[name].format else row_format[name],
+        )
+        for name, part in rows.items()
+    }
     return {**datasets, **changed}, reports
 
 
@@ -137,19 +180,26 @@ def class_labels(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedD
     """Label names of a classification stage: declared, else sorted over its data. At least two
     classes (one would train a constant), and as many as ``model.num_labels`` when that is set."""
     labels = recipe.datasets[stage.data[0]].labels or sorted(
-        {row["label"] for name in stage.data for row in datasets[name].rows})
+        {row["label"] for name in stage.data for row in datasets[name].rows}
+    )
     where = f"datasets.{stage.data[0]}"
     if len(labels) < 2:
         raise DataError(f"{where}: classification needs at least 2 classes, found only {labels}")
     if recipe.model.num_labels is not None and recipe.model.num_labels != len(labels):
-        raise DataError(f"model.num_labels is {recipe.model.num_labels} but {where} has {len(labels)} "
-                        f"labels {labels}; fix num_labels or the data")
+        raise DataError(
+            f"model.num_labels is {recipe.model.num_labels} but {where} has {len(labels)} "
+            f"labels {labels}; fix num_labels or the data"
+        )
     return labels
 
 
 def encode_stage_data(
-    recipe: Recipe, stage: StageConfig, names: list[str], datasets: dict[str, LoadedDataset],
-    tokenizer: PreTrainedTokenizerBase, labels: list[str] | None,
+    recipe: Recipe,
+    stage: StageConfig,
+    names: list[str],
+    datasets: dict[str, LoadedDataset],
+    tokenizer: PreTrainedTokenizerBase,
+    labels: list[str] | None,
 ) -> list[dict[str, Any]]:
     examples: list[dict[str, Any]] = []
     for name in names:
@@ -157,8 +207,13 @@ def encode_stage_data(
             continue
         cfg = recipe.datasets[name]
         examples += encode_dataset(
-            datasets[name].rows, datasets[name].format or cfg.format, tokenizer, template=cfg.template,
-            train_on_prompt=stage.train_on_prompt, max_length=stage.max_length, labels=labels,
+            datasets[name].rows,
+            datasets[name].format or cfg.format,
+            tokenizer,
+            template=cfg.template,
+            train_on_prompt=stage.train_on_prompt,
+            max_length=stage.max_length,
+            labels=labels,
         )
     return examples
 
@@ -191,7 +246,8 @@ def training_arguments(
         report_to=recipe.report_to,
         remove_unused_columns=False,
         include_num_input_tokens_seen=(
-            "all" if recipe.performance.padding_free and stage_objective(recipe, stage) == "lm" else "non_padding"),
+            "all" if recipe.performance.padding_free and stage_objective(recipe, stage) == "lm" else "non_padding"
+        ),
         disable_tqdm=False,
         use_cpu=not torch.cuda.is_available(),
     )
@@ -205,8 +261,14 @@ def training_arguments(
     if performance.gradient_checkpointing:  # transformers 5 calls it activation checkpointing
         kwargs["activation_checkpointing"] = True
     if stage.eval and stage.eval.select_best:  # the stopping epoch is chosen on the dev split, never on test
-        kwargs.update(eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
-                      metric_for_best_model=f"eval_{stage.eval.data[0]}_loss", greater_is_better=False)
+        kwargs.update(
+            eval_strategy="epoch",
+            save_strategy="epoch",
+            save_total_limit=2,
+            load_best_model_at_end=True,
+            metric_for_best_model=f"eval_{stage.eval.data[0]}_loss",
+            greater_is_better=False,
+        )
     return cls(**kwargs)
 
 
@@ -244,8 +306,10 @@ class FiniteLossGuard(TrainerCallback):
         for key in ("loss", "grad_norm", "train_loss"):
             value = (logs or {}).get(key)
             if isinstance(value, (int, float)) and not math.isfinite(value):
-                raise TrainingError(f"{key} became {value} at step {state.global_step}: training diverged "
-                                    "(lower the lr, or set max_grad_norm)")
+                raise TrainingError(
+                    f"{key} became {value} at step {state.global_step}: training diverged "
+                    "(lower the lr, or set max_grad_norm)"
+                )
 
 
 def check_finite_weights(model: torch.nn.Module) -> None:
@@ -269,20 +333,35 @@ def run_stage(
     Returns the model to hand over (wrapped if the stage attached an add-on)."""
     stage = recipe.stages[index]
     with autocast(recipe.performance.precision):
-        datasets, transform_reports = transform_stage_data(model, tokenizer, recipe, stage, datasets, stage_dir,
-                                                           identity, log)
+        datasets, transform_reports = transform_stage_data(
+            model, tokenizer, recipe, stage, datasets, stage_dir, identity, log
+        )
     data = prepare_data(recipe, stage, datasets, tokenizer)
     entering, build = model, TRAINERS.get(stage.trainer.kind).traits.builds_model
     if build is not None:  # the stage trains a model of its own (a reward model) and hands on ``entering``
         model = build(model, stage.seed)
-    model, selector_callbacks = apply_selector(model, stage.trainable, SelectionContext(
-        seed=stage.seed, stage_index=index, examples_of=data.encode, collator=data.collator))
+    model, selector_callbacks = apply_selector(
+        model,
+        stage.trainable,
+        SelectionContext(seed=stage.seed, stage_index=index, examples_of=data.encode, collator=data.collator),
+    )
     hold_trainable_in_fp32(model, recipe.performance.precision)
     trainable, total = count_parameters(model)
-    trainer = build_trainer(model, tokenizer, recipe, stage, stage_dir, data, selector_callbacks,
-                            [CheckpointSeal(), FiniteLossGuard(), *(callbacks or [])], identity, log)
-    checkpoint = (last_complete_checkpoint(stage_dir, log)
-                  if recipe.resume_from_checkpoint and stage_dir.is_dir() else None)
+    trainer = build_trainer(
+        model,
+        tokenizer,
+        recipe,
+        stage,
+        stage_dir,
+        data,
+        selector_callbacks,
+        [CheckpointSeal(), FiniteLossGuard(), *(callbacks or [])],
+        identity,
+        log,
+    )
+    checkpoint = (
+        last_complete_checkpoint(stage_dir, log) if recipe.resume_from_checkpoint and stage_dir.is_dir() else None
+    )
     started = time.perf_counter()
     metrics = train(trainer, checkpoint) if trainable > 0 else {}  # trainable: none only evaluates and saves
     if getattr(trainer, "sharded", False):
@@ -296,8 +375,15 @@ def run_stage(
     if stage.merge:
         release_optimizer_state(trainer)
         Written(stage_dir).record("merge-tuned.safetensors")
-        model, merge = merge_model(model, stage.merge, identity.weights_of, dev_scorer(recipe, stage, datasets, tokenizer),
-                                   log, scratch=stage_dir / "merge-tuned.safetensors", seed=stage.seed)
+        model, merge = merge_model(
+            model,
+            stage.merge,
+            identity.weights_of,
+            dev_scorer(recipe, stage, datasets, tokenizer),
+            log,
+            scratch=stage_dir / "merge-tuned.safetensors",
+            seed=stage.seed,
+        )
     if stage.eval:
         metrics.update(evaluate_stage(trainer, recipe, stage, datasets, tokenizer, data.labels))
     model = save_stage(trainer, model_to_save(model, stage.trainable), tokenizer, stage_dir, metrics)
@@ -343,8 +429,9 @@ def release_optimizer_state(trainer: Trainer) -> None:
         torch.cuda.empty_cache()
 
 
-def dev_scorer(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset],
-               tokenizer: PreTrainedTokenizerBase) -> Callable[[torch.nn.Module], float] | None:
+def dev_scorer(
+    recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset], tokenizer: PreTrainedTokenizerBase
+) -> Callable[[torch.nn.Module], float] | None:
     """The merge's dev score of a model: the mean over its dev sets (negated for lower-is-better
     metrics), with the recipe's evaluation settings."""
     select = stage.merge.select if stage.merge else None
@@ -355,7 +442,9 @@ def dev_scorer(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDat
     def score(model: torch.nn.Module) -> float:
         scores = []
         for name in select.data:
-            probe = EvalTaskConfig(name="merge-dev", data=name, metric=select.metric, max_new_tokens=select.max_new_tokens)
+            probe = EvalTaskConfig(
+                name="merge-dev", data=name, metric=select.metric, max_new_tokens=select.max_new_tokens
+            )
             with autocast(recipe.performance.precision):
                 result = evaluate_task(model, tokenizer, probe, recipe.datasets[name], datasets[name].rows, settings)
             scores.append(result["score"] if result["higher_is_better"] else -result["score"])
@@ -374,14 +463,15 @@ class StageData:
     labels: list[str] | None
     dev: dict[str, ListDataset] | None  # scored each epoch to pick the best one (eval.select_best)
     encode: Callable[[str], list[dict[str, Any]]]  # any recipe dataset, encoded like this stage's data
-    collator: Any                                  # batches of those examples (training and data-aware setup)
-    prompts: Callable[[], list[str]]               # each row's prompt as training renders it (text)
-    sampler: MixtureSampler | None = None          # `data: {name: weight}`: each epoch's draw
-    mixture: dict[str, Any] | None = None          # per dataset: rows, weight, rows per epoch (manifest)
+    collator: Any  # batches of those examples (training and data-aware setup)
+    prompts: Callable[[], list[str]]  # each row's prompt as training renders it (text)
+    sampler: MixtureSampler | None = None  # `data: {name: weight}`: each epoch's draw
+    mixture: dict[str, Any] | None = None  # per dataset: rows, weight, rows per epoch (manifest)
 
 
-def prepare_data(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset],
-                 tokenizer: PreTrainedTokenizerBase) -> StageData:
+def prepare_data(
+    recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset], tokenizer: PreTrainedTokenizerBase
+) -> StageData:
     objective = stage_objective(recipe, stage)
     labels = class_labels(recipe, stage, datasets) if objective == "classification" else None
     rows = [row for name in stage.data for row in datasets[name].rows]
@@ -391,12 +481,17 @@ def prepare_data(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedD
 
     parts = {name: encode(name) for name in stage.data}
     examples = [example for part in parts.values() for example in part]
-    dev = {name: ListDataset(encode(name)) for name in stage.eval.data} if stage.eval and stage.eval.select_best else None
+    dev = (
+        {name: ListDataset(encode(name)) for name in stage.eval.data} if stage.eval and stage.eval.select_best else None
+    )
     collator = train_collator(objective, tokenizer, recipe.performance.padding_free)
 
     def prompts() -> list[str]:
-        return [prompt_text(row, recipe.datasets[name].format, tokenizer, recipe.datasets[name].template)
-                for name in stage.data for row in datasets[name].rows]
+        return [
+            prompt_text(row, recipe.datasets[name].format, tokenizer, recipe.datasets[name].template)
+            for name in stage.data
+            for row in datasets[name].rows
+        ]
 
     data = StageData(objective, rows, examples, labels, dev, encode, collator, prompts)
     if stage.data_weights:
@@ -405,36 +500,69 @@ def prepare_data(recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedD
             raise DataError(f"data: {stage.data[0]!r} anchors each epoch of the mixture but has no rows left")
         counts = mixture_counts(sizes, [stage.data_weights[name] for name in stage.data])
         data.sampler = MixtureSampler(sizes, counts, stage.seed)
-        data.mixture = {name: {"rows": size, "weight": stage.data_weights[name], "rows_per_epoch": count}
-                        for name, size, count in zip(stage.data, sizes, counts)}
+        data.mixture = {
+            name: {"rows": size, "weight": stage.data_weights[name], "rows_per_epoch": count}
+            for name, size, count in zip(stage.data, sizes, counts)
+        }
     return data
 
 
 def build_trainer(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, recipe: Recipe, stage: StageConfig, stage_dir: Path,
-    data: StageData, selector_callbacks: list[TrainerCallback], callbacks: list[TrainerCallback],
-    identity: ModelIdentity, log: Callable[[str], None],
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    recipe: Recipe,
+    stage: StageConfig,
+    stage_dir: Path,
+    data: StageData,
+    selector_callbacks: list[TrainerCallback],
+    callbacks: list[TrainerCallback],
+    identity: ModelIdentity,
+    log: Callable[[str], None],
 ) -> Trainer:
     """The stage's loss, regularizer and LR plan, handed with the data to the stage's trainer entry."""
-    class_counts = [sum(ex["labels"] == i for ex in data.examples) for i in range(len(data.labels))] if data.labels else []
+    class_counts = (
+        [sum(ex["labels"] == i for ex in data.examples) for i in range(len(data.labels))] if data.labels else []
+    )
     loss = LOSSES.impl(stage.loss)(stage.loss, LossContext(objective=data.objective, class_counts=class_counts))
     with autocast(recipe.performance.precision):  # EWC's Fisher is computed in the compute dtype
-        penalty = REGULARIZERS.impl(stage.regularizer)(stage.regularizer, model, RegularizerContext(
-            examples_of=data.encode, collator=data.collator, model_key=identity.key, stage_dir=stage_dir, log=log))
+        penalty = REGULARIZERS.impl(stage.regularizer)(
+            stage.regularizer,
+            model,
+            RegularizerContext(
+                examples_of=data.encode, collator=data.collator, model_key=identity.key, stage_dir=stage_dir, log=log
+            ),
+        )
     lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr))
     if wants_sharding(recipe):  # after the selector, the penalty's anchors and the LR rule saw whole tensors
-        shard_model(model, COMPUTE_DTYPES[resolve_precision(recipe.performance.precision)],
-                    recipe.distributed.reshard_after_forward)
+        shard_model(
+            model,
+            COMPUTE_DTYPES[resolve_precision(recipe.performance.precision)],
+            recipe.distributed.reshard_after_forward,
+        )
         if penalty is not None:
             penalty.follow(model)
     inputs = TrainerInputs(
-        model=model, tokenizer=tokenizer, rows=data.rows, examples=data.examples, dev=data.dev,
-        collator=data.collator, loss=loss, split_groups=lr_plan.split_groups,
-        callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks], penalty=penalty, sampler=data.sampler,
-        stage_folder=identity.folder_of, model_named=identity.model_of, prompts=data.prompts, batch_size=stage.batch_size,
-        weights_named=lambda name: identity.weights_of(name) if name in (BASE, *(s.name for s in recipe.stages)) else None,
+        model=model,
+        tokenizer=tokenizer,
+        rows=data.rows,
+        examples=data.examples,
+        dev=data.dev,
+        collator=data.collator,
+        loss=loss,
+        split_groups=lr_plan.split_groups,
+        callbacks=[*selector_callbacks, *lr_plan.callbacks, *callbacks],
+        penalty=penalty,
+        sampler=data.sampler,
+        stage_folder=identity.folder_of,
+        model_named=identity.model_of,
+        prompts=data.prompts,
+        batch_size=stage.batch_size,
+        weights_named=lambda name: (
+            identity.weights_of(name) if name in (BASE, *(s.name for s in recipe.stages)) else None
+        ),
         build_optimizer=lambda groups, args: OPTIMIZERS.impl(stage.optimizer)(stage.optimizer, groups, args),
-        args_for=lambda cls=TrainingArguments, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra))
+        args_for=lambda cls=TrainingArguments, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra),
+    )
     return TRAINERS.impl(stage.trainer)(stage.trainer, inputs)
 
 
@@ -446,13 +574,19 @@ def train(trainer: Trainer, checkpoint: str | None) -> dict[str, float]:
     if not getattr(trainer, "sharded", False):  # a sharded model is checked once reloaded whole
         check_finite_weights(trainer.model)
     if trainer.state.best_model_checkpoint:
-        metrics["best_epoch"] = float(next(r["epoch"] for r in trainer.state.log_history
-                                           if r.get(trainer.args.metric_for_best_model) == trainer.state.best_metric))
+        metrics["best_epoch"] = float(
+            next(
+                r["epoch"]
+                for r in trainer.state.log_history
+                if r.get(trainer.args.metric_for_best_model) == trainer.state.best_metric
+            )
+        )
     return metrics
 
 
-def throughput(recipe: Recipe, model: torch.nn.Module, examples: list[dict[str, Any]], tokens: int,
-               wall: float) -> dict[str, float]:
+def throughput(
+    recipe: Recipe, model: torch.nn.Module, examples: list[dict[str, Any]], tokens: int, wall: float
+) -> dict[str, float]:
     """MFU and the peak it is measured against (nothing when no token was trained)."""
     if not tokens or wall <= 0:
         return {}
@@ -462,8 +596,13 @@ def throughput(recipe: Recipe, model: torch.nn.Module, examples: list[dict[str, 
     return {"mfu": value, "peak_flops": peak}
 
 
-def save_stage(trainer: Trainer, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, stage_dir: Path,
-               metrics: dict[str, float]) -> torch.nn.Module:
+def save_stage(
+    trainer: Trainer,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    stage_dir: Path,
+    metrics: dict[str, float],
+) -> torch.nn.Module:
     """Weights (a ``save_pretrained`` folder), trainer_state.json and train_results.json; the
     checkpoints are removed once the stage's own files are written."""
     check_free_space(model, stage_dir)
@@ -487,8 +626,10 @@ def check_free_space(model: torch.nn.Module, folder: Path, margin: float = 1.1) 
     needed = margin * sum({id(p): p.numel() * p.element_size() for p in model.parameters()}.values())
     free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
     if free < needed:
-        raise DiskSpaceError(f"{folder}: saving the stage needs about {needed / 2**30:.2f} GiB but only "
-                             f"{free / 2**30:.2f} GiB are free; free space and rerun the same command to resume")
+        raise DiskSpaceError(
+            f"{folder}: saving the stage needs about {needed / 2**30:.2f} GiB but only "
+            f"{free / 2**30:.2f} GiB are free; free space and rerun the same command to resume"
+        )
 
 
 def last_logged(trainer: Trainer) -> dict[str, float]:
@@ -502,8 +643,12 @@ def last_logged(trainer: Trainer) -> dict[str, float]:
 
 
 def evaluate_stage(
-    trainer: Trainer, recipe: Recipe, stage: StageConfig, datasets: dict[str, LoadedDataset],
-    tokenizer: PreTrainedTokenizerBase, labels: list[str] | None,
+    trainer: Trainer,
+    recipe: Recipe,
+    stage: StageConfig,
+    datasets: dict[str, LoadedDataset],
+    tokenizer: PreTrainedTokenizerBase,
+    labels: list[str] | None,
 ) -> dict[str, float]:
     """Held-out loss (and perplexity for LM data) on each of the stage's eval datasets; a trainer
     that builds its own batches (TRL's) gets the raw rows and adds its own metrics (a reward
@@ -518,10 +663,22 @@ def evaluate_stage(
 
             found = trainer.evaluate(Dataset.from_list(datasets[name].rows), metric_key_prefix=prefix)
             logged = trainer.state.log_history[-1] if trainer.state.log_history else {}
-            found.update({prefix + key[4:]: value for key, value in logged.items()  # TRL logs eval_accuracy, ...
-                          if key.startswith("eval_") and prefix + key[4:] not in found})
-            results.update({key: float(value) for key, value in found.items() if key.startswith(prefix)
-                            and isinstance(value, (int, float)) and not key.endswith(("_runtime", "_per_second"))})
+            found.update(
+                {
+                    prefix + key[4:]: value
+                    for key, value in logged.items()  # TRL logs eval_accuracy, ...
+                    if key.startswith("eval_") and prefix + key[4:] not in found
+                }
+            )
+            results.update(
+                {
+                    key: float(value)
+                    for key, value in found.items()
+                    if key.startswith(prefix)
+                    and isinstance(value, (int, float))
+                    and not key.endswith(("_runtime", "_per_second"))
+                }
+            )
             continue
         examples = encode_stage_data(recipe, stage, [name], datasets, tokenizer, labels)
         loss = trainer.evaluate(ListDataset(examples), metric_key_prefix=prefix)[f"{prefix}_loss"]

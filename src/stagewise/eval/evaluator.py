@@ -1,4 +1,5 @@
 """The run's evaluator: scores the recipe's probes at named points and records the items."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,11 @@ def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset], seed_key
     """Identity of the base model's scores: the model, the probes and the probed data."""
     assert recipe.evaluation is not None
     used = {task.data for group in ("target", "retention") for task in getattr(recipe.evaluation, group) if task.data}
-    return config_hash(seed_key, recipe.evaluation.model_dump(mode="json", exclude_defaults=True),
-                       {name: datasets[name].fingerprint for name in sorted(used)})  # seed_key holds the precision
+    return config_hash(
+        seed_key,
+        recipe.evaluation.model_dump(mode="json", exclude_defaults=True),
+        {name: datasets[name].fingerprint for name in sorted(used)},
+    )  # seed_key holds the precision
 
 
 class Evaluator:
@@ -33,8 +37,9 @@ class Evaluator:
     user cache by (model, probes, probe data) hash, so recipes compared on the same probes score
     it once."""
 
-    def __init__(self, recipe: Recipe, datasets: dict[str, LoadedDataset], seed_key: str,
-                 log: Callable[[str], None]) -> None:
+    def __init__(
+        self, recipe: Recipe, datasets: dict[str, LoadedDataset], seed_key: str, log: Callable[[str], None]
+    ) -> None:
         self.recipe, self.datasets, self.log = recipe, datasets, log
         self.output_dir = Path(recipe.output_dir)
         self.key = evaluation_hash(recipe, datasets, seed_key) if recipe.evaluation else None
@@ -54,22 +59,28 @@ class Evaluator:
             for name, result in probes.items():
                 relative = f"eval/{point}/{name}.jsonl"
                 if is_main_process():
-                    atomic_write_text(self.output_dir / relative, "".join(
-                        json.dumps(item, ensure_ascii=False) + "\n" for item in result.get("items", [])))
+                    atomic_write_text(
+                        self.output_dir / relative,
+                        "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in result.get("items", [])),
+                    )
                 summary[group][name] = {**{k: v for k, v in result.items() if k != "items"}, "items_file": relative}
         return summary
 
-    def probe_score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str,
-                    items: int | None) -> float:
+    def probe_score(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, items: int | None
+    ) -> float:
         """One retention probe's score on its first ``items`` items, recorded nowhere (the guard's check)."""
         assert self.recipe.evaluation is not None
         task = next(task for task in self.recipe.evaluation.retention if task.name == name)
         rows = self.datasets[task.data].rows[:items] if task.data else []
         with autocast(self.recipe.performance.precision):
-            return evaluate_task(model, tokenizer, task, self.recipe.datasets.get(task.data), rows,
-                                 self.recipe.evaluation)["score"]
+            return evaluate_task(
+                model, tokenizer, task, self.recipe.datasets.get(task.data), rows, self.recipe.evaluation
+            )["score"]
 
-    def score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, point: str) -> tuple[dict[str, Any], float]:
+    def score(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, point: str
+    ) -> tuple[dict[str, Any], float]:
         """(summary, wall seconds) of scoring ``model`` at ``point``."""
         started = time.perf_counter()
         summary = self.record(point, self(model, tokenizer))
@@ -80,11 +91,13 @@ class Evaluator:
         model, e.g. a reward model, hands on the model it received: scored again only if last)."""
         evaluation = self.recipe.evaluation
         last = index == len(self.recipe.stages) - 1
-        return evaluation is not None and (last or (evaluation.after_each_stage
-                                                    and not builds_model(self.recipe.stages[index])))
+        return evaluation is not None and (
+            last or (evaluation.after_each_stage and not builds_model(self.recipe.stages[index]))
+        )
 
-    def score_stage(self, entry: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                    point: str) -> None:
+    def score_stage(
+        self, entry: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, point: str
+    ) -> None:
         """Score a stage's model into its manifest entry."""
         self.log(f"[eval] after stage {entry['index']} '{entry['name']}'")
         entry["evaluation"], entry["eval_time_s"] = self.score(model, tokenizer, point)

@@ -11,6 +11,7 @@
   and arm sees the same candidates); accuracy as lm-evaluation-harness's multiple choice
   (``acc``: highest summed log-likelihood; ``acc_norm``, by characters, is reported beside it).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,50 +41,64 @@ def answer_example(row: dict[str, Any], cfg: DatasetConfig, tokenizer: Any, max_
 
 
 @torch.inference_mode()
-def answer_log_likelihoods(model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], batch_size: int,
-                           desc: str) -> list[tuple[float, int]]:
+def answer_log_likelihoods(
+    model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], batch_size: int, desc: str
+) -> list[tuple[float, int]]:
     """(summed log-probability, token count) of each example's labelled tokens, in batches."""
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     device = next(model.parameters()).device
     found: list[tuple[float, int]] = []
     for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), labels,
-                                                ignore_index=IGNORE_INDEX, reduction="none")
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none"
+        )
         counts = (labels != IGNORE_INDEX).sum(dim=1).tolist()
         found += [(-total, count) for total, count in zip(nll.sum(dim=1).tolist(), counts)]
     return found
 
 
-@METRICS.register("perplexity", requires=Requires(formats=("text", *GENERATIVE.formats), model_tasks=("causal_lm",)),
-                  traits=MetricTraits(higher_is_better=False))
-def perplexity_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows,
-                    evaluation: EvaluationConfig) -> Result:
+@METRICS.register(
+    "perplexity",
+    requires=Requires(formats=("text", *GENERATIVE.formats), model_tasks=("causal_lm",)),
+    traits=MetricTraits(higher_is_better=False),
+)
+def perplexity_task(
+    model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
+) -> Result:
     """Corpus perplexity over the trained tokens (answer and end of sequence); each item's score is
     its mean token negative log-likelihood."""
-    encoded = [(item_id, encode_lm_rows([row], cfg.format, tokenizer, cfg.template, False, evaluation.max_length))
-               for item_id, row in zip(item_ids(rows), rows)]
+    encoded = [
+        (item_id, encode_lm_rows([row], cfg.format, tokenizer, cfg.template, False, evaluation.max_length))
+        for item_id, row in zip(item_ids(rows), rows)
+    ]
     ids = [item_id for item_id, example in encoded if example]
     model.eval()
-    scored = answer_log_likelihoods(model, tokenizer, [example[0] for _, example in encoded if example],
-                                    evaluation.batch_size, "eval perplexity")
+    scored = answer_log_likelihoods(
+        model, tokenizer, [example[0] for _, example in encoded if example], evaluation.batch_size, "eval perplexity"
+    )
     mean = sum(-total for total, _ in scored) / max(sum(count for _, count in scored), 1)
     items = [{"id": i, "score": -total / max(count, 1), "tokens": count} for i, (total, count) in zip(ids, scored)]
-    return {"score": math.exp(min(mean, 50.0)), "scores": {"perplexity": math.exp(min(mean, 50.0)), "nll": mean},
-            "items": items}
+    return {
+        "score": math.exp(min(mean, 50.0)),
+        "scores": {"perplexity": math.exp(min(mean, 50.0)), "nll": mean},
+        "items": items,
+    }
 
 
 @METRICS.register("answer_logprob", requires=Requires(formats=tuple(ANSWER_KEY), model_tasks=("causal_lm",)))
-def answer_logprob_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows,
-                        evaluation: EvaluationConfig) -> Result:
+def answer_logprob_task(
+    model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
+) -> Result:
     """Mean log-probability per gold-answer token, per item; the score is the mean over items."""
     model.eval()
     examples = [answer_example(row, cfg, tokenizer, evaluation.max_length) for row in rows]
     scored = answer_log_likelihoods(model, tokenizer, examples, evaluation.batch_size, f"eval {task.name}")
-    items = [{"id": i, "score": total / max(count, 1), "tokens": count}
-             for i, (total, count) in zip(item_ids(rows), scored)]
+    items = [
+        {"id": i, "score": total / max(count, 1), "tokens": count} for i, (total, count) in zip(item_ids(rows), scored)
+    ]
     mean = sum(item["score"] for item in items) / len(items)
     return {"score": mean, "scores": {"answer_logprob": mean}, "items": items}
 
@@ -99,27 +114,38 @@ def candidates(rows: list[dict[str, Any]], ids: list[str], key: str, count: int)
 
 
 @METRICS.register("choice", requires=Requires(formats=tuple(ANSWER_KEY), model_tasks=("causal_lm",)))
-def choice_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows,
-                evaluation: EvaluationConfig) -> Result:
+def choice_task(
+    model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
+) -> Result:
     """Is the gold answer the most likely of the item's candidates (1/0)?"""
     key, ids = ANSWER_KEY[cfg.format], item_ids(rows)
     distinct = len({normalize_answer(row[key]) for row in rows})
     if distinct < task.choices:
-        raise DataError(f"evaluation {task.name!r}: metric 'choice' with choices {task.choices} needs at least "
-                        f"{task.choices} distinct gold answers in dataset {task.data!r} (it has {distinct}; the "
-                        "distractors are other items' answers): lower choices")
+        raise DataError(
+            f"evaluation {task.name!r}: metric 'choice' with choices {task.choices} needs at least "
+            f"{task.choices} distinct gold answers in dataset {task.data!r} (it has {distinct}; the "
+            "distractors are other items' answers): lower choices"
+        )
     options = candidates(rows, ids, key, task.choices)
     model.eval()
-    examples = [answer_example({**row, key: text}, cfg, tokenizer, evaluation.max_length)
-                for row, option in zip(rows, options) for text in option]
+    examples = [
+        answer_example({**row, key: text}, cfg, tokenizer, evaluation.max_length)
+        for row, option in zip(rows, options)
+        for text in option
+    ]
     scored = iter(answer_log_likelihoods(model, tokenizer, examples, evaluation.batch_size, f"eval {task.name}"))
     items = []
     for item_id, option in zip(ids, options):
         totals = [next(scored)[0] for _ in option]
         by_chars = [total / max(len(text), 1) for total, text in zip(totals, option)]
-        items.append({"id": item_id, "score": float(max(range(len(option)), key=totals.__getitem__) == 0),
-                      "score_norm": float(max(range(len(option)), key=by_chars.__getitem__) == 0),
-                      "candidates": len(option)})
+        items.append(
+            {
+                "id": item_id,
+                "score": float(max(range(len(option)), key=totals.__getitem__) == 0),
+                "score_norm": float(max(range(len(option)), key=by_chars.__getitem__) == 0),
+                "candidates": len(option),
+            }
+        )
     accuracy = sum(item["score"] for item in items) / len(items)
     normalized = sum(item["score_norm"] for item in items) / len(items)
     return {"score": accuracy, "scores": {"choice": accuracy, "choice_norm": normalized}, "items": items}

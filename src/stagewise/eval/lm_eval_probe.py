@@ -6,6 +6,7 @@ or the user's own task YAMLs in ``include_path`` over local files, offline). The
 the mean over tasks of each task's first reported metric (``acc``, ``exact_match`` ...), with its
 stderr; every document is an item (``task:doc_id``) so studies pair lm-eval probes like any other.
 """
+
 from __future__ import annotations
 
 import functools
@@ -51,12 +52,17 @@ def check_tasks(tasks: list[str], include_path: str | None) -> None:
 
         hints = [difflib.get_close_matches(task, manager.all_tasks, n=1) for task in unknown]
         shown = ", ".join(f"{task!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for task, h in zip(unknown, hints))
-        raise RecipeError(f"unknown lm-eval task {shown}" + ("" if include_path else "; custom tasks need include_path"))
+        raise RecipeError(
+            f"unknown lm-eval task {shown}" + ("" if include_path else "; custom tasks need include_path")
+        )
 
 
 def _main_metric(results: dict[str, Any]) -> tuple[str, float, float | None]:
-    values = {key.split(",")[0]: value for key, value in results.items()
-              if "," in key and isinstance(value, (int, float)) and "_stderr" not in key}
+    values = {
+        key.split(",")[0]: value
+        for key, value in results.items()
+        if "," in key and isinstance(value, (int, float)) and "_stderr" not in key
+    }
     name = next((m for m in PREFERRED if m in values), None) or next(iter(sorted(values)), None)
     if name is None:
         raise DataError(f"lm-eval reported no numeric metric ({sorted(results)})")
@@ -73,25 +79,41 @@ def lm_eval_task(model: Any, tokenizer: Any, task: Any, dataset: Any, rows: Any,
     manager = task_manager(task.include_path)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=evaluation.batch_size, max_length=evaluation.max_length)
     try:
-        output = simple_evaluate(model=lm, tasks=list(task.tasks), num_fewshot=task.num_fewshot, limit=task.limit,
-                                 task_manager=manager, log_samples=True, verbosity="ERROR", random_seed=0,
-                                 numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+        output = simple_evaluate(
+            model=lm,
+            tasks=list(task.tasks),
+            num_fewshot=task.num_fewshot,
+            limit=task.limit,
+            task_manager=manager,
+            log_samples=True,
+            verbosity="ERROR",
+            random_seed=0,
+            numpy_random_seed=0,
+            torch_random_seed=0,
+            fewshot_random_seed=0,
+        )
     except (ConnectionError, OSError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise DataError(f"evaluation {task.name!r}: lm-eval could not load the data of {task.tasks} "
-                        f"(offline? {first})") from None
+        raise DataError(
+            f"evaluation {task.name!r}: lm-eval could not load the data of {task.tasks} (offline? {first})"
+        ) from None
     scores: dict[str, float] = {}
     items: list[dict[str, Any]] = []
     means = []
     for name in task.tasks:
         if name not in output["results"]:
-            raise DataError(f"evaluation {task.name!r}: lm-eval returned no result for task {name!r} "
-                            "(a group name? list its subtasks)")
+            raise DataError(
+                f"evaluation {task.name!r}: lm-eval returned no result for task {name!r} "
+                "(a group name? list its subtasks)"
+            )
         metric, value, stderr = _main_metric(output["results"][name])
         scores[f"{name}_{metric}"] = value
         if stderr is not None:
             scores[f"{name}_{metric}_stderr"] = stderr
         means.append(value)
-        items += [{"id": f"{name}:{sample['doc_id']}", "score": float(sample[metric])}
-                  for sample in output.get("samples", {}).get(name, []) if isinstance(sample.get(metric), (int, float))]
+        items += [
+            {"id": f"{name}:{sample['doc_id']}", "score": float(sample[metric])}
+            for sample in output.get("samples", {}).get(name, [])
+            if isinstance(sample.get(metric), (int, float))
+        ]
     return {"score": sum(means) / len(means), "scores": scores, "items": items, "n": len(items)}

@@ -1,5 +1,6 @@
 """Answer checkers and scores, as plain functions with hand-checkable values, and the call
 shape of a registered metric."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,9 @@ NUMBER = re.compile(r"-?\d+(?:[,\s]\d+)*(?:\.\d+)?")  # sail-sg/sdft eval/utils.
 class Metric(Protocol):
     """Scores ``rows`` of a probe; returns ``score``, ``scores`` and per-item ``items`` (id, score)."""
 
-    def __call__(self, model: Any, tokenizer: Any, task: Any, dataset: Any, rows: list[dict[str, Any]],
-                 evaluation: Any) -> dict[str, Any]: ...
+    def __call__(
+        self, model: Any, tokenizer: Any, task: Any, dataset: Any, rows: list[dict[str, Any]], evaluation: Any
+    ) -> dict[str, Any]: ...
 
 
 def normalize_answer(text: str) -> str:

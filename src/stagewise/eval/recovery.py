@@ -8,6 +8,7 @@ renders one item (template and all), so the examples show the format and nothing
 splits the drop: *knowledge loss* is the drop that remains with the examples, *format loss* the
 part they recover (the drop without them minus the drop with them).
 """
+
 from __future__ import annotations
 
 import random
@@ -31,22 +32,31 @@ def render_with_answer(row: dict[str, Any], cfg: DatasetConfig, tokenizer: Any) 
     return "".join(text for text, _ in segments) + ("\n\n" if adds_special_tokens else "")
 
 
-def with_examples(task: EvalTaskConfig, cfg: DatasetConfig, rows: list[dict[str, Any]], ids: list[str],
-                  tokenizer: Any) -> tuple[DatasetConfig, list[dict[str, Any]]]:
+def with_examples(
+    task: EvalTaskConfig, cfg: DatasetConfig, rows: list[dict[str, Any]], ids: list[str], tokenizer: Any
+) -> tuple[DatasetConfig, list[dict[str, Any]]]:
     """The probe's rows as prompt/completion rows whose prompt holds ``recovery_shots`` other items
     (drawn per item from its id, the same in every run) rendered with their answers, then the item's
     own prompt; the gold answer and its aliases are kept for scoring."""
     k = task.recovery_shots
     if len(rows) <= k:
-        raise DataError(f"evaluation {task.name!r}: recovery_shots {k} needs more than {k} items in "
-                        f"dataset {task.data!r} (it has {len(rows)})")
+        raise DataError(
+            f"evaluation {task.name!r}: recovery_shots {k} needs more than {k} items in "
+            f"dataset {task.data!r} (it has {len(rows)})"
+        )
     rendered = {item_id: render_with_answer(row, cfg, tokenizer) for row, item_id in zip(rows, ids)}
     key = ANSWER_KEY[cfg.format]
     out = []
     for row, item_id in zip(rows, ids):
         shots = random.Random(item_id).sample(sorted(other for other in rendered if other != item_id), k)
         prompt = "".join(rendered[other] for other in shots) + prompt_text(row, cfg.format, tokenizer, cfg.template)
-        out.append({"id": item_id, "prompt": prompt, "completion": row[key],
-                    **({"aliases": row["aliases"]} if row.get("aliases") else {}),
-                    **({"answer": row["answer"]} if "answer" in row else {})})
+        out.append(
+            {
+                "id": item_id,
+                "prompt": prompt,
+                "completion": row[key],
+                **({"aliases": row["aliases"]} if row.get("aliases") else {}),
+                **({"answer": row["answer"]} if "answer" in row else {}),
+            }
+        )
     return DatasetConfig(format="prompt_completion", rows=out), out

@@ -8,6 +8,7 @@ Every result carries ``items``: one record per row with a stable ``id`` (the row
 ``id`` field, else a hash of its content), the item's ``score`` and the model's prediction,
 so two runs on the same probe can be compared item by item (``stagewise study``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,11 @@ def item_ids(rows: list[dict[str, Any]]) -> list[str]:
     seen: dict[str, int] = {}
     ids = []
     for row in rows:
-        base = str(row["id"]) if "id" in row else hashlib.sha1(
-            json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+        base = (
+            str(row["id"])
+            if "id" in row
+            else hashlib.sha1(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+        )
         seen[base] = seen.get(base, 0) + 1
         ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
     return ids
@@ -76,28 +80,43 @@ def answer_correct(metric: str, output: str, row: dict[str, Any], pattern: str |
 GENERATIVE = Requires(formats=("instruction", "prompt_completion", "chat"), model_tasks=("causal_lm",))
 
 
-def generation_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig) -> Result:
+def generation_task(
+    model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
+) -> Result:
     """Greedy answers scored by ``task.metric``; ``scores`` also holds exact_match and contains."""
-    prompts, clipped = clip_prompts([encode_prompt(row, cfg.format, tokenizer, cfg.template) for row in rows],
-                                    evaluation.max_length, task.max_new_tokens)
+    prompts, clipped = clip_prompts(
+        [encode_prompt(row, cfg.format, tokenizer, cfg.template) for row in rows],
+        evaluation.max_length,
+        task.max_new_tokens,
+    )
     short_answer = task.metric in ("exact_match", "contains")  # these compare the first line only
     sampling = SamplingConfig(max_new_tokens=task.max_new_tokens, first_line=short_answer)
-    outputs = [texts[0] for texts in generate(model, tokenizer, prompts, sampling, batch_size=evaluation.batch_size,
-                                              desc=f"eval {task.name}")]
+    outputs = [
+        texts[0]
+        for texts in generate(
+            model, tokenizer, prompts, sampling, batch_size=evaluation.batch_size, desc=f"eval {task.name}"
+        )
+    ]
     names = dict.fromkeys(("exact_match", "contains", task.metric))
-    checks = {name: [answer_correct(name, output, row, task.pattern) for row, output in zip(rows, outputs)]
-              for name in names}
+    checks = {
+        name: [answer_correct(name, output, row, task.pattern) for row, output in zip(rows, outputs)] for name in names
+    }
     scores = {name: sum(values) / len(values) for name, values in checks.items()}
     examples = [{"gold": _golds(r)[0], "prediction": o.strip()[:120]} for r, o in zip(rows[:3], outputs[:3])]
-    items = [{"id": i, "score": float(ok), "prediction": o.strip()[:200]}
-             for i, ok, o in zip(item_ids(rows), checks[task.metric], outputs)]
+    items = [
+        {"id": i, "score": float(ok), "prediction": o.strip()[:200]}
+        for i, ok, o in zip(item_ids(rows), checks[task.metric], outputs)
+    ]
     return {"score": scores[task.metric], "scores": scores, "examples": examples, "truncated": clipped, "items": items}
 
 
 for _name in ("exact_match", "contains", "last_integer"):
     METRICS.register(_name, requires=GENERATIVE)(generation_task)
-METRICS.register("regex", requires=GENERATIVE, traits=MetricTraits(
-    check=lambda task: None if task.pattern else ("metric", "metric 'regex' needs a 'pattern'")))(generation_task)
+METRICS.register(
+    "regex",
+    requires=GENERATIVE,
+    traits=MetricTraits(check=lambda task: None if task.pattern else ("metric", "metric 'regex' needs a 'pattern'")),
+)(generation_task)
 
 
 def fewshot_prompt(row: dict[str, Any], demos: list[dict[str, Any]]) -> str:
@@ -107,7 +126,9 @@ def fewshot_prompt(row: dict[str, Any], demos: list[dict[str, Any]]) -> str:
 
 
 @METRICS.register("fewshot", requires=Requires(formats=("fewshot",), model_tasks=("causal_lm",)))
-def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig) -> Result:
+def fewshot_task(
+    model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
+) -> Result:
     """In-context ability: ``shots`` demonstrations from the same task, exact match per task."""
     rng = random.Random(0)
     prompts = []
@@ -116,8 +137,14 @@ def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, row
         demos = rng.sample(pool, min(task.shots, len(pool)))
         prompts.append(tokenizer(fewshot_prompt(row, demos))["input_ids"])
     prompts, clipped = clip_prompts(prompts, evaluation.max_length, task.max_new_tokens)
-    outputs = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=task.max_new_tokens, first_line=True),
-                       batch_size=evaluation.batch_size, desc=f"eval {task.name}")
+    outputs = generate(
+        model,
+        tokenizer,
+        prompts,
+        SamplingConfig(max_new_tokens=task.max_new_tokens, first_line=True),
+        batch_size=evaluation.batch_size,
+        desc=f"eval {task.name}",
+    )
     per_task: dict[str, list[bool]] = {}
     items = []
     for item_id, row, (output,) in zip(item_ids(rows), rows, outputs):
@@ -130,7 +157,9 @@ def fewshot_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, row
 
 
 @torch.inference_mode()
-def classification_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig) -> Result:
+def classification_task(
+    model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
+) -> Result:
     """The classifier's argmax over its labels; ``scores`` holds accuracy, micro/macro F1 and per-class F1."""
     batch_size, max_length = evaluation.batch_size, evaluation.max_length
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -142,14 +171,16 @@ def classification_task(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConf
     model.eval()
     predicted: list[int] = []
     for start in tqdm(range(0, len(examples), batch_size), desc=f"eval {task.name}", leave=False):
-        chunk = examples[start:start + batch_size]
+        chunk = examples[start : start + batch_size]
         batch = tokenizer.pad([{k: v for k, v in ex.items() if k != "labels"} for ex in chunk], return_tensors="pt")
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         predicted += logits.argmax(-1).tolist()
     gold = [ex["labels"] for ex in examples]
     scores = metrics.classification_scores(predicted, gold, labels)
-    items = [{"id": i, "score": float(p == g), "prediction": labels[p], "gold": labels[g]}
-             for i, p, g in zip(item_ids(rows), predicted, gold)]
+    items = [
+        {"id": i, "score": float(p == g), "prediction": labels[p], "gold": labels[g]}
+        for i, p, g in zip(item_ids(rows), predicted, gold)
+    ]
     return {"score": scores[task.metric], "scores": scores, "items": items}
 
 
@@ -159,8 +190,12 @@ for _name in ("accuracy", "macro_f1", "micro_f1"):
 
 
 def evaluate_task(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: EvalTaskConfig, cfg: DatasetConfig,
-    rows: list[dict[str, Any]], evaluation: EvaluationConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: EvalTaskConfig,
+    cfg: DatasetConfig,
+    rows: list[dict[str, Any]],
+    evaluation: EvaluationConfig,
 ) -> Result:
     was_training = model.training
     entry = METRICS.get(task.metric)
@@ -172,22 +207,35 @@ def evaluate_task(
 
 
 def evaluate_suite(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, evaluation: EvaluationConfig,
-    dataset_configs: dict[str, DatasetConfig], rows: dict[str, list[dict[str, Any]]],
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    evaluation: EvaluationConfig,
+    dataset_configs: dict[str, DatasetConfig],
+    rows: dict[str, list[dict[str, Any]]],
 ) -> dict[str, dict[str, Result]]:
     """``{"target": {name: result}, "retention": {name: result}}``, and ``"recovery"`` with each
     retention probe that sets ``recovery_shots`` scored with examples in its prompts."""
     results = {
-        group: {task.name: evaluate_task(model_for_probe(model, task, group), tokenizer, task, dataset_configs.get(task.data),
-                                         rows.get(task.data, []), evaluation)
-                for task in getattr(evaluation, group)}
+        group: {
+            task.name: evaluate_task(
+                model_for_probe(model, task, group),
+                tokenizer,
+                task,
+                dataset_configs.get(task.data),
+                rows.get(task.data, []),
+                evaluation,
+            )
+            for task in getattr(evaluation, group)
+        }
         for group in ("target", "retention")
     }
     recovered = {}
     for task in evaluation.retention:
         if task.recovery_shots:
-            cfg, shown = with_examples(task, dataset_configs[task.data], rows[task.data], item_ids(rows[task.data]),
-                                       tokenizer)
-            recovered[recovery_name(task)] = evaluate_task(model_for_probe(model, task, "retention"), tokenizer, task,
-                                                           cfg, shown, evaluation)
+            cfg, shown = with_examples(
+                task, dataset_configs[task.data], rows[task.data], item_ids(rows[task.data]), tokenizer
+            )
+            recovered[recovery_name(task)] = evaluate_task(
+                model_for_probe(model, task, "retention"), tokenizer, task, cfg, shown, evaluation
+            )
     return {**results, "recovery": recovered} if recovered else results

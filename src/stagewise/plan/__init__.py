@@ -7,6 +7,7 @@ KV cache), and evaluation's generation; then a verdict against the device's memo
 does not fit, the cheapest change that does (gradient checkpointing, bf16-mixed, an 8-bit
 optimizer, LoRA, QLoRA, more devices with FSDP).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,17 @@ from ..config import ModelConfig, Recipe, StageConfig
 from ..errors import RecipeError
 from ..precision import COMPUTE_DTYPES, MIXED, resolve_precision
 from ..registry import LR_RULES, OPTIMIZERS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS, load_plugins
-from .footprint import (GiB, Footprint, ModelShape, PlanContext, activation_bytes, dtype_bytes, kv_bytes_per_token,
-                        optimizer_bytes, quantized_weight_bytes)
+from .footprint import (
+    Footprint,
+    GiB,
+    ModelShape,
+    PlanContext,
+    activation_bytes,
+    dtype_bytes,
+    kv_bytes_per_token,
+    optimizer_bytes,
+    quantized_weight_bytes,
+)
 
 __all__ = ["Settings", "StagePlan", "load_model_config", "parse_memory", "plan_recipe", "render_plan"]
 
@@ -38,9 +48,9 @@ class Settings:
     devices: int = 1
     checkpointing: bool = False
     optim: str | None = None
-    selector: Any = None          # replaces every training stage's selector (a suggestion: LoRA)
-    quantization: Any = None      # {bits, double_quant} or None
-    seq_len: int | None = None    # tokens per sequence (default: the stage's max_length)
+    selector: Any = None  # replaces every training stage's selector (a suggestion: LoRA)
+    quantization: Any = None  # {bits, double_quant} or None
+    seq_len: int | None = None  # tokens per sequence (default: the stage's max_length)
 
 
 @dataclass
@@ -89,7 +99,9 @@ def load_model_config(model: ModelConfig, override: str | None = None) -> Any:
         return AutoConfig.from_pretrained(source, trust_remote_code=model.trust_remote_code, revision=model.revision)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise RecipeError(f"--model: cannot read the config of {name!r} ({reason}); offline, give a config.json") from None
+        raise RecipeError(
+            f"--model: cannot read the config of {name!r} ({reason}); offline, give a config.json"
+        ) from None
 
 
 def meta_model(config: Any, task: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -108,7 +120,9 @@ def storage_dtype_for(recipe: Recipe, config: Any, precision: str) -> torch.dtyp
     if recipe.model.dtype != "auto":
         return getattr(torch, recipe.model.dtype)
     found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    return getattr(torch, found) if isinstance(found, str) else found if isinstance(found, torch.dtype) else torch.float32
+    return (
+        getattr(torch, found) if isinstance(found, str) else found if isinstance(found, torch.dtype) else torch.float32
+    )
 
 
 def planned_precision(recipe: Recipe, device_memory: float | None) -> str:
@@ -119,14 +133,19 @@ def planned_precision(recipe: Recipe, device_memory: float | None) -> str:
     return resolve_precision(precision)
 
 
-def plan_recipe(recipe: Recipe, config: Any, device_memory: float | None = None, devices: int = 1,
-                seq_len: int | None = None) -> list[StagePlan]:
+def plan_recipe(
+    recipe: Recipe, config: Any, device_memory: float | None = None, devices: int = 1, seq_len: int | None = None
+) -> list[StagePlan]:
     """One :class:`StagePlan` per stage; with ``device_memory`` each has a verdict and, when it does
     not fit, the cheapest change that does."""
     load_plugins()
-    base = Settings(precision=planned_precision(recipe, device_memory), devices=devices,
-                    checkpointing=recipe.performance.gradient_checkpointing, seq_len=seq_len,
-                    quantization=recipe.model.quantization)
+    base = Settings(
+        precision=planned_precision(recipe, device_memory),
+        devices=devices,
+        checkpointing=recipe.performance.gradient_checkpointing,
+        seq_len=seq_len,
+        quantization=recipe.model.quantization,
+    )
     plans = plan_stages(recipe, config, base)
     if device_memory is not None:
         for plan in plans:
@@ -151,16 +170,22 @@ def plan_stages(recipe: Recipe, config: Any, settings: Settings) -> list[StagePl
         except RecipeError as err:  # the selector does not fit this model (as a run would say)
             raise RecipeError(f"stages.{index} '{stage.name}': {err}") from None
         except Exception as err:  # a data-aware selector (CorDA) cannot run on the meta device
-            raise RecipeError(f"stages.{index} '{stage.name}': plan cannot apply {selector.kind!r} on the meta "
-                              f"device ({str(err).splitlines()[0][:160] if str(err) else type(err).__name__})") from None
+            raise RecipeError(
+                f"stages.{index} '{stage.name}': plan cannot apply {selector.kind!r} on the meta "
+                f"device ({str(err).splitlines()[0][:160] if str(err) else type(err).__name__})"
+            ) from None
         train = stage_footprint(recipe, stage, model, shape, storage, settings)
-        plans.append(StagePlan(index, stage.name, train,
-                               generation_footprint(recipe, stage, model, shape, storage, settings), settings))
+        plans.append(
+            StagePlan(
+                index, stage.name, train, generation_footprint(recipe, stage, model, shape, storage, settings), settings
+            )
+        )
     return plans
 
 
-def weight_bytes(model: torch.nn.Module, storage: torch.dtype, settings: Settings,
-                 training: bool = True) -> tuple[float, list[torch.nn.Parameter]]:
+def weight_bytes(
+    model: torch.nn.Module, storage: torch.dtype, settings: Settings, training: bool = True
+) -> tuple[float, list[torch.nn.Parameter]]:
     """(bytes of every weight, the trained tensors) for the model as a stage holds it: quantized
     matrices packed, add-ons in fp32, and while training under mixed precision the trained base
     tensors as fp32 master copies (PEFT keeps a quantized base's other tensors in fp32)."""
@@ -188,12 +213,21 @@ def quantized_matrices(model: torch.nn.Module) -> set[int]:
     """The weights bitsandbytes would quantize: every linear layer of the base but the output head."""
     base = base_model_of(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    return {id(module.weight) for name, module in base.named_modules()
-            if isinstance(module, torch.nn.Linear) and module is not head and not is_addon_parameter(name)}
+    return {
+        id(module.weight)
+        for name, module in base.named_modules()
+        if isinstance(module, torch.nn.Linear) and module is not head and not is_addon_parameter(name)
+    }
 
 
-def stage_footprint(recipe: Recipe, stage: StageConfig, model: torch.nn.Module, shape: ModelShape,
-                    storage: torch.dtype, settings: Settings) -> Footprint:
+def stage_footprint(
+    recipe: Recipe,
+    stage: StageConfig,
+    model: torch.nn.Module,
+    shape: ModelShape,
+    storage: torch.dtype,
+    settings: Settings,
+) -> Footprint:
     compute = dtype_bytes(COMPUTE_DTYPES[settings.precision])
     weights, trained = weight_bytes(model, storage, settings)
     grad_bytes = 2.0 if settings.precision == "bf16-pure" else 4.0
@@ -201,42 +235,74 @@ def stage_footprint(recipe: Recipe, stage: StageConfig, model: torch.nn.Module, 
     shard = settings.devices
     seq = settings.seq_len or stage.max_length
     batch = stage.batch_size
-    parts = {"weights": weights / shard, "gradients": trained_numel * grad_bytes / shard,
-             "optimizer": optimizer_bytes(settings.optim or stage.optim, trained, grad_bytes) / shard}
+    parts = {
+        "weights": weights / shard,
+        "gradients": trained_numel * grad_bytes / shard,
+        "optimizer": optimizer_bytes(settings.optim or stage.optim, trained, grad_bytes) / shard,
+    }
     if trained_numel:
-        parts["activations"] = activation_bytes(shape, batch, seq, compute, settings.checkpointing,
-                                                recipe.model.attn_implementation == "eager")
+        parts["activations"] = activation_bytes(
+            shape, batch, seq, compute, settings.checkpointing, recipe.model.attn_implementation == "eager"
+        )
     context = plan_context(model, shape, storage, settings, stage, weights)
-    for registry, config in ((TRAINERS, stage.trainer), (REGULARIZERS, stage.regularizer), (LR_RULES, stage.lr_rule),
-                             (SELECTORS, stage.trainable), (OPTIMIZERS, stage.optimizer)):
+    for registry, config in (
+        (TRAINERS, stage.trainer),
+        (REGULARIZERS, stage.regularizer),
+        (LR_RULES, stage.lr_rule),
+        (SELECTORS, stage.trainable),
+        (OPTIMIZERS, stage.optimizer),
+    ):
         plan = registry.get(config.kind).plan
         parts.update(plan(config, context) if plan else {})
     total = sum({id(p): p.numel() for p in model.parameters()}.values())
     head = base_model_of(model).get_output_embeddings()
     head_gradient = head.weight.numel() * grad_bytes / shard if head is not None and head.weight.requires_grad else 0.0
-    return Footprint({k: v for k, v in parts.items() if v}, trainable=trained_numel, total=total,
-                     head_gradient=head_gradient)
+    return Footprint(
+        {k: v for k, v in parts.items() if v}, trainable=trained_numel, total=total, head_gradient=head_gradient
+    )
 
 
-def plan_context(model: torch.nn.Module, shape: ModelShape, storage: torch.dtype, settings: Settings,
-                 stage: StageConfig, weights: float) -> PlanContext:
+def plan_context(
+    model: torch.nn.Module,
+    shape: ModelShape,
+    storage: torch.dtype,
+    settings: Settings,
+    stage: StageConfig,
+    weights: float,
+) -> PlanContext:
     compute = dtype_bytes(COMPUTE_DTYPES[settings.precision])
     stored, trained = weight_bytes(model, storage, settings, training=False)
-    return PlanContext(weights=weights / settings.devices, stored_weights=stored / settings.devices,
-                       trainable=sum(p.numel() for p in trained), storage_bytes=dtype_bytes(storage),
-                       compute_bytes=compute, has_adapter=any(is_addon_parameter(n) for n, _ in model.named_parameters()),
-                       kv_bytes_per_token=kv_bytes_per_token(shape, compute), batch_size=stage.batch_size,
-                       seq_len=settings.seq_len or stage.max_length, devices=settings.devices)
+    return PlanContext(
+        weights=weights / settings.devices,
+        stored_weights=stored / settings.devices,
+        trainable=sum(p.numel() for p in trained),
+        storage_bytes=dtype_bytes(storage),
+        compute_bytes=compute,
+        has_adapter=any(is_addon_parameter(n) for n, _ in model.named_parameters()),
+        kv_bytes_per_token=kv_bytes_per_token(shape, compute),
+        batch_size=stage.batch_size,
+        seq_len=settings.seq_len or stage.max_length,
+        devices=settings.devices,
+    )
 
 
-def generation_footprint(recipe: Recipe, stage: StageConfig, model: torch.nn.Module, shape: ModelShape,
-                         storage: torch.dtype, settings: Settings) -> Footprint:
+def generation_footprint(
+    recipe: Recipe,
+    stage: StageConfig,
+    model: torch.nn.Module,
+    shape: ModelShape,
+    storage: torch.dtype,
+    settings: Settings,
+) -> Footprint:
     """Generating without training (the stage's transforms before it, the probes after it): the
     stored weights and the largest generation batch's KV cache and last-token logits."""
     stored, _ = weight_bytes(model, storage, settings, training=False)
     context = plan_context(model, shape, storage, settings, stage, stored)
-    caches = [TRANSFORMS.get(t.kind).plan(t, context).get("kv cache", 0.0) for t in stage.transforms
-              if TRANSFORMS.get(t.kind).plan]
+    caches = [
+        TRANSFORMS.get(t.kind).plan(t, context).get("kv cache", 0.0)
+        for t in stage.transforms
+        if TRANSFORMS.get(t.kind).plan
+    ]
     batch = 0
     if recipe.evaluation is not None:
         evaluation = recipe.evaluation
@@ -244,19 +310,28 @@ def generation_footprint(recipe: Recipe, stage: StageConfig, model: torch.nn.Mod
         length = min(settings.seq_len or evaluation.max_length, evaluation.max_length) + new_tokens
         caches.append(evaluation.batch_size * length * context.kv_bytes_per_token)
         batch = evaluation.batch_size
-    return Footprint({"weights": stored / settings.devices, "kv cache": max(caches, default=0.0),
-                      "logits": batch * shape.vocab * (context.compute_bytes + 4)})
+    return Footprint(
+        {
+            "weights": stored / settings.devices,
+            "kv cache": max(caches, default=0.0),
+            "logits": batch * shape.vocab * (context.compute_bytes + 4),
+        }
+    )
 
 
 FIXES: list[tuple[str, dict[str, Any]]] = [  # each a complete change to the recipe, cheapest to the result first
     ("gradient checkpointing (performance.gradient_checkpointing: true)", {"checkpointing": True}),
     ("precision bf16-mixed", {"precision": "bf16-mixed"}),
     ("precision bf16-mixed and gradient checkpointing", {"precision": "bf16-mixed", "checkpointing": True}),
-    ("an 8-bit optimizer (optim: adamw_bnb_8bit) and gradient checkpointing",
-     {"optim": "adamw_bnb_8bit", "checkpointing": True}),
+    (
+        "an 8-bit optimizer (optim: adamw_bnb_8bit) and gradient checkpointing",
+        {"optim": "adamw_bnb_8bit", "checkpointing": True},
+    ),
     ("LoRA (trainable: lora) and gradient checkpointing", {"selector": "lora", "checkpointing": True}),
-    ("QLoRA (model.quantization: {bits: 4}, trainable: lora) and gradient checkpointing",
-     {"selector": "lora", "quantization": "4bit", "checkpointing": True}),
+    (
+        "QLoRA (model.quantization: {bits: 4}, trainable: lora) and gradient checkpointing",
+        {"selector": "lora", "quantization": "4bit", "checkpointing": True},
+    ),
 ]
 
 
@@ -268,14 +343,16 @@ def fixed_settings(settings: Settings, change: dict[str, Any]) -> Settings:
     if update.get("selector") == "lora":
         update["selector"] = LoraSelectorConfig(kind="lora")
     if update.get("quantization") == "4bit":
-        update["quantization"] = QuantizationConfig.model_construct(bits=4, quant_type="nf4", double_quant=True,
-                                                                    compute_dtype="auto")
+        update["quantization"] = QuantizationConfig.model_construct(
+            bits=4, quant_type="nf4", double_quant=True, compute_dtype="auto"
+        )
     return replace(settings, **update)
 
 
 def cheapest_fix(recipe: Recipe, config: Any, plan: StagePlan, device_memory: float) -> str:
     """The first change (in order of its cost to the result) that makes this stage fit, else FSDP
     over the fewest devices that fit (with gradient checkpointing), else none."""
+
     def fits(settings: Settings) -> bool:
         return plan_stages(recipe, config, settings)[plan.index].peak <= HEADROOM * device_memory
 
@@ -283,8 +360,9 @@ def cheapest_fix(recipe: Recipe, config: Any, plan: StagePlan, device_memory: fl
     for text, change in FIXES:
         if own_optimizer and "optim" in change:
             continue
-        if any(getattr(plan.settings, key) != value for key, value in change.items()) and \
-                fits(fixed_settings(plan.settings, change)):
+        if any(getattr(plan.settings, key) != value for key, value in change.items()) and fits(
+            fixed_settings(plan.settings, change)
+        ):
             return text
     for devices in (2, 4, 8, 16, 32, 64):
         if devices > plan.settings.devices and fits(replace(plan.settings, devices=devices, checkpointing=True)):
@@ -295,14 +373,24 @@ def cheapest_fix(recipe: Recipe, config: Any, plan: StagePlan, device_memory: fl
 def render_plan(plans: list[StagePlan], device_memory: float | None, model_name: str) -> str:
     """A readable table: per stage, each part in GiB, the peak, and the verdict."""
     first = plans[0].settings
-    lines = [f"plan for {model_name}: precision {first.precision}, {first.devices} device(s)"
-             + (f" of {device_memory / GiB:.0f} GiB" if device_memory else "")
-             + (", gradient checkpointing" if first.checkpointing else "")]
+    lines = [
+        f"plan for {model_name}: precision {first.precision}, {first.devices} device(s)"
+        + (f" of {device_memory / GiB:.0f} GiB" if device_memory else "")
+        + (", gradient checkpointing" if first.checkpointing else "")
+    ]
     for plan in plans:
         parts = ", ".join(f"{name} {value / GiB:.2f}" for name, value in plan.train.parts.items())
         generation = plan.generation.peak / GiB
-        verdict = "" if plan.fits is None else "  fits" if plan.fits else f"  does NOT fit; cheapest change: {plan.suggestion}"
-        lines.append(f"stage {plan.index} '{plan.name}': {plan.train.trainable:,} of {plan.train.total:,} elements "
-                     f"train; GiB per device: {parts}; training peak {plan.train.peak / GiB:.2f}, "
-                     f"generation {generation:.2f}{verdict}")
+        verdict = (
+            ""
+            if plan.fits is None
+            else "  fits"
+            if plan.fits
+            else f"  does NOT fit; cheapest change: {plan.suggestion}"
+        )
+        lines.append(
+            f"stage {plan.index} '{plan.name}': {plan.train.trainable:,} of {plan.train.total:,} elements "
+            f"train; GiB per device: {parts}; training peak {plan.train.peak / GiB:.2f}, "
+            f"generation {generation:.2f}{verdict}"
+        )
     return "\n".join(lines)

@@ -20,6 +20,7 @@ are per device):
 - what the stage's entries add (``Entry.plan``: an L2-SP/EWC anchor, a reference model, a
   reward model, a generation KV cache), and evaluation's generation KV cache.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,14 @@ import torch
 
 GiB = 2**30
 OPTIMIZER_BYTES = {  # optimizer state per trained element (fp32 moments unless 8-bit)
-    "adamw": 8.0, "adam": 8.0, "lion": 4.0, "rmsprop": 4.0, "sgd": 0.0, "adagrad": 4.0,
-    "8bit": 2.0, "adafactor": 0.0,  # adafactor: factored (rows + columns), counted per matrix below
+    "adamw": 8.0,
+    "adam": 8.0,
+    "lion": 4.0,
+    "rmsprop": 4.0,
+    "sgd": 0.0,
+    "adagrad": 4.0,
+    "8bit": 2.0,
+    "adafactor": 0.0,  # adafactor: factored (rows + columns), counted per matrix below
 }
 
 
@@ -79,13 +86,13 @@ class Footprint:
 class PlanContext:
     """What an entry's ``plan`` callable sees: the stage's model and settings, in bytes per device."""
 
-    weights: float              # the model's weights on one device as it trains (fp32 masters included)
-    stored_weights: float       # the same in the storage dtype (what a frozen copy of the model takes)
-    trainable: int              # trained elements (whole model)
-    storage_bytes: float        # bytes per stored (unquantized) element
-    compute_bytes: float        # bytes per activation element
-    has_adapter: bool           # an adapter is attached (TRL's reference is the adapter-disabled model)
-    kv_bytes_per_token: float   # one sequence's KV cache per token
+    weights: float  # the model's weights on one device as it trains (fp32 masters included)
+    stored_weights: float  # the same in the storage dtype (what a frozen copy of the model takes)
+    trainable: int  # trained elements (whole model)
+    storage_bytes: float  # bytes per stored (unquantized) element
+    compute_bytes: float  # bytes per activation element
+    has_adapter: bool  # an adapter is attached (TRL's reference is the adapter-disabled model)
+    kv_bytes_per_token: float  # one sequence's KV cache per token
     batch_size: int
     seq_len: int
     devices: int
@@ -114,8 +121,9 @@ def optimizer_bytes(optim: str | None, trained: list[torch.nn.Parameter], param_
     return numel * (per_element if param_bytes >= 4 or key == "8bit" else per_element * param_bytes / 4)
 
 
-def activation_bytes(shape: ModelShape, batch: int, seq_len: int, compute_bytes: float, checkpointing: bool,
-                     eager: bool) -> float:
+def activation_bytes(
+    shape: ModelShape, batch: int, seq_len: int, compute_bytes: float, checkpointing: bool, eager: bool
+) -> float:
     """Peak activation memory of one micro-batch's forward and backward: what each block saves,
     the loss's logits, and the logits' gradients that exist together at the start of the backward."""
     tokens = batch * seq_len
@@ -123,8 +131,11 @@ def activation_bytes(shape: ModelShape, batch: int, seq_len: int, compute_bytes:
     if eager:
         per_block += 2 * shape.heads * seq_len**2 * batch * compute_bytes
     stack = 3 * shape.hidden * compute_bytes * tokens  # embedding output, final norm's input and output
-    blocks = (shape.layers * shape.hidden * compute_bytes * tokens + per_block) if checkpointing \
+    blocks = (
+        (shape.layers * shape.hidden * compute_bytes * tokens + per_block)
+        if checkpointing
         else shape.layers * per_block
+    )
     upcast = 4 if compute_bytes < 4 else 0  # the loss upcasts bf16/fp16 logits to fp32
     logits = tokens * shape.vocab * (compute_bytes + upcast + 4 + 8)  # logits, log-softmax, then two fp32 grads
     return stack + blocks + logits

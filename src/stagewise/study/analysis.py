@@ -2,6 +2,7 @@
 the base model with hierarchical intervals, paired differences vs the baseline arm (Holm-adjusted),
 retention at matched target gain, and each probe's minimal detectable difference.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,9 @@ from ..stats import (
     matched_retention,
     mean_delta_interval,
     paired_difference,
-    spearman_interval,
     paired_from_draws,
     paired_statistic_difference,
+    spearman_interval,
     statistic_delta_interval,
 )
 from .config import Study, StudyRun
@@ -113,7 +114,9 @@ def load_scores(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> tupl
             items = _items(run_dir, summary)
             probe = Probe(name, group, summary["metric"], summary["higher_is_better"], list(items), np.array([]))
             if probe.classification:
-                probe.labels = sorted({item["gold"] for item in items.values()} | {i["prediction"] for i in items.values()})
+                probe.labels = sorted(
+                    {item["gold"] for item in items.values()} | {i["prediction"] for i in items.values()}
+                )
                 probe.gold = np.array([probe.labels.index(item["gold"]) for item in items.values()], dtype=float)
             probe.base = np.array(_values(probe, items))
             probes.append(probe)
@@ -134,31 +137,46 @@ def load_scores(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> tupl
     return probes, list(rows.values())
 
 
-def continual_summary(study: Study, probes: list[Probe], rows: list[Row], baseline: Row,
-                      n_boot: int) -> dict[str, Any] | None:
+def continual_summary(
+    study: Study, probes: list[Probe], rows: list[Row], baseline: Row, n_boot: int
+) -> dict[str, Any] | None:
     """For a task sequence (probes with ``stage:``, scored once after every stage): each arm's
     average accuracy, BWT and FWT (``report.continual_metrics``) with a bootstrap interval over
     seeds then items, and its paired difference from the baseline (seeds averaged, items
     resampled alike for both arms, as :func:`stats.paired_difference` does)."""
     recipe = study.runs[0].recipe
     stages = [stage.name for stage in recipe.stages]
-    tasks = sorted((stages.index(t.stage), t.name) for group in ("target", "retention")
-                   for t in getattr(recipe.evaluation, group) if t.stage)
+    tasks = sorted(
+        (stages.index(t.stage), t.name)
+        for group in ("target", "retention")
+        for t in getattr(recipe.evaluation, group)
+        if t.stage
+    )
     by_name = {probe.name: probe for probe in probes}
-    if (not tasks or recipe.evaluation.every != "stage" or any(by_name[name].classification for _, name in tasks)
-            or any(len(row.points) != len(stages) for row in rows)):
+    if (
+        not tasks
+        or recipe.evaluation.every != "stage"
+        or any(by_name[name].classification for _, name in tasks)
+        or any(len(row.points) != len(stages) for row in rows)
+    ):
         return None
 
     def summary(row: Row, seeds: np.ndarray, items: list[np.ndarray]) -> dict[str, float]:
-        matrix = [[float(row.points[stage][name][seeds][:, items[j]].mean()) for j, (_, name) in enumerate(tasks)]
-                  for stage, _ in tasks]
-        return continual_metrics(matrix, [float(by_name[name].base[items[j]].mean()) for j, (_, name) in enumerate(tasks)])
+        matrix = [
+            [float(row.points[stage][name][seeds][:, items[j]].mean()) for j, (_, name) in enumerate(tasks)]
+            for stage, _ in tasks
+        ]
+        return continual_metrics(
+            matrix, [float(by_name[name].base[items[j]].mean()) for j, (_, name) in enumerate(tasks)]
+        )
 
     rng = np.random.default_rng(0)
     n_seeds = len(study.config.seeds)
     every_item = [np.arange(len(by_name[name].ids)) for _, name in tasks]
-    draws = [(rng.integers(0, n_seeds, size=n_seeds), [rng.integers(0, len(i), size=len(i)) for i in every_item])
-             for _ in range(n_boot)]
+    draws = [
+        (rng.integers(0, n_seeds, size=n_seeds), [rng.integers(0, len(i), size=len(i)) for i in every_item])
+        for _ in range(n_boot)
+    ]
     all_seeds = np.arange(n_seeds)
     baseline_paired = [summary(baseline, all_seeds, items) for _, items in draws]
     table: dict[str, Any] = {}
@@ -168,19 +186,22 @@ def continual_summary(study: Study, probes: list[Probe], rows: list[Row], baseli
         paired = [summary(row, all_seeds, items) for _, items in draws]
         table[row.name] = {}
         for key, value in estimate.items():
-            entry = {"estimate": value, **{k: v for k, v in zip(("low", "high"), np.quantile(
-                [r[key] for r in resampled], [0.025, 0.975]))}}
+            entry = {
+                "estimate": value,
+                **{k: v for k, v in zip(("low", "high"), np.quantile([r[key] for r in resampled], [0.025, 0.975]))},
+            }
             if row is not baseline:
                 difference = np.array([a[key] - b[key] for a, b in zip(paired, baseline_paired)])
                 entry["vs_baseline"] = paired_from_draws(
-                    difference, value - summary(baseline, all_seeds, every_item)[key], 0.95,
-                    sum(map(len, every_item))).to_dict()
+                    difference, value - summary(baseline, all_seeds, every_item)[key], 0.95, sum(map(len, every_item))
+                ).to_dict()
             table[row.name][key] = entry
     return {"tasks": [name for _, name in tasks], "arms": table}
 
 
-def kl_predicts_forgetting(manifests: dict[StudyRun, dict[str, Any]], retention: list[Probe],
-                           n_boot: int) -> dict[str, Any]:
+def kl_predicts_forgetting(
+    manifests: dict[StudyRun, dict[str, Any]], retention: list[Probe], n_boot: int
+) -> dict[str, Any]:
     """Per retention probe: Spearman's correlation, over every run's scored stages, between the stage's
     KL to its entering model and the probe's change over that stage (RL's Razor's forgetting predictor)."""
     points: dict[str, list[tuple[float, float]]] = {probe.name: [] for probe in retention}
@@ -196,8 +217,11 @@ def kl_predicts_forgetting(manifests: dict[StudyRun, dict[str, Any]], retention:
                 if kl and kl["per_sequence"] is not None and old is not None and new is not None:
                     points[probe.name].append((kl["per_sequence"], new - old))
             before = after
-    return {name: spearman_interval([x for x, _ in pairs], [y for _, y in pairs], n_boot)
-            for name, pairs in points.items() if len(pairs) >= 3}
+    return {
+        name: spearman_interval([x for x, _ in pairs], [y for _, y in pairs], n_boot)
+        for name, pairs in points.items()
+        if len(pairs) >= 3
+    }
 
 
 def knowledge_vs_format(probes: list[Probe], rows: list[Row], baseline: Row, n_boot: int) -> dict[str, Any]:
@@ -216,11 +240,22 @@ def knowledge_vs_format(probes: list[Probe], rows: list[Row], baseline: Row, n_b
         def format_part(row: Row) -> np.ndarray:
             return row.final[plain.name] - row.final[shown.name]  # (seeds, items): plain minus with examples
 
-        split[plain.name] = {"examples": shown.name, "arms": {
-            row.name: {"format_loss": mean_delta_interval(format_part(row), base, n_boot).to_dict(),
-                       **({} if row is baseline else {"vs_baseline": paired_difference(
-                           format_part(row), format_part(baseline), n_boot).to_dict()})}
-            for row in rows}}
+        split[plain.name] = {
+            "examples": shown.name,
+            "arms": {
+                row.name: {
+                    "format_loss": mean_delta_interval(format_part(row), base, n_boot).to_dict(),
+                    **(
+                        {}
+                        if row is baseline
+                        else {
+                            "vs_baseline": paired_difference(format_part(row), format_part(baseline), n_boot).to_dict()
+                        }
+                    ),
+                }
+                for row in rows
+            },
+        }
     return split
 
 
@@ -236,16 +271,21 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
         for probe, name, statistic in statistics:
             final = row.final[probe.name]
             if statistic is None:
-                entry: dict[str, Any] = {"score": float(final.mean()),
-                                         "delta": mean_delta_interval(final, probe.base, n_boot).to_dict()}
+                entry: dict[str, Any] = {
+                    "score": float(final.mean()),
+                    "delta": mean_delta_interval(final, probe.base, n_boot).to_dict(),
+                }
                 if row is not baseline:
                     entry["vs_baseline"] = paired_difference(final, baseline.final[probe.name], n_boot).to_dict()
             else:
-                entry = {"score": float(np.mean([statistic(seed, np.arange(final.shape[1])) for seed in final])),
-                         "delta": statistic_delta_interval(final, probe.base, statistic, n_boot).to_dict()}
+                entry = {
+                    "score": float(np.mean([statistic(seed, np.arange(final.shape[1])) for seed in final])),
+                    "delta": statistic_delta_interval(final, probe.base, statistic, n_boot).to_dict(),
+                }
                 if row is not baseline:
                     entry["vs_baseline"] = paired_statistic_difference(
-                        final, baseline.final[probe.name], statistic, n_boot).to_dict()
+                        final, baseline.final[probe.name], statistic, n_boot
+                    ).to_dict()
             table[row.name]["probes"][name] = entry
     mdd: dict[str, float | None] = {}
     for _, name, _ in statistics:
@@ -262,31 +302,58 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
     levels: list[float] = []
     if not match.classification and retention:  # gain/retention curves need per-item score probes
         levels = [float((baseline.final[match.name] - match.base[None, :]).mean()), *config.gain_levels]
-    for arm, arm_config in (config.arms.items() if levels else ()):
+    for arm, arm_config in config.arms.items() if levels else ():
         arm_rows = [row for row in rows if row.arm == arm]
         curve = [row.final for row in arm_rows] if arm_config.sweep else arm_rows[0].points
         matched[arm] = {
-            probe.name: [{"gain": level, **matched_retention(
-                [point[match.name] for point in curve], [point[probe.name] for point in curve],
-                match.base, probe.base, level, n_boot)} for level in levels]
-            for probe in retention}
+            probe.name: [
+                {
+                    "gain": level,
+                    **matched_retention(
+                        [point[match.name] for point in curve],
+                        [point[probe.name] for point in curve],
+                        match.base,
+                        probe.base,
+                        level,
+                        n_boot,
+                    ),
+                }
+                for level in levels
+            ]
+            for probe in retention
+        }
         matched[arm]["curve"] = [
-            {"gain": float((point[match.name] - match.base[None, :]).mean()),
-             **{probe.name: float((point[probe.name] - probe.base[None, :]).mean())
-                for probe in retention}} for point in curve]
+            {
+                "gain": float((point[match.name] - match.base[None, :]).mean()),
+                **{probe.name: float((point[probe.name] - probe.base[None, :]).mean()) for probe in retention},
+            }
+            for point in curve
+        ]
     frontier = None
     if not match.classification and retention:
         paths = {arm: [row.points for row in rows if row.arm == arm] for arm in config.arms}
-        frontier = frontier_analysis(paths, config.baseline, match.name,
-                                     {probe.name: probe.higher_is_better for probe in retention},
-                                     {probe.name: probe.base for probe in probes}, n_boot, config.frontier_levels)
+        frontier = frontier_analysis(
+            paths,
+            config.baseline,
+            match.name,
+            {probe.name: probe.higher_is_better for probe in retention},
+            {probe.name: probe.base for probe in probes},
+            n_boot,
+            config.frontier_levels,
+        )
     split = knowledge_vs_format(probes, rows, baseline, n_boot)
     kl_correlation = kl_predicts_forgetting(manifests, retention, n_boot)
-    summary = {name: {"group": probe.group, "metric": probe.metric if name == probe.name else "f1",
-                      "higher_is_better": probe.higher_is_better, "items": len(probe.ids),
-                      "base": float(probe.base.mean()) if statistic is None
-                      else statistic(probe.base, np.arange(len(probe.ids))),
-                      "minimal_detectable_difference": mdd[name]} for probe, name, statistic in statistics}
+    summary = {
+        name: {
+            "group": probe.group,
+            "metric": probe.metric if name == probe.name else "f1",
+            "higher_is_better": probe.higher_is_better,
+            "items": len(probe.ids),
+            "base": float(probe.base.mean()) if statistic is None else statistic(probe.base, np.arange(len(probe.ids))),
+            "minimal_detectable_difference": mdd[name],
+        }
+        for probe, name, statistic in statistics
+    }
     return {
         "study": str(study.source),
         "baseline": config.baseline,
@@ -301,10 +368,17 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
         "knowledge_vs_format": split,
         "kl_vs_retention": kl_correlation,
         "continual": continual_summary(study, probes, rows, baseline, n_boot),
-        "loco": [{"cluster": cluster, "probe": name, "base": summary[name]["base"],
-                  "held_out": table[f"without-{cluster}"]["probes"][name]["score"],
-                  "held_out_vs_included": table[f"without-{cluster}"]["probes"][name].get("vs_baseline"),
-                  "included": table["all"]["probes"][name]["score"]}
-                 for cluster, names in (study.clusters or {}).items() if f"without-{cluster}" in table
-                 for name in names],
+        "loco": [
+            {
+                "cluster": cluster,
+                "probe": name,
+                "base": summary[name]["base"],
+                "held_out": table[f"without-{cluster}"]["probes"][name]["score"],
+                "held_out_vs_included": table[f"without-{cluster}"]["probes"][name].get("vs_baseline"),
+                "included": table["all"]["probes"][name]["score"],
+            }
+            for cluster, names in (study.clusters or {}).items()
+            if f"without-{cluster}" in table
+            for name in names
+        ],
     }

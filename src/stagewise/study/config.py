@@ -1,6 +1,7 @@
 """The study file: arms (a recipe plus overrides, optionally a sweep of one key), seeds, a
 baseline arm; every run it implies, validated before anything runs.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -21,7 +22,7 @@ class SweepConfig(StrictModel):
     (per seed), in this order along the curve; ``{K1: [...], K2: [...]}`` is a grid: every
     combination is a run (the first key varies slowest)."""
 
-    grid: dict[str, list[Any]]                  # dotted override path (e.g. stages.0.lr) -> its values
+    grid: dict[str, list[Any]]  # dotted override path (e.g. stages.0.lr) -> its values
 
     @model_validator(mode="before")
     @classmethod
@@ -29,8 +30,10 @@ class SweepConfig(StrictModel):
         if isinstance(value, dict) and set(value) == {"key", "values"}:
             value = {value["key"]: value["values"]}
         if not isinstance(value, dict) or not value:
-            raise ValueError("give a key and its values ({key: stages.0.lr, values: [...]}) or a grid of keys "
-                             "({stages.0.lr: [...], stages.0.epochs: [...]})")
+            raise ValueError(
+                "give a key and its values ({key: stages.0.lr, values: [...]}) or a grid of keys "
+                "({stages.0.lr: [...], stages.0.epochs: [...]})"
+            )
         empty = [key for key, values in value.items() if isinstance(values, list) and not values]
         if empty:
             raise ValueError(f"{empty[0]!r} has no values")
@@ -54,7 +57,7 @@ class SweepConfig(StrictModel):
 
 
 class ArmConfig(StrictModel):
-    recipe: str                                 # a recipe file (relative to the study file) or bundled name
+    recipe: str  # a recipe file (relative to the study file) or bundled name
     overrides: list[str] = Field(default_factory=list)
     sweep: SweepConfig | None = None
 
@@ -66,22 +69,22 @@ class LocoConfig(StrictModel):
     probes whose dataset carries that cluster (FLAN's evaluation, Wei et al. ICLR 2022 §2.2)."""
 
     recipe: str
-    stage: int = Field(default=0, ge=0)         # the stage whose data is split by cluster
+    stage: int = Field(default=0, ge=0)  # the stage whose data is split by cluster
     overrides: list[str] = Field(default_factory=list)
 
 
 class StudyConfig(StrictModel):
     description: str = ""
     arms: dict[str, ArmConfig] = Field(default_factory=dict)
-    baseline: str | None = None                 # the arm every other arm is compared with, item by item
-    loco: LocoConfig | None = None              # instead of arms: leave-one-cluster-out arms, baseline `all`
+    baseline: str | None = None  # the arm every other arm is compared with, item by item
+    loco: LocoConfig | None = None  # instead of arms: leave-one-cluster-out arms, baseline `all`
     seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(min_length=1)  # applied to every stage's seed
     overrides: list[str] = Field(default_factory=list)  # applied to every arm first (e.g. smaller data)
-    match_on: str | None = None                 # target probe whose gain is matched (default: the first)
+    match_on: str | None = None  # target probe whose gain is matched (default: the first)
     gain_levels: list[float] = Field(default_factory=list)  # more gain levels to read retention at
     frontier_levels: int = Field(default=9, ge=2, le=50)  # gain levels the frontiers are compared at
     bootstrap: int = Field(default=2000, ge=100, le=100_000)  # bootstrap resamples per interval (each holds
-                                                                # resamples x items floats per probe in memory)
+    # resamples x items floats per probe in memory)
     output_dir: str = "runs/study"
 
     @field_validator("seeds")
@@ -116,8 +119,8 @@ class Study:
     source: Path
     runs: list[StudyRun]
     match_on: str
-    all_arms: tuple[str, ...]                   # every arm of the file (``config.arms`` may be a subset)
-    all_seeds: tuple[int, ...]                  # every seed of the file (``config.seeds`` may be a subset)
+    all_arms: tuple[str, ...]  # every arm of the file (``config.arms`` may be a subset)
+    all_seeds: tuple[int, ...]  # every seed of the file (``config.seeds`` may be a subset)
     clusters: dict[str, list[str]] | None = None  # loco: held-out cluster -> the probes that test it
 
     @property
@@ -137,8 +140,9 @@ def select_arms(study: Study, names: list[str]) -> Study:
     """The study restricted to ``names`` (the baseline always stays: every arm is compared with it)."""
     unknown = [name for name in names if name not in study.config.arms]
     if unknown:
-        raise RecipeError(f"--arms: {', '.join(map(repr, unknown))} not in {study.source} "
-                          f"(arms: {', '.join(study.config.arms)})")
+        raise RecipeError(
+            f"--arms: {', '.join(map(repr, unknown))} not in {study.source} (arms: {', '.join(study.config.arms)})"
+        )
     keep = [name for name in study.config.arms if name in names or name == study.config.baseline]
     config = study.config.model_copy(update={"arms": {name: study.config.arms[name] for name in keep}})
     return replace(study, config=config, runs=[run for run in study.runs if run.arm in keep])
@@ -149,8 +153,10 @@ def select_seeds(study: Study, seeds: list[int]) -> Study:
     one sitting; the other seeds' runs join the same folders later)."""
     unknown = [seed for seed in seeds if seed not in study.config.seeds]
     if unknown or not seeds:
-        raise RecipeError(f"--seeds: {', '.join(map(str, unknown)) or 'none given'} not in {study.source} "
-                          f"(seeds: {', '.join(map(str, study.config.seeds))})")
+        raise RecipeError(
+            f"--seeds: {', '.join(map(str, unknown)) or 'none given'} not in {study.source} "
+            f"(seeds: {', '.join(map(str, study.config.seeds))})"
+        )
     keep = [seed for seed in study.config.seeds if seed in seeds]
     config = study.config.model_copy(update={"seeds": keep})
     return replace(study, config=config, runs=[run for run in study.runs if run.seed in keep])
@@ -192,16 +198,21 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
     probes: dict[str, Any] = {}
     for arm_name, arm in config.arms.items():
         try:
-            recipe_path = find_recipe(str(path.parent / arm.recipe) if (path.parent / arm.recipe).is_file() else arm.recipe)
+            recipe_path = find_recipe(
+                str(path.parent / arm.recipe) if (path.parent / arm.recipe).is_file() else arm.recipe
+            )
         except StagewiseError as err:
             fail(("arms", arm_name, "recipe"), str(err))
         values = arm.sweep.points() if arm.sweep else [None]
         labels = [arm.sweep.label(value) for value in values] if arm.sweep else []
         clash = next((label for label in labels if labels.count(label) > 1), None)
         if clash is not None:
-            fail(("arms", arm_name, "sweep"), f"two values share the run folder name {clash!r} "
-                                              "(values differing only in characters a folder name cannot "
-                                              "hold); make them distinct")
+            fail(
+                ("arms", arm_name, "sweep"),
+                f"two values share the run folder name {clash!r} "
+                "(values differing only in characters a folder name cannot "
+                "hold); make them distinct",
+            )
         for value in values:
             for seed in config.seeds:
                 folder = out / "runs" / arm_name
@@ -210,20 +221,33 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
                 overrides = [*config.overrides, *arm.overrides, *(arm.sweep.overrides(value) if arm.sweep else [])]
                 try:
                     recipe = load_recipe(recipe_path, overrides)
-                    recipe = load_recipe(recipe_path, [*overrides, *(f"stages.{i}.seed={seed}" for i in range(len(recipe.stages))),
-                                                       f"output_dir={folder / f'seed-{seed}'}"])
+                    recipe = load_recipe(
+                        recipe_path,
+                        [
+                            *overrides,
+                            *(f"stages.{i}.seed={seed}" for i in range(len(recipe.stages))),
+                            f"output_dir={folder / f'seed-{seed}'}",
+                        ],
+                    )
                 except RecipeError as err:
                     swept = [key for key in (arm.sweep.grid if arm.sweep else {}) if key in str(err)]
                     fail(("arms", arm_name, "sweep", swept[0]) if swept else ("arms", arm_name), str(err))
                 if recipe.evaluation is None:
                     fail(("arms", arm_name, "recipe"), f"{recipe_path} has no evaluation section: nothing to compare")
-                signature = {group: [(t.name, t.metric, t.tasks,
-                                      recipe.datasets[t.data].model_dump(mode="json") if t.data else None)
-                                     for t in getattr(recipe.evaluation, group)] for group in ("target", "retention")}
+                signature = {
+                    group: [
+                        (t.name, t.metric, t.tasks, recipe.datasets[t.data].model_dump(mode="json") if t.data else None)
+                        for t in getattr(recipe.evaluation, group)
+                    ]
+                    for group in ("target", "retention")
+                }
                 if probes and signature != next(iter(probes.values())):
                     other = next(iter(probes))
-                    fail(("arms", arm_name), f"its probes differ from arm {other!r}'s: arms are compared on the same "
-                                             "items, so every arm needs the same evaluation section")
+                    fail(
+                        ("arms", arm_name),
+                        f"its probes differ from arm {other!r}'s: arms are compared on the same "
+                        "items, so every arm needs the same evaluation section",
+                    )
                 probes.setdefault(arm_name, signature)
                 runs.append(StudyRun(arm_name, seed, value, recipe, recipe_path))
     target_names = [signature[0] for signature in next(iter(probes.values()))["target"]]
@@ -237,17 +261,23 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
 
 def _source(dataset: Any) -> Any:
     """What a dataset's rows come from (two datasets with the same source hold the same rows)."""
-    return dataset.path or dataset.builtin or dataset.hub or json.dumps(dataset.rows, sort_keys=True), dataset.split, \
-        json.dumps([dataset.builtin_options, dataset.subset, dataset.data_files], sort_keys=True)
+    return (
+        dataset.path or dataset.builtin or dataset.hub or json.dumps(dataset.rows, sort_keys=True),
+        dataset.split,
+        json.dumps([dataset.builtin_options, dataset.subset, dataset.data_files], sort_keys=True),
+    )
 
 
-def loco_arms(config: StudyConfig, loco: LocoConfig, path: Path, find_recipe: Any,
-              fail: Any) -> tuple[dict[str, ArmConfig], dict[str, list[str]]]:
+def loco_arms(
+    config: StudyConfig, loco: LocoConfig, path: Path, find_recipe: Any, fail: Any
+) -> tuple[dict[str, ArmConfig], dict[str, list[str]]]:
     """Arms ``all`` and ``without-<cluster>`` (the stage's data minus that cluster's datasets, which
     also leave the transforms that name them), and the probes that test each cluster; one line
     for data that cannot support the design."""
     try:
-        recipe_path = find_recipe(str(path.parent / loco.recipe) if (path.parent / loco.recipe).is_file() else loco.recipe)
+        recipe_path = find_recipe(
+            str(path.parent / loco.recipe) if (path.parent / loco.recipe).is_file() else loco.recipe
+        )
         recipe = load_recipe(recipe_path, [*config.overrides, *loco.overrides])
     except StagewiseError as err:
         fail(("loco", "recipe"), str(err))
@@ -256,31 +286,47 @@ def loco_arms(config: StudyConfig, loco: LocoConfig, path: Path, find_recipe: An
     stage = recipe.stages[loco.stage]
     for name in stage.data:
         if recipe.datasets[name].cluster is None:
-            fail(("loco", "recipe"), f"dataset {name!r} of stage {loco.stage} has no 'cluster': label every dataset "
-                                     "it trains on")
+            fail(
+                ("loco", "recipe"),
+                f"dataset {name!r} of stage {loco.stage} has no 'cluster': label every dataset it trains on",
+            )
     by_source: dict[Any, tuple[str, str]] = {}
     for name, dataset in recipe.datasets.items():
         if dataset.cluster is None:
             continue
         other = by_source.setdefault(_source(dataset), (name, dataset.cluster))
         if other[1] != dataset.cluster:
-            fail(("loco", "recipe"), f"clusters overlap by dataset: {other[0]!r} ({other[1]}) and {name!r} "
-                                     f"({dataset.cluster}) hold the same rows")
+            fail(
+                ("loco", "recipe"),
+                f"clusters overlap by dataset: {other[0]!r} ({other[1]}) and {name!r} "
+                f"({dataset.cluster}) hold the same rows",
+            )
     trained = list(dict.fromkeys(recipe.datasets[name].cluster for name in stage.data))
     if len(trained) < 2:
-        fail(("loco", "recipe"), f"stage {loco.stage} trains on {len(trained)} cluster(s); leaving one out needs 2 or more")
+        fail(
+            ("loco", "recipe"),
+            f"stage {loco.stage} trains on {len(trained)} cluster(s); leaving one out needs 2 or more",
+        )
     probes = [task for group in ("target", "retention") for task in getattr(recipe.evaluation, group, None) or []]
-    clusters = {cluster: [t.name for t in probes if t.data and recipe.datasets[t.data].cluster == cluster]
-                for cluster in trained}
+    clusters = {
+        cluster: [t.name for t in probes if t.data and recipe.datasets[t.data].cluster == cluster]
+        for cluster in trained
+    }
     for cluster, names in clusters.items():
         if not names:
-            fail(("loco", "recipe"), f"cluster {cluster!r} is held out but has no test data: no probe's dataset has "
-                                     f"cluster: {cluster}")
+            fail(
+                ("loco", "recipe"),
+                f"cluster {cluster!r} is held out but has no test data: no probe's dataset has cluster: {cluster}",
+            )
     arms = {"all": ArmConfig(recipe=loco.recipe, overrides=loco.overrides)}
     for cluster in trained:
         kept = [name for name in stage.data if recipe.datasets[name].cluster != cluster]
-        narrowed = [f"stages.{loco.stage}.transforms.{i}.datasets=[{', '.join(n for n in t.datasets if n in kept)}]"
-                    for i, t in enumerate(stage.transforms) if getattr(t, "datasets", None) is not None]
-        arms[f"without-{cluster}"] = ArmConfig(recipe=loco.recipe, overrides=[
-            *loco.overrides, f"stages.{loco.stage}.data=[{', '.join(kept)}]", *narrowed])
+        narrowed = [
+            f"stages.{loco.stage}.transforms.{i}.datasets=[{', '.join(n for n in t.datasets if n in kept)}]"
+            for i, t in enumerate(stage.transforms)
+            if getattr(t, "datasets", None) is not None
+        ]
+        arms[f"without-{cluster}"] = ArmConfig(
+            recipe=loco.recipe, overrides=[*loco.overrides, f"stages.{loco.stage}.data=[{', '.join(kept)}]", *narrowed]
+        )
     return arms, clusters

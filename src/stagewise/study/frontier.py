@@ -19,6 +19,7 @@ random with a fixed seed, and every estimate and resample selects on one half an
 other. Intervals resample seeds, then items within each half (the same draw for every arm, so
 differences are paired); the frontier is recomputed inside every resample.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,13 +36,13 @@ Scores = np.ndarray  # (seeds, items)
 class Draws:
     """Seed and item indices for the estimate (row 0, the data as they are) and each resample."""
 
-    seeds: np.ndarray               # (draws, seeds)
-    items: tuple[np.ndarray, ...]   # per half: (draws, seeds, half size) item indices
+    seeds: np.ndarray  # (draws, seeds)
+    items: tuple[np.ndarray, ...]  # per half: (draws, seeds, half size) item indices
 
 
 def split_halves(n_items: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(n_items)
-    return np.sort(order[: n_items // 2]), np.sort(order[n_items // 2:])
+    return np.sort(order[: n_items // 2]), np.sort(order[n_items // 2 :])
 
 
 def make_draws(seeds: np.ndarray, halves: tuple[np.ndarray, np.ndarray], rng: np.random.Generator) -> Draws:
@@ -92,17 +93,28 @@ def cross_fitted(paths: list[dict[int, tuple[np.ndarray, np.ndarray]]], level: f
     return np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
 
 
-def path_deltas(path: list[dict[str, Scores]], match: str, probe: str, bases: dict[str, np.ndarray],
-                draws: dict[str, Draws], sign: float) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def path_deltas(
+    path: list[dict[str, Scores]],
+    match: str,
+    probe: str,
+    bases: dict[str, np.ndarray],
+    draws: dict[str, Draws],
+    sign: float,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per half: (points, draws) gains on ``match`` and retention changes on ``probe`` along a path,
     the latter times ``sign`` (-1 for a lower-is-better probe, so 'best' is always the largest)."""
-    return {half: (np.vstack([mean_delta(point[match], bases[match], draws[match], half) for point in path]),
-                   sign * np.vstack([mean_delta(point[probe], bases[probe], draws[probe], half) for point in path]))
-            for half in (0, 1)}
+    return {
+        half: (
+            np.vstack([mean_delta(point[match], bases[match], draws[match], half) for point in path]),
+            sign * np.vstack([mean_delta(point[probe], bases[probe], draws[probe], half) for point in path]),
+        )
+        for half in (0, 1)
+    }
 
 
-def gain_levels(paths: dict[str, list[list[dict[str, Scores]]]], match: str, base: np.ndarray,
-                count: int) -> list[float]:
+def gain_levels(
+    paths: dict[str, list[list[dict[str, Scores]]]], match: str, base: np.ndarray, count: int
+) -> list[float]:
     """``count`` levels evenly inside the gain range every arm measured (empty when there is none)."""
     lows, highs = [], []
     for arm_paths in paths.values():
@@ -121,15 +133,26 @@ def interval(draws: np.ndarray) -> dict[str, Any]:
     estimate, resampled = draws[0], draws[1:][np.isfinite(draws[1:])]
     reached = resampled.size / max(draws.size - 1, 1)
     if not np.isfinite(estimate) or reached < 0.5:
-        return {"estimate": None if not np.isfinite(estimate) else float(estimate), "low": None, "high": None,
-                "reached": reached}
+        return {
+            "estimate": None if not np.isfinite(estimate) else float(estimate),
+            "low": None,
+            "high": None,
+            "reached": reached,
+        }
     low, high = np.quantile(resampled, [0.025, 0.975])
     return {"estimate": float(estimate), "low": float(low), "high": float(high), "reached": reached}
 
 
-def frontier_analysis(paths: dict[str, list[list[dict[str, Scores]]]], baseline: str, match: str,
-                      retention: dict[str, bool], bases: dict[str, np.ndarray], n_boot: int, levels_count: int = 9,
-                      seed: int = 0) -> dict[str, Any]:
+def frontier_analysis(
+    paths: dict[str, list[list[dict[str, Scores]]]],
+    baseline: str,
+    match: str,
+    retention: dict[str, bool],
+    bases: dict[str, np.ndarray],
+    n_boot: int,
+    levels_count: int = 9,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Frontiers of every arm on every retention probe (name -> higher is better), paired with the
     baseline arm's (see module). Values are in the probe's own units: for a lower-is-better probe
     (perplexity's NLL) the frontier is the lowest change reached and a better arm differs negatively."""
@@ -143,10 +166,14 @@ def frontier_analysis(paths: dict[str, list[list[dict[str, Scores]]]], baseline:
     results: dict[str, Any] = {"levels": levels, "match_on": match, "probes": {}}
     for probe, higher_is_better in retention.items():
         sign = 1.0 if higher_is_better else -1.0
-        deltas = {arm: [path_deltas(path, match, probe, bases, draws, sign) for path in arm_paths]
-                  for arm, arm_paths in paths.items()}
-        curves = {arm: sign * np.vstack([cross_fitted(arm_deltas, level)[None] for level in levels])
-                  for arm, arm_deltas in deltas.items()}  # (levels, draws) per arm, in the probe's units
+        deltas = {
+            arm: [path_deltas(path, match, probe, bases, draws, sign) for path in arm_paths]
+            for arm, arm_paths in paths.items()
+        }
+        curves = {
+            arm: sign * np.vstack([cross_fitted(arm_deltas, level)[None] for level in levels])
+            for arm, arm_deltas in deltas.items()
+        }  # (levels, draws) per arm, in the probe's units
         arms: dict[str, Any] = {}
         for arm, curve in curves.items():
             entry: dict[str, Any] = {"frontier": [{"gain": g, **interval(curve[i])} for i, g in enumerate(levels)]}
@@ -156,15 +183,27 @@ def frontier_analysis(paths: dict[str, list[list[dict[str, Scores]]]], baseline:
                 counts = np.isfinite(difference).sum(axis=0)  # the levels this draw reaches in both arms
                 area = np.where(counts > 0, np.nansum(difference, axis=0) / np.maximum(counts, 1), np.nan)
                 finite = area[1:][np.isfinite(area[1:])]
-                entry["area"] = (paired_from_draws(finite, float(area[0]), 0.95, bases[probe].size).to_dict()
-                                 if np.isfinite(area[0]) and finite.size else {"estimate": None})
+                entry["area"] = (
+                    paired_from_draws(finite, float(area[0]), 0.95, bases[probe].size).to_dict()
+                    if np.isfinite(area[0]) and finite.size
+                    else {"estimate": None}
+                )
             arms[arm] = entry
         compared = [arm for arm in arms if arm != baseline and arms[arm]["area"].get("p_value") is not None]
         for arm, p in zip(compared, holm([arms[arm]["area"]["p_value"] for arm in compared])):
             arms[arm]["area"]["p_holm"] = p
-        results["probes"][probe] = {"arms": arms,
-                                    "cloud": {arm: [[float((point[match] - bases[match][None, :]).mean()),
-                                                     float((point[probe] - bases[probe][None, :]).mean())]
-                                                    for path in arm_paths for point in path]
-                                              for arm, arm_paths in paths.items()}}
+        results["probes"][probe] = {
+            "arms": arms,
+            "cloud": {
+                arm: [
+                    [
+                        float((point[match] - bases[match][None, :]).mean()),
+                        float((point[probe] - bases[probe][None, :]).mean()),
+                    ]
+                    for path in arm_paths
+                    for point in path
+                ]
+                for arm, arm_paths in paths.items()
+            },
+        }
     return results

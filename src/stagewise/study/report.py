@@ -2,6 +2,7 @@
 per arm along its curve, the base model at the origin), frontier.png (each arm's best retention
 at each gain, with its band) and forest.png (paired differences vs the baseline with their 95%
 intervals)."""
+
 from __future__ import annotations
 
 import math
@@ -29,12 +30,19 @@ def _loco(results: dict[str, Any]) -> list[str]:
     clusters (held out; paired vs included), and after tuning on every cluster (included)."""
     if not results.get("loco"):
         return []
-    lines = ["", "## Leave one cluster out", "",
-             "| held-out cluster | probe | base (zero-shot) | tuned on the other clusters | tuned on all (included) | "
-             "held out - included [95% CI] |", "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Leave one cluster out",
+        "",
+        "| held-out cluster | probe | base (zero-shot) | tuned on the other clusters | tuned on all (included) | "
+        "held out - included [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in results["loco"]:
-        lines.append(f"| {row['cluster']} | {row['probe']} | {fmt(row['base'])} | {fmt(row['held_out'])} | "
-                     f"{fmt(row['included'])} | {_ci(row['held_out_vs_included'])} |")
+        lines.append(
+            f"| {row['cluster']} | {row['probe']} | {fmt(row['base'])} | {fmt(row['held_out'])} | "
+            f"{fmt(row['included'])} | {_ci(row['held_out_vs_included'])} |"
+        )
     return lines
 
 
@@ -43,61 +51,99 @@ def _continual(results: dict[str, Any]) -> list[str]:
     continual = results.get("continual")
     if not continual:
         return []
-    lines = ["", f"## Task sequence: {' -> '.join(continual['tasks'])}", "",
-             "Average accuracy after the last stage, backward transfer (BWT, negative = forgetting) and forward "
-             "transfer (FWT), GEM's definitions; intervals resample seeds then items.", "",
-             "| arm | average accuracy | BWT | FWT | BWT vs baseline [95% CI] | p |", "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"## Task sequence: {' -> '.join(continual['tasks'])}",
+        "",
+        "Average accuracy after the last stage, backward transfer (BWT, negative = forgetting) and forward "
+        "transfer (FWT), GEM's definitions; intervals resample seeds then items.",
+        "",
+        "| arm | average accuracy | BWT | FWT | BWT vs baseline [95% CI] | p |",
+        "|---|---|---|---|---|---|",
+    ]
     for arm, entry in continual["arms"].items():
         versus = entry["bwt"].get("vs_baseline")
-        lines.append(f"| {arm} | {_ci(entry['average_accuracy'], '.3f')} | {_ci(entry['bwt'])} | {_ci(entry['fwt'])} | "
-                     f"{_ci(versus) if versus else '(baseline)'} | {_p(versus and versus['p_value'])} |")
+        lines.append(
+            f"| {arm} | {_ci(entry['average_accuracy'], '.3f')} | {_ci(entry['bwt'])} | {_ci(entry['fwt'])} | "
+            f"{_ci(versus) if versus else '(baseline)'} | {_p(versus and versus['p_value'])} |"
+        )
     return lines
 
 
 def study_markdown(results: dict[str, Any]) -> str:
     probes = results["probes"]
-    lines = [f"# stagewise study: {results['study']}", "",
-             f"Baseline arm: **{results['baseline']}**; seeds {results['seeds']}; {results['bootstrap']} bootstrap "
-             "resamples. Intervals are 95% percentile bootstrap intervals: changes from the base model resample seeds, "
-             "then items within each seed; differences vs the baseline are paired on the same items (each arm "
-             "averaged over its seeds), with two-sided bootstrap p-values, Holm-adjusted across arms per probe.", "",
-             "## Probes", "", "| probe | group | metric | items | base | minimal detectable difference |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# stagewise study: {results['study']}",
+        "",
+        f"Baseline arm: **{results['baseline']}**; seeds {results['seeds']}; {results['bootstrap']} bootstrap "
+        "resamples. Intervals are 95% percentile bootstrap intervals: changes from the base model resample seeds, "
+        "then items within each seed; differences vs the baseline are paired on the same items (each arm "
+        "averaged over its seeds), with two-sided bootstrap p-values, Holm-adjusted across arms per probe.",
+        "",
+        "## Probes",
+        "",
+        "| probe | group | metric | items | base | minimal detectable difference |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, probe in probes.items():
         direction = "" if probe["higher_is_better"] else " (mean NLL per item, lower is better)"
-        lines.append(f"| {name} | {probe['group']} | {probe['metric']}{direction} | {probe['items']} | "
-                     f"{fmt(probe['base'])} | {fmt(probe['minimal_detectable_difference'], '.3f')} |")
+        lines.append(
+            f"| {name} | {probe['group']} | {probe['metric']}{direction} | {probe['items']} | "
+            f"{fmt(probe['base'])} | {fmt(probe['minimal_detectable_difference'], '.3f')} |"
+        )
     lines += _loco(results) + _continual(results)
     for name, probe in probes.items():
-        lines += ["", f"## {probe['group']}: {name}", "",
-                  "| arm | score | change from base [95% CI] | vs baseline [95% CI] | p | p (Holm) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {probe['group']}: {name}",
+            "",
+            "| arm | score | change from base [95% CI] | vs baseline [95% CI] | p | p (Holm) |",
+            "|---|---|---|---|---|---|",
+        ]
         for row_name, row in results["rows"].items():
             entry = row["probes"][name]
             versus = entry.get("vs_baseline")
-            lines.append(f"| {row_name} | {fmt(entry['score'])} | {_ci(entry['delta'])} | "
-                         f"{_ci(versus) if versus else '(baseline)'} | {_p(versus and versus['p_value'])} | "
-                         f"{_p(versus and versus.get('p_holm'))} |")
+            lines.append(
+                f"| {row_name} | {fmt(entry['score'])} | {_ci(entry['delta'])} | "
+                f"{_ci(versus) if versus else '(baseline)'} | {_p(versus and versus['p_value'])} | "
+                f"{_p(versus and versus.get('p_holm'))} |"
+            )
     levels = results["gain_levels"]
     if not levels:
-        lines += ["", "Retention at matched target gain: not computed (it needs a per-item score target probe and "
-                      "at least one such retention probe)."]
+        lines += [
+            "",
+            "Retention at matched target gain: not computed (it needs a per-item score target probe and "
+            "at least one such retention probe).",
+        ]
         return "\n".join(lines + _knowledge_vs_format(results) + _kl_correlation(results) + _cost(results)) + "\n"
-    lines += ["", f"## Retention at matched target gain ({results['match_on']})", "",
-              f"Read along each arm's curve (training order from the base model) at the baseline's final gain "
-              f"{levels[0]:+.3f}" + (f" and at {', '.join(f'{g:+.3f}' for g in levels[1:])}" if levels[1:] else "")
-              + "; '-' means the arm never reached that gain.", "",
-              "| arm | retention probe | " + " | ".join(f"at gain {g:+.3f}" for g in levels) + " |",
-              "|---|---|" + "---|" * len(levels)]
+    lines += [
+        "",
+        f"## Retention at matched target gain ({results['match_on']})",
+        "",
+        f"Read along each arm's curve (training order from the base model) at the baseline's final gain "
+        f"{levels[0]:+.3f}"
+        + (f" and at {', '.join(f'{g:+.3f}' for g in levels[1:])}" if levels[1:] else "")
+        + "; '-' means the arm never reached that gain.",
+        "",
+        "| arm | retention probe | " + " | ".join(f"at gain {g:+.3f}" for g in levels) + " |",
+        "|---|---|" + "---|" * len(levels),
+    ]
     for arm, per_probe in results["matched"].items():
         for probe, values in per_probe.items():
             if probe == "curve":
                 continue
             lines.append(f"| {arm} | {probe} | " + " | ".join(_ci(v) + _gap_mark(v) for v in values) + " |")
-    lines += ["", f"† read across an unmeasured stretch wider than {WIDE_GAP:.0%} of the curve's gain range (the "
-                  "curve was interpolated there: add curve points, e.g. `evaluation.every: log`)."]
-    return "\n".join(lines + _knowledge_vs_format(results) + _frontier(results) + _kl_correlation(results)
-                     + _cost(results)) + "\n"
+    lines += [
+        "",
+        f"† read across an unmeasured stretch wider than {WIDE_GAP:.0%} of the curve's gain range (the "
+        "curve was interpolated there: add curve points, e.g. `evaluation.every: log`).",
+    ]
+    return (
+        "\n".join(
+            lines + _knowledge_vs_format(results) + _frontier(results) + _kl_correlation(results) + _cost(results)
+        )
+        + "\n"
+    )
 
 
 WIDE_GAP = 0.25  # a matched-gain value read across a wider share of the gain range is flagged
@@ -112,11 +158,17 @@ def _kl_correlation(results: dict[str, Any]) -> list[str]:
     correlation = results.get("kl_vs_retention")
     if not correlation:
         return []
-    lines = ["", "## Does KL to the entering model predict forgetting?", "",
-             "Spearman's correlation, over every run's scored stages, between the stage's KL(tuned || entering) on "
-             "its own prompts and each retention probe's change over that stage (negative: more KL, more "
-             "forgetting); the interval resamples the points.", "",
-             "| retention probe | Spearman [95% CI] | points |", "|---|---|---|"]
+    lines = [
+        "",
+        "## Does KL to the entering model predict forgetting?",
+        "",
+        "Spearman's correlation, over every run's scored stages, between the stage's KL(tuned || entering) on "
+        "its own prompts and each retention probe's change over that stage (negative: more KL, more "
+        "forgetting); the interval resamples the points.",
+        "",
+        "| retention probe | Spearman [95% CI] | points |",
+        "|---|---|---|",
+    ]
     lines += [f"| {probe} | {_ci(value, '+.2f')} | {value['points']} |" for probe, value in correlation.items()]
     return lines
 
@@ -127,16 +179,25 @@ def _knowledge_vs_format(results: dict[str, Any]) -> list[str]:
     split = results.get("knowledge_vs_format")
     if not split:
         return []
-    lines = ["", "## Knowledge vs format", "",
-             "Format loss: the part of a retention drop that examples in the prompt recover (the drop without them "
-             "minus the drop with them); the knowledge loss is the `@kshot` probe's own change above."]
+    lines = [
+        "",
+        "## Knowledge vs format",
+        "",
+        "Format loss: the part of a retention drop that examples in the prompt recover (the drop without them "
+        "minus the drop with them); the knowledge loss is the `@kshot` probe's own change above.",
+    ]
     for probe, entry in split.items():
-        lines += ["", f"| {probe} ({entry['examples']}) | format loss [95% CI] | vs baseline [95% CI] | p |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            f"| {probe} ({entry['examples']}) | format loss [95% CI] | vs baseline [95% CI] | p |",
+            "|---|---|---|---|",
+        ]
         for arm, values in entry["arms"].items():
             versus = values.get("vs_baseline")
-            lines.append(f"| {arm} | {_ci(values['format_loss'])} | {_ci(versus) if versus else '(baseline)'} | "
-                         f"{_p(versus and versus['p_value'])} |")
+            lines.append(
+                f"| {arm} | {_ci(values['format_loss'])} | {_ci(versus) if versus else '(baseline)'} | "
+                f"{_p(versus and versus['p_value'])} |"
+            )
     return lines
 
 
@@ -149,19 +210,30 @@ def _frontier(results: dict[str, Any]) -> list[str]:
     if not frontier["levels"]:
         return ["", f"Frontiers: not compared ({frontier['note']})."]
     levels = frontier["levels"]
-    lines = ["", f"## Frontiers ({frontier['match_on']} gain vs retention)", "",
-             "Each arm's best retention change reached at each target gain over all its points (every sweep value "
-             "and curve point; paths chosen on one half of the items, read on the other). 'area' is the mean "
-             f"paired difference from the baseline's frontier over gains {levels[0]:+.3f} to {levels[-1]:+.3f}."]
+    lines = [
+        "",
+        f"## Frontiers ({frontier['match_on']} gain vs retention)",
+        "",
+        "Each arm's best retention change reached at each target gain over all its points (every sweep value "
+        "and curve point; paths chosen on one half of the items, read on the other). 'area' is the mean "
+        f"paired difference from the baseline's frontier over gains {levels[0]:+.3f} to {levels[-1]:+.3f}.",
+    ]
     for probe, entry in frontier["probes"].items():
-        lines += ["", f"### {probe}", "",
-                  "| arm | area vs baseline [95% CI] | p | p (Holm) | " + " | ".join(f"at {g:+.3f}" for g in levels) + " |",
-                  "|---|---|---|---|" + "---|" * len(levels)]
+        lines += [
+            "",
+            f"### {probe}",
+            "",
+            "| arm | area vs baseline [95% CI] | p | p (Holm) | " + " | ".join(f"at {g:+.3f}" for g in levels) + " |",
+            "|---|---|---|---|" + "---|" * len(levels),
+        ]
         for arm, values in entry["arms"].items():
             area = values.get("area")
-            lines.append(f"| {arm} | {_ci(area) if area else '(baseline)'} | {_p(area and area.get('p_value'))} | "
-                         f"{_p(area and area.get('p_holm'))} | "
-                         + " | ".join(_ci(point, "+.3f") for point in values["frontier"]) + " |")
+            lines.append(
+                f"| {arm} | {_ci(area) if area else '(baseline)'} | {_p(area and area.get('p_value'))} | "
+                f"{_p(area and area.get('p_holm'))} | "
+                + " | ".join(_ci(point, "+.3f") for point in values["frontier"])
+                + " |"
+            )
     return lines
 
 
@@ -185,17 +257,27 @@ def plot_frontier(results: dict[str, Any], path: Path) -> None:
             cloud = entry["cloud"][arm]
             dots = ax.scatter([x for x, _ in cloud], [y for _, y in cloud], s=8, alpha=0.35)
             shown = [p for p in values["frontier"] if p["estimate"] is not None]
-            ax.plot([p["gain"] for p in shown], [p["estimate"] for p in shown], color=dots.get_facecolor()[0],
-                    alpha=1.0, label=arm)
+            ax.plot(
+                [p["gain"] for p in shown],
+                [p["estimate"] for p in shown],
+                color=dots.get_facecolor()[0],
+                alpha=1.0,
+                label=arm,
+            )
             banded = [p for p in shown if p["low"] is not None]
-            ax.fill_between([p["gain"] for p in banded], [p["low"] for p in banded], [p["high"] for p in banded],
-                            color=dots.get_facecolor()[0], alpha=0.15)
+            ax.fill_between(
+                [p["gain"] for p in banded],
+                [p["low"] for p in banded],
+                [p["high"] for p in banded],
+                color=dots.get_facecolor()[0],
+                alpha=0.15,
+            )
         ax.scatter([0], [0], marker="*", s=120, color="black", zorder=5, label="base model")
         ax.set_xlabel(f"target gain ({frontier['match_on']})")
         ax.set_ylabel(f"change on {probe}")
         ax.set_title(probe)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(probes):]:
+    for ax in list(axes.flat)[len(probes) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("frontiers: best retention reached at each gain (cross-fitted; bands: 95% CI)")
@@ -206,9 +288,12 @@ def _cost(results: dict[str, Any]) -> list[str]:
     cost = results.get("cost")
     if not cost:
         return []
-    return ["", f"Cost: {cost['runs']} runs, {cost['wall_s'] / 60:.1f} min wall for this invocation; training "
-                f"{cost['train_s'] / 60:.1f} min and evaluation {cost['eval_s'] / 60:.1f} min as recorded by the runs "
-                "(a reused run counts its recorded times)."]
+    return [
+        "",
+        f"Cost: {cost['runs']} runs, {cost['wall_s'] / 60:.1f} min wall for this invocation; training "
+        f"{cost['train_s'] / 60:.1f} min and evaluation {cost['eval_s'] / 60:.1f} min as recorded by the runs "
+        "(a reused run counts its recorded times).",
+    ]
 
 
 def plot_gain_retention(results: dict[str, Any], path: Path) -> None:
@@ -231,12 +316,17 @@ def plot_gain_retention(results: dict[str, Any], path: Path) -> None:
         for arm, matched in results["matched"].items():
             xs = [0.0] + [point["gain"] for point in matched["curve"]]
             ys = [0.0] + [point[probe] for point in matched["curve"]]
-            line, = ax.plot(xs, ys, marker="o", markersize=3, label=arm)
+            (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=arm)
             final = [row for row in results["rows"].values() if row["arm"] == arm][-1]["probes"]
             gain, ret = final[match]["delta"], final[probe]["delta"]
-            ax.errorbar(gain["estimate"], ret["estimate"], color=line.get_color(), capsize=3,
-                        xerr=[[gain["estimate"] - gain["low"]], [gain["high"] - gain["estimate"]]],
-                        yerr=[[ret["estimate"] - ret["low"]], [ret["high"] - ret["estimate"]]])
+            ax.errorbar(
+                gain["estimate"],
+                ret["estimate"],
+                color=line.get_color(),
+                capsize=3,
+                xerr=[[gain["estimate"] - gain["low"]], [gain["high"] - gain["estimate"]]],
+                yerr=[[ret["estimate"] - ret["low"]], [ret["high"] - ret["estimate"]]],
+            )
         ax.scatter([0], [0], marker="*", s=120, color="black", zorder=5, label="base model")
         ax.axvline(results["gain_levels"][0], color="grey", linestyle=":", linewidth=1)
         higher = results["probes"][probe]["higher_is_better"]
@@ -244,7 +334,7 @@ def plot_gain_retention(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(f"change on {probe}" + ("" if higher else " (NLL, lower is better)"))
         ax.set_title(probe)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(retention):]:
+    for ax in list(axes.flat)[len(retention) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("gain vs retention (mean over seeds; bars: 95% CI of the final point)")

@@ -3,6 +3,7 @@
 Each run has its own output folder under ``<output_dir>/runs/``, so finished runs are reused
 (by config hash) and an interrupted study resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import time
@@ -34,8 +35,11 @@ def is_complete(run: StudyRun) -> bool:
     except (OutputError, ValidationError):
         return False
     stages = manifest.get("stages", [])
-    if not (recorded == recipe_to_dict(run.recipe) and len(stages) == len(run.recipe.stages)
-            and all(stage.get("status") == "completed" for stage in stages)):
+    if not (
+        recorded == recipe_to_dict(run.recipe)
+        and len(stages) == len(run.recipe.stages)
+        and all(stage.get("status") == "completed" for stage in stages)
+    ):
         return False
     try:
         datasets = {name: load_dataset_config(name, cfg) for name, cfg in run.recipe.datasets.items()}
@@ -54,7 +58,8 @@ def cost(manifest: dict[str, Any]) -> tuple[float, float]:
     train = sum(stage.get("wall_time_s", 0.0) for stage in manifest["stages"])
     evaluate = manifest.get("base_eval_time_s", 0.0) + sum(
         stage.get("eval_time_s", 0.0) + sum(p.get("eval_time_s", 0.0) for p in stage.get("curve", []))
-        for stage in manifest["stages"])
+        for stage in manifest["stages"]
+    )
     return train, evaluate
 
 
@@ -72,8 +77,12 @@ def run_study(study: Study, log: Callable[[str], None]) -> dict[str, Any]:
     wall = time.perf_counter() - started
     results = analyse(study, manifests)
     train, evaluate = map(sum, zip(*(cost(manifest) for manifest in manifests.values())))
-    results["cost"] = {"wall_s": round(wall, 1), "train_s": round(train, 1), "eval_s": round(evaluate, 1),
-                       "runs": len(study.runs)}
+    results["cost"] = {
+        "wall_s": round(wall, 1),
+        "train_s": round(train, 1),
+        "eval_s": round(evaluate, 1),
+        "runs": len(study.runs),
+    }
     out = study.report_dir
     check_reports(out)  # again: the runs took a while
     written = Written(out)
@@ -98,5 +107,7 @@ def check_reports(folder: Path) -> None:
     for name in REPORTS:
         path = folder / name
         if (path.exists() or path.is_symlink()) and (path.is_symlink() or not written.is_ours(name)):
-            raise OutputError(f"{path}: stagewise did not write this file (or it was edited since) and the study "
-                              "would overwrite it; move it away")
+            raise OutputError(
+                f"{path}: stagewise did not write this file (or it was edited since) and the study "
+                "would overwrite it; move it away"
+            )

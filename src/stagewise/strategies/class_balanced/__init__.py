@@ -8,6 +8,7 @@
   2022, arXiv 2207.10858).
 - ``focal``: (1−p_y)^γ · CE (Lin et al. 2017), optionally class-balanced.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,8 +35,9 @@ def ldam_margins(counts: list[int], max_m: float) -> torch.Tensor:
     return (margins * (max_m / margins.max())).float()
 
 
-def ldam_loss(logits: torch.Tensor, labels: torch.Tensor, margins: torch.Tensor, scale: float,
-              weights: torch.Tensor | None) -> torch.Tensor:
+def ldam_loss(
+    logits: torch.Tensor, labels: torch.Tensor, margins: torch.Tensor, scale: float, weights: torch.Tensor | None
+) -> torch.Tensor:
     adjusted = logits - F.one_hot(labels, logits.shape[-1]).to(logits.dtype) * margins.to(logits)[labels, None]
     return F.cross_entropy(scale * adjusted, labels, weight=None if weights is None else weights.to(logits))
 
@@ -55,10 +57,10 @@ class ClassBalancedConfig(PluginConfig):
 
 
 class LDAMConfig(PluginConfig):
-    max_m: float = Field(default=0.5, gt=0)   # LDAM paper and two-stage reference: 0.5
-    scale: float = Field(default=1.0, gt=0)   # two-stage reference: s = 1 (the LDAM paper used 30)
+    max_m: float = Field(default=0.5, gt=0)  # LDAM paper and two-stage reference: 0.5
+    scale: float = Field(default=1.0, gt=0)  # two-stage reference: s = 1 (the LDAM paper used 30)
     beta: float = Field(default=0.9999, ge=0, lt=1)
-    reweight: bool = True                     # class-balanced weights on top of the margins
+    reweight: bool = True  # class-balanced weights on top of the margins
 
 
 class FocalConfig(PluginConfig):

@@ -13,6 +13,7 @@ with k = 20, s = 3.0 (≈ ln 20, the largest top-20 entropy, so w_t ≤ ~1), α 
 N the batch's answer tokens (the Trainer's ``num_items_in_batch``; the mean when absent). α = 0 is
 plain SFT. Uncertain tokens learn as in SFT; confidently contradicted ones barely move the model.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,8 @@ IGNORE = -100
 
 
 class EAFTConfig(PluginConfig):
-    alpha: float = Field(default=1.0, ge=0)          # reference `eaft_alpha` 1.0: the weight's power (0 = SFT)
-    top_k: int = Field(default=20, ge=2)             # reference: entropy over the 20 largest logits
+    alpha: float = Field(default=1.0, ge=0)  # reference `eaft_alpha` 1.0: the weight's power (0 = SFT)
+    top_k: int = Field(default=20, ge=2)  # reference: entropy over the 20 largest logits
     entropy_scale: float = Field(default=3.0, gt=0)  # reference: H̃ / 3.0 (≈ ln 20, top-20's largest entropy)
 
 
@@ -43,8 +44,9 @@ def entropy_weights(logits: torch.Tensor, top_k: int, scale: float, alpha: float
         return torch.pow(entropy / scale, alpha)
 
 
-def eaft_loss(logits: torch.Tensor, labels: torch.Tensor, config: EAFTConfig,
-              num_items_in_batch: Any = None) -> torch.Tensor:
+def eaft_loss(
+    logits: torch.Tensor, labels: torch.Tensor, config: EAFTConfig, num_items_in_batch: Any = None
+) -> torch.Tensor:
     """EAFT on a causal LM's logits (batch × length × vocab) and unshifted labels (batch × length),
     position t predicting label t+1 as in transformers' own loss; ``-100`` labels are ignored."""
     vocab = logits.shape[-1]

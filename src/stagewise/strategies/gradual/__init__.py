@@ -7,6 +7,7 @@ HighlyKnown]``), plus a ``replay`` share of items in other categories (HighlyKno
 once over all of a stage's datasets together, so the replay ratio counts against every upgraded
 item, as in the paper, and each dataset keeps its own selected rows.
 """
+
 from __future__ import annotations
 
 import random
@@ -14,9 +15,9 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .slick import ProbeSettings, categorize, model_answerer, settings_dict, summary
 from ...registry import TRANSFORMS, Requires, TransformConfig, TransformTraits
 from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
+from .slick import ProbeSettings, categorize, model_answerer, settings_dict, summary
 
 Category = Literal["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"]
 
@@ -32,9 +33,9 @@ class SelectConfig(TransformConfig):
     upgraded_from: list[Category] | None = None
     to: list[Category] | None = None
     replay: ReplayConfig | None = None
-    n_prompts: int = Field(default=10, ge=1)     # SliCK N_ex = 10
-    shots: int = Field(default=4, ge=0)          # 4-shot prompts
-    samples: int = Field(default=16, ge=0)       # 16 samples at T = 0.5
+    n_prompts: int = Field(default=10, ge=1)  # SliCK N_ex = 10
+    shots: int = Field(default=4, ge=0)  # 4-shot prompts
+    samples: int = Field(default=16, ge=0)  # 16 samples at T = 0.5
     temperature: float = Field(default=0.5, gt=0)
     max_new_tokens: int = Field(default=16, ge=1)
     checker: Literal["exact_match", "contains"] = "exact_match"
@@ -48,15 +49,25 @@ class SelectConfig(TransformConfig):
         return self
 
     def probe(self, seed: int) -> ProbeSettings:
-        return ProbeSettings(self.n_prompts, self.shots, self.samples, self.temperature, self.max_new_tokens,
-                             self.checker, seed)
+        return ProbeSettings(
+            self.n_prompts, self.shots, self.samples, self.temperature, self.max_new_tokens, self.checker, seed
+        )
 
 
-def categories_for(model_key: str, load: Callable[[], tuple[Any, Any]], rows: list[dict[str, Any]],
-                   settings: ProbeSettings, log: Callable[[str], None]) -> list[str]:
+def categories_for(
+    model_key: str,
+    load: Callable[[], tuple[Any, Any]],
+    rows: list[dict[str, Any]],
+    settings: ProbeSettings,
+    log: Callable[[str], None],
+) -> list[str]:
     """SliCK category per row under the model ``model_key`` names; ``load`` runs only on a cache miss."""
-    results = cached("categorize", [model_key, rows_fingerprint(rows), settings_dict(settings)],
-                     lambda: categorize(rows, settings, model_answerer(*load())), log)
+    results = cached(
+        "categorize",
+        [model_key, rows_fingerprint(rows), settings_dict(settings)],
+        lambda: categorize(rows, settings, model_answerer(*load())),
+        log,
+    )
     return [r["category"] for r in results]
 
 
@@ -64,8 +75,9 @@ def counts(categories: list[str]) -> dict[str, int]:
     return summary([{"category": c} for c in categories])
 
 
-def choose(rows: list[dict[str, Any]], now: list[str], before: list[str] | None, config: SelectConfig,
-           seed: int) -> list[dict[str, Any]]:
+def choose(
+    rows: list[dict[str, Any]], now: list[str], before: list[str] | None, config: SelectConfig, seed: int
+) -> list[dict[str, Any]]:
     """The selection rule itself (pure): selected rows, then replay rows."""
     if config.categories is not None:
         picked = [i for i, c in enumerate(now) if c in config.categories]
@@ -81,8 +93,13 @@ def choose(rows: list[dict[str, Any]], now: list[str], before: list[str] | None,
     return [rows[i] for i in picked] + [rows[i] for i in replayed]
 
 
-@TRANSFORMS.register("select", SelectConfig, requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)),
-                     traits=TransformTraits(stage_wide=True), example={"categories": ["MaybeKnown"]})  # replay counts against the upgraded items of all datasets
+@TRANSFORMS.register(
+    "select",
+    SelectConfig,
+    requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)),
+    traits=TransformTraits(stage_wide=True),
+    example={"categories": ["MaybeKnown"]},
+)  # replay counts against the upgraded items of all datasets
 def select(rows: list[dict[str, Any]], config: SelectConfig, context: TransformContext):
     """Keep items by SliCK knowledge category (Gradual Learning's data selection)."""
     settings = config.probe(context.seed)
@@ -96,4 +113,6 @@ def select(rows: list[dict[str, Any]], config: SelectConfig, context: TransformC
     if before is not None:
         report["categories_before"] = counts(before)
     return selected, report
+
+
 from . import command  # noqa: E402,F401  (registers `stagewise categorize`)

@@ -1,10 +1,10 @@
 """``stagewise categorize``: SliCK knowledge categories (and P values) of QA items under a model."""
+
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-
 from typing import Annotated
 
 from pydantic import Field
@@ -38,18 +38,25 @@ def categorize_items(args: argparse.Namespace) -> int:
 
     options = command_options(CategorizeOptions, args)
     init_from_launcher()  # under torchrun/accelerate launch, ranks share the items
-    rows = load_dataset_config("data", DatasetConfig(format="instruction", path=args.data,
-                                                     columns=options.renames())).rows
+    rows = load_dataset_config(
+        "data", DatasetConfig(format="instruction", path=args.data, columns=options.renames())
+    ).rows
     model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path=args.model))
-    settings = ProbeSettings(n_prompts=options.n_prompts, shots=options.shots, samples=options.samples,
-                             temperature=options.temperature, max_new_tokens=options.max_new_tokens,
-                             checker=args.checker)
+    settings = ProbeSettings(
+        n_prompts=options.n_prompts,
+        shots=options.shots,
+        samples=options.samples,
+        temperature=options.temperature,
+        max_new_tokens=options.max_new_tokens,
+        checker=args.checker,
+    )
     results = categorize(rows, settings, model_answerer(model, tokenizer, options.batch_size))
     if not is_main_process():
         return 0
     out = Path(options.out)
-    atomic_write_text(out, "".join(json.dumps({**row, **result}, ensure_ascii=False) + "\n"
-                                   for row, result in zip(rows, results)))
+    atomic_write_text(
+        out, "".join(json.dumps({**row, **result}, ensure_ascii=False) + "\n" for row, result in zip(rows, results))
+    )
     for category in CATEGORIES:
         count = sum(r["category"] == category for r in results)
         print(f"{category:12s} {count:5d}  {count / len(results):6.1%}")

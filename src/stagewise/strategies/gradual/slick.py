@@ -8,6 +8,7 @@ when the data has one) are answered once greedily and ``samples`` times at ``tem
 - Unknown: never.
 P_greedy and P_sampled are the fractions of correct greedy / sampled answers.
 """
+
 from __future__ import annotations
 
 import random
@@ -28,9 +29,9 @@ AnswerFn = Callable[[list[str], SamplingConfig], list[list[str]]]
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    n_prompts: int = 10        # SliCK: N_ex = 10 random few-shot prompts
-    shots: int = 4             # SliCK: 4-shot
-    samples: int = 16          # SliCK: 16 samples at T = 0.5
+    n_prompts: int = 10  # SliCK: N_ex = 10 random few-shot prompts
+    shots: int = 4  # SliCK: 4-shot
+    samples: int = 16  # SliCK: 16 samples at T = 0.5
     temperature: float = 0.5
     max_new_tokens: int = 16
     checker: str = "exact_match"
@@ -62,12 +63,24 @@ def exemplars_for(items: list[dict[str, Any]], index: int, shots: int, rng: rand
 def categorize(items: list[dict[str, Any]], settings: ProbeSettings, answer: AnswerFn) -> list[dict[str, Any]]:
     """Category and P values for every item (``instruction``/``output``/optional ``aliases``, ``type``)."""
     rng = random.Random(settings.seed)
-    prompts = [qa_prompt(item, exemplars_for(items, index, settings.shots, rng))
-               for index, item in enumerate(items) for _ in range(settings.n_prompts)]
+    prompts = [
+        qa_prompt(item, exemplars_for(items, index, settings.shots, rng))
+        for index, item in enumerate(items)
+        for _ in range(settings.n_prompts)
+    ]
     greedy_only = SamplingConfig(max_new_tokens=settings.max_new_tokens, seed=settings.seed, first_line=True)
     # one pass: each prompt's first sequence is greedy, the rest sampled (SliCK's T, full vocabulary)
-    sampling = replace(greedy_only, do_sample=True, temperature=settings.temperature, greedy_first=True,
-                       num_return_sequences=1 + settings.samples) if settings.samples else greedy_only
+    sampling = (
+        replace(
+            greedy_only,
+            do_sample=True,
+            temperature=settings.temperature,
+            greedy_first=True,
+            num_return_sequences=1 + settings.samples,
+        )
+        if settings.samples
+        else greedy_only
+    )
     outputs = answer(prompts, sampling)
     greedy, sampled = [texts[:1] for texts in outputs], [texts[1:] for texts in outputs]
     check = CHECKERS[settings.checker]
@@ -77,11 +90,13 @@ def categorize(items: list[dict[str, Any]], settings: ProbeSettings, answer: Ans
         span = range(index * settings.n_prompts, (index + 1) * settings.n_prompts)
         greedy_ok = [check(greedy[p][0], golds) for p in span]
         sampled_ok = [check(text, golds) for p in span for text in sampled[p]]
-        results.append({
-            "category": slick_category(greedy_ok, sampled_ok),
-            "p_greedy": sum(greedy_ok) / len(greedy_ok),
-            "p_sampled": sum(sampled_ok) / len(sampled_ok) if sampled_ok else 0.0,
-        })
+        results.append(
+            {
+                "category": slick_category(greedy_ok, sampled_ok),
+                "p_greedy": sum(greedy_ok) / len(greedy_ok),
+                "p_sampled": sum(sampled_ok) / len(sampled_ok) if sampled_ok else 0.0,
+            }
+        )
     return results
 
 
@@ -104,13 +119,19 @@ def settings_dict(settings: ProbeSettings) -> dict[str, Any]:
 
 
 @METRICS.register("highly_known", requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)))
-def highly_known(model: Any, tokenizer: Any, task: Any, dataset: Any, rows: list[dict[str, Any]],
-                 evaluation: Any) -> dict[str, Any]:
+def highly_known(
+    model: Any, tokenizer: Any, task: Any, dataset: Any, rows: list[dict[str, Any]], evaluation: Any
+) -> dict[str, Any]:
     """Share of items the model knows for sure (SliCK HighlyKnown): Gradual Learning's
     knowledge-acquired measure; the scores hold every category's count."""
-    settings = ProbeSettings(n_prompts=task.n_prompts, shots=task.shots, samples=task.samples,
-                             max_new_tokens=task.max_new_tokens)
+    settings = ProbeSettings(
+        n_prompts=task.n_prompts, shots=task.shots, samples=task.samples, max_new_tokens=task.max_new_tokens
+    )
     results = categorize(rows, settings, model_answerer(model, tokenizer, evaluation.batch_size))
     counts = summary(results)
     items = [{"id": i, "score": float(r["category"] == "HighlyKnown"), **r} for i, r in zip(item_ids(rows), results)]
-    return {"score": counts["HighlyKnown"] / len(rows), "scores": {k: float(v) for k, v in counts.items()}, "items": items}
+    return {
+        "score": counts["HighlyKnown"] / len(rows),
+        "scores": {k: float(v) for k, v in counts.items()},
+        "items": items,
+    }

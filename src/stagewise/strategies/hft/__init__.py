@@ -16,6 +16,7 @@ GPT-2's fused ``c_attn`` (q, k and v in one Conv1D) cannot be half-frozen by
 ``requires_grad``; there the attention categories are ``c_attn`` and ``c_proj`` and one of
 the two trains (documented fallback).
 """
+
 from __future__ import annotations
 
 import math
@@ -148,15 +149,22 @@ class RedrawEachEpoch(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         epoch = int(state.epoch or 0)
-        set_trainable(self.model, draw_mask(self.model, self.config, mask_seed(self.context.seed, self.context.stage_index, epoch)))
+        set_trainable(
+            self.model,
+            draw_mask(self.model, self.config, mask_seed(self.context.seed, self.context.stage_index, epoch)),
+        )
 
 
 @SELECTORS.register("hft", HFTConfig, requires=Requires(plain_weights=True))
 def select_hft(model: torch.nn.Module, config: HFTConfig, context: SelectionContext) -> Selection | None:
     """Half Fine-Tuning: a random half of each block's attention/MLP/norm parameters train."""
     if config.redraw == "per_epoch":
-        candidates = [p for block in block_parts(model) for _, m in block.attention + block.mlp + block.norms
-                      for p in m.parameters()] + outer_parameters(model, config)
+        candidates = [
+            p
+            for block in block_parts(model)
+            for _, m in block.attention + block.mlp + block.norms
+            for p in m.parameters()
+        ] + outer_parameters(model, config)
         set_trainable(model, candidates)  # the optimizer holds every candidate; each epoch masks by grad
         return Selection(callbacks=[RedrawEachEpoch(model, config, context)])
     set_trainable(model, draw_mask(model, config, mask_seed(context.seed, context.stage_index)))

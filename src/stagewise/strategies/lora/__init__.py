@@ -15,6 +15,7 @@ PEFT's forgetting-aware variants are options of the same selector:
 PiSSA/OLoRA/CorDA rewrite the base weights to the residual; the saved base folder holds that
 residual, so base + adapter reload to the trained model.
 """
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -32,22 +33,24 @@ MARKER = "lora_"
 
 
 class LoraSelectorConfig(PluginConfig):
-    lora_rank: int = Field(default=8, ge=1)                 # LLaMA-Factory's key; paper/PEFT default r=8
-    lora_alpha: float | None = None                         # default 2 x rank (LLaMA-Factory)
+    lora_rank: int = Field(default=8, ge=1)  # LLaMA-Factory's key; paper/PEFT default r=8
+    lora_alpha: float | None = None  # default 2 x rank (LLaMA-Factory)
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    lora_target: list[str] | Literal["all"] = "all"         # module names, or every linear layer
-    merge_on_save: bool = False                             # save (and carry on) merged weights instead of an adapter
-    use_dora: bool = False                                  # DoRA: weight-decomposed low-rank adaptation
+    lora_target: list[str] | Literal["all"] = "all"  # module names, or every linear layer
+    merge_on_save: bool = False  # save (and carry on) merged weights instead of an adapter
+    use_dora: bool = False  # DoRA: weight-decomposed low-rank adaptation
     init: Literal["default", "gaussian", "pissa", "olora", "corda"] = "default"  # PEFT's init_lora_weights
-    corda_data: str | None = None                           # init corda: the dataset whose activations to keep
-    corda_method: Literal["kpm", "ipm"] = "kpm"             # CorDA: knowledge-preserved (kpm) or instruction-previewed
-    corda_samples: int = Field(default=64, ge=1)            # CorDA: examples of corda_data read for the covariance
+    corda_data: str | None = None  # init corda: the dataset whose activations to keep
+    corda_method: Literal["kpm", "ipm"] = "kpm"  # CorDA: knowledge-preserved (kpm) or instruction-previewed
+    corda_samples: int = Field(default=64, ge=1)  # CorDA: examples of corda_data read for the covariance
     dataset_fields: ClassVar[tuple[str, ...]] = ("corda_data",)
 
     @model_validator(mode="after")
     def _corda_needs_data(self) -> "LoraSelectorConfig":
         if (self.init == "corda") != (self.corda_data is not None):
-            raise ValueError("init: corda and corda_data go together (CorDA decomposes weights by that data's activations)")
+            raise ValueError(
+                "init: corda and corda_data go together (CorDA decomposes weights by that data's activations)"
+            )
         return self
 
 
@@ -55,8 +58,9 @@ def _carries_lora(model: torch.nn.Module) -> bool:
     return is_peft_model(model) and "lora" in str(model.peft_config["default"].peft_type).lower()
 
 
-@SELECTORS.register("lora", LoraSelectorConfig, requires=Requires(sharded=False),
-                    traits=SelectorTraits(wraps_model=True))
+@SELECTORS.register(
+    "lora", LoraSelectorConfig, requires=Requires(sharded=False), traits=SelectorTraits(wraps_model=True)
+)
 def select_lora(model: torch.nn.Module, config: LoraSelectorConfig, context: SelectionContext) -> Selection:
     """Low-rank adapters on the target modules; only the adapters train."""
     return Selection(model=train_addon(model, LORA, "lora", lambda: attach_lora(model, config, context)))
@@ -68,9 +72,14 @@ def attach_lora(model: torch.nn.Module, config: LoraSelectorConfig, context: Sel
     target = "all-linear" if config.lora_target == "all" else config.lora_target
     init: Any = {"default": True, "gaussian": "gaussian"}.get(config.init, config.init)
     peft_config = LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha or 2 * config.lora_rank,
-        lora_dropout=config.lora_dropout, target_modules=target, task_type=peft_task_type(model),
-        use_dora=config.use_dora, init_lora_weights=init, **corda_settings(config),
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha or 2 * config.lora_rank,
+        lora_dropout=config.lora_dropout,
+        target_modules=target,
+        task_type=peft_task_type(model),
+        use_dora=config.use_dora,
+        init_lora_weights=init,
+        **corda_settings(config),
     )
     torch.manual_seed(context.seed)
     try:
@@ -95,8 +104,9 @@ def corda_settings(config: LoraSelectorConfig) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def prepare_corda(model: torch.nn.Module, peft_config: Any, config: LoraSelectorConfig,
-                  context: SelectionContext) -> None:
+def prepare_corda(
+    model: torch.nn.Module, peft_config: Any, config: LoraSelectorConfig, context: SelectionContext
+) -> None:
     """CorDA's covariance pass: the model reads ``corda_samples`` examples of ``corda_data``, one
     at a time (PEFT's hooks take one unpadded sequence per call)."""
     from peft.tuners.lora.corda import preprocess_corda
@@ -108,7 +118,7 @@ def prepare_corda(model: torch.nn.Module, peft_config: Any, config: LoraSelector
     device = next(model.parameters()).device
 
     def run_model() -> None:
-        for example in examples[:config.corda_samples]:
+        for example in examples[: config.corda_samples]:
             model(input_ids=torch.tensor([example["input_ids"]], device=device))
 
     preprocess_corda(model, peft_config, run_model=run_model)
@@ -143,8 +153,10 @@ class LoraAddOn:
 
     def for_probe(self, model: torch.nn.Module, probe: Any, group: str) -> torch.nn.Module:
         if probe.addon == "never":
-            raise RecipeError(f"evaluation {probe.name!r}: addon: never cannot detach LoRA layers "
-                              "(they are inside the model); use merge_on_save or drop the key")
+            raise RecipeError(
+                f"evaluation {probe.name!r}: addon: never cannot detach LoRA layers "
+                "(they are inside the model); use merge_on_save or drop the key"
+            )
         return model
 
 

@@ -14,6 +14,7 @@ scales (the 1-D tensors: the reference names them ``bias``/``norm``) take the pl
 Decoupled weight decay applies to every entry, as in the reference; which tensors decay is the
 Trainer's usual split (no decay on biases and norms). ``fraction: 1.0`` is AdamW exactly.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -28,7 +29,7 @@ from ...registry import OPTIMIZERS, PluginConfig, Requires
 
 class MoFOConfig(PluginConfig):
     fraction: float = Field(default=0.15, gt=0, le=1)  # share of each matrix updated per step; the reference
-                                                       # recommends 5-20% (README "MoFO_fraction"), 15% its example
+    # recommends 5-20% (README "MoFO_fraction"), 15% its example
 
 
 def momentum_mask(exp_avg: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -45,10 +46,18 @@ class MoFO(torch.optim.Optimizer):
     restricted to its largest-momentum entries. State keys are AdamW's (``step``, ``exp_avg``,
     ``exp_avg_sq``), so checkpoints save and resume it like any torch optimizer."""
 
-    def __init__(self, params: Any, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, fraction: float = 0.15) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-                                  "fraction": fraction})
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        fraction: float = 0.15,
+    ) -> None:
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "fraction": fraction}
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -89,5 +98,11 @@ def mofo(config: MoFOConfig, groups: ParamGroups, args: TrainingArguments) -> to
     """MoFO over the stage's groups, with the stage's learning rate, betas and epsilon.
 
     Not on FSDP2 shards: the top-k of a tensor would be taken per rank's slice."""
-    return MoFO(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-                weight_decay=args.weight_decay, fraction=config.fraction)
+    return MoFO(
+        groups,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+        fraction=config.fraction,
+    )

@@ -20,6 +20,7 @@ copy of the model (``stagewise plan`` counts it). We chose TRL's
 ``DistillationTrainer`` over the experimental ``GKDTrainer``: it is stable, fully on-policy (GKD's
 ``lmbda`` = 1) and computes the divergence chunk by chunk without materialising full logits.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,9 +36,9 @@ from ...trainers import TrainerInputs, stage_trainer_class
 
 class OnPolicyDistillConfig(PluginConfig):
     named_model_fields = ("teacher",)
-    teacher: str = "base"                           # base, an earlier stage's name, or a local model folder
-    beta: float = Field(default=1.0, ge=0, le=1)    # TRL default 1.0 = reverse KL; 0 forward KL, 0.5 JSD (GKD)
-    temperature: float = Field(default=1.0, gt=0)   # sampling and divergence temperature (GKD and TRL: 1.0)
+    teacher: str = "base"  # base, an earlier stage's name, or a local model folder
+    beta: float = Field(default=1.0, ge=0, le=1)  # TRL default 1.0 = reverse KL; 0 forward KL, 0.5 JSD (GKD)
+    temperature: float = Field(default=1.0, gt=0)  # sampling and divergence temperature (GKD and TRL: 1.0)
     max_new_tokens: int = Field(default=128, ge=1)  # completion length sampled per prompt
 
 
@@ -57,6 +58,7 @@ class AdapterOff(torch.nn.Module):
         def without_adapter(**inputs: Any) -> Any:
             with self.student.disable_adapter():
                 return backbone(**inputs)
+
         return without_adapter
 
     def get_output_embeddings(self) -> Any:
@@ -76,24 +78,37 @@ def adapter_off_teacher(student: Any, teacher: Any) -> AdapterOff | None:
         mine = dict(base.named_parameters())
         names = list(teacher.keys())
         if not set(mine) <= set(names) or any(
-                name not in mine and name not in dict(base.named_buffers()) for name in names):
+            name not in mine and name not in dict(base.named_buffers()) for name in names
+        ):
             return None
-        same = all(name not in mine or (mine[name].shape == teacher.shape(name)
-                                        and torch.equal(mine[name].detach().cpu(), teacher[name].to(mine[name].dtype)))
-                   for name in names)
+        same = all(
+            name not in mine
+            or (
+                mine[name].shape == teacher.shape(name)
+                and torch.equal(mine[name].detach().cpu(), teacher[name].to(mine[name].dtype))
+            )
+            for name in names
+        )
     return AdapterOff(student) if same else None
 
 
 def distill_plan(config: OnPolicyDistillConfig, ctx: Any) -> dict[str, float]:
     """`stagewise plan`: the teacher (a model of the student's size) and the sampling KV cache."""
-    return {"teacher model": ctx.stored_weights,
-            "generation kv cache": ctx.batch_size * (ctx.seq_len + config.max_new_tokens) * ctx.kv_bytes_per_token}
+    return {
+        "teacher model": ctx.stored_weights,
+        "generation kv cache": ctx.batch_size * (ctx.seq_len + config.max_new_tokens) * ctx.kv_bytes_per_token,
+    }
 
 
-@TRAINERS.register("distill", OnPolicyDistillConfig,
-                   requires=Requires(objectives=("lm",), formats=("instruction", "prompt_completion"),
-                                     model_tasks=("causal_lm",), sharded=False),
-                   traits=TrainerTraits(takes_loss=False, samples_examples=False), plan=distill_plan)
+@TRAINERS.register(
+    "distill",
+    OnPolicyDistillConfig,
+    requires=Requires(
+        objectives=("lm",), formats=("instruction", "prompt_completion"), model_tasks=("causal_lm",), sharded=False
+    ),
+    traits=TrainerTraits(takes_loss=False, samples_examples=False),
+    plan=distill_plan,
+)
 def on_policy_distill_trainer(config: OnPolicyDistillConfig, inputs: TrainerInputs) -> Trainer:
     """The stage's prompts (rendered as training renders them), answered by the student and scored by
     the teacher (TRL DistillationTrainer); the rows' own answers are not used."""
@@ -101,12 +116,23 @@ def on_policy_distill_trainer(config: OnPolicyDistillConfig, inputs: TrainerInpu
     from trl import DistillationConfig, DistillationTrainer
 
     named = inputs.weights_named(config.teacher) if inputs.weights_named else None
-    teacher = (adapter_off_teacher(inputs.model, named) if named is not None else None) or \
-        inputs.model_named(config.teacher)
-    args = inputs.args_for(DistillationConfig, beta=config.beta, temperature=config.temperature,
-                           max_completion_length=config.max_new_tokens,
-                           include_num_input_tokens_seen=False)  # the batches hold prompts, not input_ids
+    teacher = (adapter_off_teacher(inputs.model, named) if named is not None else None) or inputs.model_named(
+        config.teacher
+    )
+    args = inputs.args_for(
+        DistillationConfig,
+        beta=config.beta,
+        temperature=config.temperature,
+        max_completion_length=config.max_new_tokens,
+        include_num_input_tokens_seen=False,
+    )  # the batches hold prompts, not input_ids
     dataset = Dataset.from_list([{"prompt": prompt} for prompt in inputs.prompts()])
     return stage_trainer_class(DistillationTrainer)(
-        model=inputs.model, teacher_model=teacher, args=args, train_dataset=dataset,
-        processing_class=inputs.tokenizer, callbacks=inputs.callbacks, **inputs.stage_features())
+        model=inputs.model,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=dataset,
+        processing_class=inputs.tokenizer,
+        callbacks=inputs.callbacks,
+        **inputs.stage_features(),
+    )

@@ -17,6 +17,7 @@ stage dataset an earlier stage trained on (``datasets`` names others). Rows keep
 template; answers are greedy (the reference samples at temperature 0.1), cached by (entering
 model, rows, settings), and written beside the stage as ``on-policy-replay-<dataset>.jsonl``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,8 +36,8 @@ ANSWER_KEY = {"instruction": "output", "prompt_completion": "completion"}  # whe
 
 
 class OnPolicyReplayConfig(TransformConfig, RewardSource):
-    threshold: float = 0.0                          # reward_model: keep answers scored at or above this
-    max_new_tokens: int = Field(default=64, ge=1)   # answer length (the reference: 512 for long tasks)
+    threshold: float = 0.0  # reward_model: keep answers scored at or above this
+    max_new_tokens: int = Field(default=64, ge=1)  # answer length (the reference: 512 for long tasks)
     batch_size: int = Field(default=16, ge=1)
 
     def targets(self, stage_data: list[str], earlier_data: set[str]) -> list[str]:
@@ -46,15 +47,23 @@ class OnPolicyReplayConfig(TransformConfig, RewardSource):
         return [name for name in stage_data if name in earlier_data]
 
 
-@TRANSFORMS.register("on_policy_replay", OnPolicyReplayConfig, example={"reward_rule": "contains", "datasets": ["d"]},
-                     requires=Requires(formats=tuple(ANSWER_KEY), model_tasks=("causal_lm",)), plan=generation_plan)
+@TRANSFORMS.register(
+    "on_policy_replay",
+    OnPolicyReplayConfig,
+    example={"reward_rule": "contains", "datasets": ["d"]},
+    requires=Requires(formats=tuple(ANSWER_KEY), model_tasks=("causal_lm",)),
+    plan=generation_plan,
+)
 def on_policy_replay(rows: list[dict[str, Any]], config: OnPolicyReplayConfig, context: TransformContext):
     """Each row answered by the entering model; the rows whose own answer passes the filter, with
     that answer in place of the gold one."""
     data_format = context.dataset.format
-    answers = cached("on_policy_replay", [context.model_key, rows_fingerprint(rows), data_format,
-                                          context.dataset.template, config.max_new_tokens],
-                     lambda: own_answers(rows, config, context), context.log)
+    answers = cached(
+        "on_policy_replay",
+        [context.model_key, rows_fingerprint(rows), data_format, context.dataset.template, config.max_new_tokens],
+        lambda: own_answers(rows, config, context),
+        context.log,
+    )
     passed = passing(rows, answers, config, context)
     key = ANSWER_KEY[data_format]
     replay = [{**row, key: answer, "on_policy_replay": True} for row, answer, ok in zip(rows, answers, passed) if ok]
@@ -65,23 +74,34 @@ def on_policy_replay(rows: list[dict[str, Any]], config: OnPolicyReplayConfig, c
 def own_answers(rows: list[dict[str, Any]], config: OnPolicyReplayConfig, context: TransformContext) -> list[str]:
     """The entering model's greedy answer to each row's prompt, rendered as the row trains."""
     ids = [encode_prompt(row, context.dataset.format, context.tokenizer, context.dataset.template) for row in rows]
-    outputs = generate(context.model, context.tokenizer, ids, SamplingConfig(max_new_tokens=config.max_new_tokens),
-                       batch_size=config.batch_size, desc="on-policy replay")
+    outputs = generate(
+        context.model,
+        context.tokenizer,
+        ids,
+        SamplingConfig(max_new_tokens=config.max_new_tokens),
+        batch_size=config.batch_size,
+        desc="on-policy replay",
+    )
     if context.dataset.format == "prompt_completion":  # the completion's own leading space is part of it
         return [texts[0].rstrip() for texts in outputs]
     return [texts[0].strip() for texts in outputs]
 
 
-def passing(rows: list[dict[str, Any]], answers: list[str], config: OnPolicyReplayConfig,
-            context: TransformContext) -> list[bool]:
+def passing(
+    rows: list[dict[str, Any]], answers: list[str], config: OnPolicyReplayConfig, context: TransformContext
+) -> list[bool]:
     """Which answers the filter keeps: right by ``reward_rule`` against the row's gold, or scored at
     least ``threshold`` by the reward stage's model. Empty answers never pass."""
     if config.reward_rule is not None:
-        return [bool(answer) and answer_correct(config.reward_rule, answer, row, config.pattern)
-                for row, answer in zip(rows, answers)]
+        return [
+            bool(answer) and answer_correct(config.reward_rule, answer, row, config.pattern)
+            for row, answer in zip(rows, answers)
+        ]
     device = next(context.model.parameters()).device
     judge = load_reward_model(context.stage_folder(config.reward_model), device)
-    texts = [prompt_text(row, context.dataset.format, context.tokenizer, context.dataset.template) + answer
-             for row, answer in zip(rows, answers)]
+    texts = [
+        prompt_text(row, context.dataset.format, context.tokenizer, context.dataset.template) + answer
+        for row, answer in zip(rows, answers)
+    ]
     scores = reward_scores(judge, context.tokenizer, texts, config.batch_size, max_length=2048)
     return [bool(answer) and score >= config.threshold for answer, score in zip(answers, scores)]

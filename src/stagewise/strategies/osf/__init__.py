@@ -6,6 +6,7 @@ subspace, orthogonal to them — a continual-learning adapter that protects earl
 The stage saves the merged weights (a plain ``save_pretrained`` folder), so the next stage, or
 the next task of a sequence, decomposes the updated matrices afresh.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -23,16 +24,20 @@ MARKER = "osf_svd_params"
 
 class OSFSelectorConfig(PluginConfig):
     effective_rank: float | None = Field(default=None, gt=0)  # frozen rank: an int, or a fraction of min(shape);
-                                                               # None = half of each matrix's smaller dimension
-    target: list[str] | Literal["all"] = "all"                 # module names, or every linear layer
+    # None = half of each matrix's smaller dimension
+    target: list[str] | Literal["all"] = "all"  # module names, or every linear layer
 
 
 def _carries_osf(model: torch.nn.Module) -> bool:
     return is_peft_model(model) and "osf" in str(model.peft_config["default"].peft_type).lower()
 
 
-@SELECTORS.register("osf", OSFSelectorConfig, requires=Requires(plain_weights=True, sharded=False),
-                    traits=SelectorTraits(wraps_model=True))
+@SELECTORS.register(
+    "osf",
+    OSFSelectorConfig,
+    requires=Requires(plain_weights=True, sharded=False),
+    traits=SelectorTraits(wraps_model=True),
+)
 def select_osf(model: torch.nn.Module, config: OSFSelectorConfig, context: SelectionContext) -> Selection:
     """Train each target matrix only in the subspace orthogonal to its top singular directions."""
     return Selection(model=train_addon(model, OSF, "osf", lambda: attach_osf(model, config)))
@@ -41,12 +46,16 @@ def select_osf(model: torch.nn.Module, config: OSFSelectorConfig, context: Selec
 def attach_osf(model: torch.nn.Module, config: OSFSelectorConfig) -> torch.nn.Module:
     from peft import OSFConfig, get_peft_model
 
-    rank: Any = int(config.effective_rank) if config.effective_rank is not None and config.effective_rank >= 1 \
+    rank: Any = (
+        int(config.effective_rank)
+        if config.effective_rank is not None and config.effective_rank >= 1
         else config.effective_rank
+    )
     target = "all-linear" if config.target == "all" else config.target
     try:
-        return get_peft_model(model, OSFConfig(effective_rank=rank, target_modules=target,
-                                               task_type=peft_task_type(model)))
+        return get_peft_model(
+            model, OSFConfig(effective_rank=rank, target_modules=target, task_type=peft_task_type(model))
+        )
     except ValueError as err:
         raise RecipeError(f"trainable.target: {str(err).splitlines()[0]}") from None
 

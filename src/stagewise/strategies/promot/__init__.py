@@ -8,6 +8,7 @@ add-on, and add-ons train only under their own selector). At inference the promp
 the fine-tuned task and removed for every other task: the add-on's probe rule below (a probe's
 ``addon: auto|always|never``; ``auto`` = attached for target probes only).
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -24,7 +25,7 @@ MARKER = "prompt_encoder"
 
 
 class PromptSelectorConfig(PluginConfig):
-    num_virtual_tokens: int = Field(default=20, ge=1)       # ProMoT paper: 100 on large models
+    num_virtual_tokens: int = Field(default=20, ge=1)  # ProMoT paper: 100 on large models
     init: Literal["sample_vocab", "random", "text"] = "sample_vocab"
     init_text: str | None = None
 
@@ -33,8 +34,9 @@ def _carries_prompt(model: torch.nn.Module) -> bool:
     return is_peft_model(model) and model.peft_config["default"].is_prompt_learning
 
 
-@SELECTORS.register("prompt", PromptSelectorConfig, requires=Requires(sharded=False),
-                    traits=SelectorTraits(wraps_model=True))
+@SELECTORS.register(
+    "prompt", PromptSelectorConfig, requires=Requires(sharded=False), traits=SelectorTraits(wraps_model=True)
+)
 def select_prompt(model: torch.nn.Module, config: PromptSelectorConfig, context: SelectionContext) -> Selection:
     """Soft prompt tuning: virtual token embeddings prepended to every input; only they train."""
     return Selection(model=train_addon(model, SOFT_PROMPT, "prompt", lambda: attach_prompt(model, config, context)))
@@ -47,10 +49,15 @@ def attach_prompt(model: torch.nn.Module, config: PromptSelectorConfig, context:
         raise RecipeError("trainable.init_text: required when init is 'text'")
     name_or_path = getattr(model.config, "_name_or_path", None)
     peft_config = PromptTuningConfig(
-        task_type=peft_task_type(model), num_virtual_tokens=config.num_virtual_tokens,
-        prompt_tuning_init={"sample_vocab": PromptTuningInit.SAMPLE_VOCAB, "random": PromptTuningInit.RANDOM,
-                            "text": PromptTuningInit.TEXT}[config.init],
-        prompt_tuning_init_text=config.init_text, tokenizer_name_or_path=name_or_path if config.init == "text" else None,
+        task_type=peft_task_type(model),
+        num_virtual_tokens=config.num_virtual_tokens,
+        prompt_tuning_init={
+            "sample_vocab": PromptTuningInit.SAMPLE_VOCAB,
+            "random": PromptTuningInit.RANDOM,
+            "text": PromptTuningInit.TEXT,
+        }[config.init],
+        prompt_tuning_init_text=config.init_text,
+        tokenizer_name_or_path=name_or_path if config.init == "text" else None,
     )
     torch.manual_seed(context.seed)
     return get_peft_model(model, peft_config)

@@ -10,6 +10,7 @@
 Each is a trainer entry on ``preference`` rows (prompt/chosen/rejected), like ``dpo``; every
 selector, LR rule and regularizer reaches it through the trainer slot.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,16 +26,16 @@ OWN_BATCHES = TrainerTraits(takes_loss=False, samples_examples=False)
 
 
 class ORPOConfig(PluginConfig):
-    beta: float = Field(default=0.1, gt=0)        # λ of the odds-ratio term (paper: 0.1 on Mistral/Llama-2)
+    beta: float = Field(default=0.1, gt=0)  # λ of the odds-ratio term (paper: 0.1 on Mistral/Llama-2)
 
 
 class CPOConfig(PluginConfig):
-    beta: float = Field(default=0.1, gt=0)        # TRL / CPO paper default
-    cpo_alpha: float = Field(default=1.0, ge=0)   # weight of the NLL term on the chosen answer
+    beta: float = Field(default=0.1, gt=0)  # TRL / CPO paper default
+    cpo_alpha: float = Field(default=1.0, ge=0)  # weight of the NLL term on the chosen answer
 
 
 class SimPOConfig(PluginConfig):
-    beta: float = Field(default=2.0, gt=0)        # SimPO paper: β in 2.0-2.5
+    beta: float = Field(default=2.0, gt=0)  # SimPO paper: β in 2.0-2.5
     gamma_beta_ratio: float = Field(default=0.5, ge=0)  # SimPO paper: γ/β = 0.5 (TRL's simpo_gamma = γ)
 
 
@@ -43,8 +44,13 @@ def preference_trainer(trainer_cls: Any, config_cls: Any, inputs: TrainerInputs,
 
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in inputs.rows])
     return stage_trainer_class(trainer_cls)(
-        model=inputs.model, args=inputs.args_for(config_cls, **settings), train_dataset=dataset,
-        processing_class=inputs.tokenizer, callbacks=inputs.callbacks, **inputs.stage_features())
+        model=inputs.model,
+        args=inputs.args_for(config_cls, **settings),
+        train_dataset=dataset,
+        processing_class=inputs.tokenizer,
+        callbacks=inputs.callbacks,
+        **inputs.stage_features(),
+    )
 
 
 @TRAINERS.register("orpo", ORPOConfig, requires=PREFERENCE, traits=OWN_BATCHES)
@@ -62,8 +68,9 @@ def cpo_trainer(config: CPOConfig, inputs: TrainerInputs) -> Trainer:
     from trl.experimental.cpo import CPOConfig as TrlConfig
     from trl.experimental.cpo import CPOTrainer
 
-    return preference_trainer(CPOTrainer, TrlConfig, inputs, beta=config.beta, cpo_alpha=config.cpo_alpha,
-                              loss_type="sigmoid")
+    return preference_trainer(
+        CPOTrainer, TrlConfig, inputs, beta=config.beta, cpo_alpha=config.cpo_alpha, loss_type="sigmoid"
+    )
 
 
 @TRAINERS.register("simpo", SimPOConfig, requires=PREFERENCE, traits=OWN_BATCHES)
@@ -72,5 +79,12 @@ def simpo_trainer(config: SimPOConfig, inputs: TrainerInputs) -> Trainer:
     from trl.experimental.cpo import CPOConfig as TrlConfig
     from trl.experimental.cpo import CPOTrainer
 
-    return preference_trainer(CPOTrainer, TrlConfig, inputs, beta=config.beta, loss_type="simpo", cpo_alpha=0.0,
-                              simpo_gamma=config.gamma_beta_ratio * config.beta)
+    return preference_trainer(
+        CPOTrainer,
+        TrlConfig,
+        inputs,
+        beta=config.beta,
+        loss_type="simpo",
+        cpo_alpha=0.0,
+        simpo_gamma=config.gamma_beta_ratio * config.beta,
+    )

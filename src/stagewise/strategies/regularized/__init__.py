@@ -11,6 +11,7 @@
 tensors the stage's selector made trainable are anchored, and the Fisher is computed on them
 alone, once per stage, and cached by (entering model, Fisher data, settings).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,25 +24,25 @@ import torch
 from pydantic import Field
 
 from ...bundled import cache_dir
-from ...errors import DataError
 from ...distributed import barrier, broadcast_from_main, is_main_process
+from ...errors import DataError
 from ...registry import REGULARIZERS, PluginConfig
 from ...regularizers import Penalty, RegularizerContext
 from ...sharding import local, local_shard, sum_over_ranks
 
 
 class L2SPConfig(PluginConfig):
-    weight: float = Field(default=0.01, ge=0)    # λ; the paper's α = 0.1 (images); tune on a dev set
-    offload: bool = False                        # keep θ₀ on the CPU (no device memory; a copy per step)
+    weight: float = Field(default=0.01, ge=0)  # λ; the paper's α = 0.1 (images); tune on a dev set
+    offload: bool = False  # keep θ₀ on the CPU (no device memory; a copy per step)
 
 
 class EWCConfig(PluginConfig):
     dataset_fields = ("data",)
-    weight: float = Field(default=1.0, ge=0)     # λ; scale with 1 / mean Fisher (the paper tunes it per task)
-    data: str                                    # the dataset whose loss defines the Fisher (old task / general)
-    batches: int = Field(default=32, ge=1)       # batches averaged into the Fisher (the first ones, in order)
-    batch_size: int = Field(default=1, ge=1)     # 1: per-example squared gradients (the paper's empirical Fisher)
-    offload: bool = False                        # keep θ₀ and F on the CPU
+    weight: float = Field(default=1.0, ge=0)  # λ; scale with 1 / mean Fisher (the paper tunes it per task)
+    data: str  # the dataset whose loss defines the Fisher (old task / general)
+    batches: int = Field(default=32, ge=1)  # batches averaged into the Fisher (the first ones, in order)
+    batch_size: int = Field(default=1, ge=1)  # 1: per-example squared gradients (the paper's empirical Fisher)
+    offload: bool = False  # keep θ₀ and F on the CPU
 
 
 def trainable_tensors(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -65,17 +66,21 @@ class Anchor:
     under FSDP2 it follows the shards: θ₀ and F are cut like each parameter, every rank works on
     its own slice, and the logged value is summed over ranks."""
 
-    def __init__(self, model: torch.nn.Module, weight: float, importance: list[torch.Tensor] | None = None,
-                 offload: bool = False) -> None:
-        from ...precision import storage_dtype
+    def __init__(
+        self, model: torch.nn.Module, weight: float, importance: list[torch.Tensor] | None = None, offload: bool = False
+    ) -> None:
         from ...addons import base_model_of
+        from ...precision import storage_dtype
 
         dtype = storage_dtype(base_model_of(model))
         named = trainable_tensors(model)
         self.names = [name for name, _ in named]
         self.params = [param for _, param in named]
-        self.home = (lambda t: t.detach().to("cpu", dtype, copy=True)) if offload else (
-            lambda t: t.detach().to(dtype=dtype, copy=True))
+        self.home = (
+            (lambda t: t.detach().to("cpu", dtype, copy=True))
+            if offload
+            else (lambda t: t.detach().to(dtype=dtype, copy=True))
+        )
         self.anchor = [self.home(param) for param in self.params]
         self.importance = None if importance is None else [self.home(tensor) for tensor in importance]
         self.weight = weight
@@ -119,8 +124,9 @@ class Anchor:
 
 def anchor_plan(copies: int) -> Any:
     """`stagewise plan`: θ₀ (and F) in the storage dtype over the trained tensors, on the device unless offloaded."""
-    return lambda config, ctx: {f"{config.kind} copies": 0.0 if config.offload
-                                else copies * ctx.trainable * ctx.storage_bytes / ctx.devices}
+    return lambda config, ctx: {
+        f"{config.kind} copies": 0.0 if config.offload else copies * ctx.trainable * ctx.storage_bytes / ctx.devices
+    }
 
 
 @REGULARIZERS.register("l2sp", L2SPConfig, plan=anchor_plan(1))
@@ -129,8 +135,9 @@ def l2sp(config: L2SPConfig, model: torch.nn.Module, context: RegularizerContext
     return Anchor(model, config.weight, offload=config.offload) if trainable_tensors(model) else None
 
 
-def empirical_fisher(model: torch.nn.Module, examples: list[dict[str, Any]], collator: Any, batches: int,
-                     batch_size: int) -> list[torch.Tensor]:
+def empirical_fisher(
+    model: torch.nn.Module, examples: list[dict[str, Any]], collator: Any, batches: int, batch_size: int
+) -> list[torch.Tensor]:
     """Diagonal empirical Fisher of the trainable tensors: the mean over ``batches`` batches of the
     squared gradient of the model's loss (dropout off: the Fisher of the model, not of a mask)."""
     params = [param for _, param in trainable_tensors(model)]
@@ -141,7 +148,7 @@ def empirical_fisher(model: torch.nn.Module, examples: list[dict[str, Any]], col
     model.eval()
     try:
         for start in range(0, count * batch_size, batch_size):
-            batch = {k: v.to(device) for k, v in collator(examples[start:start + batch_size]).items()}
+            batch = {k: v.to(device) for k, v in collator(examples[start : start + batch_size]).items()}
             grads = torch.autograd.grad(model(**batch).loss, params, allow_unused=True)
             for total, grad in zip(fisher, grads):
                 if grad is not None:
@@ -151,11 +158,18 @@ def empirical_fisher(model: torch.nn.Module, examples: list[dict[str, Any]], col
     return [total / count for total in fisher]
 
 
-def fisher_cache_key(context: RegularizerContext, config: EWCConfig, names: list[str],
-                     examples: list[dict[str, Any]]) -> str:
-    used = examples[:config.batches * config.batch_size]
-    payload = [context.model_key, names, config.batches, config.batch_size,
-               [example.get("input_ids") for example in used], [example.get("labels") for example in used]]
+def fisher_cache_key(
+    context: RegularizerContext, config: EWCConfig, names: list[str], examples: list[dict[str, Any]]
+) -> str:
+    used = examples[: config.batches * config.batch_size]
+    payload = [
+        context.model_key,
+        names,
+        config.batches,
+        config.batch_size,
+        [example.get("input_ids") for example in used],
+        [example.get("labels") for example in used],
+    ]
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:24]
 
 
@@ -164,8 +178,11 @@ def cached_fisher(path: Path, named: list[tuple[str, torch.nn.Parameter]]) -> li
     from safetensors.torch import load_file
 
     cached = load_file(str(path)) if path.is_file() else None  # (safetensors returns its names sorted)
-    if cached is None or set(cached) != {name for name, _ in named} or any(
-            cached[name].shape != param.shape for name, param in named):
+    if (
+        cached is None
+        or set(cached) != {name for name, _ in named}
+        or any(cached[name].shape != param.shape for name, param in named)
+    ):
         return None
     return [cached[name].to(param.device) for name, param in named]
 
@@ -180,8 +197,10 @@ def ewc(config: EWCConfig, model: torch.nn.Module, context: RegularizerContext) 
         return None
     examples = context.examples_of(config.data)
     if not examples or "input_ids" not in examples[0]:
-        raise DataError(f"regularizer.data: dataset {config.data!r} gives no tokenized examples to compute the Fisher "
-                        "from (EWC needs text, instruction, chat, prompt_completion or classification rows)")
+        raise DataError(
+            f"regularizer.data: dataset {config.data!r} gives no tokenized examples to compute the Fisher "
+            "from (EWC needs text, instruction, chat, prompt_completion or classification rows)"
+        )
     names = [name for name, _ in named]
     path = cache_dir() / "fisher" / f"{fisher_cache_key(context, config, names, examples)}.safetensors"
     fisher = cached_fisher(path, named) if is_main_process() else None

@@ -9,6 +9,7 @@ model was trained on is not at hand. ``ratio`` counts replay rows per training r
 rows: 36 replay rows, 23% of the stage). Answers are cached by (entering model, prompts,
 settings) and written beside the stage as ``self-replay-<dataset>.jsonl``.
 """
+
 from __future__ import annotations
 
 import random
@@ -26,36 +27,55 @@ from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
 
 class SelfReplayConfig(TransformConfig):
     dataset_fields: ClassVar[tuple[str, ...]] = ("prompts",)
-    prompts: str                                  # an instruction dataset whose instructions the model answers
-    ratio: float = Field(default=0.3, gt=0)       # replay rows per training row (0.25-0.43 = 20-30% of the stage)
+    prompts: str  # an instruction dataset whose instructions the model answers
+    ratio: float = Field(default=0.3, gt=0)  # replay rows per training row (0.25-0.43 = 20-30% of the stage)
     max_new_tokens: int = Field(default=64, ge=1)  # answer length
     batch_size: int = Field(default=16, ge=1)
 
 
-@TRANSFORMS.register("self_replay", SelfReplayConfig, example={"prompts": "d"},
-                     requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)), plan=generation_plan)
+@TRANSFORMS.register(
+    "self_replay",
+    SelfReplayConfig,
+    example={"prompts": "d"},
+    requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)),
+    plan=generation_plan,
+)
 def self_replay(rows: list[dict[str, Any]], config: SelfReplayConfig, context: TransformContext):
     """Append the entering model's own greedy answers to ``ratio`` x len(rows) general prompts."""
     pool = [row for row in context.rows_of(config.prompts) if row.get("instruction")]
     if not pool:
-        raise DataError(f"transform 'self_replay': prompts dataset {config.prompts!r} has no rows with an "
-                        "'instruction' to answer")
+        raise DataError(
+            f"transform 'self_replay': prompts dataset {config.prompts!r} has no rows with an 'instruction' to answer"
+        )
     count = round(config.ratio * len(rows))
     rng = random.Random(context.seed)
     chosen = [rng.choice(pool) for _ in range(count)] if count > len(pool) else rng.sample(pool, count)
-    prompts = [{"instruction": row["instruction"], **({"input": row["input"]} if row.get("input") else {})}
-               for row in chosen]
+    prompts = [
+        {"instruction": row["instruction"], **({"input": row["input"]} if row.get("input") else {})} for row in chosen
+    ]
 
     def answer() -> list[str]:
-        ids = [encode_prompt({**row, "output": ""}, "instruction", context.tokenizer, context.dataset.template)
-               for row in prompts]
-        outputs = generate(context.model, context.tokenizer, ids, SamplingConfig(max_new_tokens=config.max_new_tokens),
-                           batch_size=config.batch_size, desc="self-replay")
+        ids = [
+            encode_prompt({**row, "output": ""}, "instruction", context.tokenizer, context.dataset.template)
+            for row in prompts
+        ]
+        outputs = generate(
+            context.model,
+            context.tokenizer,
+            ids,
+            SamplingConfig(max_new_tokens=config.max_new_tokens),
+            batch_size=config.batch_size,
+            desc="self-replay",
+        )
         return [texts[0].strip() for texts in outputs]
 
     settings = config.model_dump(exclude={"batch_size"})
-    answers = cached("self_replay", [context.model_key, rows_fingerprint(prompts), context.dataset.template, settings],
-                     answer, context.log)
+    answers = cached(
+        "self_replay",
+        [context.model_key, rows_fingerprint(prompts), context.dataset.template, settings],
+        answer,
+        context.log,
+    )
     replay = [{**prompt, "output": text, "self_replay": True} for prompt, text in zip(prompts, answers) if text]
     write_rows(context.stage_dir / f"self-replay-{context.dataset_name}.jsonl", replay)
     return rows + replay, {"rows": len(rows), "replay_rows": len(replay), "empty_answers": len(prompts) - len(replay)}

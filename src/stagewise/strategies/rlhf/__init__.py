@@ -18,6 +18,7 @@
 Every selector and LR rule reaches these trainers through the trainer slot (HFT redraws its half
 for the RL stage, as the HFT paper does for its alignment stage).
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,8 +32,8 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Tr
 from ...addons import is_peft_model
 from ...config import DatasetConfig, EvalTaskConfig, EvaluationConfig
 from ...errors import DataError, ModelError
-from ...precision import record_storage_dtype, storage_dtype
 from ...eval.suite import answer_correct, item_ids
+from ...precision import record_storage_dtype, storage_dtype
 from ...registry import METRICS, TRAINERS, PluginConfig, Requires, TrainerTraits
 from ...rewards import RewardSource, load_reward_model, reward_scores
 from ...trainers import TrainerInputs, frozen_reference, stage_trainer_class
@@ -44,8 +45,10 @@ def reward_model_from(model: PreTrainedModel, seed: int) -> PreTrainedModel:
     """A one-output sequence-classification model on ``model``'s backbone (its weights copied; the
     new head drawn from ``seed``): the reward model's starting point."""
     if is_peft_model(model):
-        raise ModelError("trainer 'reward' starts from a full model: merge the earlier stage's adapter first "
-                         "(merge: ...) or train the reward model from the base")
+        raise ModelError(
+            "trainer 'reward' starts from a full model: merge the earlier stage's adapter first "
+            "(merge: ...) or train the reward model from the base"
+        )
     config = copy.deepcopy(model.config)
     config.num_labels, config.id2label, config.label2id = 1, {0: "reward"}, {"reward": 0}
     config.architectures = None
@@ -55,13 +58,17 @@ def reward_model_from(model: PreTrainedModel, seed: int) -> PreTrainedModel:
     missing, _ = reward.load_state_dict(model.state_dict(), strict=False)
     uncopied = [name for name in missing if not name.startswith(HEADS)]
     if uncopied:
-        raise ModelError(f"trainer 'reward': {type(model).__name__}'s weights do not map onto "
-                         f"{type(reward).__name__} ({len(uncopied)} tensors missing, e.g. {uncopied[0]})")
+        raise ModelError(
+            f"trainer 'reward': {type(model).__name__}'s weights do not map onto "
+            f"{type(reward).__name__} ({len(uncopied)} tensors missing, e.g. {uncopied[0]})"
+        )
     return reward.to(next(model.parameters()).device)
 
 
 class RewardConfig(PluginConfig):
-    center_rewards: float | None = Field(default=None, ge=0)  # TRL's center_rewards_coefficient (Eisenstein et al. 2023: 0.01)
+    center_rewards: float | None = Field(
+        default=None, ge=0
+    )  # TRL's center_rewards_coefficient (Eisenstein et al. 2023: 0.01)
 
 
 def preference_dataset(rows: list[dict[str, Any]]) -> Any:
@@ -70,10 +77,13 @@ def preference_dataset(rows: list[dict[str, Any]]) -> Any:
     return Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows])
 
 
-@TRAINERS.register("reward", RewardConfig, requires=Requires(objectives=("preference",), model_tasks=("causal_lm",),
-                                                             plain_weights=True, sharded=False),
-                   traits=TrainerTraits(takes_loss=False, samples_examples=False, builds_model=reward_model_from),
-                   plan=lambda config, ctx: {"entering model (kept)": ctx.stored_weights})
+@TRAINERS.register(
+    "reward",
+    RewardConfig,
+    requires=Requires(objectives=("preference",), model_tasks=("causal_lm",), plain_weights=True, sharded=False),
+    traits=TrainerTraits(takes_loss=False, samples_examples=False, builds_model=reward_model_from),
+    plan=lambda config, ctx: {"entering model (kept)": ctx.stored_weights},
+)
 def reward_trainer(config: RewardConfig, inputs: TrainerInputs) -> Trainer:
     """A Bradley–Terry reward model on prompt/chosen/rejected rows (TRL RewardTrainer)."""
     from trl import RewardConfig as TrlRewardConfig
@@ -81,29 +91,48 @@ def reward_trainer(config: RewardConfig, inputs: TrainerInputs) -> Trainer:
 
     args = inputs.args_for(TrlRewardConfig, center_rewards_coefficient=config.center_rewards)
     return stage_trainer_class(RewardTrainer)(
-        model=inputs.model, args=args, train_dataset=preference_dataset(inputs.rows), processing_class=inputs.tokenizer,
-        callbacks=inputs.callbacks, **inputs.stage_features())
+        model=inputs.model,
+        args=args,
+        train_dataset=preference_dataset(inputs.rows),
+        processing_class=inputs.tokenizer,
+        callbacks=inputs.callbacks,
+        **inputs.stage_features(),
+    )
 
 
-@METRICS.register("reward_accuracy", requires=Requires(formats=("preference",), model_tasks=("sequence_classification",)))
+@METRICS.register(
+    "reward_accuracy", requires=Requires(formats=("preference",), model_tasks=("sequence_classification",))
+)
 @torch.inference_mode()
-def reward_accuracy(model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows,
-                    evaluation: EvaluationConfig) -> dict[str, Any]:
+def reward_accuracy(
+    model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
+) -> dict[str, Any]:
     """Held-out pairs on which the reward model scores the chosen answer above the rejected one
     (item score 1/0; ``scores`` also holds the mean reward margin)."""
     if model.config.num_labels != 1:
-        raise DataError(f"evaluation {task.name!r}: reward_accuracy needs a reward model (one output), "
-                        f"this model has {model.config.num_labels}")
+        raise DataError(
+            f"evaluation {task.name!r}: reward_accuracy needs a reward model (one output), "
+            f"this model has {model.config.num_labels}"
+        )
+
     def rewards(texts: list[str]) -> list[float]:
         return reward_scores(model, tokenizer, texts, evaluation.batch_size, evaluation.max_length)
 
     model.eval()
-    margins = [c - r for c, r in zip(rewards([row["prompt"] + row["chosen"] for row in rows]),
-                                     rewards([row["prompt"] + row["rejected"] for row in rows]))]
+    margins = [
+        c - r
+        for c, r in zip(
+            rewards([row["prompt"] + row["chosen"] for row in rows]),
+            rewards([row["prompt"] + row["rejected"] for row in rows]),
+        )
+    ]
     items = [{"id": i, "score": float(m > 0), "margin": m} for i, m in zip(item_ids(rows), margins)]
     accuracy = sum(item["score"] for item in items) / len(items)
-    return {"score": accuracy, "scores": {"reward_accuracy": accuracy, "margin": sum(margins) / len(margins)},
-            "items": items}
+    return {
+        "score": accuracy,
+        "scores": {"reward_accuracy": accuracy, "margin": sum(margins) / len(margins)},
+        "items": items,
+    }
 
 
 class OnPolicyConfig(RewardSource):
@@ -111,17 +140,20 @@ class OnPolicyConfig(RewardSource):
     sampled ``num_generations`` times; rewarded by a reward stage's model or a rule (``RewardSource``)."""
 
     num_generations: int = Field(default=4, ge=2)  # samples per prompt (the group)
-    max_new_tokens: int = Field(default=64, ge=1)   # completion length
+    max_new_tokens: int = Field(default=64, ge=1)  # completion length
     temperature: float = Field(default=1.0, gt=0)
-    beta: float = Field(default=0.04, ge=0)         # KL weight to the entering model (DeepSeekMath GRPO: 0.04)
+    beta: float = Field(default=0.04, ge=0)  # KL weight to the entering model (DeepSeekMath GRPO: 0.04)
 
 
 def rule_reward(config: OnPolicyConfig, rows: list[dict[str, Any]]) -> Any:
     """A TRL reward function: 1.0 where the completion is right about its row's gold answer by
     ``reward_rule``, else 0.0 (TRL passes the dataset's ``row_index`` column along)."""
+
     def reward(prompts: list[Any], completions: list[str], row_index: list[int], **_: Any) -> list[float]:
-        return [float(answer_correct(config.reward_rule, completion, rows[i], config.pattern))
-                for completion, i in zip(completions, row_index)]
+        return [
+            float(answer_correct(config.reward_rule, completion, rows[i], config.pattern))
+            for completion, i in zip(completions, row_index)
+        ]
 
     reward.__name__ = f"rule_{config.reward_rule}"
     return reward
@@ -139,36 +171,54 @@ def entering_model_as_reference(module: Any, model: Any) -> Iterator[None]:
         module.create_model_from_path = original
 
 
-def on_policy_trainer(trainer_cls: type[Trainer], config_cls: type, module: Any, config: OnPolicyConfig,
-                      inputs: TrainerInputs) -> Trainer:
+def on_policy_trainer(
+    trainer_cls: type[Trainer], config_cls: type, module: Any, config: OnPolicyConfig, inputs: TrainerInputs
+) -> Trainer:
     from datasets import Dataset
 
     dataset = Dataset.from_list([{"prompt": p, "row_index": i} for i, p in enumerate(inputs.prompts())])
     if config.reward_model:
-        reward_funcs: Any = load_reward_model(inputs.stage_folder(config.reward_model),
-                                              next(inputs.model.parameters()).device)
+        reward_funcs: Any = load_reward_model(
+            inputs.stage_folder(config.reward_model), next(inputs.model.parameters()).device
+        )
     else:
         reward_funcs = rule_reward(config, inputs.rows)
     args = inputs.args_for(
-        config_cls, num_generations=config.num_generations, max_completion_length=config.max_new_tokens,
-        temperature=config.temperature, beta=config.beta,
+        config_cls,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_new_tokens,
+        temperature=config.temperature,
+        beta=config.beta,
         per_device_train_batch_size=inputs.batch_size * config.num_generations,
-        include_num_input_tokens_seen=False)  # TRL counts prompt + completion tokens itself; the batches hold no input_ids
+        include_num_input_tokens_seen=False,
+    )  # TRL counts prompt + completion tokens itself; the batches hold no input_ids
     with entering_model_as_reference(module, inputs.model):
         return stage_trainer_class(trainer_cls)(
-            model=inputs.model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-            processing_class=inputs.tokenizer, callbacks=inputs.callbacks, **inputs.stage_features())
+            model=inputs.model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=dataset,
+            processing_class=inputs.tokenizer,
+            callbacks=inputs.callbacks,
+            **inputs.stage_features(),
+        )
 
 
 def gold_answers_for_rules(config: OnPolicyConfig, formats: set[str], stage: Any = None) -> tuple[str, str] | None:
     if config.reward_rule and "preference" in formats:
-        return "reward_rule", (f"{config.reward_rule!r} checks gold answers, which preference rows lack: use "
-                               "reward_model (an earlier reward stage) for preference prompts")
+        return "reward_rule", (
+            f"{config.reward_rule!r} checks gold answers, which preference rows lack: use "
+            "reward_model (an earlier reward stage) for preference prompts"
+        )
     return None
 
 
-ON_POLICY = Requires(objectives=("lm", "preference"), formats=("instruction", "prompt_completion", "preference"),
-                     model_tasks=("causal_lm",), sharded=False)  # TRL trainers
+ON_POLICY = Requires(
+    objectives=("lm", "preference"),
+    formats=("instruction", "prompt_completion", "preference"),
+    model_tasks=("causal_lm",),
+    sharded=False,
+)  # TRL trainers
 OWN_BATCHES = TrainerTraits(takes_loss=False, samples_examples=False, check=gold_answers_for_rules)
 
 
@@ -177,12 +227,20 @@ def on_policy_plan(config: OnPolicyConfig, ctx: Any) -> dict[str, float]:
     the KV cache of each step's batch × num_generations sampled completions."""
     reference = 0.0 if ctx.has_adapter or config.beta == 0 else ctx.stored_weights
     sequences = ctx.batch_size * config.num_generations
-    return {"reference model": reference,
-            "generation kv cache": sequences * (ctx.seq_len + config.max_new_tokens) * ctx.kv_bytes_per_token}
+    return {
+        "reference model": reference,
+        "generation kv cache": sequences * (ctx.seq_len + config.max_new_tokens) * ctx.kv_bytes_per_token,
+    }
 
 
-@TRAINERS.register("grpo", OnPolicyConfig, requires=ON_POLICY, traits=OWN_BATCHES, example={"reward_rule": "contains"},
-                   plan=on_policy_plan)
+@TRAINERS.register(
+    "grpo",
+    OnPolicyConfig,
+    requires=ON_POLICY,
+    traits=OWN_BATCHES,
+    example={"reward_rule": "contains"},
+    plan=on_policy_plan,
+)
 def grpo_trainer(config: OnPolicyConfig, inputs: TrainerInputs) -> Trainer:
     """GRPO on the stage's prompts, rewarded by a reward model or a rule (TRL GRPOTrainer)."""
     from trl import GRPOConfig, GRPOTrainer
@@ -191,8 +249,14 @@ def grpo_trainer(config: OnPolicyConfig, inputs: TrainerInputs) -> Trainer:
     return on_policy_trainer(GRPOTrainer, GRPOConfig, module, config, inputs)
 
 
-@TRAINERS.register("rloo", OnPolicyConfig, requires=ON_POLICY, traits=OWN_BATCHES, example={"reward_rule": "contains"},
-                   plan=on_policy_plan)
+@TRAINERS.register(
+    "rloo",
+    OnPolicyConfig,
+    requires=ON_POLICY,
+    traits=OWN_BATCHES,
+    example={"reward_rule": "contains"},
+    plan=on_policy_plan,
+)
 def rloo_trainer(config: OnPolicyConfig, inputs: TrainerInputs) -> Trainer:
     """RLOO on the stage's prompts, rewarded by a reward model or a rule (TRL RLOOTrainer)."""
     from trl import RLOOConfig, RLOOTrainer

@@ -6,6 +6,7 @@ training answer in its own words, guided by the original; a rewrite is kept only
 the reference's phrase filter and the task check, else the original answer stays. The output
 has exactly as many rows as the input.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,16 +35,19 @@ TEMPLATES = {  # sail-sg/sdft src/llmtuner/data/template.py
     "general": DistillTemplate(
         "Below are an instruction that describes a task along with a reference answer. "
         "Using the reference answer as a guide, write your own response.\n\n"
-        "### Instruction:\n{instruction}\n\n### Reference Answer:\n{original_response}\n\n### Response:\n"),
+        "### Instruction:\n{instruction}\n\n### Reference Answer:\n{original_response}\n\n### Response:\n"
+    ),
     "refer": DistillTemplate(
         "Below are an instruction that describes a task along with a reference answer. "
         "Refer to the reference answer and write your own response.\n\n"
-        "### Instruction:\n{instruction}\n\n### Reference Answer:\n{original_response}\n\n### Response:\n"),
+        "### Instruction:\n{instruction}\n\n### Reference Answer:\n{original_response}\n\n### Response:\n"
+    ),
     "gsm8k_distill": DistillTemplate(  # the reference's math template: a math system turn, and the answer
         "{instruction}\n\n{original_response}",  # starts "Great! Let's think step by step. "
         system="You are an expert in math. Below are a math question and its reference answer. Refer to the "
-               "reference answer and write a response that appropriately answers the question.",
-        answer_prefix="Great! Let's think step by step. "),
+        "reference answer and write a response that appropriately answers the question.",
+        answer_prefix="Great! Let's think step by step. ",
+    ),
 }
 BANNED = ("reference answer", "your response", "my response", "your own response", "now it's your turn")
 
@@ -51,7 +55,7 @@ BANNED = ("reference answer", "your response", "my response", "your own response
 class DistillConfig(TransformConfig):
     template: Literal["general", "refer", "gsm8k_distill"] = "general"
     chat_template: Literal["auto", "always", "never"] = "auto"  # wrap the rewrite prompt as a user turn
-    temperature: float = Field(default=0.95, gt=0)   # reference sampling settings
+    temperature: float = Field(default=0.95, gt=0)  # reference sampling settings
     top_p: float = Field(default=0.7, gt=0, le=1)
     top_k: int = Field(default=50, ge=0)
     max_new_tokens: int = Field(default=512, ge=1)
@@ -81,7 +85,9 @@ def passes_check(rewrite: str, row: dict[str, Any], check: str) -> bool:
     return True
 
 
-def merge_rewrites(rows: list[dict[str, Any]], rewrites: list[str], check: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def merge_rewrites(
+    rows: list[dict[str, Any]], rewrites: list[str], check: str
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Accepted rewrites replace the answer; rejected ones fall back to the original row."""
     out, counts = [], {"kept": 0, "rejected_filter": 0, "rejected_check": 0}
     for row, rewrite in zip(rows, rewrites):
@@ -108,10 +114,14 @@ def encode_distill_prompts(rows: list[dict[str, Any]], tokenizer: Any, config: D
     for row in rows:
         text = distill_prompt(row, config.template)
         if use_chat:
-            turns = ([{"role": "system", "content": template.system}] if template.system else [])
+            turns = [{"role": "system", "content": template.system}] if template.system else []
             turns.append({"role": "user", "content": text})
-            prompts.append(tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True,
-                                                         return_dict=True)["input_ids"] + prefix)
+            prompts.append(
+                tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=True)[
+                    "input_ids"
+                ]
+                + prefix
+            )
         else:
             system = f"{template.system}\n\n" if template.system else ""
             prefix_text = f"\n\n{template.answer_prefix}" if template.answer_prefix else ""
@@ -119,17 +129,28 @@ def encode_distill_prompts(rows: list[dict[str, Any]], tokenizer: Any, config: D
     return prompts
 
 
-@TRANSFORMS.register("distill", DistillConfig, requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)),
-                     plan=generation_plan)
+@TRANSFORMS.register(
+    "distill",
+    DistillConfig,
+    requires=Requires(formats=("instruction",), model_tasks=("causal_lm",)),
+    plan=generation_plan,
+)
 def distill(rows: list[dict[str, Any]], config: DistillConfig, context: TransformContext):
     """SDFT: the seed model rewrites each answer; failed rewrites keep the original."""
-    sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, do_sample=True, temperature=config.temperature,
-                              top_p=config.top_p, top_k=config.top_k, seed=context.seed)
+    sampling = SamplingConfig(
+        max_new_tokens=config.max_new_tokens,
+        do_sample=True,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        seed=context.seed,
+    )
 
     def rewrite() -> list[str]:
         prompts = encode_distill_prompts(rows, context.tokenizer, config)
-        outputs = generate(context.model, context.tokenizer, prompts, sampling, batch_size=config.batch_size,
-                           desc="sdft distill")
+        outputs = generate(
+            context.model, context.tokenizer, prompts, sampling, batch_size=config.batch_size, desc="sdft distill"
+        )
         return [texts[0] for texts in outputs]
 
     settings = config.model_dump(exclude={"batch_size", "check"})

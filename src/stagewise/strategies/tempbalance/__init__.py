@@ -8,6 +8,7 @@ the multiplier sits in the group's initial LR, so HF's scheduler (warmup, cosine
 scaling it. Alphas are recomputed every ``esd_interval`` steps (default: each epoch) and the
 new multipliers are applied to the scheduler's base LRs and the current groups at once.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,17 +31,17 @@ from .esd import block_sigmoid_multipliers, eigenvalues, hill_alpha, linear_mult
 
 class TempBalanceConfig(PluginConfig):
     lr_map: Literal["linear", "block_sigmoid"] = "linear"
-    xmin_pos: float = Field(default=2.0, gt=1)   # 2 = median (NeurIPS'23); EMNLP'24 GLUE used 1.5
-    min_eigs: int = Field(default=50, ge=2)     # fewer eigenvalues: no reliable fit, keep the base LR
-    skip_first_last: bool = True               # reference default (remove_first_layer/remove_last_layer): the first
-                                               # and last weight matrix in module order keep the base LR
-    s1: float = 0.5                            # linear map: LR multiplier at the lowest alpha
-    s2: float = 1.5                            # linear map: LR multiplier at the highest alpha
-    s_min: float = 2.0                         # block_sigmoid: scale for blocks below the mean alpha
-    s_max: float = 1.0                         # block_sigmoid: scale for blocks above the mean alpha
-    temperature: float = 10.0                  # block_sigmoid: T
+    xmin_pos: float = Field(default=2.0, gt=1)  # 2 = median (NeurIPS'23); EMNLP'24 GLUE used 1.5
+    min_eigs: int = Field(default=50, ge=2)  # fewer eigenvalues: no reliable fit, keep the base LR
+    skip_first_last: bool = True  # reference default (remove_first_layer/remove_last_layer): the first
+    # and last weight matrix in module order keep the base LR
+    s1: float = 0.5  # linear map: LR multiplier at the lowest alpha
+    s2: float = 1.5  # linear map: LR multiplier at the highest alpha
+    s_min: float = 2.0  # block_sigmoid: scale for blocks below the mean alpha
+    s_max: float = 1.0  # block_sigmoid: scale for blocks above the mean alpha
+    temperature: float = 10.0  # block_sigmoid: T
     esd_interval: int | None = Field(default=None, ge=1)  # steps between recomputations (Model Balancing's
-                                                          # reference: 100); None = at each epoch's start
+    # reference: 100); None = at each epoch's start
 
 
 def matrix_modules(model: torch.nn.Module, config: TempBalanceConfig) -> dict[str, torch.nn.Module]:
@@ -49,13 +50,20 @@ def matrix_modules(model: torch.nn.Module, config: TempBalanceConfig) -> dict[st
     layers), the first and the last dropped when ``skip_first_last`` (on a causal LM the last is
     the LM head, tied to the embedding; on BERT the classifier, not the pooler), then those with
     fewer than ``min_eigs`` eigenvalues. Frozen matrices (another selector's choice) keep no group."""
-    layers = [(name, module) for name, module in model.named_modules()
-              if isinstance(getattr(module, "weight", None), torch.nn.Parameter) and module.weight.dim() >= 2
-              and not isinstance(module, torch.nn.Embedding)]
+    layers = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "weight", None), torch.nn.Parameter)
+        and module.weight.dim() >= 2
+        and not isinstance(module, torch.nn.Embedding)
+    ]
     if config.skip_first_last:
         layers = layers[1:-1]
-    return {name: module for name, module in layers
-            if module.weight.requires_grad and min(module.weight.shape[:2]) >= config.min_eigs}
+    return {
+        name: module
+        for name, module in layers
+        if module.weight.requires_grad and min(module.weight.shape[:2]) >= config.min_eigs
+    }
 
 
 def layer_alphas(model: torch.nn.Module, config: TempBalanceConfig) -> dict[str, float]:
@@ -89,7 +97,7 @@ def plot_alphas(alphas: dict[str, float], path: Path, title: str) -> None:
 def block_of(name: str, stack: str) -> int | None:
     if not name.startswith(stack + "."):
         return None
-    return int(name[len(stack) + 1:].split(".")[0])
+    return int(name[len(stack) + 1 :].split(".")[0])
 
 
 class TempBalance:
@@ -119,8 +127,12 @@ class TempBalance:
             if block is not None:
                 per_block.setdefault(block, []).append(alpha)
         means = {block: sum(values) / len(values) for block, values in per_block.items()}
-        return {f"block.{block}": m for block, m in block_sigmoid_multipliers(
-            means, self.config.s_min, self.config.s_max, self.config.temperature).items()}
+        return {
+            f"block.{block}": m
+            for block, m in block_sigmoid_multipliers(
+                means, self.config.s_min, self.config.s_max, self.config.temperature
+            ).items()
+        }
 
     def split_groups(self, model: torch.nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Split the Trainer's decay/no-decay groups into one group per (multiplier key, decay)."""
@@ -133,8 +145,14 @@ class TempBalance:
             for param in group["params"]:
                 buckets.setdefault(self.group_key(owner.get(id(param), "")), []).append(param)
             for key, params in buckets.items():
-                split.append({**group, "params": params, "tb_key": key,
-                              "lr": self.base_lr * multipliers.get(key, 1.0) if key else self.base_lr})
+                split.append(
+                    {
+                        **group,
+                        "params": params,
+                        "tb_key": key,
+                        "lr": self.base_lr * multipliers.get(key, 1.0) if key else self.base_lr,
+                    }
+                )
         return split
 
     def apply(self, optimizer: torch.optim.Optimizer, scheduler: Any, step: int) -> None:
@@ -198,4 +216,6 @@ def tempbalance(config: TempBalanceConfig, model: torch.nn.Module, context: LrRu
     """Per-layer LRs from each matrix's spectral power-law exponent (TempBalance)."""
     balance = TempBalance(model, config, context)
     return LrPlan(split_groups=balance.split_groups, callbacks=[TempBalanceCallback(balance)])
+
+
 from . import command  # noqa: E402,F401  (registers `stagewise spectra`)

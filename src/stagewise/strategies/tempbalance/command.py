@@ -1,4 +1,5 @@
 """``stagewise spectra MODEL``: per-layer Hill alpha of a model's weights, printed and plotted."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,9 @@ def spectra(args: argparse.Namespace) -> int:
     out = Path(options.out)
     model, _ = load_model_and_tokenizer(ModelConfig(model_name_or_path=args.model, task=args.task))
     # every matrix, first and last included: this is a diagnostic, not the LR plan
-    config = TempBalanceConfig(kind="tempbalance", xmin_pos=options.xmin_pos, min_eigs=options.min_eigs,
-                               skip_first_last=False)
+    config = TempBalanceConfig(
+        kind="tempbalance", xmin_pos=options.xmin_pos, min_eigs=options.min_eigs, skip_first_last=False
+    )
     alphas = layer_alphas(model, config)
     if not alphas:
         raise StagewiseError(f"{args.model}: no weight matrix has {options.min_eigs} or more eigenvalues")
@@ -38,7 +40,10 @@ def spectra(args: argparse.Namespace) -> int:
     for name, alpha in alphas.items():
         print(f"{name:{width}s}  alpha={alpha:.3f}")
     values = list(alphas.values())
-    print(f"{len(values)} matrices; alpha mean {sum(values) / len(values):.3f}, min {min(values):.3f}, max {max(values):.3f}")
+    print(
+        f"{len(values)} matrices; alpha mean {sum(values) / len(values):.3f}, "
+        f"min {min(values):.3f}, max {max(values):.3f}"
+    )
     plot_alphas(alphas, out, title=f"Hill alpha per layer: {args.model}")
     print(f"wrote {out}")
     return 0

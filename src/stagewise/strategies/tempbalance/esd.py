@@ -5,6 +5,7 @@ well-trained layer follow a power law p(λ) ∝ λ^(−α); a small α means a h
 layer. TempBalance (Zhou et al. NeurIPS 2023) and Model Balancing (Liu et al. EMNLP 2024)
 estimate α per layer with the Hill estimator at a fixed xmin.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,4 +62,6 @@ def block_sigmoid_multipliers(
     if not block_alphas:
         return {}
     mean = sum(block_alphas.values()) / len(block_alphas)
-    return {block: 10 ** sigmoid_factor(alpha - mean, s_min, s_max, temperature) for block, alpha in block_alphas.items()}
+    return {
+        block: 10 ** sigmoid_factor(alpha - mean, s_min, s_max, temperature) for block, alpha in block_alphas.items()
+    }

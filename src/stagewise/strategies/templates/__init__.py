@@ -11,6 +11,7 @@ a built-in set for the bundled benchmark tasks (``builtin:sentiment``, ``builtin
 recipe is validated so the templates themselves are part of the stage's config hash and
 manifest. The rows are written beside the stage as ``templated-<dataset>.jsonl``.
 """
+
 from __future__ import annotations
 
 import random
@@ -52,9 +53,9 @@ BUILTIN_TEMPLATES: dict[str, list[dict[str, str]]] = {
 
 
 class TemplateConfig(TransformConfig):
-    templates: list[InstructionTemplate] | str    # inline list, "builtin:<task>", or a YAML/JSON file of them
+    templates: list[InstructionTemplate] | str  # inline list, "builtin:<task>", or a YAML/JSON file of them
     verbalizer: dict[str, str] = Field(default_factory=dict)  # label value -> word ({"0": negative, ...})
-    options: bool = False                         # list the verbalised labels (FLAN's OPTIONS) in the instruction
+    options: bool = False  # list the verbalised labels (FLAN's OPTIONS) in the instruction
 
     @field_validator("templates", mode="before")
     @classmethod
@@ -62,8 +63,9 @@ class TemplateConfig(TransformConfig):
         """A file is read now: its templates, not its path, are what the stage hash covers."""
         if isinstance(value, str) and value.startswith("builtin:"):
             if value[8:] not in BUILTIN_TEMPLATES:
-                raise ValueError(f"unknown built-in template set {value[8:]!r} "
-                                 f"(expected one of: {', '.join(BUILTIN_TEMPLATES)})")
+                raise ValueError(
+                    f"unknown built-in template set {value[8:]!r} (expected one of: {', '.join(BUILTIN_TEMPLATES)})"
+                )
             return value
         if isinstance(value, str):
             value = read_template_file(Path(value))
@@ -105,8 +107,9 @@ def option_list(config: TemplateConfig, rows: list[dict[str, Any]]) -> str:
     return "OPTIONS:\n" + "\n".join(f"- {config.verbalizer.get(label, label)}" for label in labels)
 
 
-def fill(template: InstructionTemplate, row: dict[str, Any], config: TemplateConfig, options: str,
-         where: str) -> dict[str, str]:
+def fill(
+    template: InstructionTemplate, row: dict[str, Any], config: TemplateConfig, options: str, where: str
+) -> dict[str, str]:
     values = {key: str(value) for key, value in row.items()}
     if "label" in row:
         values["label"] = config.verbalizer.get(str(row["label"]), str(row["label"]))
@@ -114,16 +117,19 @@ def fill(template: InstructionTemplate, row: dict[str, Any], config: TemplateCon
     for text in (template.instruction, template.output):
         missing = [name for name in fields_of(text) if name not in values]
         if missing:
-            raise DataError(f"{where}: the template names field {missing[0]!r}, which the row lacks "
-                            f"(fields: {', '.join(sorted(row))})")
+            raise DataError(
+                f"{where}: the template names field {missing[0]!r}, which the row lacks "
+                f"(fields: {', '.join(sorted(row))})"
+            )
     instruction = template.instruction.format(**values)
     if config.options and "{options}" not in template.instruction:
         instruction = f"{instruction}\n\n{options}"
     return {"instruction": instruction, "output": template.output.format(**values)}
 
 
-@TRANSFORMS.register("template", TemplateConfig, example={"templates": "builtin:qa"},
-                     traits=TransformTraits(output_format="instruction"))
+@TRANSFORMS.register(
+    "template", TemplateConfig, example={"templates": "builtin:qa"}, traits=TransformTraits(output_format="instruction")
+)
 def template(rows: list[dict[str, Any]], config: TemplateConfig, context: TransformContext):
     """Labelled rows -> instruction rows, one seeded phrasing per row."""
     templates = load_templates(config.templates)
@@ -132,7 +138,14 @@ def template(rows: list[dict[str, Any]], config: TemplateConfig, context: Transf
     out = []
     for number, row in enumerate(rows, start=1):
         chosen = rng.randrange(len(templates))
-        out.append(fill(templates[chosen], row, config, options,
-                        f"transform 'template' on {context.dataset_name!r} row {number} (template {chosen + 1})"))
+        out.append(
+            fill(
+                templates[chosen],
+                row,
+                config,
+                options,
+                f"transform 'template' on {context.dataset_name!r} row {number} (template {chosen + 1})",
+            )
+        )
     write_rows(context.stage_dir / f"templated-{context.dataset_name}.jsonl", out)
     return out, {"rows": len(rows), "templates": len(templates)}
