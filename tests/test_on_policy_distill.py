@@ -90,16 +90,23 @@ def test_distilling_from_base_pulls_a_drifted_student_back(tmp_path):
     assert after < 0.8 * before, (before, after)
 
 
-def test_an_earlier_stage_or_a_folder_is_a_teacher(tmp_path):
+def test_an_earlier_stage_or_a_folder_is_a_teacher_and_another_vocabulary_is_one_line(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stagewise.errors import ModelError
+    from stagewise.models import byte_tokenizer
+
     recipe = make_recipe(tmp_path, [{"name": "sft", "data": "sft"},
                                     {"name": "d", "data": "sft", "trainer": {"kind": "distill", "teacher": "sft"}}])
     assert recipe.stages[1].trainer.teacher == "sft"
-    folder = tmp_path / "teacher"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"vocab_size": 12345}))
-    with pytest.raises(RecipeError, match=r"stages\.0\.trainer\.teacher: '.*teacher' has a vocabulary of 12345 "
-                                          r"tokens, the model trained here \d+: they must share a tokenizer") as err:
-        make_recipe(tmp_path, [{"name": "d", "data": "sft", "trainer": {"kind": "distill", "teacher": str(folder)}}])
+    folder = tmp_path / "teacher"  # a model with another vocabulary
+    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    stage = {"name": "d", "data": "sft", "max_steps": 1, "trainer": {"kind": "distill", "teacher": str(folder)}}
+    with pytest.raises(ModelError, match=r"'.*teacher' has a vocabulary of 300 tokens, the model trained here \d+: "
+                                         r"distillation compares") as err:
+        run(make_recipe(tmp_path / "run2", [stage]))
     assert "\n" not in str(err.value)
 
 

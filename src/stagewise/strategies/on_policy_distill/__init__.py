@@ -12,7 +12,7 @@ after a domain stage: distil from the base model on general prompts, and the stu
 behaviour back where it drifted, on inputs it actually produces.
 
 ``teacher`` is ``base`` (the run's starting model), an earlier stage by name (its adapter merged
-in) or a local model folder; it must share the student's vocabulary (checked at ``validate``).
+in) or a local model folder; it must share the student's vocabulary (checked when the stage starts).
 When the student carries an adapter and the model under it *is* the teacher (every tensor equal,
 compared one at a time: a LoRA student distilled from the base it was attached to), the teacher is
 the student with its adapter switched off, with no second copy; otherwise it is a second, frozen
@@ -30,6 +30,7 @@ from pydantic import Field
 from transformers import Trainer
 
 from ...addons import base_without_addon_layers, is_peft_model
+from ...errors import ModelError
 from ...registry import TRAINERS, PluginConfig, Requires, TrainerTraits
 from ...trainers import TrainerInputs, stage_trainer_class
 
@@ -119,6 +120,12 @@ def on_policy_distill_trainer(config: OnPolicyDistillConfig, inputs: TrainerInpu
     teacher = (adapter_off_teacher(inputs.model, named) if named is not None else None) or inputs.model_named(
         config.teacher
     )
+    ours, theirs = (model.config.get_text_config().vocab_size for model in (inputs.model, teacher))
+    if ours != theirs:
+        raise ModelError(
+            f"trainer.teacher: {config.teacher!r} has a vocabulary of {theirs} tokens, the model trained here {ours}: "
+            "distillation compares their token distributions, so they must share a tokenizer"
+        )
     args = inputs.args_for(
         DistillationConfig,
         beta=config.beta,
