@@ -66,8 +66,9 @@ class StepClock(TrainerCallback):
 
 def model_folder(shape: str, root: Path) -> Path:
     """A random Llama of ``shape`` saved in bf16 with the bundled SmolLM2 tokenizer (49152 tokens)."""
-    from stagewise.bundled import resolve_bundled
     from transformers import AutoTokenizer
+
+    from stagewise.bundled import resolve_bundled
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_bundled("smollm2-135m"))
     config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=False,

@@ -18,11 +18,9 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
 from stagewise.bench import builtin_file
-from stagewise.config import ModelConfig, recipe_from_dict
-from stagewise.data import encode_dataset, load_dataset_config
-from stagewise.config import DatasetConfig
+from stagewise.config import DatasetConfig, ModelConfig, recipe_from_dict
+from stagewise.data import ListDataset, encode_dataset, load_dataset_config
 from stagewise.engine import run_recipe
-from stagewise.data import ListDataset
 from stagewise.models import load_model_and_tokenizer
 
 

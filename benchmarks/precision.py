@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 

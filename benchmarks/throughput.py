@@ -30,9 +30,8 @@ def worker(mode: str, model_name: str, steps: int, batch: int, bf16: bool) -> di
 
     from stagewise.bench import builtin_file
     from stagewise.config import DatasetConfig, ModelConfig, recipe_from_dict
-    from stagewise.data import encode_dataset, load_dataset_config
+    from stagewise.data import ListDataset, encode_dataset, load_dataset_config
     from stagewise.engine import run_recipe
-    from stagewise.data import ListDataset
     from stagewise.models import load_model_and_tokenizer
     from stagewise.speed import flops_per_token, peak_flops
 

@@ -25,7 +25,6 @@ def install(phase: str, n: int) -> list:
     from transformers import TrainerCallback
 
     import stagewise.engine.checkpoints as checkpoints
-    import stagewise.engine.pipeline as pipeline
     import stagewise.eval.evaluator as evaluator
     import stagewise.io as stagewise_io
 

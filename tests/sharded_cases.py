@@ -11,6 +11,7 @@ import json
 import sys
 
 from conftest import CrashAfterSave  # (this script's folder is on its path)
+
 from stagewise.config import recipe_from_dict
 from stagewise.distributed import init_from_launcher, is_main_process
 from stagewise.engine import run_recipe

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CrashAfterSave, Snapshot, make_recipe, run
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from conftest import CrashAfterSave, Snapshot, make_recipe, run
-from stagewise.generation import generate
 from stagewise.addons import base_model_of, model_for_probe
+from stagewise.generation import generate
 
 PROMOT = [
     {"name": "prompt", "data": "sft", "trainable": {"kind": "prompt", "num_virtual_tokens": 4}, "lr": 0.2,

@@ -8,7 +8,6 @@ import pytest
 from stagewise import bench
 from stagewise.bench import facts, icl_probes
 
-
 SEEDED = [name for name, builder in bench.BUILDERS.items() if "seed" in inspect.signature(builder).parameters]
 
 

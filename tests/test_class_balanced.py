@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import Snapshot, make_recipe, run
-from stagewise.losses import LossContext
-from stagewise.strategies.class_balanced import (LDAMConfig, effective_number_weights, focal_loss, ldam,
-                                                 ldam_margins)
+
+from stagewise.protocols import LossContext
+from stagewise.strategies.class_balanced import LDAMConfig, effective_number_weights, focal_loss, ldam, ldam_margins
 
 
 def test_weights_and_margins_for_100_vs_20():

@@ -3,8 +3,8 @@ and the accuracy matrix a three-task recipe reports."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_recipe, run
+
 from stagewise.errors import RecipeError
 from stagewise.report import build_report, continual_metrics
 

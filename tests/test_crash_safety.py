@@ -3,19 +3,17 @@ schedule, locks, verified outputs and caches, model identity by content, clipped
 inputs, diverged stages, --force."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from typing import Any
-
 import json
 import os
 import socket
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from conftest import INSTRUCTION_ROWS, make_recipe, run
 from safetensors.torch import load_file, save_file
 
-from conftest import INSTRUCTION_ROWS, make_recipe, run
 from stagewise.engine import run_recipe
 
 STAGE = {"name": "a", "data": "sft", "lr": 1e-2, "max_steps": 4, "batch_size": 2, "save_steps": 2}
@@ -143,9 +141,9 @@ def test_edited_or_truncated_transform_cache_is_computed_again(tmp_path):
 
 
 def test_seed_model_identity_follows_weight_content_not_size_and_mtime(tmp_path):
+    from stagewise.config import ModelConfig
     from stagewise.engine import pipeline
     from stagewise.models import load_model_and_tokenizer
-    from stagewise.config import ModelConfig
 
     model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
     folder = tmp_path / "model"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_recipe
+
 from stagewise.config import DatasetConfig
 from stagewise.data import load_dataset_config
 from stagewise.errors import DataError, RecipeError

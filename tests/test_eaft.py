@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import make_recipe
+
 from stagewise.config import ModelConfig
 from stagewise.errors import RecipeError
 from stagewise.models import load_model_and_tokenizer

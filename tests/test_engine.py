@@ -5,10 +5,9 @@ import json
 
 import pytest
 import torch
+from conftest import CrashAfterSave, Snapshot, make_recipe, run
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
-
-from conftest import CrashAfterSave, Snapshot, make_recipe, run
 
 TWO_STAGES = [
     {"name": "sft", "data": "sft", "lr": 1e-2, "max_steps": 4, "batch_size": 2, "save_steps": 2},
@@ -101,6 +100,7 @@ def test_classification_stage_on_encoder(tmp_path):
 def test_model_task_mismatch_is_a_recipe_error_at_validation(tmp_path):
     """Found by `validate` as well as `run`: both accept exactly the same recipes."""
     from conftest import CLASSIFICATION_ROWS
+
     from stagewise.errors import RecipeError
 
     with pytest.raises(RecipeError, match="stages.0.data: classification data needs model.task: sequence_classification"):

@@ -4,10 +4,16 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_recipe, run
-from stagewise.eval.metrics import (classification_scores, contains_match, exact_match, last_integer,
-                                    normalize_answer, regex_match)
+
+from stagewise.eval.metrics import (
+    classification_scores,
+    contains_match,
+    exact_match,
+    last_integer,
+    normalize_answer,
+    regex_match,
+)
 from stagewise.report import compare_scores
 
 
@@ -119,11 +125,10 @@ def test_perplexity_matches_model_loss(tmp_path):
 
     import torch
 
-    from stagewise.config import DatasetConfig, EvalTaskConfig, EvaluationConfig
+    from stagewise.config import DatasetConfig, EvalTaskConfig, EvaluationConfig, ModelConfig
     from stagewise.data.tokenize import encode_lm_rows
     from stagewise.eval import evaluate_task
-    from stagewise.models import byte_tokenizer, load_model_and_tokenizer
-    from stagewise.config import ModelConfig
+    from stagewise.models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
     rows = [{"text": "hello world"}]

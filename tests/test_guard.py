@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import CrashAfterSave, make_recipe, run
+
 from stagewise.errors import RecipeError
 
 ROWS = [{"instruction": f"say {i}", "output": f"word{i}"} for i in range(8)]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import Snapshot, make_recipe, run
 from transformers import TrainerCallback
 
-from conftest import CLASSIFICATION_ROWS, Snapshot, make_recipe, run
 from stagewise.config import ModelConfig
 from stagewise.errors import RecipeError
 from stagewise.models import load_model_and_tokenizer
-from stagewise.selection import SelectionContext, count_parameters, transformer_blocks
+from stagewise.protocols import SelectionContext
+from stagewise.selection import transformer_blocks
 from stagewise.strategies.hft import HFTConfig, block_parts, draw_mask, mlp_counts, select_hft
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import INSTRUCTION_ROWS, run
 from safetensors.torch import load_file
 
-from conftest import INSTRUCTION_ROWS, run
 from stagewise.config import recipe_from_dict
 
 HELPER = Path(__file__).with_name("kill_at.py")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_recipe, run
+
 from stagewise.config import ModelConfig
 from stagewise.eval.kl import forward_kl
 from stagewise.models import load_model_and_tokenizer

@@ -8,8 +8,8 @@ import random
 
 import pytest
 import torch
-
 from conftest import make_recipe
+
 from stagewise.config import DatasetConfig, EvalTaskConfig, EvaluationConfig, ModelConfig
 from stagewise.data.tokenize import encode_prompt
 from stagewise.errors import RecipeError

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_recipe, run
+
 from stagewise.errors import RecipeError
 
 QUESTIONS = [{"question": f"Is {n} even?", "choices": ["yes", "no"], "answer": n % 2} for n in range(8)]

@@ -18,12 +18,21 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import CLASSIFICATION_ROWS, INSTRUCTION_ROWS, CrashAfterSave, make_recipe, run
 from transformers import TrainerCallback
 
-from conftest import CLASSIFICATION_ROWS, INSTRUCTION_ROWS, CrashAfterSave, make_recipe, run
-from stagewise.registry import (LOSSES, LR_RULES, METRICS, OPTIMIZERS, REGULARIZERS, SELECTORS, TRAINERS,
-                                TRANSFORMS, load_plugins)
-from stagewise.schedules import LrRuleContext
+from stagewise.protocols import LrRuleContext
+from stagewise.registry import (
+    LOSSES,
+    LR_RULES,
+    METRICS,
+    OPTIMIZERS,
+    REGULARIZERS,
+    SELECTORS,
+    TRAINERS,
+    TRANSFORMS,
+    load_plugins,
+)
 
 load_plugins()
 

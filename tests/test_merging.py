@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import INSTRUCTION_ROWS, make_recipe, run
 from transformers import AutoModelForCausalLM
 
-from conftest import INSTRUCTION_ROWS, make_recipe, run
 from stagewise.errors import DataError, RecipeError
 from stagewise.merging import MergeConfig, check_same_shapes, merged_weights
 

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 import torch
-
 from conftest import INSTRUCTION_ROWS, CrashAfterSave, make_recipe, run
+
 from stagewise.data.mixture import MixtureSampler, mixture_counts
 from stagewise.errors import RecipeError
 

@@ -3,19 +3,24 @@ machinery they share (batching must not change greedy answers; results are cache
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import make_recipe, run
+
 from stagewise.config import ModelConfig
-from stagewise.generation import (GumbelSample, SamplingConfig, first_line, generate, prompt_generator,
-                                  sampling_processors)
+from stagewise.generation import (
+    GumbelSample,
+    SamplingConfig,
+    first_line,
+    generate,
+    prompt_generator,
+    sampling_processors,
+)
 from stagewise.models import load_model_and_tokenizer
-from stagewise.strategies.gradual.slick import ProbeSettings, categorize, slick_category
 from stagewise.strategies.gradual import SelectConfig, choose
+from stagewise.strategies.gradual.slick import ProbeSettings, categorize, slick_category
 from stagewise.strategies.sdft import distill_prompt, merge_rewrites
 from stagewise.transforms import cached
 

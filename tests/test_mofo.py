@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import make_recipe, run
+
 from stagewise.errors import RecipeError
 from stagewise.strategies.mofo import MoFO, momentum_mask
 

@@ -5,19 +5,17 @@ pulls a drifted student back toward it; teachers are base, an earlier stage or a
 ones are one line."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import INSTRUCTION_ROWS, make_recipe, run
 from transformers import TrainingArguments
 
-from conftest import INSTRUCTION_ROWS, make_recipe, run
 from stagewise.config import ModelConfig
 from stagewise.errors import RecipeError
 from stagewise.models import load_model_and_tokenizer
+from stagewise.protocols import TrainerInputs
 from stagewise.strategies.on_policy_distill import OnPolicyDistillConfig, on_policy_distill_trainer
-from stagewise.trainers import TrainerInputs
 
 
 def kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ import json
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import make_recipe, run
+
 from stagewise.config import DatasetConfig, ModelConfig, transform_targets
 from stagewise.data.tokenize import encode_prompt, prompt_text
 from stagewise.errors import RecipeError

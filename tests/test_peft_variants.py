@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import INSTRUCTION_ROWS, Snapshot, make_recipe, run
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
-
-from conftest import INSTRUCTION_ROWS, Snapshot, make_recipe, run
-from stagewise.errors import RecipeError
 
 DATASETS = {"sft": {"format": "instruction", "template": "alpaca", "rows": INSTRUCTION_ROWS},
             "general": {"format": "text", "rows": [{"text": f"general prose number {i}"} for i in range(8)]}}

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import make_recipe, run
+
 from stagewise.plan import load_model_config, parse_memory, plan_recipe
 from stagewise.plan.footprint import quantized_weight_bytes
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_recipe, run
 from transformers import TrainerCallback
 
-from conftest import make_recipe, run
 from stagewise.errors import RecipeError
 
 EVALUATION = {"target": [{"name": "t", "data": "sft", "metric": "contains", "max_new_tokens": 4}],

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-
 from conftest import CrashAfterSave, make_recipe, run
 
 bnb = pytest.importorskip("bitsandbytes")

@@ -4,8 +4,8 @@ run report splits the drop, and bad settings are one line."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_recipe, run
+
 from stagewise.config import DatasetConfig, EvalTaskConfig, ModelConfig
 from stagewise.data.tokenize import prompt_text, row_segments
 from stagewise.errors import RecipeError

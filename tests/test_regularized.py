@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import INSTRUCTION_ROWS, Snapshot, make_recipe, run
+
 from stagewise.config import ModelConfig
 from stagewise.models import load_model_and_tokenizer
 from stagewise.strategies import regularized

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import INSTRUCTION_ROWS, make_recipe, run
+
 from stagewise.config import ModelConfig
 from stagewise.data.tokenize import encode_prompt
 from stagewise.errors import RecipeError

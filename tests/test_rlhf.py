@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from conftest import make_recipe, run
 from transformers import AutoModelForSequenceClassification, TrainerCallback
 
-from conftest import make_recipe, run
 from stagewise.cli import main
 from stagewise.config import EvalTaskConfig, EvaluationConfig, ModelConfig
 from stagewise.errors import RecipeError

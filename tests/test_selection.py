@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import CLASSIFICATION_ROWS, Snapshot, make_recipe, run
+
 from stagewise.errors import RecipeError
 from stagewise.selection import transformer_blocks
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CLASSIFICATION_ROWS, make_recipe, run
 from safetensors.torch import load_file
 
-from conftest import CLASSIFICATION_ROWS, make_recipe, run
 from stagewise.config import recipe_from_dict
 from stagewise.errors import RecipeError
 from stagewise.merging import MergeConfig

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_recipe, run
+
 from stagewise.config import ModelConfig
 from stagewise.models import load_model_and_tokenizer
 from stagewise.speed import flops_per_token, peak_flops
@@ -27,6 +27,7 @@ def test_peak_is_measured_once_and_cached(tmp_path):
 
 def test_manifest_records_mfu(tmp_path):
     from conftest import INSTRUCTION_ROWS
+
     from stagewise.data import encode_dataset
 
     result = run(make_recipe(tmp_path, [{"name": "s", "data": "sft", "max_steps": 2, "batch_size": 2}]))
@@ -45,6 +46,7 @@ def test_padding_free_batch_gives_the_padded_loss_and_gradients(model_name, atte
     """Packed into one row, examples see only themselves: loss and gradients equal the padded batch's,
     with either attention backend (model.attn_implementation)."""
     from conftest import INSTRUCTION_ROWS
+
     from stagewise.data import encode_dataset
     from stagewise.engine.stage import train_collator
 

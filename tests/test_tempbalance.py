@@ -6,11 +6,16 @@ import math
 
 import pytest
 import torch
+from conftest import CrashAfterSave, Snapshot, make_recipe, run
 from transformers import TrainerCallback
 
-from conftest import CrashAfterSave, Snapshot, make_recipe, run
-from stagewise.strategies.tempbalance.esd import (block_sigmoid_multipliers, eigenvalues, hill_alpha,
-                                                  linear_multipliers, sigmoid_factor)
+from stagewise.strategies.tempbalance.esd import (
+    block_sigmoid_multipliers,
+    eigenvalues,
+    hill_alpha,
+    linear_multipliers,
+    sigmoid_factor,
+)
 
 
 def pareto(alpha: float, n: int, seed: int = 0) -> torch.Tensor:
@@ -157,7 +162,7 @@ def reference_multipliers(model: torch.nn.Module, xmin_pos: float = 2.0, eigs_th
 def test_default_layer_set_and_multipliers_match_the_reference_rule(model_name, task):
     from stagewise.config import ModelConfig
     from stagewise.models import load_model_and_tokenizer
-    from stagewise.schedules import LrRuleContext
+    from stagewise.protocols import LrRuleContext
     from stagewise.strategies.tempbalance import TempBalance, TempBalanceConfig
 
     model, _ = load_model_and_tokenizer(ModelConfig(model_name_or_path=model_name, task=task, num_labels=2

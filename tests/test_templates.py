@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import CLASSIFICATION_ROWS, INSTRUCTION_ROWS, make_recipe, run
+
 from stagewise.errors import DataError, RecipeError
 from stagewise.strategies.templates import InstructionTemplate, TemplateConfig, fill, option_list
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CrashAfterSave, make_recipe, run
+
 from stagewise.errors import OutputError
 
 STAGE = {"name": "s", "data": "sft", "lr": 1e-3, "max_steps": 4, "batch_size": 2, "save_steps": 2}

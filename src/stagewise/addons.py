@@ -10,28 +10,16 @@ its own, what to save, and which model scores a probe.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
 from .errors import RecipeError
+from .protocols import AddOn
 from .registry import ADDONS
 
 if TYPE_CHECKING:
     from .registry import PluginConfig
-
-
-class AddOn(Protocol):
-    marker: str  # substring of the add-on's parameter names (and of nothing else)
-
-    def attached(self, model: torch.nn.Module) -> bool:
-        """Does ``model`` carry this add-on?"""
-
-    def for_saving(self, model: torch.nn.Module, selector: PluginConfig) -> torch.nn.Module:
-        """The model to save and hand to the next stage (e.g. the adapter merged in)."""
-
-    def for_probe(self, model: torch.nn.Module, probe: Any, group: str) -> torch.nn.Module:
-        """The model that scores ``probe`` of ``group`` (target/retention): with or without the add-on."""
 
 
 def is_peft_model(model: torch.nn.Module) -> bool:

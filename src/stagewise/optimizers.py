@@ -9,20 +9,11 @@ the Trainer builds its own, named by the stage's ``optim``. Strategies register 
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
 import torch
 from transformers import TrainingArguments
 
+from .protocols import ParamGroups
 from .registry import OPTIMIZERS, PluginConfig
-
-ParamGroups = list[dict[str, Any]]  # torch optimizer groups: {"params": [...], "weight_decay": ..., "lr"?: ...}
-
-
-class OptimizerBuilder(Protocol):
-    """Builds the stage's optimizer over ``groups``; ``None`` = the Trainer's own (``optim``)."""
-
-    def __call__(self, config: Any, groups: ParamGroups, args: TrainingArguments) -> torch.optim.Optimizer | None: ...
 
 
 @OPTIMIZERS.register("hf")

@@ -8,9 +8,10 @@ the model) and CLI **commands**. A strategy is a folder under ``stagewise/strate
 (e.g. a selector that wraps the model), like a PEFT tuner registering its config and model.
 The engine asks the entry instead of naming it: ``config`` checks every stage's entries
 against its data and model at validation time, and the shared test matrix runs every entry.
-Each point's call shape is a typed protocol beside its context (``selection.Selector``,
-``losses.LossBuilder``, ``regularizers.Regularizer``, ``schedules.LrRule``, ``optimizers.OptimizerBuilder``,
-``transforms.Transform``, ``trainers.TrainerFactory``, ``eval.metrics.Metric``, ``addons.AddOn``).
+Each point's call shape is a typed protocol beside its context in ``protocols.py`` (``Selector``,
+``LossBuilder``, ``Regularizer``, ``LrRule``, ``OptimizerBuilder``, ``Transform``, ``TrainerFactory``,
+``Metric``, ``AddOn``), the bottom of the package: this module and every implementation import it,
+it imports nothing of stagewise (``tests/test_layout.py`` keeps the import graph free of circles).
 """
 
 from __future__ import annotations
@@ -27,15 +28,17 @@ from .schema import StrictModel
 if TYPE_CHECKING:
     import argparse
 
-    from .addons import AddOn
-    from .eval.metrics import Metric
-    from .losses import LossBuilder
-    from .optimizers import OptimizerBuilder
-    from .regularizers import Regularizer
-    from .schedules import LrRule
-    from .selection import Selector
-    from .trainers import TrainerFactory
-    from .transforms import Transform
+    from .protocols import (
+        AddOn,
+        LossBuilder,
+        LrRule,
+        Metric,
+        OptimizerBuilder,
+        Regularizer,
+        Selector,
+        TrainerFactory,
+        Transform,
+    )
 
 Impl = TypeVar("Impl")
 Traits = TypeVar("Traits")
@@ -242,12 +245,14 @@ BUILT_IN = (
 
 def load_plugins() -> None:
     """Import every module that registers entries: the extension points' own modules, then every
-    folder under ``strategies/`` (idempotent; imports are cached)."""
+    folder under ``strategies/`` and each module in it (a strategy's CLI command, say), so no list
+    is kept anywhere (idempotent; imports are cached)."""
     import importlib
     import pkgutil
 
     for module in BUILT_IN:
         importlib.import_module(f"{__package__}.{module}")
     strategies = importlib.import_module(f"{__package__}.strategies")
-    for found in sorted(pkgutil.iter_modules(strategies.__path__), key=lambda info: info.name):
-        importlib.import_module(f"{strategies.__name__}.{found.name}")
+    found = pkgutil.walk_packages(strategies.__path__, prefix=f"{strategies.__name__}.")  # folders and their modules
+    for module in sorted(info.name for info in found):
+        importlib.import_module(module)

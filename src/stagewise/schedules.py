@@ -8,32 +8,10 @@ every trainable tensor the scheduled LR; TempBalance registers in its strategy f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
-
 import torch
-from transformers import TrainerCallback
 
+from .protocols import LrPlan, LrRuleContext
 from .registry import LR_RULES, PluginConfig
-
-GroupSplitter = Callable[[torch.nn.Module, list[dict[str, Any]]], list[dict[str, Any]]]
-
-
-@dataclass(frozen=True)
-class LrRuleContext:
-    base_lr: float
-
-
-@dataclass
-class LrPlan:
-    split_groups: GroupSplitter | None = None
-    callbacks: list[TrainerCallback] = field(default_factory=list)
-
-
-class LrRule(Protocol):
-    """Plans the stage's optimizer groups and LR callbacks for ``model`` (already selected)."""
-
-    def __call__(self, config: Any, model: torch.nn.Module, context: LrRuleContext) -> LrPlan: ...
 
 
 @LR_RULES.register("uniform")

@@ -15,31 +15,17 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import torch
 from pydantic import Field
 
 from .addons import addon_parameters, base_model_of
 from .errors import RecipeError
+from .protocols import Selection, SelectionContext
 from .registry import SELECTORS, PluginConfig, Requires
 
 PLAIN = Requires(plain_weights=True)  # trains base weight matrices: not on a quantized base
-
-
-@dataclass
-class Selection:
-    """What a selector may hand back besides ``requires_grad`` flags."""
-
-    model: torch.nn.Module | None = None  # a replacement: the model wrapped with an adapter or prompt
-    callbacks: list[Any] = field(default_factory=list)
-
-
-class Selector(Protocol):
-    """Sets ``requires_grad`` on ``model``'s parameters; may return a :class:`Selection`."""
-
-    def __call__(self, model: torch.nn.Module, config: Any, context: SelectionContext) -> Selection | None: ...
 
 
 def apply_selector(
@@ -55,17 +41,6 @@ def apply_selector(
         for param in addon_parameters(model):  # adapter layers may live inside the base model: keep them frozen
             param.requires_grad_(False)
     return model, selection.callbacks
-
-
-@dataclass(frozen=True)
-class SelectionContext:
-    """What a selector may depend on besides the model: the stage's seed and position, and the
-    encoded examples of any recipe dataset (a data-aware initialisation such as CorDA's)."""
-
-    seed: int = 42
-    stage_index: int = 0
-    examples_of: Callable[[str], list[dict[str, Any]]] | None = None
-    collator: Any = None
 
 
 def transformer_blocks(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:

@@ -11,66 +11,24 @@ trainer. ``hf`` (the default) is the plain Trainer; strategies register TRL trai
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer
 
 from .addons import is_peft_model
 from .data import ListDataset
 from .distributed import barrier
 from .errors import TrainingError
-from .losses import LossFn
-from .optimizers import ParamGroups
 from .precision import return_to_storage_dtype, storage_dtype
+from .protocols import GroupSplitter, OptimizerMaker, Penalty, TrainerInputs
 from .registry import TRAINERS, PluginConfig, Requires
-from .regularizers import Penalty
-from .schedules import GroupSplitter
 from .sharding import full_optimizer_state, full_state_dict, is_sharded, load_full_optimizer_state, load_full_state_dict
 
 WRAPPED_WEIGHTS = "stagewise-wrapped-model.safetensors"  # exact resume state of an add-on-wrapped model
 OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"  # the Trainer's names
 # (groups, TrainingArguments) -> the stage's optimizer entry's optimizer, or None for the Trainer's own
-OptimizerMaker = Callable[[ParamGroups, TrainingArguments], "torch.optim.Optimizer | None"]
-
-
-@dataclass
-class TrainerInputs:
-    model: torch.nn.Module
-    tokenizer: Any
-    rows: list[dict[str, Any]]  # the stage's training rows after transforms (raw)
-    examples: list[dict[str, Any]]  # the same rows encoded for the model (input_ids, labels)
-    dev: dict[str, torch.utils.data.Dataset] | None  # held-out sets scored each epoch (select_best)
-    collator: Any
-    loss: LossFn | None  # the stage's loss (None: the model's own)
-    split_groups: GroupSplitter | None  # the LR rule's optimizer-group split
-    callbacks: list[TrainerCallback]
-    args_for: Callable[..., TrainingArguments]  # args_for(cls=TrainingArguments, **extra): the stage's arguments
-    penalty: Penalty | None = None  # the stage's regularizer: its gradient joins every backward
-    sampler: torch.utils.data.Sampler | None = None  # a weighted data mixture's per-epoch draw over ``examples``
-    stage_folder: Callable[[str], Path] | None = None  # an earlier stage's saved folder by name (its reward model)
-    model_named: Callable[[str], Any] | None = None  # base, an earlier stage or a folder, whole and frozen (a teacher)
-    weights_named: Callable[[str], Any] | None = (
-        None  # base's or an earlier stage's weights, tensor by tensor (None: a folder)
-    )
-    prompts: Callable[[], list[str]] | None = None  # each row's prompt as training renders it (on-policy trainers)
-    batch_size: int = 8  # the stage's batch_size (rows, or prompts, per device step)
-    build_optimizer: OptimizerMaker | None = None  # the stage's optimizer entry over the groups (None: the Trainer's)
-
-    def stage_features(self) -> dict[str, Any]:
-        """Keyword arguments of a :func:`stage_trainer_class` trainer: LR groups, optimizer, penalty, sampler."""
-        return {
-            "split_groups": self.split_groups,
-            "build_optimizer": self.build_optimizer,
-            "penalty": self.penalty,
-            "train_sampler": self.sampler,
-        }
-
-
-class TrainerFactory(Protocol):
-    def __call__(self, config: Any, inputs: TrainerInputs) -> Trainer: ...
 
 
 class StageTrainerMixin:

@@ -11,40 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from .bundled import cache_dir
-from .config import DatasetConfig
 from .distributed import broadcast_from_main, is_main_process
 from .io import atomic_write_text, read_verified_json, write_verified_json
 from .written import Written
-
-
-@dataclass
-class TransformContext:
-    model: Any
-    tokenizer: Any
-    dataset_name: str
-    dataset: DatasetConfig
-    model_key: str  # identity of the model entering the stage
-    seed: int
-    stage_dir: Path
-    log: Callable[[str], None]
-    load_seed_model: Callable[[], tuple[Any, Any]]  # the run's starting model (for "before" categories)
-    seed_model_key: str
-    rows_of: Callable[[str], list[dict[str, Any]]]  # any recipe dataset's rows (e.g. prompts to answer)
-    stage_folder: Callable[[str], Path]  # a finished earlier stage's folder, by name (its reward model)
-
-
-class Transform(Protocol):
-    """Rewrites or selects one dataset's rows (all of the stage's, if stage-wide); returns the
-    new rows and a small report for the manifest (counts; shown if no row is left)."""
-
-    def __call__(
-        self, rows: list[dict[str, Any]], config: Any, context: TransformContext
-    ) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
 
 
 def cached(kind: str, key_parts: Any, compute: Callable[[], Any], log: Callable[[str], None] = print) -> Any:

@@ -43,7 +43,6 @@ from ..data.mixture import MixtureSampler, mixture_counts
 from ..data.tokenize import prompt_text
 from ..errors import DataError, DiskSpaceError, TrainingError
 from ..eval import evaluate_task
-from ..losses import LossContext
 from ..merging import BASE, WeightSource, merge_model
 from ..models import load_stage_output
 from ..precision import (
@@ -54,14 +53,18 @@ from ..precision import (
     return_to_storage_dtype,
     trainer_flags,
 )
+from ..protocols import (
+    LossContext,
+    LrRuleContext,
+    RegularizerContext,
+    SelectionContext,
+    TrainerInputs,
+    TransformContext,
+)
 from ..registry import LOSSES, LR_RULES, OPTIMIZERS, REGULARIZERS, TRAINERS, TRANSFORMS
-from ..regularizers import RegularizerContext
-from ..schedules import LrRuleContext
-from ..selection import SelectionContext, apply_selector, count_parameters
+from ..selection import apply_selector, count_parameters
 from ..sharding import shard_model, wants_sharding
 from ..speed import mfu
-from ..trainers import TrainerInputs
-from ..transforms import TransformContext
 from ..written import Written
 from .checkpoints import CheckpointSeal, last_complete_checkpoint, remove_checkpoints
 

@@ -5,20 +5,11 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Any, Protocol
 
 from ..generation import first_line
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 NUMBER = re.compile(r"-?\d+(?:[,\s]\d+)*(?:\.\d+)?")  # sail-sg/sdft eval/utils.py find_last_integer
-
-
-class Metric(Protocol):
-    """Scores ``rows`` of a probe; returns ``score``, ``scores`` and per-item ``items`` (id, score)."""
-
-    def __call__(
-        self, model: Any, tokenizer: Any, task: Any, dataset: Any, rows: list[dict[str, Any]], evaluation: Any
-    ) -> dict[str, Any]: ...
 
 
 def normalize_answer(text: str) -> str:

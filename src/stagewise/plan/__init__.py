@@ -157,7 +157,8 @@ def plan_recipe(
 
 def plan_stages(recipe: Recipe, config: Any, settings: Settings) -> list[StagePlan]:
     """Every stage in order on one meta model (adapters a stage attaches stay for the next)."""
-    from ..selection import SelectionContext, apply_selector
+    from ..protocols import SelectionContext
+    from ..selection import apply_selector
 
     shape = ModelShape.of(config)
     storage = storage_dtype_for(recipe, config, settings.precision)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ...errors import RecipeError
-from ...losses import LossContext
+from ...protocols import LossContext
 from ...registry import LOSSES, PluginConfig, Requires
 
 

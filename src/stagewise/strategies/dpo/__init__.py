@@ -15,8 +15,9 @@ from typing import Any, Literal
 from pydantic import Field
 from transformers import Trainer
 
+from ...protocols import TrainerInputs
 from ...registry import TRAINERS, PluginConfig, Requires, TrainerTraits
-from ...trainers import TrainerInputs, frozen_reference, stage_trainer_class
+from ...trainers import frozen_reference, stage_trainer_class
 
 
 class DPOConfig(PluginConfig):

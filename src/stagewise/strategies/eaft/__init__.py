@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ...losses import LossContext
+from ...protocols import LossContext
 from ...registry import LOSSES, PluginConfig, Requires
 
 IGNORE = -100

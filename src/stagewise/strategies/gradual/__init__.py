@@ -15,8 +15,9 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ...protocols import TransformContext
 from ...registry import TRANSFORMS, Requires, TransformConfig, TransformTraits
-from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
+from ...transforms import cached, rows_fingerprint, write_rows
 from .slick import ProbeSettings, categorize, model_answerer, settings_dict, summary
 
 Category = Literal["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"]
@@ -113,6 +114,3 @@ def select(rows: list[dict[str, Any]], config: SelectConfig, context: TransformC
     if before is not None:
         report["categories_before"] = counts(before)
     return selected, report
-
-
-from . import command  # noqa: E402,F401  (registers `stagewise categorize`)

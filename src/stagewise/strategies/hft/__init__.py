@@ -29,8 +29,9 @@ from pydantic import Field
 from transformers import TrainerCallback
 
 from ...errors import RecipeError
+from ...protocols import Selection, SelectionContext
 from ...registry import SELECTORS, PluginConfig, Requires
-from ...selection import Selection, SelectionContext, set_trainable, transformer_blocks
+from ...selection import set_trainable, transformer_blocks
 
 ATTENTION_WORDS = ("attn", "attention")
 

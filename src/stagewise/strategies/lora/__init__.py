@@ -26,8 +26,8 @@ from pydantic import Field, model_validator
 from ...addons import is_peft_model, peft_task_type, train_addon
 from ...errors import DataError, RecipeError
 from ...models import dequantize_in_place, is_quantized
+from ...protocols import Selection, SelectionContext
 from ...registry import ADDONS, SELECTORS, PluginConfig, Requires, SelectorTraits
-from ...selection import Selection, SelectionContext
 
 MARKER = "lora_"
 

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 from transformers import TrainingArguments
 
-from ...optimizers import ParamGroups
+from ...protocols import ParamGroups
 from ...registry import OPTIMIZERS, PluginConfig, Requires
 
 

@@ -31,8 +31,9 @@ from transformers import Trainer
 
 from ...addons import base_without_addon_layers, is_peft_model
 from ...errors import ModelError
+from ...protocols import TrainerInputs
 from ...registry import TRAINERS, PluginConfig, Requires, TrainerTraits
-from ...trainers import TrainerInputs, stage_trainer_class
+from ...trainers import stage_trainer_class
 
 
 class OnPolicyDistillConfig(PluginConfig):

@@ -28,9 +28,10 @@ from ...data.tokenize import encode_prompt, prompt_text
 from ...eval.suite import answer_correct
 from ...generation import SamplingConfig, generate
 from ...plan.footprint import generation_plan
+from ...protocols import TransformContext
 from ...registry import TRANSFORMS, Requires, TransformConfig
 from ...rewards import RewardSource, load_reward_model, reward_scores
-from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
+from ...transforms import cached, rows_fingerprint, write_rows
 
 ANSWER_KEY = {"instruction": "output", "prompt_completion": "completion"}  # where each format keeps its answer
 

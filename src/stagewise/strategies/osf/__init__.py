@@ -16,8 +16,8 @@ from pydantic import Field
 
 from ...addons import is_peft_model, peft_task_type, train_addon
 from ...errors import RecipeError
+from ...protocols import Selection, SelectionContext
 from ...registry import ADDONS, SELECTORS, PluginConfig, Requires, SelectorTraits
-from ...selection import Selection, SelectionContext
 
 MARKER = "osf_svd_params"
 

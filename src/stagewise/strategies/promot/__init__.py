@@ -18,8 +18,8 @@ from pydantic import Field
 
 from ...addons import base_model_of, is_peft_model, peft_task_type, train_addon
 from ...errors import RecipeError
+from ...protocols import Selection, SelectionContext
 from ...registry import ADDONS, SELECTORS, PluginConfig, Requires, SelectorTraits
-from ...selection import Selection, SelectionContext
 
 MARKER = "prompt_encoder"
 

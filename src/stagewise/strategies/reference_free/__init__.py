@@ -18,8 +18,9 @@ from typing import Any
 from pydantic import Field
 from transformers import Trainer
 
+from ...protocols import TrainerInputs
 from ...registry import TRAINERS, PluginConfig, Requires, TrainerTraits
-from ...trainers import TrainerInputs, stage_trainer_class
+from ...trainers import stage_trainer_class
 
 PREFERENCE = Requires(objectives=("preference",), model_tasks=("causal_lm",), sharded=False)  # TRL trainer
 OWN_BATCHES = TrainerTraits(takes_loss=False, samples_examples=False)

@@ -26,8 +26,8 @@ from pydantic import Field
 from ...bundled import cache_dir
 from ...distributed import barrier, broadcast_from_main, is_main_process
 from ...errors import DataError
+from ...protocols import Penalty, RegularizerContext
 from ...registry import REGULARIZERS, PluginConfig
-from ...regularizers import Penalty, RegularizerContext
 from ...sharding import local, local_shard, sum_over_ranks
 
 

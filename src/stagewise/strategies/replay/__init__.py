@@ -21,8 +21,9 @@ from ...data.tokenize import encode_prompt
 from ...errors import DataError
 from ...generation import SamplingConfig, generate
 from ...plan.footprint import generation_plan
+from ...protocols import TransformContext
 from ...registry import TRANSFORMS, Requires, TransformConfig
-from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
+from ...transforms import cached, rows_fingerprint, write_rows
 
 
 class SelfReplayConfig(TransformConfig):

@@ -34,9 +34,10 @@ from ...config import DatasetConfig, EvalTaskConfig, EvaluationConfig
 from ...errors import DataError, ModelError
 from ...eval.suite import answer_correct, item_ids
 from ...precision import record_storage_dtype, storage_dtype
+from ...protocols import TrainerInputs
 from ...registry import METRICS, TRAINERS, PluginConfig, Requires, TrainerTraits
 from ...rewards import RewardSource, load_reward_model, reward_scores
-from ...trainers import TrainerInputs, frozen_reference, stage_trainer_class
+from ...trainers import frozen_reference, stage_trainer_class
 
 HEADS = ("score.", "classifier.")  # decoder-style and encoder-style classification heads
 

@@ -17,8 +17,9 @@ from pydantic import Field
 from ...eval.metrics import exact_match, last_integer
 from ...generation import SamplingConfig, generate
 from ...plan.footprint import generation_plan
+from ...protocols import TransformContext
 from ...registry import TRANSFORMS, Requires, TransformConfig
-from ...transforms import TransformContext, cached, rows_fingerprint, write_rows
+from ...transforms import cached, rows_fingerprint, write_rows
 
 
 @dataclass(frozen=True)

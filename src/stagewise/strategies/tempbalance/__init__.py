@@ -21,8 +21,8 @@ from transformers import TrainerCallback
 
 from ...distributed import broadcast_from_main, is_main_process
 from ...io import save_figure
+from ...protocols import LrPlan, LrRuleContext
 from ...registry import LR_RULES, PluginConfig, Requires
-from ...schedules import LrPlan, LrRuleContext
 from ...selection import transformer_blocks
 from ...sharding import gathered
 from ...written import Written
@@ -216,6 +216,3 @@ def tempbalance(config: TempBalanceConfig, model: torch.nn.Module, context: LrRu
     """Per-layer LRs from each matrix's spectral power-law exponent (TempBalance)."""
     balance = TempBalance(model, config, context)
     return LrPlan(split_groups=balance.split_groups, callbacks=[TempBalanceCallback(balance)])
-
-
-from . import command  # noqa: E402,F401  (registers `stagewise spectra`)

@@ -23,9 +23,10 @@ import yaml
 from pydantic import Field, field_validator
 
 from ...errors import DataError
+from ...protocols import TransformContext
 from ...registry import TRANSFORMS, TransformConfig, TransformTraits
 from ...schema import StrictModel
-from ...transforms import TransformContext, write_rows
+from ...transforms import write_rows
 
 
 class InstructionTemplate(StrictModel):
