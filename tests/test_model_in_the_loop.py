@@ -273,7 +273,7 @@ def test_a_stage_whose_selection_keeps_nothing_stops_with_one_line(tmp_path):
 def test_selection_runs_over_all_stage_datasets_and_hands_rows_back_to_their_own(tmp_path):
     """Select is stage-wide (replay counts against every upgraded item); each dataset keeps its rows."""
     from stagewise.data import load_dataset_config
-    from stagewise.engine.stage import ModelIdentity, transform_stage_data
+    from stagewise.engine.stage import ModelIdentity, StageContext, transform_stage_data
 
     def qa(names):
         return [{"instruction": f"Who is {name}?", "output": name} for name in names]
@@ -288,8 +288,8 @@ def test_selection_runs_over_all_stage_datasets_and_hands_rows_back_to_their_own
     identity = ModelIdentity(key="k-stagewide", seed_key="k-stagewide", load_seed=lambda: (model, tokenizer),
                              weights_of=lambda name: None, folder_of=lambda name: tmp_path,
                              model_of=lambda name: model)
-    out, reports = transform_stage_data(model, tokenizer, recipe, recipe.stages[0], loaded, tmp_path,
-                                        identity, lambda message: None)
+    out, reports = transform_stage_data(model, tokenizer, StageContext(recipe, 0, loaded, tmp_path, identity,
+                                                                       log=lambda message: None))
     [report] = reports
     assert report["data"] == "a+b" and report["rows_in"] == 7
     assert report["rows_out_per_dataset"] == {"a": 4, "b": 3}

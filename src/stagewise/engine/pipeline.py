@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +38,7 @@ from ..written import Written, before_first_write, remove, stage_written
 from .guard import RetentionGuard
 from .manifest import Manifest
 from .run_folder import check_foreign_content, check_no_links, check_writable_folder, read_manifest, run_lock
-from .stage import ADAPTER_DIR, ModelIdentity, StageResult, class_labels, run_stage
+from .stage import ADAPTER_DIR, ModelIdentity, StageContext, StageResult, class_labels, run_stage
 
 Log = Callable[[str], None]
 
@@ -277,20 +277,8 @@ def _run_locked(
             folder_of=functools.partial(named_folder, recipe),
             model_of=functools.partial(named_model, recipe, load_seed),
         )
-        model = train_and_record(
-            model,
-            tokenizer,
-            recipe,
-            index,
-            datasets,
-            hashes[index],
-            manifest,
-            evaluator,
-            identity,
-            callbacks,
-            log,
-            force,
-        )
+        ctx = StageContext(recipe, index, datasets, stage_folder(recipe, index), identity, list(callbacks or []), log)
+        model = train_and_record(model, tokenizer, ctx, hashes[index], manifest, evaluator, force)
     if recipe.evaluation and is_main_process():
         write_report(output_dir, build_report(manifest.data))
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)
@@ -503,21 +491,15 @@ def stage_kl(
 def train_and_record(
     model: Any,
     tokenizer: Any,
-    recipe: Recipe,
-    index: int,
-    datasets: dict[str, LoadedDataset],
+    ctx: StageContext,
     config_hash_: str,
     manifest: Manifest,
     evaluator: Evaluator,
-    identity: ModelIdentity,
-    callbacks: list[TrainerCallback] | None,
-    log: Log,
     force: bool = False,
 ) -> Any:
-    """Train stage ``index`` and record it: running -> trained (outputs hashed) -> completed (scored)."""
-    stage = recipe.stages[index]
-    stage_dir = stage_folder(recipe, index)
-    entry = running_entry(recipe, index, datasets, config_hash_, manifest.previous(index))
+    """Train stage ``ctx.index`` and record it: running -> trained (outputs hashed) -> completed (scored)."""
+    recipe, index, stage, stage_dir, log = ctx.recipe, ctx.index, ctx.stage, ctx.stage_dir, ctx.log
+    entry = running_entry(recipe, index, ctx.datasets, config_hash_, manifest.previous(index))
 
     def start() -> None:  # right before the stage first writes into its folder
         clear_stale_stage_folder(recipe, manifest, index, config_hash_, force, log)
@@ -525,24 +507,10 @@ def train_and_record(
         manifest.set_stage(index, entry)
 
     log(f"[stage {index}] '{stage.name}': training")
-    if recipe.evaluation and recipe.evaluation.every != "stage" and not builds_model(stage):
-        callbacks = [*(callbacks or []), CurvePoints(evaluator, entry, manifest, tokenizer, recipe.evaluation.every)]
-    if recipe.evaluation and recipe.evaluation.guard and not builds_model(stage):
-        guard = recipe.evaluation.guard
-        metric = next(task.metric for task in recipe.evaluation.retention if task.name == guard.probe)
-        callbacks = [
-            *(callbacks or []),
-            RetentionGuard(
-                lambda scored: evaluator.probe_score(scored, tokenizer, guard.probe, guard.items),
-                guard,
-                METRICS.get(metric).traits.higher_is_better,
-                entry,
-                log,
-            ),
-        ]
+    ctx = replace(ctx, callbacks=[*ctx.callbacks, *evaluation_callbacks(ctx, evaluator, entry, manifest, tokenizer)])
     with before_first_write(stage_dir, start) as started:
         try:
-            model, result = run_stage(model, tokenizer, recipe, index, datasets, stage_dir, identity, callbacks, log)
+            model, result = run_stage(model, tokenizer, ctx)
         except StagewiseError as err:  # a recipe/data problem found while running: name the stage
             record_failure(manifest, entry, started(), error=str(err))
             raise type(err)(f"stages.{index} '{stage.name}': {err}") from None
@@ -558,13 +526,38 @@ def train_and_record(
     record_trained(entry, result, stage_dir)
     manifest.set_stage(index, entry)
     if evaluator.wants(index) and measures_kl(recipe, stage) and is_main_process():
-        entry["kl_to_entering"] = stage_kl(model, tokenizer, recipe, index, datasets, identity.model_of, log)
+        entry["kl_to_entering"] = stage_kl(model, tokenizer, recipe, index, ctx.datasets, ctx.identity.model_of, log)
         manifest.set_stage(index, entry)
     if evaluator.wants(index):
         evaluator.score_stage(entry, model, tokenizer, stage_dir.name)
     entry["status"] = "completed"
     manifest.set_stage(index, entry)
     return model
+
+
+def evaluation_callbacks(
+    ctx: StageContext, evaluator: Evaluator, entry: dict[str, Any], manifest: Manifest, tokenizer: Any
+) -> list[TrainerCallback]:
+    """Scoring during training: curve points (``evaluation.every``) and the retention guard."""
+    evaluation, stage = ctx.recipe.evaluation, ctx.stage
+    if evaluation is None or builds_model(stage):
+        return []
+    found: list[TrainerCallback] = []
+    if evaluation.every != "stage":
+        found.append(CurvePoints(evaluator, entry, manifest, tokenizer, evaluation.every))
+    if evaluation.guard:
+        guard = evaluation.guard
+        metric = next(task.metric for task in evaluation.retention if task.name == guard.probe)
+        found.append(
+            RetentionGuard(
+                lambda scored: evaluator.probe_score(scored, tokenizer, guard.probe, guard.items),
+                guard,
+                METRICS.get(metric).traits.higher_is_better,
+                entry,
+                ctx.log,
+            )
+        )
+    return found
 
 
 def record_failure(manifest: Manifest, entry: dict[str, Any], started: bool, **details: str) -> None:

@@ -98,18 +98,30 @@ class ModelIdentity:
     model_of: Callable[[str], Any]  # base, a finished stage or a folder as a whole frozen model (a teacher)
 
 
+@dataclass(frozen=True)
+class StageContext:
+    """What training one stage needs besides the model and tokenizer: the recipe and the stage's
+    place in it, its folder, the loaded datasets, who the entering model is, callbacks and the log."""
+
+    recipe: Recipe
+    index: int
+    datasets: dict[str, LoadedDataset]
+    stage_dir: Path
+    identity: ModelIdentity
+    callbacks: list[TrainerCallback] = field(default_factory=list)
+    log: Callable[[str], None] = print
+
+    @property
+    def stage(self) -> StageConfig:
+        return self.recipe.stages[self.index]
+
+
 def transform_stage_data(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    recipe: Recipe,
-    stage: StageConfig,
-    datasets: dict[str, LoadedDataset],
-    stage_dir: Path,
-    identity: ModelIdentity,
-    log: Callable[[str], None],
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, ctx: StageContext
 ) -> tuple[dict[str, LoadedDataset], list[dict[str, Any]]]:
     """Apply the stage's transforms in order: each to every dataset on its
     own, or, for a stage-wide transform (selection with replay ratios), once to all of them together."""
+    recipe, stage, datasets, identity, log = ctx.recipe, ctx.stage, ctx.datasets, ctx.identity, ctx.log
     if not stage.transforms:
         return datasets, []
     rows = {name: datasets[name].rows for name in stage.data}
@@ -124,7 +136,7 @@ def transform_stage_data(
             dataset=dataset,
             model_key=identity.key,
             seed=stage.seed,
-            stage_dir=stage_dir,
+            stage_dir=ctx.stage_dir,
             log=log,
             load_seed_model=identity.load_seed,
             seed_model_key=identity.seed_key,
@@ -322,23 +334,13 @@ def check_finite_weights(model: torch.nn.Module) -> None:
 
 
 def run_stage(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    recipe: Recipe,
-    index: int,
-    datasets: dict[str, LoadedDataset],
-    stage_dir: Path,
-    identity: ModelIdentity,
-    callbacks: list[TrainerCallback] | None = None,
-    log: Callable[[str], None] = print,
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, ctx: StageContext
 ) -> tuple[torch.nn.Module, StageResult]:
     """Train one stage: data -> transforms -> selector -> objective -> trainer -> train -> save.
     Returns the model to hand over (wrapped if the stage attached an add-on)."""
-    stage = recipe.stages[index]
+    recipe, stage, index, stage_dir, log = ctx.recipe, ctx.stage, ctx.index, ctx.stage_dir, ctx.log
     with autocast(recipe.performance.precision):
-        datasets, transform_reports = transform_stage_data(
-            model, tokenizer, recipe, stage, datasets, stage_dir, identity, log
-        )
+        datasets, transform_reports = transform_stage_data(model, tokenizer, ctx)
     data = prepare_data(recipe, stage, datasets, tokenizer)
     entering, build = model, TRAINERS.get(stage.trainer.kind).traits.builds_model
     if build is not None:  # the stage trains a model of its own (a reward model) and hands on ``entering``
@@ -351,16 +353,7 @@ def run_stage(
     hold_trainable_in_fp32(model, recipe.performance.precision)
     trainable, total = count_parameters(model)
     trainer = build_trainer(
-        model,
-        tokenizer,
-        recipe,
-        stage,
-        stage_dir,
-        data,
-        selector_callbacks,
-        [CheckpointSeal(), FiniteLossGuard(), *(callbacks or [])],
-        identity,
-        log,
+        model, tokenizer, ctx, data, selector_callbacks, [CheckpointSeal(), FiniteLossGuard(), *ctx.callbacks]
     )
     checkpoint = (
         last_complete_checkpoint(stage_dir, log) if recipe.resume_from_checkpoint and stage_dir.is_dir() else None
@@ -371,7 +364,7 @@ def run_stage(
         model = reload_whole(trainer, recipe, stage_dir)
     return_to_storage_dtype(model)
     # evaluation run from inside train() (curve points) is not training time
-    wall = time.perf_counter() - started - sum(getattr(cb, "off_clock_s", 0.0) for cb in callbacks or [])
+    wall = time.perf_counter() - started - sum(getattr(cb, "off_clock_s", 0.0) for cb in ctx.callbacks)
     tokens = int(trainer.state.num_input_tokens_seen)
     metrics.update(throughput(recipe, model, data.examples, tokens, wall))
     merge = None
@@ -381,7 +374,7 @@ def run_stage(
         model, merge = merge_model(
             model,
             stage.merge,
-            identity.weights_of,
+            ctx.identity.weights_of,
             dev_scorer(recipe, stage, datasets, tokenizer),
             log,
             scratch=stage_dir / "merge-tuned.safetensors",
@@ -513,16 +506,13 @@ def prepare_data(
 def build_trainer(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    recipe: Recipe,
-    stage: StageConfig,
-    stage_dir: Path,
+    ctx: StageContext,
     data: StageData,
     selector_callbacks: list[TrainerCallback],
     callbacks: list[TrainerCallback],
-    identity: ModelIdentity,
-    log: Callable[[str], None],
 ) -> Trainer:
     """The stage's loss, regularizer and LR plan, handed with the data to the stage's trainer entry."""
+    recipe, stage, stage_dir, identity = ctx.recipe, ctx.stage, ctx.stage_dir, ctx.identity
     class_counts = (
         [sum(ex["labels"] == i for ex in data.examples) for i in range(len(data.labels))] if data.labels else []
     )
@@ -532,7 +522,11 @@ def build_trainer(
             stage.regularizer,
             model,
             RegularizerContext(
-                examples_of=data.encode, collator=data.collator, model_key=identity.key, stage_dir=stage_dir, log=log
+                examples_of=data.encode,
+                collator=data.collator,
+                model_key=identity.key,
+                stage_dir=stage_dir,
+                log=ctx.log,
             ),
         )
     lr_plan = LR_RULES.impl(stage.lr_rule)(stage.lr_rule, model, LrRuleContext(base_lr=stage.lr))
