@@ -151,6 +151,7 @@ def one_line_error(capsys, argv, expected):
                "b": {"recipe": "base.yaml", "sweep": {"key": "description", "values": ["a b", "a_b"]}}}},
      "arms.b.sweep: two values share the run folder name 'description=a_b'"),
     ({"seeds": [-1]}, "seeds.0: Input should be greater than or equal to 0"),
+    ({"frontier_baseline": "nope"}, "frontier_baseline: 'nope' is not an arm"),
     ({"bootstrap": 10**15}, "bootstrap: Input should be less than or equal to 100000"),
 ])
 def test_bad_study_files_are_one_line(tmp_path, capsys, changes, expected):
@@ -319,7 +320,7 @@ def test_a_study_with_a_continuous_target_compares_frontiers_and_splits_drops(tm
     recovery_shots gets its format loss per arm."""
     path = write_study(tmp_path, arms={"full": {"recipe": "base.yaml"},
                                        "lr": {"recipe": "base.yaml", "sweep": {"stages.0.lr": [1e-3, 3e-3]}}},
-                       seeds=[0], gain_levels=[])
+                       seeds=[0], gain_levels=[], frontier_baseline="lr")  # frontiers paired with the sweeping arm
     recipe = yaml.safe_load((tmp_path / "base.yaml").read_text())
     recipe["evaluation"]["target"] = [{"name": "logprob", "data": "facts", "metric": "answer_logprob"}]
     recipe["evaluation"]["retention"].append({"name": "facts_mc", "data": "facts", "metric": "answer_logprob",
@@ -329,7 +330,8 @@ def test_a_study_with_a_continuous_target_compares_frontiers_and_splits_drops(tm
     out = tmp_path / "study"
     frontier = json.loads((out / "study.json").read_text())["frontier"]
     assert len(frontier["levels"]) == 9 and set(frontier["probes"]["ppl"]["arms"]) == {"full", "lr"}
-    assert "area" in frontier["probes"]["ppl"]["arms"]["lr"] and (out / "frontier.png").is_file()
+    arms = frontier["probes"]["ppl"]["arms"]
+    assert "area" in arms["full"] and "area" not in arms["lr"] and (out / "frontier.png").is_file()
     assert "## Frontiers (logprob gain vs retention)" in (out / "study.md").read_text()
     results = json.loads((out / "study.json").read_text())  # knowledge vs format on the probe scored with examples
     assert results["probes"]["facts_mc@2shot"]["group"] == "recovery"

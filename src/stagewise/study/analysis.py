@@ -334,7 +334,7 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
         paths = {arm: [row.points for row in rows if row.arm == arm] for arm in config.arms}
         frontier = frontier_analysis(
             paths,
-            config.baseline,
+            config.frontier_baseline or config.baseline,
             match.name,
             {probe.name: probe.higher_is_better for probe in retention},
             {probe.name: probe.base for probe in probes},

@@ -83,6 +83,8 @@ class StudyConfig(StrictModel):
     match_on: str | None = None  # target probe whose gain is matched (default: the first)
     gain_levels: list[float] = Field(default_factory=list)  # more gain levels to read retention at
     frontier_levels: int = Field(default=9, ge=2, le=50)  # gain levels the frontiers are compared at
+    frontier_baseline: str | None = None  # the arm whose frontier the others are paired with (default: baseline;
+    # the baseline arm cannot sweep, so name a sweeping arm here to compare frontiers over hyperparameters)
     bootstrap: int = Field(default=2000, ge=100, le=100_000)  # bootstrap resamples per interval (each holds
     # resamples x items floats per probe in memory)
     output_dir: str = "runs/study"
@@ -137,13 +139,15 @@ class Study:
 
 
 def select_arms(study: Study, names: list[str]) -> Study:
-    """The study restricted to ``names`` (the baseline always stays: every arm is compared with it)."""
+    """The study restricted to ``names`` (the baseline and the frontier baseline always stay: every arm
+    is compared with them)."""
     unknown = [name for name in names if name not in study.config.arms]
     if unknown:
         raise RecipeError(
             f"--arms: {', '.join(map(repr, unknown))} not in {study.source} (arms: {', '.join(study.config.arms)})"
         )
-    keep = [name for name in study.config.arms if name in names or name == study.config.baseline]
+    anchors = (study.config.baseline, study.config.frontier_baseline)
+    keep = [name for name in study.config.arms if name in names or name in anchors]
     config = study.config.model_copy(update={"arms": {name: study.config.arms[name] for name in keep}})
     return replace(study, config=config, runs=[run for run in study.runs if run.arm in keep])
 
@@ -190,6 +194,8 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
             fail(("arms", name), f"arm name {name!r}: expected {SAFE_NAME_HINT}")
     if config.baseline not in config.arms:
         fail(("baseline",), f"{config.baseline!r} is not an arm (arms: {', '.join(config.arms)})")
+    if config.frontier_baseline is not None and config.frontier_baseline not in config.arms:
+        fail(("frontier_baseline",), f"{config.frontier_baseline!r} is not an arm (arms: {', '.join(config.arms)})")
     if config.arms[config.baseline].sweep is not None:
         fail(("arms", config.baseline, "sweep"), "the baseline arm cannot sweep (it is the fixed reference)")
 
