@@ -17,6 +17,7 @@ from typing import Any, Callable
 from .bundled import cache_dir
 from .distributed import broadcast_from_main, is_main_process
 from .io import atomic_write_text, read_verified_json, write_verified_json
+from .protocols import TransformContext
 from .written import Written
 
 
@@ -53,3 +54,28 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     Written(path.parent).record(path.name)
     if is_main_process():
         atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def greedy_answers(
+    context: TransformContext,
+    rows: list[dict[str, Any]],
+    data_format: str,
+    max_new_tokens: int,
+    batch_size: int,
+    desc: str,
+) -> list[str]:
+    """The entering model's greedy continuation of each row's prompt, rendered as training renders
+    the row (self-replay's and on-policy replay's answers)."""
+    from .data.tokenize import encode_prompt
+    from .generation import SamplingConfig, generate
+
+    ids = [encode_prompt(row, data_format, context.tokenizer, context.dataset.template) for row in rows]
+    outputs = generate(
+        context.model,
+        context.tokenizer,
+        ids,
+        SamplingConfig(max_new_tokens=max_new_tokens),
+        batch_size=batch_size,
+        desc=desc,
+    )
+    return [texts[0] for texts in outputs]

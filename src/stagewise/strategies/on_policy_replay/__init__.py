@@ -24,14 +24,13 @@ from typing import Any
 
 from pydantic import Field
 
-from ...data.tokenize import encode_prompt, prompt_text
+from ...data.tokenize import prompt_text
 from ...eval.suite import answer_correct
-from ...generation import SamplingConfig, generate
 from ...plan.footprint import generation_plan
 from ...protocols import TransformContext
 from ...registry import TRANSFORMS, Requires, TransformConfig
 from ...rewards import RewardSource, load_reward_model, reward_scores
-from ...transforms import cached, rows_fingerprint, write_rows
+from ...transforms import cached, greedy_answers, rows_fingerprint, write_rows
 
 ANSWER_KEY = {"instruction": "output", "prompt_completion": "completion"}  # where each format keeps its answer
 
@@ -74,18 +73,12 @@ def on_policy_replay(rows: list[dict[str, Any]], config: OnPolicyReplayConfig, c
 
 def own_answers(rows: list[dict[str, Any]], config: OnPolicyReplayConfig, context: TransformContext) -> list[str]:
     """The entering model's greedy answer to each row's prompt, rendered as the row trains."""
-    ids = [encode_prompt(row, context.dataset.format, context.tokenizer, context.dataset.template) for row in rows]
-    outputs = generate(
-        context.model,
-        context.tokenizer,
-        ids,
-        SamplingConfig(max_new_tokens=config.max_new_tokens),
-        batch_size=config.batch_size,
-        desc="on-policy replay",
+    texts = greedy_answers(
+        context, rows, context.dataset.format, config.max_new_tokens, config.batch_size, "on-policy replay"
     )
     if context.dataset.format == "prompt_completion":  # the completion's own leading space is part of it
-        return [texts[0].rstrip() for texts in outputs]
-    return [texts[0].strip() for texts in outputs]
+        return [text.rstrip() for text in texts]
+    return [text.strip() for text in texts]
 
 
 def passing(

@@ -17,13 +17,11 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ...data.tokenize import encode_prompt
 from ...errors import DataError
-from ...generation import SamplingConfig, generate
 from ...plan.footprint import generation_plan
 from ...protocols import TransformContext
 from ...registry import TRANSFORMS, Requires, TransformConfig
-from ...transforms import cached, rows_fingerprint, write_rows
+from ...transforms import cached, greedy_answers, rows_fingerprint, write_rows
 
 
 class SelfReplayConfig(TransformConfig):
@@ -56,19 +54,9 @@ def self_replay(rows: list[dict[str, Any]], config: SelfReplayConfig, context: T
     ]
 
     def answer() -> list[str]:
-        ids = [
-            encode_prompt({**row, "output": ""}, "instruction", context.tokenizer, context.dataset.template)
-            for row in prompts
-        ]
-        outputs = generate(
-            context.model,
-            context.tokenizer,
-            ids,
-            SamplingConfig(max_new_tokens=config.max_new_tokens),
-            batch_size=config.batch_size,
-            desc="self-replay",
-        )
-        return [texts[0].strip() for texts in outputs]
+        empty = [{**row, "output": ""} for row in prompts]
+        texts = greedy_answers(context, empty, "instruction", config.max_new_tokens, config.batch_size, "self-replay")
+        return [text.strip() for text in texts]
 
     settings = config.model_dump(exclude={"batch_size"})
     answers = cached(
