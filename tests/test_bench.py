@@ -63,6 +63,7 @@ def test_builtin_file_errors_are_one_line():
 
 def test_geo_knowledge_items_are_unique_real_and_never_answered_by_their_question():
     from stagewise.bench.geo_knowledge import build, candidates
+    from stagewise.errors import DataError
 
     splits = candidates()
     ids = [row["id"] for rows in splits.values() for row in rows]
@@ -77,6 +78,27 @@ def test_geo_knowledge_items_are_unique_real_and_never_answered_by_their_questio
     for name, rows in known.items():
         assert set(r["id"] for r in rows) <= set(r["id"] for r in splits[name])
     assert len(known["world_cities"]) >= 300 and len(known["us_cities"]) >= 300
+    with pytest.raises(DataError, match="builtin 'geo-knowledge': no list of known items for 'nope'"):
+        build(known_by="nope")
+
+
+def test_element_knowledge_is_the_periodic_table_without_word_symbols():
+    from stagewise.bench.element_knowledge import build, candidates
+
+    rows = candidates()["elements"]
+    by_id = {row["id"]: row for row in rows}
+    assert len(by_id) == len(rows) == 118 * 4 - 8  # 8 symbols that are English words ask no symbol question
+    assert by_id["symbol_name-26"] == {
+        "id": "symbol_name-26",
+        "type": "symbol_name",
+        "instruction": "Which chemical element has the symbol Fe?",
+        "output": "Iron",
+        "aliases": [],
+    }
+    assert by_id["name_number-79"]["output"] == "79" and by_id["name_symbol-79"]["output"] == "Au"
+    assert by_id["number_name-13"]["aliases"] == ["Aluminium"] and "name_symbol-2" not in by_id  # He
+    known = build()["elements"]
+    assert 80 <= len(known) < len(rows) and all(row["id"] in by_id for row in known)
 
 
 def test_feedback_rows_are_the_preference_pairs_unpaired():

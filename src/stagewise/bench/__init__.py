@@ -16,6 +16,7 @@ from ..errors import DataError
 from ..io import atomic_folder
 from . import (
     chat,
+    element_knowledge,
     facts,
     feedback,
     format_following,
@@ -38,6 +39,7 @@ BUILDERS: dict[str, Callable[..., dict[str, list[dict[str, Any]]]]] = {
     "preference": preference.build,
     "feedback": feedback.build,
     "geo-knowledge": geo_knowledge.build,
+    "element-knowledge": element_knowledge.build,
     "format-following": format_following.build,
 }
 

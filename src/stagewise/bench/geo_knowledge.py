@@ -16,12 +16,10 @@ is forgetting, not noise on items never known; ``known_by: null`` gives every ca
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .known_items import keep_known
 
 CONTINENTS = {
     "AF": "Africa",
@@ -52,7 +50,6 @@ COUNTRY_ALIASES = {  # names the model may use instead of GeoNames' short name
     "Palestinian Territory": ["Palestine"],
     "Taiwan": ["Republic of China"],
 }
-KNOWN_LISTS = Path(__file__).with_name("data")
 MAX_CITIES = 1500  # candidates per city split, most populous first
 
 
@@ -139,17 +136,4 @@ def candidates() -> dict[str, list[dict[str, Any]]]:
 
 
 def build(known_by: str | None = "smollm2-135m") -> dict[str, list[dict[str, Any]]]:
-    splits = candidates()
-    if known_by is None:
-        return splits
-    path = KNOWN_LISTS / f"geo_known_{known_by}.json"
-    if not path.is_file():
-        available = sorted(p.stem.removeprefix("geo_known_") for p in KNOWN_LISTS.glob("geo_known_*.json"))
-        raise DataError(
-            f"builtin 'geo-knowledge': no list of known items for {known_by!r} (have: {available}, or null)"
-        )
-    known = set(json.loads(path.read_text())["ids"])
-    kept = {name: [row for row in rows if row["id"] in known] for name, rows in splits.items()}
-    counts = Counter(row["id"] for rows in splits.values() for row in rows)
-    assert all(count == 1 for count in counts.values()), "ids are unique across splits"
-    return kept
+    return keep_known("geo-knowledge", "geo", candidates(), known_by)
