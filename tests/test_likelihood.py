@@ -13,7 +13,15 @@ from conftest import make_recipe
 from stagewise.config import DatasetConfig, EvalTaskConfig, EvaluationConfig, ModelConfig
 from stagewise.data.tokenize import encode_prompt
 from stagewise.errors import RecipeError
-from stagewise.eval.likelihood import answer_logprob_task, candidates, choice_task
+from stagewise.eval.likelihood import (
+    answer_example,
+    answer_log_likelihoods,
+    answer_logprob_task,
+    batch_log_likelihoods,
+    candidates,
+    choice_task,
+    shared_prefix_length,
+)
 from stagewise.eval.suite import item_ids
 from stagewise.models import load_model_and_tokenizer
 
@@ -46,6 +54,26 @@ def test_answer_logprob_is_the_mean_gold_token_log_probability(tiny):
     assert [item["score"] for item in result["items"]] == pytest.approx(expected, abs=1e-5)
     assert result["score"] == pytest.approx(sum(expected) / len(expected), abs=1e-5)
     assert [item["id"] for item in result["items"]] == item_ids(ROWS)
+
+
+def test_the_shared_prefix_cache_and_logit_tail_give_the_plain_forward_values(tiny):
+    """Examples of different lengths, batched by length behind one cache of the template's shared
+    opening, score as each example alone in a plain full-logits forward."""
+    model, tokenizer = tiny
+    rows = [{**row, "output": row["output"] * (1 + i % 3)} for i, row in enumerate(ROWS)]
+    examples = [answer_example(row, CFG, tokenizer, 512) for row in rows]
+    prefix = shared_prefix_length(examples)
+    opening = encode_prompt(ROWS[0], "instruction", tokenizer, "alpaca")
+    assert 10 < prefix < len(opening)  # alpaca's preamble, short of the question
+    assert all(example["input_ids"][:prefix] == examples[0]["input_ids"][:prefix] for example in examples)
+    shared = answer_log_likelihoods(model, tokenizer, examples, 4, "test")
+    with torch.no_grad():
+        plain = [batch_log_likelihoods(model, [example], None, 0, tokenizer.eos_token_id)[0] for example in examples]
+    assert [count for _, count in shared] == [count for _, count in plain]
+    assert [total for total, _ in shared] == pytest.approx([total for total, _ in plain], abs=1e-4)
+    assert [total for total, _ in plain] == pytest.approx(
+        [by_hand(model, tokenizer, row, row["output"])[0] for row in rows], abs=1e-4
+    )
 
 
 def test_choice_ranks_the_gold_among_other_items_answers(tiny):

@@ -128,7 +128,7 @@ def _shared_prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention: 
     return cache
 
 
-def _supports_shared_prefill(model: PreTrainedModel) -> bool:
+def supports_shared_prefill(model: PreTrainedModel) -> bool:
     """Decoder-only models whose forward takes a cache; prompt-tuned PEFT models prepend
     virtual tokens inside ``generate`` and so fall back to plain generation."""
     if model.config.is_encoder_decoder:
@@ -172,7 +172,7 @@ def generate(
         pad_token_id=pad_id,
         use_cache=True,
     )
-    shared = copies > 1 and _supports_shared_prefill(model) and min(map(len, prompts), default=0) > 1
+    shared = copies > 1 and supports_shared_prefill(model) and min(map(len, prompts), default=0) > 1
     try:
         quiet = {"disable": True} if rank else {}  # one progress bar, rank 0's
         for start in tqdm(range(0, len(mine), per_batch), desc=desc, leave=False, **quiet):

@@ -14,17 +14,20 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 import random
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DataCollatorForSeq2Seq
+from transformers import DynamicCache
 
 from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig
 from ..data.tokenize import IGNORE_INDEX, encode_lm_rows, encode_segments, row_segments
 from ..errors import DataError
+from ..generation import supports_shared_prefill
 from ..registry import METRICS, MetricTraits, Requires
 from .metrics import normalize_answer
 from .suite import GENERATIVE, Result, item_ids
@@ -40,24 +43,94 @@ def answer_example(row: dict[str, Any], cfg: DatasetConfig, tokenizer: Any, max_
     return {key: values[-max_length:] for key, values in example.items()}
 
 
+def first_label(example: dict[str, list[int]]) -> int:
+    return next((i for i, label in enumerate(example["labels"]) if label != IGNORE_INDEX), len(example["labels"]))
+
+
+def shared_prefix_length(examples: list[dict[str, list[int]]]) -> int:
+    """Tokens every example starts with (a chat template's system prompt), short of the token
+    before each example's first label, whose logits must come from the batched pass."""
+    first = examples[0]["input_ids"]
+    length = min(first_label(example) for example in examples) - 1
+    for example in examples[1:]:
+        ids = example["input_ids"]
+        length = next((i for i in range(min(length, len(ids))) if ids[i] != first[i]), min(length, len(ids)))
+    return max(length, 0)
+
+
+def prefix_cache(model: Any, prefix: list[int]) -> DynamicCache | None:
+    """The KV cache of ``prefix`` (batch 1), or None where it cannot be shared (no prefix,
+    encoder-decoder models, prompt tuning)."""
+    if len(prefix) < 2 or not supports_shared_prefill(model):
+        return None
+    cache = DynamicCache(config=model.config)
+    device = next(model.parameters()).device
+    model(input_ids=torch.tensor([prefix], device=device), past_key_values=cache, use_cache=True)
+    return cache
+
+
+def keeps_logits(model: Any) -> bool:
+    """Does the model's forward take ``logits_to_keep`` (computing the vocabulary projection only
+    for the last positions)? PEFT wrappers pass it through to the model they wrap."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
+def batch_log_likelihoods(
+    model: Any, examples: list[dict[str, list[int]]], cache: DynamicCache | None, prefix: int, pad_id: int
+) -> list[tuple[float, int]]:
+    """One forward over the examples after their shared ``prefix`` tokens (left-padded behind the
+    prefix's cache, so every answer ends in the last column); logits only for the labelled tail."""
+    device = next(model.parameters()).device
+    start = prefix if cache is not None else 0
+    width = max(len(example["input_ids"]) - start for example in examples)
+    tail = max(len(example["labels"]) - first_label(example) for example in examples) + 1
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        size = len(example["input_ids"]) - start
+        input_ids[row, width - size :] = torch.tensor(example["input_ids"][start:])
+        labels[row, width - size :] = torch.tensor(example["labels"][start:])
+        attention[row, width - size :] = 1
+    positions = start + (attention.cumsum(-1) - 1).clamp(min=0)
+    if cache is not None:
+        cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(len(examples))
+        attention = torch.cat([torch.ones((len(examples), start), dtype=torch.long), attention], dim=1)
+    keep = min(tail, width)
+    logits = model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=cache is not None,
+        **({"logits_to_keep": keep} if keeps_logits(model) else {}),
+    ).logits[:, -keep:]
+    targets = labels[:, width - logits.shape[1] + 1 :].to(device)
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    counts = (targets != IGNORE_INDEX).sum(dim=1).tolist()
+    return [(-total, count) for total, count in zip(nll.sum(dim=1).tolist(), counts)]
+
+
 @torch.inference_mode()
 def answer_log_likelihoods(
     model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], batch_size: int, desc: str
 ) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each example's labelled tokens, in batches."""
-    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
-    device = next(model.parameters()).device
-    found: list[tuple[float, int]] = []
-    for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False):
-        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="none"
-        )
-        counts = (labels != IGNORE_INDEX).sum(dim=1).tolist()
-        found += [(-total, count) for total, count in zip(nll.sum(dim=1).tolist(), counts)]
-    return found
+    """(summed log-probability, token count) of each example's labelled tokens. Batches go by
+    length (less padding); the prefix every example shares is run once and its cache reused."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    prefix = shared_prefix_length(examples) if examples else 0
+    cache = prefix_cache(model, examples[0]["input_ids"][:prefix]) if prefix else None
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    found: dict[int, tuple[float, int]] = {}
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
+        batch = order[start : start + batch_size]
+        scored = batch_log_likelihoods(model, [examples[i] for i in batch], cache, prefix, pad_id)
+        found.update(zip(batch, scored))
+    return [found[i] for i in range(len(examples))]
 
 
 @METRICS.register(
