@@ -11,6 +11,7 @@ is a Gumbel-max argmax, which lets greedy and sampled rows share a batch and is 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -121,11 +122,22 @@ def _shared_prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention: 
         input_ids=input_ids[:, :-1],
         attention_mask=attention[:, :-1],
         position_ids=positions[:, :-1],
-        past_key_values=cache,
         use_cache=True,
+        **{cache_keyword(model): cache},
     )
     cache.batch_repeat_interleave(copies)
     return cache
+
+
+def forward_parameters(model: PreTrainedModel) -> set[str]:
+    """The keyword arguments the model's own forward names (through a PEFT wrapper)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(inner.forward).parameters)
+
+
+def cache_keyword(model: PreTrainedModel) -> str:
+    """``cache`` since transformers 5.2x (``past_key_values`` is deprecated there), else the old name."""
+    return "cache" if "cache" in forward_parameters(model) else "past_key_values"
 
 
 def supports_shared_prefill(model: PreTrainedModel) -> bool:

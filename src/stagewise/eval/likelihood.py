@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import random
 from typing import Any
@@ -27,7 +26,7 @@ from transformers import DynamicCache
 from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig
 from ..data.tokenize import IGNORE_INDEX, encode_lm_rows, encode_segments, row_segments
 from ..errors import DataError
-from ..generation import supports_shared_prefill
+from ..generation import cache_keyword, forward_parameters, supports_shared_prefill
 from ..registry import METRICS, MetricTraits, Requires
 from .metrics import normalize_answer
 from .suite import GENERATIVE, Result, item_ids
@@ -65,15 +64,8 @@ def prefix_cache(model: Any, prefix: list[int]) -> DynamicCache | None:
         return None
     cache = DynamicCache(config=model.config)
     device = next(model.parameters()).device
-    model(input_ids=torch.tensor([prefix], device=device), past_key_values=cache, use_cache=True)
+    model(input_ids=torch.tensor([prefix], device=device), use_cache=True, **{cache_keyword(model): cache})
     return cache
-
-
-def keeps_logits(model: Any) -> bool:
-    """Does the model's forward take ``logits_to_keep`` (computing the vocabulary projection only
-    for the last positions)? PEFT wrappers pass it through to the model they wrap."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def batch_log_likelihoods(
@@ -103,9 +95,9 @@ def batch_log_likelihoods(
         input_ids=input_ids.to(device),
         attention_mask=attention.to(device),
         position_ids=positions.to(device),
-        past_key_values=cache,
         use_cache=cache is not None,
-        **({"logits_to_keep": keep} if keeps_logits(model) else {}),
+        **({cache_keyword(model): cache} if cache is not None else {}),
+        **({"logits_to_keep": keep} if "logits_to_keep" in forward_parameters(model) else {}),
     ).logits[:, -keep:]
     targets = labels[:, width - logits.shape[1] + 1 :].to(device)
     nll = torch.nn.functional.cross_entropy(
