@@ -78,3 +78,10 @@ def test_protocols_import_nothing_of_stagewise():
 
 def test_the_check_finds_a_circle():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_recipe_code_is_split_by_job_into_modules_under_400_lines():
+    package = SOURCE / "stagewise" / "config"
+    sizes = {path.name: len(path.read_text().splitlines()) for path in package.glob("*.py")}
+    assert {"schema.py", "yaml_lines.py", "overrides.py", "messages.py", "checks.py", "loading.py"} <= set(sizes)
+    assert max(sizes.values()) <= 400, sizes
