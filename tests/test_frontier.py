@@ -82,3 +82,22 @@ def test_a_lower_is_better_probe_takes_the_lowest_change():
     for a, b in zip(up["frontier"], down["frontier"]):
         assert a["estimate"] == pytest.approx(-b["estimate"])
     assert up["area"]["estimate"] == pytest.approx(-down["area"]["estimate"])
+
+
+def test_verdict_gains_read_the_frontiers_there_and_say_where_none_reaches():
+    """A verdict gain equal to a common level reads the same values; one beyond every path's reach
+    has no estimate; the area stays over the common levels only."""
+    bases = {"t": np.zeros(ITEMS), "r": np.zeros(ITEMS)}
+    rng = np.random.default_rng(7)
+    paths = {"x": [make_path(rng, bases) for _ in range(3)],
+             "y": [make_path(rng, bases, retention_shift=0.05) for _ in range(3)]}
+    plain = frontier_analysis(paths, "x", "t", {"r": True}, bases, 200, levels_count=5)
+    level = plain["levels"][2]
+    with_gains = frontier_analysis(paths, "x", "t", {"r": True}, bases, 200, levels_count=5, gains=(level, 2.0))
+    assert with_gains["levels"] == plain["levels"] and with_gains["gains"] == [level, 2.0]
+    y, y_plain = with_gains["probes"]["r"]["arms"]["y"], plain["probes"]["r"]["arms"]["y"]
+    assert y["vs_baseline_at_gains"][0] == y_plain["vs_baseline"][2]
+    assert y["at_gains"][0] == y_plain["frontier"][2]
+    assert y["vs_baseline_at_gains"][1]["estimate"] is None and y["at_gains"][1]["low"] is None
+    assert y["area"] == y_plain["area"]
+    assert "at_gains" in with_gains["probes"]["r"]["arms"]["x"] and "vs_baseline_at_gains" not in with_gains["probes"]["r"]["arms"]["x"]

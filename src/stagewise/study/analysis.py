@@ -340,6 +340,7 @@ def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str
             {probe.name: probe.base for probe in probes},
             n_boot,
             config.frontier_levels,
+            gains=tuple(config.frontier_gains),
         )
     split = knowledge_vs_format(probes, rows, baseline, n_boot)
     kl_correlation = kl_predicts_forgetting(manifests, retention, n_boot)

@@ -83,6 +83,8 @@ class StudyConfig(StrictModel):
     match_on: str | None = None  # target probe whose gain is matched (default: the first)
     gain_levels: list[float] = Field(default_factory=list)  # more gain levels to read retention at
     frontier_levels: int = Field(default=9, ge=2, le=50)  # gain levels the frontiers are compared at
+    frontier_gains: list[float] = Field(default_factory=list)  # also read every frontier at these gains
+    # (a verdict table: each arm's retention difference from the frontier baseline's there)
     frontier_baseline: str | None = None  # the arm whose frontier the others are paired with (default: baseline;
     # the baseline arm cannot sweep, so name a sweeping arm here to compare frontiers over hyperparameters)
     bootstrap: int = Field(default=2000, ge=100, le=100_000)  # bootstrap resamples per interval (each holds

@@ -152,18 +152,22 @@ def frontier_analysis(
     n_boot: int,
     levels_count: int = 9,
     seed: int = 0,
+    gains: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """Frontiers of every arm on every retention probe (name -> higher is better), paired with the
     baseline arm's (see module). Values are in the probe's own units: for a lower-is-better probe
-    (perplexity's NLL) the frontier is the lowest change reached and a better arm differs negatively."""
-    levels = gain_levels(paths, match, bases[match], levels_count)
-    if not levels:
+    (perplexity's NLL) the frontier is the lowest change reached and a better arm differs negatively.
+    ``gains``: more levels read the same way (a verdict table), outside the area; a level an arm's
+    frontier does not reach in most resamples has no interval."""
+    common = gain_levels(paths, match, bases[match], levels_count)
+    if not common:
         return {"levels": [], "probes": {}, "note": "no gain range that every arm measured"}
+    levels, shared = [*common, *gains], len(common)
     n_seeds = next(iter(paths.values()))[0][0][match].shape[0]
     rng = np.random.default_rng(seed)
     seeds = np.vstack([np.arange(n_seeds)[None], rng.integers(0, n_seeds, size=(n_boot, n_seeds))])
     draws = {name: make_draws(seeds, split_halves(bases[name].size, seed), rng) for name in [match, *retention]}
-    results: dict[str, Any] = {"levels": levels, "match_on": match, "probes": {}}
+    results: dict[str, Any] = {"levels": common, "gains": list(gains), "match_on": match, "probes": {}}
     for probe, higher_is_better in retention.items():
         sign = 1.0 if higher_is_better else -1.0
         deltas = {
@@ -176,10 +180,13 @@ def frontier_analysis(
         }  # (levels, draws) per arm, in the probe's units
         arms: dict[str, Any] = {}
         for arm, curve in curves.items():
-            entry: dict[str, Any] = {"frontier": [{"gain": g, **interval(curve[i])} for i, g in enumerate(levels)]}
+            read = [{"gain": g, **interval(curve[i])} for i, g in enumerate(levels)]
+            entry: dict[str, Any] = {"frontier": read[:shared], "at_gains": read[shared:]}
             if arm != baseline:
                 difference = curve - curves[baseline]
-                entry["vs_baseline"] = [{"gain": g, **interval(difference[i])} for i, g in enumerate(levels)]
+                read = [{"gain": g, **interval(difference[i])} for i, g in enumerate(levels)]
+                entry["vs_baseline"], entry["vs_baseline_at_gains"] = read[:shared], read[shared:]
+                difference = difference[:shared]
                 counts = np.isfinite(difference).sum(axis=0)  # the levels this draw reaches in both arms
                 area = np.where(counts > 0, np.nansum(difference, axis=0) / np.maximum(counts, 1), np.nan)
                 finite = area[1:][np.isfinite(area[1:])]

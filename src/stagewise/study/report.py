@@ -234,7 +234,32 @@ def _frontier(results: dict[str, Any]) -> list[str]:
                 + " | ".join(_ci(point, "+.3f") for point in values["frontier"])
                 + " |"
             )
+        lines += _verdict(frontier, entry)
     return lines
+
+
+def _verdict(frontier: dict[str, Any], entry: dict[str, Any]) -> list[str]:
+    """Each arm's frontier difference from the baseline's at the study's ``frontier_gains``, and
+    which one dominates there (the interval excludes 0) — '-' where a frontier does not reach."""
+    gains = frontier.get("gains") or []
+    if not gains:
+        return []
+    lines = [
+        "",
+        "| arm | " + " | ".join(f"vs baseline at {g:+.2f}" for g in gains) + " |",
+        "|---|" + "---|" * len(gains),
+    ]
+    for arm, values in entry["arms"].items():
+        if "vs_baseline_at_gains" in values:
+            cells = [_ci(point, "+.3f") + _dominance(point) for point in values["vs_baseline_at_gains"]]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _dominance(point: dict[str, Any]) -> str:
+    if point.get("low") is None:
+        return ""
+    return " (higher)" if point["low"] > 0 else " (lower)" if point["high"] < 0 else ""
 
 
 def plot_frontier(results: dict[str, Any], path: Path) -> None:
