@@ -100,4 +100,5 @@ def test_verdict_gains_read_the_frontiers_there_and_say_where_none_reaches():
     assert y["at_gains"][0] == y_plain["frontier"][2]
     assert y["vs_baseline_at_gains"][1]["estimate"] is None and y["at_gains"][1]["low"] is None
     assert y["area"] == y_plain["area"]
-    assert "at_gains" in with_gains["probes"]["r"]["arms"]["x"] and "vs_baseline_at_gains" not in with_gains["probes"]["r"]["arms"]["x"]
+    x = with_gains["probes"]["r"]["arms"]["x"]
+    assert "at_gains" in x and "vs_baseline_at_gains" not in x
