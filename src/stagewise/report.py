@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .io import atomic_write_json, atomic_write_text
+from .manifest import RunManifest, as_manifest
 
 GROUPS = ("target", "retention")
 
@@ -66,23 +67,24 @@ def knowledge_vs_format(base: dict[str, Any], after: dict[str, Any]) -> dict[str
     return split
 
 
-def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
-    base = manifest.get("base_evaluation") or {}
+def build_report(manifest: RunManifest | dict[str, Any]) -> dict[str, Any]:
+    manifest = as_manifest(manifest)
+    base = manifest.base_evaluation or {}
     stages = []
-    for entry in manifest["stages"]:
-        if entry.get("evaluation"):
+    for entry in manifest.stages:
+        if entry.evaluation:
             stages.append(
                 {
-                    "stage": f"{entry['index']}-{entry['name']}",
-                    **compare_scores(base, entry["evaluation"]),
-                    "knowledge_vs_format": knowledge_vs_format(base, entry["evaluation"]),
-                    "kl_to_entering": entry.get("kl_to_entering"),
+                    "stage": f"{entry.index}-{entry.name}",
+                    **compare_scores(base, entry.evaluation),
+                    "knowledge_vs_format": knowledge_vs_format(base, entry.evaluation),
+                    "kl_to_entering": entry.kl_to_entering,
                 }
             )
     base_scores = compare_scores(base, base) if base else {}
     return {
-        "recipe": manifest.get("recipe_path"),
-        "model": manifest.get("model"),
+        "recipe": manifest.recipe_path,
+        "model": manifest.model,
         "base": {group: {name: r["score"] for name, r in base.get(group, {}).items()} for group in GROUPS},
         "base_target_score": base_scores.get("target_score"),
         "base_retention_score": base_scores.get("retention_score"),
@@ -170,21 +172,21 @@ def write_report(output_dir: Path, report: dict[str, Any]) -> None:
     atomic_write_text(output_dir / "report.md", report_markdown(report))
 
 
-def print_run_summary(manifest: dict[str, Any], console: Console | None = None) -> None:
+def print_run_summary(manifest: RunManifest | dict[str, Any], console: Console | None = None) -> None:
+    manifest = as_manifest(manifest)
     console = console or Console(width=max(Console().width, 110))
-    table = Table(title=f"stagewise run: {manifest.get('recipe_path') or manifest.get('model')}")
+    table = Table(title=f"stagewise run: {manifest.recipe_path or manifest.model}")
     for column in ("stage", "status", "trainable", "rows", "tokens/s", "wall s", "train loss"):
         table.add_column(column)
-    for entry in manifest["stages"]:
-        metrics = entry.get("metrics", {})
+    for entry in manifest.stages:
         table.add_row(
-            f"{entry['index']}-{entry['name']}",
-            entry.get("status", "?"),
-            fmt(entry.get("trainable_fraction"), ".1%"),
-            fmt(entry.get("train_rows"), "d"),
-            fmt(entry.get("tokens_per_s"), ".1f"),
-            fmt(entry.get("wall_time_s"), ".1f"),
-            fmt(metrics.get("train_loss"), ".4g"),
+            f"{entry.index}-{entry.name}",
+            entry.status,
+            fmt(entry.trainable_fraction, ".1%"),
+            fmt(entry.train_rows, "d"),
+            fmt(entry.tokens_per_s, ".1f"),
+            fmt(entry.wall_time_s, ".1f"),
+            fmt(entry.metrics.get("train_loss"), ".4g"),
         )
     console.print(table)
     report = build_report(manifest)
@@ -228,20 +230,20 @@ def continual_metrics(accuracy: list[list[float]], base: list[float]) -> dict[st
     }
 
 
-def continual_section(manifest: dict[str, Any]) -> dict[str, Any] | None:
+def continual_section(manifest: RunManifest | dict[str, Any]) -> dict[str, Any] | None:
     """The accuracy matrix over the recipe's task probes (probes with ``stage:``), rows in the
     order of the stages that learn them."""
-    evaluation = (manifest.get("recipe") or {}).get("evaluation") or {}
+    manifest = as_manifest(manifest)
+    evaluation = manifest.recipe.get("evaluation") or {}
     probes = [(group, task) for group in GROUPS for task in evaluation.get(group, []) if task.get("stage")]
-    stage_names = [stage["name"] for stage in manifest["recipe"]["stages"]]
+    stage_names = [stage["name"] for stage in manifest.recipe.get("stages", [])]
     probes.sort(key=lambda item: stage_names.index(item[1]["stage"]))
-    entries = {entry["name"]: entry for entry in manifest["stages"] if entry.get("evaluation")}
+    entries = {entry.name: entry.evaluation for entry in manifest.stages if entry.evaluation}
     if not probes or any(task["stage"] not in entries for _, task in probes):
         return None
-    base = manifest.get("base_evaluation") or {}
+    base = manifest.base_evaluation or {}
     matrix = [
-        [entries[row_task["stage"]]["evaluation"][group][task["name"]]["score"] for group, task in probes]
-        for _, row_task in probes
+        [entries[row_task["stage"]][group][task["name"]]["score"] for group, task in probes] for _, row_task in probes
     ]
     base_row = [base.get(group, {}).get(task["name"], {}).get("score") for group, task in probes]
     summary = continual_metrics(matrix, base_row) if None not in base_row else {}

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..distributed import is_main_process
 from ..io import atomic_write_json
+from ..manifest import SCHEMA_VERSION, RunManifest
 
 MANIFEST = "manifest.json"
 
@@ -38,6 +39,7 @@ class Manifest:
             if isinstance(stage.get("outputs"), dict) and "dir" in stage["outputs"]
         }
         self.data: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
             **header,
             "created": previous.get("created", now()),
             "stages": [dict(stage) for stage in self.previous_stages[:n_stages]],
@@ -61,8 +63,13 @@ class Manifest:
         self.owned.add(folder_name)
         self.data["owned_dirs"] = sorted(self.owned)
 
+    def record(self) -> RunManifest:
+        """The manifest as written: checked against the schema (a record the engine got wrong fails
+        here, not in a later report)."""
+        return RunManifest.model_validate(self.data)
+
     def save(self) -> None:
         """Only the main process writes (every rank keeps the same in-memory manifest)."""
         self.data["updated"] = now()
         if is_main_process():
-            atomic_write_json(self.path, self.data)
+            atomic_write_json(self.path, self.record().model_dump(mode="json", exclude_unset=True))

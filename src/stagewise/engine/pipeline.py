@@ -280,7 +280,7 @@ def _run_locked(
         ctx = StageContext(recipe, index, datasets, stage_folder(recipe, index), identity, list(callbacks or []), log)
         model = train_and_record(model, tokenizer, ctx, hashes[index], manifest, evaluator, force)
     if recipe.evaluation and is_main_process():
-        write_report(output_dir, build_report(manifest.data))
+        write_report(output_dir, build_report(manifest.record()))
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)
 
 

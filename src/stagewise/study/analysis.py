@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..manifest import RunManifest, as_manifest
 from ..report import continual_metrics
 from ..stats import (
     f1_per_class,
@@ -94,19 +95,19 @@ def _values(probe: Probe, items: dict[str, dict[str, Any]]) -> list[float]:
     return [float(item["score"]) for item in items.values()]
 
 
-def _points(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def _points(manifest: RunManifest) -> list[dict[str, Any]]:
     """Evaluation summaries in training order: each stage's curve points, then its final scores."""
     points = []
-    for stage in manifest["stages"]:
-        points += [point["evaluation"] for point in stage.get("curve", [])]
-        if stage.get("evaluation"):
-            points.append(stage["evaluation"])
+    for stage in manifest.stages:
+        points += [point.evaluation for point in stage.curve]
+        if stage.evaluation:
+            points.append(stage.evaluation)
     return points
 
 
-def load_scores(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> tuple[list[Probe], list[Row]]:
+def load_scores(study: Study, manifests: dict[StudyRun, RunManifest]) -> tuple[list[Probe], list[Row]]:
     first_run = study.runs[0]
-    base = manifests[first_run]["base_evaluation"]
+    base = manifests[first_run].base_evaluation or {}
     run_dir = Path(first_run.recipe.output_dir)
     probes = []
     for group in GROUPS:
@@ -200,18 +201,18 @@ def continual_summary(
 
 
 def kl_predicts_forgetting(
-    manifests: dict[StudyRun, dict[str, Any]], retention: list[Probe], n_boot: int
+    manifests: dict[StudyRun, RunManifest], retention: list[Probe], n_boot: int
 ) -> dict[str, Any]:
     """Per retention probe: Spearman's correlation, over every run's scored stages, between the stage's
     KL to its entering model and the probe's change over that stage (RL's Razor's forgetting predictor)."""
     points: dict[str, list[tuple[float, float]]] = {probe.name: [] for probe in retention}
     for manifest in manifests.values():
-        before = manifest.get("base_evaluation") or {}
-        for stage in manifest["stages"]:
-            after = stage.get("evaluation")
+        before = manifest.base_evaluation or {}
+        for stage in manifest.stages:
+            after = stage.evaluation
             if not after:
                 continue
-            kl = stage.get("kl_to_entering")
+            kl = stage.kl_to_entering
             for probe in retention:
                 old, new = (scores.get("retention", {}).get(probe.name, {}).get("score") for scores in (before, after))
                 if kl and kl["per_sequence"] is not None and old is not None and new is not None:
@@ -259,8 +260,9 @@ def knowledge_vs_format(probes: list[Probe], rows: list[Row], baseline: Row, n_b
     return split
 
 
-def analyse(study: Study, manifests: dict[StudyRun, dict[str, Any]]) -> dict[str, Any]:
+def analyse(study: Study, read: dict[StudyRun, RunManifest | dict[str, Any]]) -> dict[str, Any]:
     config = study.config
+    manifests = {run: as_manifest(manifest) for run, manifest in read.items()}
     probes, rows = load_scores(study, manifests)
     baseline = next(row for row in rows if row.name == config.baseline)
     n_boot = config.bootstrap

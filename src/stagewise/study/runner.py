@@ -18,6 +18,7 @@ from ..engine.pipeline import stage_hashes
 from ..engine.run_folder import read_manifest
 from ..errors import OutputError, StagewiseError
 from ..io import atomic_write_json, atomic_write_text
+from ..manifest import RunManifest, as_manifest
 from ..written import Written
 from .analysis import analyse
 from .config import Study, StudyRun
@@ -30,35 +31,34 @@ def is_complete(run: StudyRun) -> bool:
     recorded recipe is read through today's schema, so a recipe key added since (with its default)
     does not by itself make a finished run look unfinished."""
     try:
-        manifest = read_manifest(Path(run.recipe.output_dir))
-        recorded = recipe_to_dict(Recipe.model_validate(manifest.get("recipe")))
+        manifest = as_manifest(read_manifest(Path(run.recipe.output_dir)))
+        recorded = recipe_to_dict(Recipe.model_validate(manifest.recipe))
     except (OutputError, ValidationError):
         return False
-    stages = manifest.get("stages", [])
+    stages = manifest.stages
     if not (
         recorded == recipe_to_dict(run.recipe)
         and len(stages) == len(run.recipe.stages)
-        and all(stage.get("status") == "completed" for stage in stages)
+        and all(stage.status == "completed" for stage in stages)
     ):
         return False
     try:
         datasets = {name: load_dataset_config(name, cfg) for name, cfg in run.recipe.datasets.items()}
     except StagewiseError:
         return False  # the run itself will say what is wrong with the data
-    return [stage.get("config_hash") for stage in stages] == stage_hashes(run.recipe, datasets)
+    return [stage.config_hash for stage in stages] == stage_hashes(run.recipe, datasets)
 
 
 def plan(study: Study) -> list[tuple[StudyRun, bool]]:
     return [(run, is_complete(run)) for run in study.runs]
 
 
-def cost(manifest: dict[str, Any]) -> tuple[float, float]:
+def cost(manifest: RunManifest) -> tuple[float, float]:
     """(training seconds, evaluation seconds) spent by one run as recorded in its manifest;
     a reused base-score cache costs nothing."""
-    train = sum(stage.get("wall_time_s", 0.0) for stage in manifest["stages"])
-    evaluate = manifest.get("base_eval_time_s", 0.0) + sum(
-        stage.get("eval_time_s", 0.0) + sum(p.get("eval_time_s", 0.0) for p in stage.get("curve", []))
-        for stage in manifest["stages"]
+    train = sum(stage.wall_time_s for stage in manifest.stages)
+    evaluate = manifest.base_eval_time_s + sum(
+        stage.eval_time_s + sum(point.eval_time_s for point in stage.curve) for stage in manifest.stages
     )
     return train, evaluate
 
@@ -67,13 +67,13 @@ def run_study(study: Study, log: Callable[[str], None]) -> dict[str, Any]:
     from ..engine import run_recipe
 
     check_reports(study.report_dir)
-    manifests: dict[StudyRun, dict[str, Any]] = {}
+    manifests: dict[StudyRun, RunManifest] = {}
     started = time.perf_counter()
     for number, (run, done) in enumerate(plan(study), start=1):
         label = f"{run.point} seed {run.seed}"
         log(f"[study] run {number}/{len(study.runs)}: {label}{' (done, reused)' if done else ''}")
         result = run_recipe(run.recipe, recipe_path=str(run.recipe_path), log=log)
-        manifests[run] = result.manifest
+        manifests[run] = as_manifest(result.manifest)
     wall = time.perf_counter() - started
     results = analyse(study, manifests)
     train, evaluate = map(sum, zip(*(cost(manifest) for manifest in manifests.values())))
