@@ -75,12 +75,14 @@ def test_a_lora_stage_is_merged_into_plain_weights(tmp_path):
 
 
 @pytest.mark.parametrize("merge, message", [
-    ({"with": "base", "alpha": 1.5}, "stages.1.merge: alpha: WiSE-FT interpolates"),
+    ({"with": "base", "alpha": 1.5}, "stages.1.merge: alpha: linear interpolates, so every alpha must lie in [0, 1]"),
+    ({"with": "base", "alpha": 0.5, "method": "lineer"},
+     "stages.1.merge: method: unknown merge method 'lineer' (did you mean 'linear'?); expected one of: dare_linear,"),
     ({"with": "later", "alpha": 0.5}, "stages.1.merge.with: 'later' is neither 'base' nor an earlier stage"),
     ({"with": "base", "alpha": [0.2, 0.8]}, "select: several alpha values need a dev set"),
     ({"with": "base", "alpha": [0.2, 0.8], "select": {"data": "dev", "metric": "accuracy"}},
      "stages.1.merge.select.metric: metric 'accuracy' takes data of format classification"),
-    ({"with": "base", "alpha": 0.5, "add": ["sft"]}, "add: WiSE-FT (linear) interpolates two models"),
+    ({"with": "base", "alpha": 0.5, "add": ["sft"]}, "add: linear interpolates two models; several task vectors need"),
 ])
 def test_bad_merge_is_one_line(tmp_path, merge, message):
     stages = [SFT, {"name": "wise", "data": "sft", "trainable": "none", "merge": merge}, {"name": "later", "data": "sft"}]

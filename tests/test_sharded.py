@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 
 from stagewise.config import recipe_from_dict
 from stagewise.errors import RecipeError
-from stagewise.merging import MergeConfig
-from stagewise.registry import LOSSES, LR_RULES, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS, load_plugins
+
+from stagewise.registry import LOSSES, LR_RULES, MERGE_METHODS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS, load_plugins
 
 load_plugins()
 pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
@@ -72,7 +72,7 @@ def sharded_cases(root: Path) -> dict[str, dict[str, Any]]:
         if entry.requires.sharded and served(entry) == SETTINGS[0]:
             cases[f"transform-{name}"] = {"recipe": case_recipe(root / f"transform-{name}", {
                 "transforms": [{"kind": name, **entry.example, **TINY_EXAMPLES.get(name, {})}]})}
-    for method in MergeConfig.model_fields["method"].annotation.__args__:
+    for method in MERGE_METHODS.names():
         cases[f"merge-{method}"] = {"recipe": case_recipe(root / f"merge-{method}", {
             "merge": {"method": method, "alpha": 0.5}})}
     cases["two-stages"] = {"recipe": case_recipe(root / "two-stages", {"trainable": "hft"}, stages=2)}

@@ -21,17 +21,17 @@ WiSE-FT is then the interpolation of the merged weights), so the output is a pla
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from .addons import is_peft_model
-from .errors import DataError
+from .errors import DataError, RecipeError
+from .registry import MERGE_METHODS, MergeTraits
 from .schema import StrictModel
 
 BASE = "base"  # ``with: base``: the run's starting model
-MERGEKIT_METHODS = ("ties", "dare_ties", "dare_linear")
 
 
 class MergeSelect(StrictModel):
@@ -49,7 +49,7 @@ class MergeSelect(StrictModel):
 
 
 class MergeConfig(StrictModel):
-    method: Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"] = "linear"
+    method: str = "linear"  # a registered merge method (MERGE_METHODS)
     density: float = Field(default=0.5, gt=0, le=1)  # ties/dare: the share of each task vector's entries kept
     with_model: str = Field(default=BASE, validation_alias=AliasChoices("with", "with_model"))  # base or a stage
     alpha: list[float] = Field(min_length=1)  # WiSE-FT's α (linear, in [0, 1]) or task arithmetic's λ
@@ -61,21 +61,31 @@ class MergeConfig(StrictModel):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
+    @property
+    def traits(self) -> MergeTraits:
+        return MERGE_METHODS.get(self.method).traits
+
     @model_validator(mode="after")
     def _check(self) -> "MergeConfig":
-        if self.method == "linear" and any(not 0 <= a <= 1 for a in self.alpha):
-            raise ValueError(f"alpha: WiSE-FT interpolates, so every alpha must lie in [0, 1] (got {self.alpha})")
-        if self.method != "linear" and any(a < 0 for a in self.alpha):
+        try:
+            traits = self.traits
+        except RecipeError as err:
+            raise ValueError(f"method: {err}") from None
+        if traits.interpolates and any(not 0 <= a <= 1 for a in self.alpha):
+            raise ValueError(f"alpha: {self.method} interpolates, so every alpha must lie in [0, 1] (got {self.alpha})")
+        if not traits.interpolates and any(a < 0 for a in self.alpha):
             raise ValueError(f"alpha: task-vector scales must be >= 0 (got {self.alpha})")
-        if self.add and self.method == "linear":
+        if self.add and traits.interpolates:
             raise ValueError(
-                "add: WiSE-FT (linear) interpolates two models; several task vectors need task_arithmetic, ties or dare"
+                f"add: {self.method} interpolates two models; several task vectors need task_arithmetic, ties or dare"
             )
-        if self.method in MERGEKIT_METHODS:
+        if traits.package is not None:
             import importlib.util
 
-            if importlib.util.find_spec("mergekit") is None:
-                raise ValueError(f"method {self.method!r} runs through mergekit: pip install 'stagewise[merge]'")
+            if importlib.util.find_spec(traits.package) is None:
+                raise ValueError(
+                    f"method {self.method!r} runs through {traits.package}: pip install 'stagewise[merge]'"
+                )
         if len(self.alpha) > 1 and self.select is None:
             raise ValueError("select: several alpha values need a dev set to choose on ({data, metric})")
         return self
@@ -172,11 +182,21 @@ def check_same_shapes(mine: dict[str, torch.Tensor], other: dict[str, torch.Tens
             )
 
 
-def merge_tensor(config: MergeConfig, alpha: float, tuned: list[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
-    """WiSE-FT's (1 − α)·θ_with + α·θ, or task arithmetic's θ_with + λ·Σ_t (θ_t − θ_with)."""
-    if config.method == "linear":
-        return (1 - alpha) * anchor + alpha * tuned[0]
+@MERGE_METHODS.register("linear", traits=MergeTraits(interpolates=True))
+def wise_ft(alpha: float, tuned: list[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
+    """WiSE-FT (Wortsman et al., CVPR 2022, eq. 1): (1 − α)·θ_with + α·θ."""
+    return (1 - alpha) * anchor + alpha * tuned[0]
+
+
+@MERGE_METHODS.register("task_arithmetic")
+def task_arithmetic(alpha: float, tuned: list[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
+    """Task arithmetic (Ilharco et al., ICLR 2023): θ_with + λ·Σ_t (θ_t − θ_with)."""
     return anchor + alpha * sum(weights - anchor for weights in tuned)
+
+
+def merge_tensor(config: MergeConfig, alpha: float, tuned: list[torch.Tensor], anchor: torch.Tensor) -> torch.Tensor:
+    """One tensor merged by the config's (tensor-by-tensor) method."""
+    return MERGE_METHODS.get(config.method).impl(alpha, tuned, anchor)
 
 
 def merged_weights(
@@ -192,6 +212,12 @@ def merged_weights(
     }
 
 
+MERGEKIT = MergeTraits(whole_checkpoints=True, package="mergekit")
+
+
+@MERGE_METHODS.register("dare_linear", traits=MERGEKIT)
+@MERGE_METHODS.register("dare_ties", traits=MERGEKIT)
+@MERGE_METHODS.register("ties", traits=MERGEKIT)
 def mergekit_weights(
     config: MergeConfig,
     alpha: float,
@@ -261,7 +287,7 @@ def merge_model(
     for name, extra in zip(config.add, extras):
         merged_names(model, extra, f"add {name!r}")
     tuned: WeightSource = HeldWeights({name: tensor for name, tensor in model.state_dict().items()})
-    if len(config.alpha) > 1 or config.method in MERGEKIT_METHODS:
+    if len(config.alpha) > 1 or config.traits.whole_checkpoints:
         tuned = keep_on_disk(model, names, scratch)
     dev_scores: dict[str, float] = {}
     try:
@@ -312,9 +338,10 @@ def apply_merge(
     """Write the merge at ``alpha`` into the model's tensors, one tensor at a time (TIES/DARE:
     mergekit merges whole checkpoints)."""
     state = model.state_dict()
-    if config.method in MERGEKIT_METHODS:
+    entry = MERGE_METHODS.get(config.method)
+    if entry.traits.whole_checkpoints:
         held = [{name: source[name] for name in names} for source in (tuned, *extras)]
-        merged = mergekit_weights(config, alpha, model, held, {name: anchor[name] for name in names}, seed)
+        merged = entry.impl(config, alpha, model, held, {name: anchor[name] for name in names}, seed)
         for name in names:
             state[name].copy_(merged[name])
         return

@@ -134,6 +134,13 @@ class MetricTraits:
 
 
 @dataclass(frozen=True)
+class MergeTraits:
+    interpolates: bool = False  # between two models: alpha in [0, 1], no `add` (else task-vector scales >= 0)
+    whole_checkpoints: bool = False  # merges whole checkpoints (on disk), not tensor by tensor
+    package: str | None = None  # the module it runs through, checked at validate
+
+
+@dataclass(frozen=True)
 class Entry(Generic[Impl, Traits]):
     name: str
     config_cls: type[PluginConfig]
@@ -228,6 +235,9 @@ TRANSFORMS: Registry[Transform, TransformTraits] = Registry("data transform", Tr
 TRAINERS: Registry[TrainerFactory, TrainerTraits] = Registry("trainer", TrainerTraits)
 METRICS: Registry[Metric, MetricTraits] = Registry("metric", MetricTraits)
 ADDONS: Registry[AddOn, NoTraits] = Registry("add-on", NoTraits)
+# per tensor: (alpha, tuned tensors, anchor tensor) -> merged; whole_checkpoints: (config, alpha, model,
+# tuned state dicts, anchor state dict, seed) -> merged state dict
+MERGE_METHODS: Registry[Callable[..., Any], MergeTraits] = Registry("merge method", MergeTraits)
 COMMANDS: Registry[Callable[[argparse._SubParsersAction], None], NoTraits] = Registry("command", NoTraits)
 
 
@@ -240,7 +250,8 @@ BUILT_IN = (
     "transforms",
     "trainers",
     "eval",
-)  # each extension point's own module, with its built-in entries (full, ce, none, uniform, hf)
+    "merging",
+)  # each extension point's own module, with its built-in entries (full, ce, none, uniform, hf, linear)
 
 
 def load_plugins() -> None:
