@@ -52,7 +52,7 @@ def test_overrides_with_dotted_paths(tmp_path):
         (GOOD.replace("lr: 1e-4", "lr: fast"), "recipe.yaml line 9: stages.0.lr: Input should be a valid number"),
         (GOOD.replace("    data: sft\n", "    data: nope\n"),
          "recipe.yaml line 8: stages.0.data: unknown dataset 'nope' (datasets defined: sft)"),
-        (GOOD.replace("format: instruction", "format: alpaca"), "recipe.yaml line 4: datasets.sft.format: Input should be"),
+        (GOOD.replace("format: instruction", "format: alpaca"), "recipe.yaml line 4: datasets.sft.format: unknown data format 'alpaca'; expected one of: chat,"),
         (GOOD + "    trainable: hft2\n", "recipe.yaml line 10: stages.0.trainable: unknown trainable selector 'hft2'"),
         (GOOD + "    trainable: {kind: layers, indices: [0], depth: 2}\n",
          "recipe.yaml line 10: stages.0.trainable.depth: unknown key"),

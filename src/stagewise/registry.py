@@ -134,6 +134,16 @@ class MetricTraits:
 
 
 @dataclass(frozen=True)
+class FormatTraits:
+    fields: tuple[str, ...] = ()  # required in every row
+    optional: tuple[str, ...] = ()
+    objective: str = "lm"  # lm, classification, preference or feedback: which trainers and losses take it
+    trainable: bool = True  # False: evaluation probes only
+    # more row checks: (row, where) -> None, raising DataError with ``where`` (a file and line)
+    check: Callable[[dict[str, Any], str], None] | None = None
+
+
+@dataclass(frozen=True)
 class MergeTraits:
     interpolates: bool = False  # between two models: alpha in [0, 1], no `add` (else task-vector scales >= 0)
     whole_checkpoints: bool = False  # merges whole checkpoints (on disk), not tensor by tensor
@@ -235,6 +245,9 @@ TRANSFORMS: Registry[Transform, TransformTraits] = Registry("data transform", Tr
 TRAINERS: Registry[TrainerFactory, TrainerTraits] = Registry("trainer", TrainerTraits)
 METRICS: Registry[Metric, MetricTraits] = Registry("metric", MetricTraits)
 ADDONS: Registry[AddOn, NoTraits] = Registry("add-on", NoTraits)
+# (row, tokenizer, template) -> (segments, whether we add special tokens): how an LM format's row is
+# split into masked and trained text (data.tokenize); non-LM formats' impl says it is not one
+DATA_FORMATS: Registry[Callable[..., Any], FormatTraits] = Registry("data format", FormatTraits)
 # per tensor: (alpha, tuned tensors, anchor tensor) -> merged; whole_checkpoints: (config, alpha, model,
 # tuned state dicts, anchor state dict, seed) -> merged state dict
 MERGE_METHODS: Registry[Callable[..., Any], MergeTraits] = Registry("merge method", MergeTraits)
@@ -251,6 +264,7 @@ BUILT_IN = (
     "trainers",
     "eval",
     "merging",
+    "data.formats",
 )  # each extension point's own module, with its built-in entries (full, ce, none, uniform, hf, linear)
 
 

@@ -14,7 +14,6 @@ from .loading import config_hash, load_recipe, load_suite, recipe_from_dict, rec
 from .messages import raise_validation_error
 from .schema import (
     PLUGIN_FIELDS,
-    DataFormat,
     DatasetConfig,
     DistributedConfig,
     ModelConfig,
@@ -29,7 +28,6 @@ from .yaml_lines import line_for, read_text_file, read_yaml, read_yaml_file
 __all__ = [
     "PLUGIN_FIELDS",
     "CurveSteps",
-    "DataFormat",
     "DatasetConfig",
     "DistributedConfig",
     "EvalTaskConfig",

@@ -10,6 +10,7 @@ from typing import Any, Callable, NoReturn
 from ..errors import RecipeError
 from ..merging import BASE
 from ..registry import (
+    DATA_FORMATS,
     METRICS,
     TRAINERS,
     TRANSFORMS,
@@ -25,7 +26,9 @@ from .stages import (
     plugin_configs,
     stage_formats,
     stage_objective,
+    trainable_formats,
     transform_targets,
+    unknown_format,
 )
 from .yaml_lines import line_for, read_text_file
 
@@ -36,9 +39,11 @@ def check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> No
         where = f"{source} line {line}" if line else source
         raise RecipeError(f"{where}: {'.'.join(map(str, loc))}: {message}")
 
-    for name in recipe.datasets:
+    for name, dataset in recipe.datasets.items():
         if not is_safe_name(name):
             fail(("datasets", name), f"dataset name {name!r}: expected {SAFE_NAME_HINT}")
+        if dataset.format not in DATA_FORMATS.names():
+            fail(("datasets", name, "format"), str(unknown_format(dataset.format)))
     seen: set[str] = set()
     for index, stage in enumerate(recipe.stages):
         if stage.name in seen:
@@ -82,8 +87,9 @@ def check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> No
                         "to `data` as a mixture (data: {new: 1.0, old: 0.1}) or name the datasets in `datasets`"
                     ),
                 )
-        if "fewshot" in {recipe.datasets[name].format for name in stage.data}:
-            fail(("stages", index, "data"), "format 'fewshot' is for evaluation probes only, not training")
+        probes_only = sorted({recipe.datasets[name].format for name in stage.data} - trainable_formats())
+        if probes_only:
+            fail(("stages", index, "data"), f"format {probes_only[0]!r} is for evaluation probes only, not training")
         formats = stage_formats(recipe, stage)  # after the transforms: a labelled set templated into instructions mixes
         if len({format_objective(fmt) for fmt in formats}) > 1:
             fail(

@@ -28,10 +28,6 @@ from ..registry import (
 from ..schema import SafeName, StrictModel
 from .evaluation import EvaluationConfig, StageEval
 
-DataFormat = Literal[
-    "text", "instruction", "chat", "prompt_completion", "preference", "feedback", "classification", "fewshot"
-]
-
 
 class QuantizationConfig(StrictModel):
     """Load the base weights 4- or 8-bit through bitsandbytes (QLoRA: Dettmers et al. 2023). Only
@@ -84,7 +80,7 @@ class ModelConfig(StrictModel):
 class DatasetConfig(StrictModel):
     """A named dataset: a file (JSONL/CSV/Parquet), in-memory ``rows``, or a built-in benchmark."""
 
-    format: DataFormat
+    format: str  # a registered data format (DATA_FORMATS: text, instruction, chat, prompt_completion, ...)
     path: str | None = None
     rows: list[dict[str, Any]] | None = None
     builtin: str | None = None  # e.g. "facts:train" (see stagewise.bench)

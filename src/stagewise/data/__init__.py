@@ -1,6 +1,6 @@
 """Data: read files or in-memory rows, check them against their format, tokenize."""
 
-from .loading import FORMAT_FIELDS, LoadedDataset, load_dataset_config
+from .loading import LoadedDataset, load_dataset_config
 from .tokenize import ListDataset, encode_dataset
 
-__all__ = ["FORMAT_FIELDS", "ListDataset", "LoadedDataset", "encode_dataset", "load_dataset_config"]
+__all__ = ["ListDataset", "LoadedDataset", "encode_dataset", "load_dataset_config"]

@@ -18,19 +18,10 @@ from typing import Any
 
 from ..config import DatasetConfig
 from ..errors import DataError
+from ..registry import DATA_FORMATS
+from . import formats  # noqa: F401  (registers the built-in formats)
 
-# format -> (required fields, optional fields)
-FORMAT_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "text": (("text",), ()),
-    "instruction": (("instruction", "output"), ("input", "system")),
-    "chat": (("messages",), ()),
-    "prompt_completion": (("prompt", "completion"), ()),
-    "preference": (("prompt", "chosen", "rejected"), ()),
-    "feedback": (("prompt", "completion", "label"), ()),  # unpaired: one answer, label true = desirable (KTO)
-    "classification": (("text", "label"), ()),
-    "fewshot": (("task", "input", "output", "prompt_format"), ()),  # evaluation probes only
-}
-CHAT_ROLES = {"system", "user", "assistant"}
+NOT_TEXT = {"messages", "label"}  # fields a format checks itself
 
 
 @dataclass
@@ -142,45 +133,21 @@ def _check_row(row: Any, where: str, data_format: str, columns: dict[str, str]) 
         problem = _value_problem(value)
         if problem:
             raise DataError(f"{where}: field {key!r} holds {problem}")
-    required, optional = FORMAT_FIELDS[data_format]
-    for field in required:
+    traits = DATA_FORMATS.get(data_format).traits
+    for field in traits.fields:
         if field not in row or row[field] is None:
-            raise DataError(f"{where}: field {field!r} missing (format {data_format!r} needs {', '.join(required)})")
+            needs = ", ".join(traits.fields)
+            raise DataError(f"{where}: field {field!r} missing (format {data_format!r} needs {needs})")
     out = {key: value for key, value in row.items() if value is not None}  # extra fields (aliases, type) kept
-    if data_format == "chat":
-        _check_messages(out["messages"], where)
-    elif data_format == "feedback":
-        if not isinstance(out["label"], bool):
-            raise DataError(
-                f"{where}: field 'label' must be true or false (a desirable or undesirable answer), "
-                f"got {out['label']!r}"
-            )
-    elif data_format == "classification":
-        if not isinstance(out["label"], (str, int)) or isinstance(out["label"], bool):
-            raise DataError(f"{where}: field 'label' must be a string or integer, got {out['label']!r}")
-        out["label"] = str(out["label"])
-    for field in set(required + optional) - {"messages", "label"}:
+    text = [field for field in traits.fields + traits.optional if field not in NOT_TEXT]
+    for field in text:
         if field in out and not isinstance(out[field], str):
             raise DataError(f"{where}: field {field!r} must be text, got {type(out[field]).__name__}")
-    if data_format != "chat" and not any(out.get(f, "").strip() for f in required if f != "label"):
+    if text and not any(out.get(field, "").strip() for field in text if field in traits.fields):
         raise DataError(f"{where}: all text fields are empty")
-    if data_format == "preference":
-        for field in ("chosen", "rejected"):
-            if not out[field].strip():
-                raise DataError(f"{where}: field {field!r} is empty (a preference pair needs both answers)")
+    if traits.check is not None:
+        traits.check(out, where)
     return out
-
-
-def _check_messages(messages: Any, where: str) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
-            raise DataError(f"{where}: messages[{index}].role must be one of {sorted(CHAT_ROLES)}")
-        if not isinstance(message.get("content"), str):
-            raise DataError(f"{where}: messages[{index}].content must be text")
-    if not any(message["role"] == "assistant" for message in messages):
-        raise DataError(f"{where}: messages has no assistant turn to train on")
 
 
 _SLICE = re.compile(r"^(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$")

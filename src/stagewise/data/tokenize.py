@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import DataError
+from ..registry import DATA_FORMATS
 
 IGNORE_INDEX = -100
 
@@ -58,24 +59,9 @@ def instruction_prompt(row: dict[str, Any]) -> str:
 def row_segments(
     row: dict[str, Any], data_format: str, tokenizer: PreTrainedTokenizerBase, template: str
 ) -> tuple[Segments, bool]:
-    """Segments for one row, and whether the special prefix/EOS must be added by us."""
-    if data_format == "text":
-        return [(row["text"], True)], True
-    if data_format == "prompt_completion":
-        return [(row["prompt"], False), (row["completion"], True)], True
-    if data_format == "chat":
-        uses_chat_template(tokenizer, "chat")
-        return chat_segments(tokenizer, row["messages"]), False
-    if data_format == "instruction":
-        if uses_chat_template(tokenizer, template):
-            user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-            messages = ([{"role": "system", "content": row["system"]}] if row.get("system") else []) + [
-                {"role": "user", "content": user},
-                {"role": "assistant", "content": row["output"]},
-            ]
-            return chat_segments(tokenizer, messages), False
-        return [(instruction_prompt(row), False), (row["output"], True)], True
-    raise DataError(f"format {data_format!r} is not a language-modelling format")
+    """Segments for one row, and whether the special prefix/EOS must be added by us (the format's
+    registered segments function, ``data.formats``)."""
+    return DATA_FORMATS.get(data_format).impl(row, tokenizer, template)
 
 
 def encode_segments(
@@ -176,9 +162,10 @@ def encode_dataset(
     max_length: int = 512,
     labels: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    if data_format == "classification":
+    objective = DATA_FORMATS.get(data_format).traits.objective
+    if objective == "classification":
         return encode_classification_rows(rows, tokenizer, labels or sorted({r["label"] for r in rows}), max_length)
-    if data_format in ("preference", "feedback"):
+    if objective in ("preference", "feedback"):
         return rows  # TRL's trainers tokenize preference and feedback rows themselves
     encoded = encode_lm_rows(rows, data_format, tokenizer, template, train_on_prompt, max_length)
     if not encoded:

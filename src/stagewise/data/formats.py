@@ -1,0 +1,106 @@
+"""The data formats a dataset can have: each one's fields, objective, extra row checks and (LM
+formats) how a row splits into masked prompt and trained answer segments.
+
+Adding a format is one registration here (or in a strategy's folder): ``DATA_FORMATS.register(name,
+traits=FormatTraits(fields=..., objective=...))`` on its segments function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from ..errors import DataError
+from ..registry import DATA_FORMATS, FormatTraits
+from .tokenize import Segments, chat_segments, instruction_prompt, uses_chat_template
+
+CHAT_ROLES = {"system", "user", "assistant"}
+
+
+def check_messages(row: dict[str, Any], where: str) -> None:
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+            raise DataError(f"{where}: messages[{index}].role must be one of {sorted(CHAT_ROLES)}")
+        if not isinstance(message.get("content"), str):
+            raise DataError(f"{where}: messages[{index}].content must be text")
+    if not any(message["role"] == "assistant" for message in messages):
+        raise DataError(f"{where}: messages has no assistant turn to train on")
+
+
+def check_feedback_label(row: dict[str, Any], where: str) -> None:
+    if not isinstance(row["label"], bool):
+        raise DataError(
+            f"{where}: field 'label' must be true or false (a desirable or undesirable answer), got {row['label']!r}"
+        )
+
+
+def check_class_label(row: dict[str, Any], where: str) -> None:
+    if not isinstance(row["label"], (str, int)) or isinstance(row["label"], bool):
+        raise DataError(f"{where}: field 'label' must be a string or integer, got {row['label']!r}")
+    row["label"] = str(row["label"])
+
+
+def check_pair(row: dict[str, Any], where: str) -> None:
+    for field in ("chosen", "rejected"):
+        if not row[field].strip():
+            raise DataError(f"{where}: field {field!r} is empty (a preference pair needs both answers)")
+
+
+@DATA_FORMATS.register("text", traits=FormatTraits(fields=("text",)))
+def text_segments(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, template: str) -> tuple[Segments, bool]:
+    return [(row["text"], True)], True
+
+
+@DATA_FORMATS.register("prompt_completion", traits=FormatTraits(fields=("prompt", "completion")))
+def completion_segments(
+    row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, template: str
+) -> tuple[Segments, bool]:
+    return [(row["prompt"], False), (row["completion"], True)], True
+
+
+@DATA_FORMATS.register("chat", traits=FormatTraits(fields=("messages",), check=check_messages))
+def conversation_segments(
+    row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, template: str
+) -> tuple[Segments, bool]:
+    uses_chat_template(tokenizer, "chat")
+    return chat_segments(tokenizer, row["messages"]), False
+
+
+@DATA_FORMATS.register(
+    "instruction", traits=FormatTraits(fields=("instruction", "output"), optional=("input", "system"))
+)
+def instruction_segments(
+    row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, template: str
+) -> tuple[Segments, bool]:
+    """The chat template where the tokenizer has one (``template: auto``), else Alpaca's prompt."""
+    if uses_chat_template(tokenizer, template):
+        user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        messages = ([{"role": "system", "content": row["system"]}] if row.get("system") else []) + [
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": row["output"]},
+        ]
+        return chat_segments(tokenizer, messages), False
+    return [(instruction_prompt(row), False), (row["output"], True)], True
+
+
+def not_language_modelling(name: str) -> Any:
+    def segments(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, template: str) -> tuple[Segments, bool]:
+        raise DataError(f"format {name!r} is not a language-modelling format")
+
+    return segments
+
+
+for name, traits in {
+    "preference": FormatTraits(fields=("prompt", "chosen", "rejected"), objective="preference", check=check_pair),
+    # unpaired: one answer, label true = desirable (KTO)
+    "feedback": FormatTraits(
+        fields=("prompt", "completion", "label"), objective="feedback", check=check_feedback_label
+    ),
+    "classification": FormatTraits(fields=("text", "label"), objective="classification", check=check_class_label),
+    "fewshot": FormatTraits(fields=("task", "input", "output", "prompt_format"), trainable=False),
+}.items():
+    DATA_FORMATS.register(name, traits=traits)(not_language_modelling(name))
