@@ -118,3 +118,24 @@ def test_every_strategy_folder_registers_without_a_list(tmp_path, monkeypatch):
         LOSSES._entries.pop("probe_loss_for_test", None)
         sys.modules.pop("stagewise.strategies.probe_strategy_for_test", None)
         importlib.invalidate_caches()
+
+
+def test_model_validate_alone_gives_typed_entries_and_loading_changes_nothing_it_validated(tmp_path):
+    """No post-validation swapping: Recipe.model_validate turns every registered section into its
+    entry's config class; relative paths are resolved into a copy, not into the validated recipe."""
+    from stagewise.config import Recipe, recipe_from_dict
+    from stagewise.registry import LOSSES, SELECTORS, TRANSFORMS, load_plugins
+
+    load_plugins()
+    replay = {"kind": "self_replay", **TRANSFORMS.get("self_replay").example}
+    data = {"model": "tiny-llama", "datasets": {"d": {"format": "instruction", "path": "d.jsonl"}},
+            "stages": [{"name": "s", "data": "d", "trainable": "hft", "loss": {"kind": "eaft", "top_k": 5},
+                        "transforms": [replay]}]}
+    stage = Recipe.model_validate(data).stages[0]
+    assert type(stage.trainable) is SELECTORS.get("hft").config_cls
+    assert type(stage.loss) is LOSSES.get("eaft").config_cls and stage.loss.top_k == 5
+    assert [type(t) for t in stage.transforms] == [TRANSFORMS.get("self_replay").config_cls]
+    (tmp_path / "d.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    recipe = recipe_from_dict(data, base_dir=tmp_path)
+    assert recipe.datasets["d"].path == str(tmp_path / "d.jsonl")
+    assert Recipe.model_validate(data).datasets["d"].path == "d.jsonl"

@@ -336,9 +336,10 @@ def check_precision(recipe: Recipe, source: str, lines: dict[tuple, int]) -> Non
             )
 
 
-def check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], base_dir: Path | None) -> None:
+def check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], base_dir: Path | None) -> str | None:
     """FSDP2 or a DeepSpeed ZeRO-2 file (checked, and the package); ZeRO-3 and what cannot run
-    sharded are refused here, each with one line."""
+    sharded are refused here, each with one line. Returns the DeepSpeed file's path as found (a
+    relative one may sit beside the recipe), or None."""
     import importlib.util
 
     dist = recipe.distributed
@@ -361,18 +362,19 @@ def check_distributed(recipe: Recipe, source: str, lines: dict[tuple, int], base
             f"evaluation.every: {every} scores the model in the middle of sharded training; score each "
             "stage (every: stage) instead",
         )
-    if dist.deepspeed:
-        found, config = _deepspeed_config(dist.deepspeed, base_dir, fail)
-        dist.deepspeed = str(found)
-        stage = (config.get("zero_optimization") or {}).get("stage") if isinstance(config, dict) else None
-        if stage == 3:
-            fail(
-                "deepspeed",
-                "ZeRO-3 shards the weights where stagewise's selectors, regularizers, LR rules and "
-                "merges cannot see them; use distributed: {fsdp: true} (FSDP2), or ZeRO-2",
-            )
-        if importlib.util.find_spec("deepspeed") is None:
-            fail("deepspeed", "the deepspeed package is not installed (pip install deepspeed)")
+    if not dist.deepspeed:
+        return None
+    found, config = _deepspeed_config(dist.deepspeed, base_dir, fail)
+    stage = (config.get("zero_optimization") or {}).get("stage") if isinstance(config, dict) else None
+    if stage == 3:
+        fail(
+            "deepspeed",
+            "ZeRO-3 shards the weights where stagewise's selectors, regularizers, LR rules and "
+            "merges cannot see them; use distributed: {fsdp: true} (FSDP2), or ZeRO-2",
+        )
+    if importlib.util.find_spec("deepspeed") is None:
+        fail("deepspeed", "the deepspeed package is not installed (pip install deepspeed)")
+    return str(found)
 
 
 def _deepspeed_config(value: str, base_dir: Path | None, fail: Callable[[str, str], NoReturn]) -> tuple[Path, Any]:

@@ -11,15 +11,13 @@ from pydantic import ValidationError
 
 from ..errors import RecipeError
 from ..registry import (
-    TRANSFORMS,
-    Registry,
     load_plugins,
 )
 from .checks import check_distributed, check_precision, check_references
 from .messages import raise_validation_error
 from .overrides import apply_override, parse_override
-from .schema import PLUGIN_FIELDS, Recipe
-from .yaml_lines import line_for, read_yaml_file
+from .schema import Recipe
+from .yaml_lines import read_yaml_file
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -66,49 +64,25 @@ def recipe_from_dict(
         recipe = Recipe.model_validate(data, context={"evaluation_only": evaluation_only})
     except ValidationError as exc:
         raise_validation_error(exc, source, lines, Recipe)
-    _resolve_plugins(recipe, source, lines)
     check_references(recipe, source, lines)
-    check_distributed(recipe, source, lines, base_dir)
+    deepspeed = check_distributed(recipe, source, lines, base_dir)
     check_precision(recipe, source, lines)
-    if base_dir is not None:
-        _resolve_paths(recipe, base_dir)
-    return recipe
+    return with_found_files(recipe, deepspeed, base_dir)
 
 
-def _resolve_plugins(recipe: Recipe, source: str, lines: dict[tuple, int]) -> None:
-    for index, stage in enumerate(recipe.stages):
-        for field, registry in PLUGIN_FIELDS.items():
-            setattr(
-                stage, field, _parse_plugin(registry, getattr(stage, field), ("stages", index, field), source, lines)
-            )
-        stage.transforms = [
-            _parse_plugin(TRANSFORMS, raw, ("stages", index, "transforms", position), source, lines)
-            for position, raw in enumerate(stage.transforms)
-        ]
-
-
-def _parse_plugin(registry: Registry[Any, Any], raw: Any, loc: tuple, source: str, lines: dict[tuple, int]) -> Any:
-    try:
-        data = registry.normalize(raw)
-        config_cls = registry.get(data["kind"]).config_cls
-        return config_cls.model_validate(data)
-    except ValidationError as exc:
-        raise_validation_error(exc, source, lines, config_cls, prefix=loc)
-    except RecipeError as err:
-        line = line_for(loc, lines)
-        where = f"{source} line {line}" if line else source
-        raise RecipeError(f"{where}: {'.'.join(map(str, loc))}: {err}") from None
-
-
-def _resolve_paths(recipe: Recipe, base_dir: Path) -> None:
-    """Dataset paths are relative to the recipe file unless they exist as given."""
+def with_found_files(recipe: Recipe, deepspeed: str | None, base_dir: Path | None) -> Recipe:
+    """The recipe with the files it names as found: the DeepSpeed file, and dataset paths relative
+    to the recipe's folder unless they exist as given (a copy: the validated recipe is not changed)."""
     import glob
 
-    for dataset in recipe.datasets.values():
-        if dataset.path and not Path(dataset.path).is_absolute() and not glob.glob(dataset.path):
+    datasets = dict(recipe.datasets)
+    for name, dataset in recipe.datasets.items():
+        if base_dir and dataset.path and not Path(dataset.path).is_absolute() and not glob.glob(dataset.path):
             candidate = base_dir / dataset.path
             if glob.glob(str(candidate)):
-                dataset.path = str(candidate)
+                datasets[name] = dataset.model_copy(update={"path": str(candidate)})
+    distributed = recipe.distributed.model_copy(update={"deepspeed": deepspeed})
+    return recipe.model_copy(update={"datasets": datasets, "distributed": distributed})
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -47,6 +47,8 @@ def _describe(err: dict[str, Any], model_cls: type[BaseModel], prefix: tuple) ->
     got = err.get("input")
     shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
     message = err["msg"].removeprefix("Value error, ")  # a validator's own words, without pydantic's label
+    if err["type"] == "entry_unknown":  # the registry's own line (unknown name, closest match)
+        return f"{dotted}: {message}"
     return f"{dotted}: {message}{shown}"
 
 
@@ -55,10 +57,13 @@ def raise_validation_error(
 ) -> None:
     errors = exc.errors()
     first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    if first["type"] == "entry_invalid":  # a registered entry's own config (schema.registered): its keys
+        prefix, model_cls = prefix + tuple(first["loc"]), first["ctx"]["entry_class"]
+        first = first["ctx"]["entry_errors"][0]
     loc = prefix + tuple(first["loc"])
     line = line_for(loc, lines)
     where = f"{source} line {line}" if line else source
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     raise RecipeError(f"{where}: {_describe(first, model_cls, prefix)}{more}") from None
 
 

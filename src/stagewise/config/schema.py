@@ -10,10 +10,12 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from ..errors import RecipeError
 from ..merging import MergeConfig
 from ..registry import (
     LOSSES,
@@ -22,8 +24,11 @@ from ..registry import (
     REGULARIZERS,
     SELECTORS,
     TRAINERS,
+    TRANSFORMS,
     PluginConfig,
     Registry,
+    TransformConfig,
+    load_plugins,
 )
 from ..schema import SafeName, StrictModel
 from .evaluation import EvaluationConfig, StageEval
@@ -130,20 +135,47 @@ def check_path_text(value: str) -> str:
 SPLIT_RE = re.compile(r"^\w+(\[(-?\d+%?)?:(-?\d+%?)?\])?$")
 
 
+def registered(registry: Registry[Any, Any]) -> BeforeValidator:
+    """A stage field holding one of ``registry``'s entries: ``name`` or ``{kind: name, ...}`` becomes
+    that entry's own config class. Its errors travel as context (``messages`` renders them at the
+    entry's own keys and lines)."""
+
+    def parse(raw: Any) -> PluginConfig:
+        try:
+            data = registry.normalize(raw)
+            if data["kind"] not in registry.names():
+                load_plugins()  # a recipe validated before anything imported the strategies
+            config_cls = registry.get(data["kind"]).config_cls
+        except RecipeError as err:
+            raise PydanticCustomError("entry_unknown", "{message}", {"message": str(err)}) from None
+        try:
+            return config_cls.model_validate(data)
+        except ValidationError as exc:
+            context = {"message": exc.errors()[0]["msg"], "entry_errors": exc.errors(), "entry_class": config_cls}
+            raise PydanticCustomError("entry_invalid", "{message}", context) from None
+
+    return BeforeValidator(parse)
+
+
 class StageConfig(StrictModel):
-    """One training stage. The model entering it is the previous stage's output."""
+    """One training stage. The model entering it is the previous stage's output. Each registered
+    section (trainable, loss, ...) holds its entry's own config class once validated."""
 
     name: SafeName
     data: list[str]
-    trainable: Any = "full"
-    loss: Any = "ce"
-    regularizer: Any = "none"  # a penalty added to the loss: none, l2sp or ewc (anchored to the entering model)
-    lr_rule: Any = "uniform"
-    optimizer: Any = Field(
-        default_factory=lambda: PluginConfig(kind="hf")
-    )  # hf: the Trainer's, named by `optim`; or mofo
-    transforms: list[Any] = Field(default_factory=list)  # model-in-the-loop data steps (distill, select)
-    trainer: Any = "hf"  # what runs the optimisation: hf (transformers Trainer) or a registered one (dpo)
+    trainable: Annotated[SerializeAsAny[PluginConfig], registered(SELECTORS)] = Field("full", validate_default=True)
+    loss: Annotated[SerializeAsAny[PluginConfig], registered(LOSSES)] = Field("ce", validate_default=True)
+    # a penalty added to the loss: none, l2sp or ewc (anchored to the entering model)
+    regularizer: Annotated[SerializeAsAny[PluginConfig], registered(REGULARIZERS)] = Field(
+        "none", validate_default=True
+    )
+    lr_rule: Annotated[SerializeAsAny[PluginConfig], registered(LR_RULES)] = Field("uniform", validate_default=True)
+    # hf: the Trainer's, named by `optim`; or mofo
+    optimizer: Annotated[SerializeAsAny[PluginConfig], registered(OPTIMIZERS)] = Field("hf", validate_default=True)
+    # model-in-the-loop data steps (distill, select)
+    transforms: list[Annotated[SerializeAsAny[TransformConfig], registered(TRANSFORMS)]] = Field(default_factory=list)
+    # what runs the optimisation: hf (transformers Trainer) or a registered one (dpo)
+    trainer: Annotated[SerializeAsAny[PluginConfig], registered(TRAINERS)] = Field("hf", validate_default=True)
     lr: float = Field(default=5e-5, gt=0)
     epochs: float = Field(default=1.0, gt=0)
     max_steps: int = Field(default=-1, ge=-1)  # -1: run for `epochs`
