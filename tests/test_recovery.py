@@ -33,6 +33,10 @@ def test_examples_are_other_items_rendered_as_the_probe_renders_them():
         assert len(used) == 2 and index not in used  # two other items, with their answers
     again = with_examples(task, cfg, list(reversed(ROWS)), list(reversed(ids)), tokenizer)[1]
     assert {r["id"]: r["prompt"] for r in again} == {r["id"]: r["prompt"] for r in shown}  # fixed by item id
+    openings = [row["prompt"][: -len(prompt_text(ROWS[i], "instruction", tokenizer, "alpaca"))]
+                for i, row in enumerate(shown)]
+    assert sum(opening == openings[-1] for opening in openings) >= len(ROWS) - 2  # one shared context but for
+    # the (at most 2) items that are themselves examples, so likelihood metrics share its prefix cache
 
 
 def test_the_run_report_splits_a_drop_into_format_and_knowledge_loss(tmp_path):

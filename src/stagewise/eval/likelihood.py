@@ -112,16 +112,16 @@ def answer_log_likelihoods(
     model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], batch_size: int, desc: str
 ) -> list[tuple[float, int]]:
     """(summed log-probability, token count) of each example's labelled tokens. Batches go by
-    length (less padding); the prefix every example shares is run once and its cache reused."""
+    length (less padding); the prefix a batch's examples share (a template's system prompt, a
+    probe's fixed examples) is run once and its cache reused across the batch."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prefix = shared_prefix_length(examples) if examples else 0
-    cache = prefix_cache(model, examples[0]["input_ids"][:prefix]) if prefix else None
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     found: dict[int, tuple[float, int]] = {}
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
-        batch = order[start : start + batch_size]
-        scored = batch_log_likelihoods(model, [examples[i] for i in batch], cache, prefix, pad_id)
-        found.update(zip(batch, scored))
+        batch = [examples[i] for i in order[start : start + batch_size]]
+        prefix = shared_prefix_length(batch)
+        cache = prefix_cache(model, batch[0]["input_ids"][:prefix]) if prefix else None
+        found.update(zip(order[start : start + batch_size], batch_log_likelihoods(model, batch, cache, prefix, pad_id)))
     return [found[i] for i in range(len(examples))]
 
 

@@ -4,7 +4,10 @@ A drop on a retention probe mixes losing the knowledge with losing the answer fo
 forgetting", Zheng et al., ICLR 2025: a few in-context examples bring much of it back). A retention
 probe with ``recovery_shots: k`` is scored a second time, as probe ``<name>@<k>shot``, with k other
 items of the same probe and their gold answers before each item, each rendered exactly as the probe
-renders one item (template and all), so the examples show the format and nothing else. The report
+renders one item (template and all), so the examples show the format and nothing else. The k
+examples are the same for every item (drawn once from the probe's ids; an item that is one of them
+takes the next one drawn instead), so every prompt starts with the same text and likelihood
+metrics run it once per batch (lm-evaluation-harness likewise fixes a task's few-shot context). The report
 splits the drop: *knowledge loss* is the drop that remains with the examples, *format loss* the
 part they recover (the drop without them minus the drop with them).
 """
@@ -36,8 +39,8 @@ def with_examples(
     task: EvalTaskConfig, cfg: DatasetConfig, rows: list[dict[str, Any]], ids: list[str], tokenizer: Any
 ) -> tuple[DatasetConfig, list[dict[str, Any]]]:
     """The probe's rows as prompt/completion rows whose prompt holds ``recovery_shots`` other items
-    (drawn per item from its id, the same in every run) rendered with their answers, then the item's
-    own prompt; the gold answer and its aliases are kept for scoring."""
+    (the same draw for every item and run) rendered with their answers, then the item's own
+    prompt; the gold answer and its aliases are kept for scoring."""
     k = task.recovery_shots
     if len(rows) <= k:
         raise DataError(
@@ -46,9 +49,10 @@ def with_examples(
         )
     rendered = {item_id: render_with_answer(row, cfg, tokenizer) for row, item_id in zip(rows, ids)}
     key = ANSWER_KEY[cfg.format]
+    drawn = random.Random(f"{task.name}:{k}").sample(sorted(rendered), k + 1)
     out = []
     for row, item_id in zip(rows, ids):
-        shots = random.Random(item_id).sample(sorted(other for other in rendered if other != item_id), k)
+        shots = [other for other in drawn if other != item_id][:k]
         prompt = "".join(rendered[other] for other in shots) + prompt_text(row, cfg.format, tokenizer, cfg.template)
         out.append(
             {

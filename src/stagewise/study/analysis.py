@@ -299,7 +299,8 @@ def analyse(study: Study, read: dict[StudyRun, RunManifest | dict[str, Any]]) ->
         mdd[name] = median(widths) if widths else None
 
     match = next(probe for probe in probes if probe.name == study.match_on)
-    retention = [probe for probe in probes if probe.group == "retention" and not probe.classification]
+    # retention measures: the plain probes and their scores with examples (``<name>@<k>shot``)
+    retention = [probe for probe in probes if probe.group in ("retention", "recovery") and not probe.classification]
     matched: dict[str, Any] = {}
     levels: list[float] = []
     if not match.classification and retention:  # gain/retention curves need per-item score probes
