@@ -6,6 +6,7 @@ retention at matched target gain, and each probe's minimal detectable difference
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -260,7 +261,7 @@ def knowledge_vs_format(probes: list[Probe], rows: list[Row], baseline: Row, n_b
     return split
 
 
-def analyse(study: Study, read: dict[StudyRun, RunManifest | dict[str, Any]]) -> dict[str, Any]:
+def analyse(study: Study, read: Mapping[StudyRun, RunManifest | dict[str, Any]]) -> dict[str, Any]:
     config = study.config
     manifests = {run: as_manifest(manifest) for run, manifest in read.items()}
     probes, rows = load_scores(study, manifests)
