@@ -24,14 +24,13 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig
+from ..data.formats import ANSWER_FIELD
 from ..data.tokenize import IGNORE_INDEX, encode_lm_rows, encode_segments, row_segments
 from ..errors import DataError
 from ..generation import cache_keyword, forward_parameters, supports_shared_prefill
 from ..registry import METRICS, MetricTraits, Requires
 from .metrics import normalize_answer
 from .suite import GENERATIVE, Result, item_ids
-
-ANSWER_KEY = {"instruction": "output", "prompt_completion": "completion"}
 
 
 def answer_example(row: dict[str, Any], cfg: DatasetConfig, tokenizer: Any, max_length: int) -> dict[str, list[int]]:
@@ -153,7 +152,7 @@ def perplexity_task(
     }
 
 
-@METRICS.register("answer_logprob", requires=Requires(formats=tuple(ANSWER_KEY), model_tasks=("causal_lm",)))
+@METRICS.register("answer_logprob", requires=Requires(formats=tuple(ANSWER_FIELD), model_tasks=("causal_lm",)))
 def answer_logprob_task(
     model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
 ) -> Result:
@@ -178,12 +177,12 @@ def candidates(rows: list[dict[str, Any]], ids: list[str], key: str, count: int)
     return chosen
 
 
-@METRICS.register("choice", requires=Requires(formats=tuple(ANSWER_KEY), model_tasks=("causal_lm",)))
+@METRICS.register("choice", requires=Requires(formats=tuple(ANSWER_FIELD), model_tasks=("causal_lm",)))
 def choice_task(
     model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
 ) -> Result:
     """Is the gold answer the most likely of the item's candidates (1/0)?"""
-    key, ids = ANSWER_KEY[cfg.format], item_ids(rows)
+    key, ids = ANSWER_FIELD[cfg.format], item_ids(rows)
     distinct = len({normalize_answer(row[key]) for row in rows})
     if distinct < task.choices:
         raise DataError(

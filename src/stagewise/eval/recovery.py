@@ -18,10 +18,9 @@ import random
 from typing import Any
 
 from ..config import DatasetConfig, EvalTaskConfig
+from ..data.formats import ANSWER_FIELD
 from ..data.tokenize import prompt_text, row_segments
 from ..errors import DataError
-
-ANSWER_KEY = {"instruction": "output", "prompt_completion": "completion"}
 
 
 def recovery_name(task: EvalTaskConfig) -> str:
@@ -48,7 +47,7 @@ def with_examples(
             f"dataset {task.data!r} (it has {len(rows)})"
         )
     rendered = {item_id: render_with_answer(row, cfg, tokenizer) for row, item_id in zip(rows, ids)}
-    key = ANSWER_KEY[cfg.format]
+    key = ANSWER_FIELD[cfg.format]
     drawn = random.Random(f"{task.name}:{k}").sample(sorted(rendered), k + 1)
     out = []
     for row, item_id in zip(rows, ids):

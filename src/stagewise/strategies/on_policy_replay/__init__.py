@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import Field
 
+from ...data.formats import ANSWER_FIELD
 from ...data.tokenize import prompt_text
 from ...eval.suite import answer_correct
 from ...plan.footprint import generation_plan
@@ -31,8 +32,6 @@ from ...protocols import TransformContext
 from ...registry import TRANSFORMS, Requires, TransformConfig
 from ...rewards import RewardSource, load_reward_model, reward_scores
 from ...transforms import cached, greedy_answers, rows_fingerprint, write_rows
-
-ANSWER_KEY = {"instruction": "output", "prompt_completion": "completion"}  # where each format keeps its answer
 
 
 class OnPolicyReplayConfig(TransformConfig, RewardSource):
@@ -51,7 +50,7 @@ class OnPolicyReplayConfig(TransformConfig, RewardSource):
     "on_policy_replay",
     OnPolicyReplayConfig,
     example={"reward_rule": "contains", "datasets": ["d"]},
-    requires=Requires(formats=tuple(ANSWER_KEY), model_tasks=("causal_lm",)),
+    requires=Requires(formats=tuple(ANSWER_FIELD), model_tasks=("causal_lm",)),
     plan=generation_plan,
 )
 def on_policy_replay(rows: list[dict[str, Any]], config: OnPolicyReplayConfig, context: TransformContext):
@@ -65,7 +64,7 @@ def on_policy_replay(rows: list[dict[str, Any]], config: OnPolicyReplayConfig, c
         context.log,
     )
     passed = passing(rows, answers, config, context)
-    key = ANSWER_KEY[data_format]
+    key = ANSWER_FIELD[data_format]
     replay = [{**row, key: answer, "on_policy_replay": True} for row, answer, ok in zip(rows, answers, passed) if ok]
     write_rows(context.stage_dir / f"on-policy-replay-{context.dataset_name}.jsonl", replay)
     return replay, {"rows": len(rows), "kept": len(replay), "rejected": len(rows) - len(replay)}
