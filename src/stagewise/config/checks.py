@@ -28,7 +28,6 @@ from .stages import (
     stage_objective,
     trainable_formats,
     transform_targets,
-    unknown_format,
 )
 from .yaml_lines import line_for, read_text_file
 
@@ -42,8 +41,10 @@ def check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> No
     for name, dataset in recipe.datasets.items():
         if not is_safe_name(name):
             fail(("datasets", name), f"dataset name {name!r}: expected {SAFE_NAME_HINT}")
-        if dataset.format not in DATA_FORMATS.names():
-            fail(("datasets", name, "format"), str(unknown_format(dataset.format)))
+        try:
+            DATA_FORMATS.get(dataset.format)
+        except RecipeError as err:  # the registry's line: closest name, the known ones
+            fail(("datasets", name, "format"), str(err))
     seen: set[str] = set()
     for index, stage in enumerate(recipe.stages):
         if stage.name in seen:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import RecipeError
 from ..registry import (
     DATA_FORMATS,
     TRAINERS,
@@ -30,15 +29,6 @@ def plugin_configs(stage: StageConfig) -> list[tuple[tuple[Any, ...], PluginConf
 def trainable_formats() -> set[str]:
     """The registered formats a stage can train on (the rest are for evaluation probes)."""
     return {entry.name for entry in DATA_FORMATS.entries() if entry.traits.trainable}
-
-
-def unknown_format(name: str) -> RecipeError:
-    """The registry's one line for a format it does not have (closest name, the known ones)."""
-    try:
-        DATA_FORMATS.get(name)
-    except RecipeError as err:
-        return err
-    raise AssertionError(f"{name!r} is a registered format")
 
 
 def format_objective(data_format: str) -> str:
