@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import INSTRUCTION_ROWS, make_recipe, run
 from safetensors.torch import load_file, save_file
+from transformers import TrainingArguments
 
 from stagewise.engine import run_recipe
 
@@ -24,7 +25,7 @@ def test_warmup_ratio_counts_a_share_of_the_steps(tmp_path, ratio, steps, expect
     from stagewise.engine.stage import training_arguments
 
     recipe = make_recipe(tmp_path, [{**STAGE, "warmup_ratio": ratio}])
-    args = training_arguments(recipe, recipe.stages[0], tmp_path / "s")
+    args = training_arguments(recipe, recipe.stages[0], tmp_path / "s", TrainingArguments)
     assert args.get_warmup_steps(steps) == expected
 
 

@@ -46,7 +46,7 @@ def test_the_loss_is_the_divergence_on_the_students_completion(tmp_path, beta):
     inputs = TrainerInputs(
         model=student, tokenizer=tokenizer, rows=INSTRUCTION_ROWS, examples=[], dev=None, collator=None, loss=None,
         split_groups=None, callbacks=[], model_named=lambda name: teacher, prompts=lambda: ["a", "b"],
-        args_for=lambda cls=TrainingArguments, **extra: cls(output_dir=str(tmp_path), use_cpu=True, report_to=[],
+        args_for=lambda cls, **extra: cls(output_dir=str(tmp_path), use_cpu=True, report_to=[],
                                                             per_device_train_batch_size=2, **extra))
     trainer = on_policy_distill_trainer(OnPolicyDistillConfig(kind="distill", beta=beta), inputs)
     prompt = torch.tensor([[5, 9, 13], [0, 7, 21]])

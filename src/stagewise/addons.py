@@ -10,7 +10,7 @@ its own, what to save, and which model scores a probe.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeGuard
 
 import torch
 
@@ -19,10 +19,12 @@ from .protocols import AddOn
 from .registry import ADDONS
 
 if TYPE_CHECKING:
+    from peft import PeftModel
+
     from .registry import PluginConfig
 
 
-def is_peft_model(model: torch.nn.Module) -> bool:
+def is_peft_model(model: torch.nn.Module) -> TypeGuard[PeftModel]:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)

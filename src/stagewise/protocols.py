@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, TypeVar, cast
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
 
 @dataclass
@@ -156,9 +156,18 @@ class OptimizerBuilder(Protocol):
 OptimizerMaker = Callable[[ParamGroups, TrainingArguments], "torch.optim.Optimizer | None"]
 
 
+ArgsT = TypeVar("ArgsT", bound=TrainingArguments)
+
+
+class ArgumentsFor(Protocol):
+    """The stage's training arguments as ``cls`` (TrainingArguments or a TRL config), plus ``extra``."""
+
+    def __call__(self, cls: type[ArgsT], /, **extra: Any) -> ArgsT: ...
+
+
 @dataclass
 class TrainerInputs:
-    model: torch.nn.Module
+    model: torch.nn.Module  # a PreTrainedModel, perhaps adapter-wrapped (PeftModel) or sharded in place
     tokenizer: Any
     rows: list[dict[str, Any]]  # the stage's training rows after transforms (raw)
     examples: list[dict[str, Any]]  # the same rows encoded for the model (input_ids, labels)
@@ -167,7 +176,7 @@ class TrainerInputs:
     loss: LossFn | None  # the stage's loss (None: the model's own)
     split_groups: GroupSplitter | None  # the LR rule's optimizer-group split
     callbacks: list[TrainerCallback]
-    args_for: Callable[..., TrainingArguments]  # args_for(cls=TrainingArguments, **extra): the stage's arguments
+    args_for: ArgumentsFor  # args_for(TrainingArguments or a TRL config class, **extra): the stage's arguments
     penalty: Penalty | None = None  # the stage's regularizer: its gradient joins every backward
     sampler: torch.utils.data.Sampler | None = None  # a weighted data mixture's per-epoch draw over ``examples``
     stage_folder: Callable[[str], Path] | None = None  # an earlier stage's saved folder by name (its reward model)
@@ -178,6 +187,11 @@ class TrainerInputs:
     prompts: Callable[[], list[str]] | None = None  # each row's prompt as training renders it (on-policy trainers)
     batch_size: int = 8  # the stage's batch_size (rows, or prompts, per device step)
     build_optimizer: OptimizerMaker | None = None  # the stage's optimizer entry over the groups (None: the Trainer's)
+
+    @property
+    def pretrained(self) -> PreTrainedModel:
+        """``model`` typed as TRL's trainers take it (they also accept the PEFT-wrapped model)."""
+        return cast(PreTrainedModel, self.model)
 
     def stage_features(self) -> dict[str, Any]:
         """Keyword arguments of a :func:`stage_trainer_class` trainer: LR groups, optimizer, penalty, sampler."""

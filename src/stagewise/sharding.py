@@ -20,7 +20,8 @@ in fp32 while sharded (4 bytes per parameter divided by the number of ranks) and
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import torch
 
@@ -131,7 +132,7 @@ def shard_model(model: torch.nn.Module, compute_dtype: torch.dtype, reshard_afte
     for unit in units:
         fully_shard(unit, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
-    model._is_distributed_loading_by_transformers = True  # read by the Trainer (transformers >= 5.2x)
+    setattr(model, "_is_distributed_loading_by_transformers", True)  # read by the Trainer (transformers >= 5.2x)
 
 
 def full_state_dict(model: torch.nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -139,17 +140,20 @@ def full_state_dict(model: torch.nn.Module, dtype: torch.dtype | None = None) ->
     empty elsewhere; every rank must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = cast(
+        dict[str, torch.Tensor],
+        get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)),
+    )
     if dtype is None:
         return state
     return {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in state.items()}
 
 
-def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_full_state_dict(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Whole tensors (held by every rank) into a sharded model, each rank keeping its shard."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    set_model_state_dict(model, dict(state), options=StateDictOptions(full_state_dict=True, strict=False))
 
 
 def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

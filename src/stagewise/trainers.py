@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from .addons import is_peft_model
 from .data import ListDataset
@@ -30,8 +30,15 @@ WRAPPED_WEIGHTS = "stagewise-wrapped-model.safetensors"  # exact resume state of
 OPTIMIZER_FILE, SCHEDULER_FILE = "optimizer.pt", "scheduler.pt"  # the Trainer's names
 # (groups, TrainingArguments) -> the stage's optimizer entry's optimizer, or None for the Trainer's own
 
+AnyTrainer = TypeVar("AnyTrainer", bound=Trainer)
 
-class StageTrainerMixin:
+if TYPE_CHECKING:  # the mixin is only ever combined with a Trainer subclass: the type checker sees it as one
+    _TrainerBase = Trainer
+else:
+    _TrainerBase = object
+
+
+class StageTrainerMixin(_TrainerBase):
     """Adds to any ``Trainer`` subclass: optimizer groups an LR rule may split (e.g. one per
     layer), a regularizer's penalty on top of whatever loss the trainer computes, a data
     mixture's sampler, and
@@ -78,12 +85,22 @@ class StageTrainerMixin:
             logs = {**logs, **getattr(callback, "extra_logs", dict)()}
         super().log(logs, *args, **kwargs)
 
+    @property
+    def trained_model(self) -> torch.nn.Module:
+        """The model being trained (the Trainer's ``model``, set from construction on)."""
+        return cast(torch.nn.Module, self.model)
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        """The learning-rate scheduler (the Trainer's ``lr_scheduler``, set once training starts)."""
+        return cast(torch.optim.lr_scheduler.LRScheduler, self.lr_scheduler)
+
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """The Trainer's decay / no-decay groups, split by the LR rule, given to the stage's optimizer entry
         (or to the Trainer's optimizer class when the entry leaves it to the Trainer)."""
         if self.optimizer is not None or (self.split_groups is None and self.build_optimizer is None):
             return super().create_optimizer(model)
-        opt_model = self.model if model is None else model
+        opt_model = self.trained_model if model is None else model
         decay = set(self.get_decay_parameter_names(opt_model))
         trainable = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
         groups = [
@@ -95,17 +112,19 @@ class StageTrainerMixin:
         if built is None and self.split_groups is None:  # the Trainer's own optimizer over its own groups
             return super().create_optimizer(model)
         if built is None:
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(
+                self.args, cast(PreTrainedModel, opt_model)
+            )
             built = optimizer_cls(groups, **optimizer_kwargs)
         self.optimizer = built
-        return self.optimizer
+        return built
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Sharded: every rank gathers, rank 0 writes a plain ``save_pretrained`` folder (a stage's
         final weights in their storage dtype; a checkpoint's as trained, fp32 masters included)."""
         if not self.sharded:
             return super().save_model(output_dir, _internal_call)
-        state = full_state_dict(self.model, None if _internal_call else storage_dtype(self.model))
+        state = full_state_dict(self.trained_model, None if _internal_call else storage_dtype(self.trained_model))
         if self.args.should_save:
             self._save(output_dir, state_dict=state)
         barrier()
@@ -113,48 +132,48 @@ class StageTrainerMixin:
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if not self.sharded:
             return super()._save_optimizer_and_scheduler(output_dir)
-        state = full_optimizer_state(self.model, unwrapped_optimizer(self.optimizer))
+        state = full_optimizer_state(self.trained_model, unwrapped_optimizer(self.optimizer))
         if self.args.should_save:
             torch.save(state, Path(output_dir) / OPTIMIZER_FILE)
-            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_FILE)
+            torch.save(self.scheduler.state_dict(), Path(output_dir) / SCHEDULER_FILE)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         if not self.sharded or checkpoint is None:
             return super()._load_optimizer_and_scheduler(checkpoint)
         folder = Path(checkpoint)
         state = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
-        load_full_optimizer_state(self.model, unwrapped_optimizer(self.optimizer), state)
-        self.lr_scheduler.load_state_dict(torch.load(folder / SCHEDULER_FILE, weights_only=True))
+        load_full_optimizer_state(self.trained_model, unwrapped_optimizer(self.optimizer), state)
+        self.scheduler.load_state_dict(torch.load(folder / SCHEDULER_FILE, weights_only=True))
 
     def _load_best_model(self) -> None:
         if not self.sharded:
             return super()._load_best_model()
-        load_full_state_dict(self.model, saved_weights(Path(self.state.best_model_checkpoint)))
+        load_full_state_dict(self.trained_model, saved_weights(Path(str(self.state.best_model_checkpoint))))
 
     def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
-        if not is_peft_model(self.model):
+        if not is_peft_model(self.trained_model):
             return super()._save(output_dir, state_dict)
         from safetensors.torch import save_file
 
-        folder = Path(output_dir or self.args.output_dir)
+        folder = Path(output_dir or str(self.args.output_dir))
         folder.mkdir(parents=True, exist_ok=True)
         # cloned: some adapters keep parameters as views of one storage (OSF's SVD factors)
         save_file(
-            {k: v.detach().contiguous().clone() for k, v in restorable_state(self.model).items()},
+            {k: v.detach().contiguous().clone() for k, v in restorable_state(self.trained_model).items()},
             str(folder / WRAPPED_WEIGHTS),
         )
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         if self.sharded:
-            return load_full_state_dict(self.model, saved_weights(Path(resume_from_checkpoint)))
+            return load_full_state_dict(self.trained_model, saved_weights(Path(resume_from_checkpoint)))
         wrapped = Path(resume_from_checkpoint) / WRAPPED_WEIGHTS
-        if is_peft_model(self.model) and wrapped.is_file():
+        if is_peft_model(self.trained_model) and wrapped.is_file():
             from safetensors.torch import load_file
 
             saved = load_file(str(wrapped))
-            if set(saved) != set(restorable_state(self.model)):
+            if set(saved) != set(restorable_state(self.trained_model)):
                 raise TrainingError(f"{wrapped}: its tensors do not match the model being trained")
-            self.model.load_state_dict(saved, strict=False)  # the 4/8-bit base weights are frozen, never saved
+            self.trained_model.load_state_dict(saved, strict=False)  # the 4/8-bit base weights are frozen, never saved
             return
         super()._load_from_checkpoint(resume_from_checkpoint, model)
 
@@ -197,7 +216,7 @@ def frozen_reference(model: Any) -> Any:
 _CLASSES: dict[type, type] = {}
 
 
-def stage_trainer_class(base: type[Trainer]) -> type[Trainer]:
+def stage_trainer_class(base: type[AnyTrainer]) -> type[AnyTrainer]:
     """``base`` with :class:`StageTrainerMixin` (one class per base)."""
     if base not in _CLASSES:
         _CLASSES[base] = type(f"Stage{base.__name__}", (StageTrainerMixin, base), {})
@@ -209,7 +228,7 @@ def hf_trainer(config: PluginConfig, inputs: TrainerInputs) -> Trainer:
     """transformers' Trainer on the encoded examples, with the stage's loss."""
     return stage_trainer_class(Trainer)(
         model=inputs.model,
-        args=inputs.args_for(),
+        args=inputs.args_for(TrainingArguments),
         train_dataset=ListDataset(inputs.examples),
         eval_dataset=inputs.dev,
         data_collator=inputs.collator,

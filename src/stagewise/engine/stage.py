@@ -14,6 +14,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +26,6 @@ from transformers import (
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
-    TrainingArguments,
 )
 
 from ..addons import base_without_addon_layers, is_peft_model, model_to_save
@@ -54,6 +54,7 @@ from ..precision import (
     trainer_flags,
 )
 from ..protocols import (
+    ArgsT,
     LossContext,
     LrRuleContext,
     RegularizerContext,
@@ -233,9 +234,7 @@ def encode_stage_data(
     return examples
 
 
-def training_arguments(
-    recipe: Recipe, stage: StageConfig, stage_dir: Path, cls: type[TrainingArguments] = TrainingArguments, **extra: Any
-) -> TrainingArguments:
+def training_arguments(recipe: Recipe, stage: StageConfig, stage_dir: Path, cls: type[ArgsT], **extra: Any) -> ArgsT:
     """Map a stage's keys onto ``TrainingArguments`` (or a TRL subclass; HF names kept); ``extra``
     adds keys or replaces the mapped ones."""
     kwargs: dict[str, Any] = dict(
@@ -558,7 +557,7 @@ def build_trainer(
             identity.weights_of(name) if name in (BASE, *(s.name for s in recipe.stages)) else None
         ),
         build_optimizer=lambda groups, args: OPTIMIZERS.impl(stage.optimizer)(stage.optimizer, groups, args),
-        args_for=lambda cls=TrainingArguments, **extra: training_arguments(recipe, stage, stage_dir, cls, **extra),
+        args_for=partial(training_arguments, recipe, stage, stage_dir),
     )
     return TRAINERS.impl(stage.trainer)(stage.trainer, inputs)
 

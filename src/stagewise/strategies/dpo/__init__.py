@@ -73,7 +73,7 @@ def dpo_trainer(config: DPOConfig, inputs: TrainerInputs) -> Trainer:
     )
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in inputs.rows])
     return stage_trainer_class(DPOTrainer)(
-        model=inputs.model,
+        model=inputs.pretrained,
         ref_model=reference_for(config, inputs.model),
         args=args,
         train_dataset=dataset,
@@ -113,7 +113,7 @@ def kto_trainer(config: KTOConfig, inputs: TrainerInputs) -> Trainer:
     )
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "completion", "label")} for row in inputs.rows])
     return stage_trainer_class(KTOTrainer)(
-        model=inputs.model,
+        model=inputs.pretrained,
         ref_model=reference_for(config, inputs.model),
         args=args,
         train_dataset=dataset,

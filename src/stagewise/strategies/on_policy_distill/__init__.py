@@ -48,6 +48,8 @@ class AdapterOff(torch.nn.Module):
     """An adapter-wrapped student seen with its adapter off: the model under the adapter, as TRL's
     teacher (its backbone, its output embeddings, its config), sharing the student's tensors."""
 
+    student: Any  # the adapter-wrapped student (a PEFT model), not a submodule
+
     def __init__(self, student: Any) -> None:
         super().__init__()
         object.__setattr__(self, "student", student)  # not a submodule: its parameters stay the student's alone
@@ -117,11 +119,13 @@ def on_policy_distill_trainer(config: OnPolicyDistillConfig, inputs: TrainerInpu
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
 
+    assert inputs.model_named is not None and inputs.prompts is not None  # the engine gives both
+    student = inputs.pretrained
     named = inputs.weights_named(config.teacher) if inputs.weights_named else None
-    teacher = (adapter_off_teacher(inputs.model, named) if named is not None else None) or inputs.model_named(
+    teacher: Any = (adapter_off_teacher(inputs.model, named) if named is not None else None) or inputs.model_named(
         config.teacher
     )
-    ours, theirs = (model.config.get_text_config().vocab_size for model in (inputs.model, teacher))
+    ours, theirs = (model.config.get_text_config().vocab_size for model in (student, teacher))
     if ours != theirs:
         raise ModelError(
             f"trainer.teacher: {config.teacher!r} has a vocabulary of {theirs} tokens, the model trained here {ours}: "
@@ -136,7 +140,7 @@ def on_policy_distill_trainer(config: OnPolicyDistillConfig, inputs: TrainerInpu
     )  # the batches hold prompts, not input_ids
     dataset = Dataset.from_list([{"prompt": prompt} for prompt in inputs.prompts()])
     return stage_trainer_class(DistillationTrainer)(
-        model=inputs.model,
+        model=student,
         teacher_model=teacher,
         args=args,
         train_dataset=dataset,

@@ -45,7 +45,7 @@ def preference_trainer(trainer_cls: Any, config_cls: Any, inputs: TrainerInputs,
 
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in inputs.rows])
     return stage_trainer_class(trainer_cls)(
-        model=inputs.model,
+        model=inputs.pretrained,
         args=inputs.args_for(config_cls, **settings),
         train_dataset=dataset,
         processing_class=inputs.tokenizer,

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import torch
 from pydantic import Field
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, Trainer
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, Trainer, TrainingArguments
 
 from ...addons import is_peft_model
 from ...config import DatasetConfig, EvalTaskConfig, EvaluationConfig
@@ -92,7 +92,7 @@ def reward_trainer(config: RewardConfig, inputs: TrainerInputs) -> Trainer:
 
     args = inputs.args_for(TrlRewardConfig, center_rewards_coefficient=config.center_rewards)
     return stage_trainer_class(RewardTrainer)(
-        model=inputs.model,
+        model=inputs.pretrained,
         args=args,
         train_dataset=preference_dataset(inputs.rows),
         processing_class=inputs.tokenizer,
@@ -106,7 +106,7 @@ def reward_trainer(config: RewardConfig, inputs: TrainerInputs) -> Trainer:
 )
 @torch.inference_mode()
 def reward_accuracy(
-    model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
+    model, tokenizer, task: EvalTaskConfig, dataset: DatasetConfig, rows, evaluation: EvaluationConfig
 ) -> dict[str, Any]:
     """Held-out pairs on which the reward model scores the chosen answer above the rejected one
     (item score 1/0; ``scores`` also holds the mean reward margin)."""
@@ -127,7 +127,9 @@ def reward_accuracy(
             rewards([row["prompt"] + row["rejected"] for row in rows]),
         )
     ]
-    items = [{"id": i, "score": float(m > 0), "margin": m} for i, m in zip(item_ids(rows), margins)]
+    items: list[dict[str, Any]] = [
+        {"id": i, "score": float(m > 0), "margin": m} for i, m in zip(item_ids(rows), margins)
+    ]
     accuracy = sum(item["score"] for item in items) / len(items)
     return {
         "score": accuracy,
@@ -150,13 +152,15 @@ def rule_reward(config: OnPolicyConfig, rows: list[dict[str, Any]]) -> Any:
     """A TRL reward function: 1.0 where the completion is right about its row's gold answer by
     ``reward_rule``, else 0.0 (TRL passes the dataset's ``row_index`` column along)."""
 
+    rule = str(config.reward_rule)  # set: a reward model is used otherwise
+
     def reward(prompts: list[Any], completions: list[str], row_index: list[int], **_: Any) -> list[float]:
         return [
-            float(answer_correct(config.reward_rule, completion, rows[i], config.pattern))
+            float(answer_correct(rule, completion, rows[i], config.pattern))
             for completion, i in zip(completions, row_index)
         ]
 
-    reward.__name__ = f"rule_{config.reward_rule}"
+    reward.__name__ = f"rule_{rule}"
     return reward
 
 
@@ -173,10 +177,15 @@ def entering_model_as_reference(module: Any, model: Any) -> Iterator[None]:
 
 
 def on_policy_trainer(
-    trainer_cls: type[Trainer], config_cls: type, module: Any, config: OnPolicyConfig, inputs: TrainerInputs
+    trainer_cls: type[Any],
+    config_cls: type[TrainingArguments],
+    module: Any,
+    config: OnPolicyConfig,
+    inputs: TrainerInputs,
 ) -> Trainer:
     from datasets import Dataset
 
+    assert inputs.prompts is not None and inputs.stage_folder is not None  # the engine gives both
     dataset = Dataset.from_list([{"prompt": p, "row_index": i} for i, p in enumerate(inputs.prompts())])
     if config.reward_model:
         reward_funcs: Any = load_reward_model(
@@ -195,7 +204,7 @@ def on_policy_trainer(
     )  # TRL counts prompt + completion tokens itself; the batches hold no input_ids
     with entering_model_as_reference(module, inputs.model):
         return stage_trainer_class(trainer_cls)(
-            model=inputs.model,
+            model=inputs.pretrained,
             reward_funcs=reward_funcs,
             args=args,
             train_dataset=dataset,
