@@ -211,5 +211,5 @@ class Metric(Protocol):
     """Scores ``rows`` of a probe; returns ``score``, ``scores`` and per-item ``items`` (id, score)."""
 
     def __call__(
-        self, model: Any, tokenizer: Any, task: Any, dataset: Any, rows: list[dict[str, Any]], evaluation: Any
+        self, model: Any, tokenizer: Any, task: Any, dataset: Any, rows: list[dict[str, Any]], evaluation: Any, /
     ) -> dict[str, Any]: ...

@@ -64,13 +64,13 @@ def check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> No
                     fail(("stages", index, *field), f"unknown dataset {name!r} (datasets defined: {known})")
         for field, config in plugin_configs(stage):
             for key in config.stage_fields:
-                problem = separate_model_problem(recipe, index, getattr(config, key))
-                if problem:
-                    fail(("stages", index, *field, key), problem)
+                model_problem = separate_model_problem(recipe, index, getattr(config, key))
+                if model_problem:
+                    fail(("stages", index, *field, key), model_problem)
             for key in config.named_model_fields:
-                problem = named_model_problem(recipe, index, getattr(config, key))
-                if problem:
-                    fail(("stages", index, *field, key), problem)
+                model_problem = named_model_problem(recipe, index, getattr(config, key))
+                if model_problem:
+                    fail(("stages", index, *field, key), model_problem)
         for position, transform in enumerate(stage.transforms):
             for name in getattr(transform, "datasets", None) or []:
                 if name not in stage.data:
@@ -102,15 +102,15 @@ def check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> No
         if problem:
             fail(("stages", index, *problem[0]), problem[1])
     if recipe.evaluation:
-        names: set[str] = set()
+        probe_names: set[str] = set()
         for group in ("target", "retention"):
             for index, task in enumerate(getattr(recipe.evaluation, group)):
-                if task.name in names:
+                if task.name in probe_names:
                     fail(("evaluation", group, index, "name"), f"duplicate probe name {task.name!r}")
-                names.add(task.name)
-                problem = probe_problem(recipe, task) or recovery_problem(recipe, task, group)
-                if problem:
-                    fail(("evaluation", group, index, problem[0]), problem[1])
+                probe_names.add(task.name)
+                task_problem = probe_problem(recipe, task) or recovery_problem(recipe, task, group)
+                if task_problem:
+                    fail(("evaluation", group, index, task_problem[0]), task_problem[1])
                 if task.stage is not None and task.stage not in seen:
                     fail(("evaluation", group, index, "stage"), f"{task.stage!r} is not a stage of this recipe")
                 if task.stage is not None and not METRICS.get(task.metric).traits.higher_is_better:
@@ -120,9 +120,9 @@ def check_references(recipe: Recipe, source: str, lines: dict[tuple, int]) -> No
                     )
                 if task.stage is not None and not recipe.evaluation.after_each_stage:
                     fail(("evaluation", "after_each_stage"), "task probes (stage:) need a score after every stage")
-        problem = guard_problem(recipe)
-        if problem:
-            fail(("evaluation", "guard", problem[0]), problem[1])
+        guard = guard_problem(recipe)
+        if guard:
+            fail(("evaluation", "guard", guard[0]), guard[1])
     for name, dataset in recipe.datasets.items():
         sources = [
             dataset.path is not None,
@@ -177,7 +177,9 @@ def merge_problem(recipe: Recipe, index: int) -> tuple[tuple[Any, ...], str] | N
     ]:
         if name != BASE and name not in earlier:
             return key, f"{name!r} is neither 'base' nor an earlier stage (earlier: {', '.join(earlier) or 'none'})"
-    for name in merge.select.data if merge.select else []:
+    if merge.select is None:
+        return None
+    for name in merge.select.data:
         if name not in recipe.datasets:
             return ("merge", "select", "data"), f"unknown dataset {name!r}"
         problem = probe_problem(recipe, EvalTaskConfig(name="merge-dev", data=name, metric=merge.select.metric))
@@ -200,7 +202,7 @@ def probe_problem(recipe: Recipe, task: EvalTaskConfig) -> tuple[str, str] | Non
     problem = entry.traits.check(task) if entry.traits.check else None
     if problem:
         return problem
-    if entry.traits.needs_data:
+    if entry.traits.needs_data and task.data is not None:
         data_format = recipe.datasets[task.data].format
         problem_text = entry.requires.problem(format_objective(data_format), {data_format}, recipe.model.task)
         if problem_text:
@@ -210,10 +212,11 @@ def probe_problem(recipe: Recipe, task: EvalTaskConfig) -> tuple[str, str] | Non
 
 def guard_problem(recipe: Recipe) -> tuple[str, str] | None:
     """The guard names a retention probe and checks within every stage that sets max_steps."""
-    guard = recipe.evaluation.guard if recipe.evaluation else None
-    if guard is None:
+    evaluation = recipe.evaluation
+    guard = evaluation.guard if evaluation else None
+    if evaluation is None or guard is None:
         return None
-    retention = [task.name for task in recipe.evaluation.retention]
+    retention = [task.name for task in evaluation.retention]
     if guard.probe not in retention:
         return "probe", f"{guard.probe!r} is not a retention probe (retention probes: {', '.join(retention) or 'none'})"
     short = next((stage.name for stage in recipe.stages if 0 < stage.max_steps < guard.every_steps), None)
@@ -269,7 +272,7 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     takes_loss = trainer_traits.takes_loss
     if not takes_loss and stage.loss.kind != "ce":
         return ("loss",), f"trainer {stage.trainer.kind!r} defines its own objective; remove `loss: {stage.loss.kind}`"
-    used = [
+    used: list[tuple[tuple[Any, ...], Any, Any, set[str]]] = [
         (
             ("transforms", i),
             TRANSFORMS,
@@ -287,7 +290,7 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
     for field, registry, config, seen_formats in used:
         seen_objective = sorted({format_objective(f) for f in seen_formats})[0]
         requires = registry.get(config.kind).requires
-        problem = requires.problem(seen_objective, seen_formats, recipe.model.task)
+        unserved = requires.problem(seen_objective, seen_formats, recipe.model.task)
         if not requires.sharded and recipe.distributed.fsdp:
             return field, (
                 f"{registry.what} {config.kind!r} does not run on FSDP2 shards; drop distributed.fsdp "
@@ -298,14 +301,14 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
                 f"{registry.what} {config.kind!r} trains or reads the base's weight matrices, which "
                 "model.quantization holds in 4/8 bits; on a quantized base train an add-on (lora, prompt)"
             )
-        if problem:
+        if unserved:
             others = [
                 name
                 for name in registry.serving(seen_objective, seen_formats, recipe.model.task)
                 if name != config.kind
             ]
             hint = f" (this stage can use: {', '.join(others)})" if others else ""
-            return field, f"{registry.what} {config.kind!r} {problem}{hint}"
+            return field, f"{registry.what} {config.kind!r} {unserved}{hint}"
     return None
 
 

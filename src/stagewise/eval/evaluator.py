@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+import torch
+from transformers import PreTrainedTokenizerBase
 
 from ..bundled import cache_dir
 from ..config import Recipe, builds_model, config_hash
@@ -45,7 +46,7 @@ class Evaluator:
         self.key = evaluation_hash(recipe, datasets, seed_key) if recipe.evaluation else None
         self.base_path = cache_dir() / "eval" / f"base-{self.key}.json"
 
-    def __call__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    def __call__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
         assert self.recipe.evaluation is not None
         rows = {name: loaded.rows for name, loaded in self.datasets.items()}
         with autocast(self.recipe.performance.precision):
@@ -67,19 +68,18 @@ class Evaluator:
         return summary
 
     def probe_score(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, items: int | None
+        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, name: str, items: int | None
     ) -> float:
         """One retention probe's score on its first ``items`` items, recorded nowhere (the guard's check)."""
         assert self.recipe.evaluation is not None
         task = next(task for task in self.recipe.evaluation.retention if task.name == name)
         rows = self.datasets[task.data].rows[:items] if task.data else []
+        cfg = self.recipe.datasets[task.data] if task.data else None
         with autocast(self.recipe.performance.precision):
-            return evaluate_task(
-                model, tokenizer, task, self.recipe.datasets.get(task.data), rows, self.recipe.evaluation
-            )["score"]
+            return evaluate_task(model, tokenizer, task, cfg, rows, self.recipe.evaluation)["score"]
 
     def score(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, point: str
+        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, point: str
     ) -> tuple[dict[str, Any], float]:
         """(summary, wall seconds) of scoring ``model`` at ``point``."""
         started = time.perf_counter()
@@ -96,7 +96,7 @@ class Evaluator:
         )
 
     def score_stage(
-        self, entry: dict[str, Any], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, point: str
+        self, entry: dict[str, Any], model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, point: str
     ) -> None:
         """Score a stage's model into its manifest entry."""
         self.log(f"[eval] after stage {entry['index']} '{entry['name']}'")
@@ -116,7 +116,7 @@ class Evaluator:
         cached = broadcast_from_main(cached)
         return None if cached is None else self.record("base", cached)
 
-    def base(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[dict[str, Any], float]:
+    def base(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> tuple[dict[str, Any], float]:
         self.log("[eval] base model")
         started = time.perf_counter()
         results = self(model, tokenizer)

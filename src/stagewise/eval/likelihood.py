@@ -126,7 +126,7 @@ def answer_log_likelihoods(
 
 @METRICS.register(
     "perplexity",
-    requires=Requires(formats=("text", *GENERATIVE.formats), model_tasks=("causal_lm",)),
+    requires=Requires(formats=("text", *(GENERATIVE.formats or ())), model_tasks=("causal_lm",)),
     traits=MetricTraits(higher_is_better=False),
 )
 def perplexity_task(
@@ -160,7 +160,7 @@ def answer_logprob_task(
     model.eval()
     examples = [answer_example(row, cfg, tokenizer, evaluation.max_length) for row in rows]
     scored = answer_log_likelihoods(model, tokenizer, examples, evaluation.batch_size, f"eval {task.name}")
-    items = [
+    items: list[dict[str, Any]] = [
         {"id": i, "score": total / max(count, 1), "tokens": count} for i, (total, count) in zip(item_ids(rows), scored)
     ]
     mean = sum(item["score"] for item in items) / len(items)
@@ -198,7 +198,7 @@ def choice_task(
         for text in option
     ]
     scored = iter(answer_log_likelihoods(model, tokenizer, examples, evaluation.batch_size, f"eval {task.name}"))
-    items = []
+    items: list[dict[str, Any]] = []
     for item_id, option in zip(ids, options):
         totals = [next(scored)[0] for _ in option]
         by_chars = [total / max(len(text), 1) for total, text in zip(totals, option)]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from ..addons import model_for_probe
 from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig
@@ -190,10 +190,10 @@ for _name in ("accuracy", "macro_f1", "micro_f1"):
 
 
 def evaluate_task(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     task: EvalTaskConfig,
-    cfg: DatasetConfig,
+    cfg: DatasetConfig | None,  # None: a metric that reads no dataset (lm_eval)
     rows: list[dict[str, Any]],
     evaluation: EvaluationConfig,
 ) -> Result:
@@ -207,7 +207,7 @@ def evaluate_task(
 
 
 def evaluate_suite(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     evaluation: EvaluationConfig,
     dataset_configs: dict[str, DatasetConfig],
@@ -221,8 +221,8 @@ def evaluate_suite(
                 model_for_probe(model, task, group),
                 tokenizer,
                 task,
-                dataset_configs.get(task.data),
-                rows.get(task.data, []),
+                dataset_configs.get(task.data) if task.data else None,
+                rows.get(task.data, []) if task.data else [],
                 evaluation,
             )
             for task in getattr(evaluation, group)
@@ -231,7 +231,7 @@ def evaluate_suite(
     }
     recovered = {}
     for task in evaluation.retention:
-        if task.recovery_shots:
+        if task.recovery_shots and task.data:  # validated: recovery examples come from the probe's data
             cfg, shown = with_examples(
                 task, dataset_configs[task.data], rows[task.data], item_ids(rows[task.data]), tokenizer
             )

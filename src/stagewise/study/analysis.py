@@ -57,7 +57,7 @@ class Probe:
         """(name, statistic) pairs reported for this probe; None = the mean of per-item scores."""
         if not self.classification:
             return [(self.name, None)]
-        gold, n = self.gold, len(self.labels)
+        gold, n = np.asarray(self.gold), len(self.labels)
 
         def overall(values: np.ndarray, idx: np.ndarray) -> float:
             if self.metric == "macro_f1":
@@ -123,19 +123,21 @@ def load_scores(study: Study, manifests: dict[StudyRun, RunManifest]) -> tuple[l
             probe.base = np.array(_values(probe, items))
             probes.append(probe)
     rows: dict[str, Row] = {}
+    collected: dict[str, list[dict[str, list[list[float]]]]] = {}  # per row: per point, per probe, seeds
     for run in study.runs:
-        row = rows.setdefault(run.point, Row(run.point, run.arm))
+        rows.setdefault(run.point, Row(run.point, run.arm))
+        points = collected.setdefault(run.point, [])
         run_dir = Path(run.recipe.output_dir)
         for index, evaluation in enumerate(_points(manifests[run])):
-            if index == len(row.points):
-                row.points.append({probe.name: [] for probe in probes})
+            if index == len(points):
+                points.append({probe.name: [] for probe in probes})
             for probe in probes:
                 items = _items(run_dir, evaluation[probe.group][probe.name])
                 if list(items) != probe.ids:
                     raise DataError(f"{run_dir}: probe {probe.name!r} holds other items than the base model's")
-                row.points[index][probe.name].append(_values(probe, items))
-    for row in rows.values():
-        row.points = [{name: np.array(seeds) for name, seeds in point.items()} for point in row.points]
+                points[index][probe.name].append(_values(probe, items))
+    for name, row in rows.items():
+        row.points = [{probe: np.array(seeds) for probe, seeds in point.items()} for point in collected[name]]
     return probes, list(rows.values())
 
 
@@ -157,6 +159,7 @@ def continual_summary(
     by_name = {probe.name: probe for probe in probes}
     if (
         not tasks
+        or recipe.evaluation is None
         or recipe.evaluation.every != "stage"
         or any(by_name[name].classification for _, name in tasks)
         or any(len(row.points) != len(stages) for row in rows)
@@ -164,13 +167,15 @@ def continual_summary(
         return None
 
     def summary(row: Row, seeds: np.ndarray, items: list[np.ndarray]) -> dict[str, float]:
+        """The sequence's metrics that exist (BWT and FWT need two tasks)."""
         matrix = [
             [float(row.points[stage][name][seeds][:, items[j]].mean()) for j, (_, name) in enumerate(tasks)]
             for stage, _ in tasks
         ]
-        return continual_metrics(
+        metrics = continual_metrics(
             matrix, [float(by_name[name].base[items[j]].mean()) for j, (_, name) in enumerate(tasks)]
         )
+        return {key: value for key, value in metrics.items() if value is not None}
 
     rng = np.random.default_rng(0)
     n_seeds = len(study.config.seeds)
@@ -292,11 +297,11 @@ def analyse(study: Study, read: Mapping[StudyRun, RunManifest | dict[str, Any]])
             table[row.name]["probes"][name] = entry
     mdd: dict[str, float | None] = {}
     for _, name, _ in statistics:
-        compared = [row for row, values in table.items() if "vs_baseline" in values["probes"][name]]
-        adjusted = holm([table[row]["probes"][name]["vs_baseline"]["p_value"] for row in compared])
-        for row, p in zip(compared, adjusted):
-            table[row]["probes"][name]["vs_baseline"]["p_holm"] = p
-        widths = [table[row]["probes"][name]["vs_baseline"]["half_width"] for row in compared]
+        compared = [point for point, values in table.items() if "vs_baseline" in values["probes"][name]]
+        adjusted = holm([table[point]["probes"][name]["vs_baseline"]["p_value"] for point in compared])
+        for point, p in zip(compared, adjusted):
+            table[point]["probes"][name]["vs_baseline"]["p_holm"] = p
+        widths = [table[point]["probes"][name]["vs_baseline"]["half_width"] for point in compared]
         mdd[name] = median(widths) if widths else None
 
     match = next(probe for probe in probes if probe.name == study.match_on)
@@ -338,7 +343,7 @@ def analyse(study: Study, read: Mapping[StudyRun, RunManifest | dict[str, Any]])
         paths = {arm: [row.points for row in rows if row.arm == arm] for arm in config.arms}
         frontier = frontier_analysis(
             paths,
-            config.frontier_baseline or config.baseline,
+            config.frontier_baseline or baseline.name,
             match.name,
             {probe.name: probe.higher_is_better for probe in retention},
             {probe.name: probe.base for probe in probes},
