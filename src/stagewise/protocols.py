@@ -8,6 +8,7 @@ this module imports nothing of stagewise, so no import circle can run through it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar, cast
@@ -171,7 +172,7 @@ class TrainerInputs:
     tokenizer: Any
     rows: list[dict[str, Any]]  # the stage's training rows after transforms (raw)
     examples: list[dict[str, Any]]  # the same rows encoded for the model (input_ids, labels)
-    dev: dict[str, torch.utils.data.Dataset] | None  # held-out sets scored each epoch (select_best)
+    dev: Mapping[str, torch.utils.data.Dataset] | None  # held-out sets scored each epoch (select_best)
     collator: Any
     loss: LossFn | None  # the stage's loss (None: the model's own)
     split_groups: GroupSplitter | None  # the LR rule's optimizer-group split

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+import torch
+from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from .. import __version__
 from ..addons import is_peft_model
@@ -47,7 +48,7 @@ Log = Callable[[str], None]
 class RunResult:
     output_dir: Path
     manifest: dict[str, Any]
-    model: PreTrainedModel
+    model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
 
 
@@ -252,7 +253,8 @@ def _run_locked(
     )
 
     base_scores = evaluator.cached_base()
-    model = tokenizer = None
+    model: Any = None
+    tokenizer: Any = None
     if start == 0 or (evaluator.key is not None and base_scores is None):
         model, tokenizer = load_seed()
         if evaluator.key is not None and base_scores is None:
@@ -290,7 +292,7 @@ def named_weights(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name
     from the loaded model (a stage with an adapter, a classifier's new head, a hub model not cached)."""
     folder = seed_weights_folder(recipe.model) if name == "base" else named_folder(recipe, name)
     files = sorted(folder.glob("*.safetensors")) if folder is not None else []
-    if files and not (folder / ADAPTER_DIR).is_dir():
+    if folder is not None and files and not (folder / ADAPTER_DIR).is_dir():
         return SafetensorsWeights(files)
     if name == "base":
         return HeldWeights(plain_weights(load_seed()[0])[1])
@@ -462,9 +464,10 @@ def stage_kl(
     datasets: dict[str, LoadedDataset],
     model_of: Callable[[str], Any],
     log: Log,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """KL(tuned ‖ entering) on the stage's own prompts (``eval.kl``); the entering model is reloaded."""
     evaluation, stage = recipe.evaluation, recipe.stages[index]
+    assert evaluation is not None  # asked for by the evaluation settings
     prompts = [
         ids
         for name in stage.data

@@ -16,13 +16,14 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from transformers import (
     DataCollatorForSeq2Seq,
     DataCollatorWithFlattening,
     DataCollatorWithPadding,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
@@ -292,10 +293,10 @@ def save_stage_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
     folder.mkdir(parents=True, exist_ok=True)
     if is_peft_model(model):
         with base_without_addon_layers(model) as base:
-            base.save_pretrained(folder)
-        model.save_pretrained(folder / ADAPTER_DIR)
+            cast(PreTrainedModel, base).save_pretrained(folder)
+        model.save_pretrained(str(folder / ADAPTER_DIR))
     else:
-        model.save_pretrained(folder)
+        cast(PreTrainedModel, model).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
@@ -418,7 +419,8 @@ def release_optimizer_state(trainer: Trainer) -> None:
 
     if trainer.optimizer is not None:
         trainer.optimizer.state.clear()
-    trainer.model.zero_grad(set_to_none=True)
+    if trainer.model is not None:
+        trainer.model.zero_grad(set_to_none=True)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -567,15 +569,12 @@ def train(trainer: Trainer, checkpoint: str | None) -> dict[str, float]:
     output = trainer.train(resume_from_checkpoint=checkpoint)
     metrics = {key: float(value) for key, value in output.metrics.items() if isinstance(value, (int, float))}
     metrics.update(last_logged(trainer))
-    if not getattr(trainer, "sharded", False):  # a sharded model is checked once reloaded whole
+    if trainer.model is not None and not getattr(trainer, "sharded", False):  # sharded: checked once reloaded whole
         check_finite_weights(trainer.model)
-    if trainer.state.best_model_checkpoint:
+    best = trainer.args.metric_for_best_model
+    if trainer.state.best_model_checkpoint and best:
         metrics["best_epoch"] = float(
-            next(
-                r["epoch"]
-                for r in trainer.state.log_history
-                if r.get(trainer.args.metric_for_best_model) == trainer.state.best_metric
-            )
+            next(r["epoch"] for r in trainer.state.log_history if r.get(best) == trainer.state.best_metric)
         )
     return metrics
 
