@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 Scores = np.ndarray  # (seeds, items)
 
@@ -148,7 +149,7 @@ def matched_retention(
         return {"estimate": None, "low": None, "high": None, "reached": False}
     gap = crossing_gap([0.0, *(float((t - target_base[None, :]).mean()) for t in target)], level)
     rng = np.random.default_rng(seed)
-    seeds, n_target, n_retention = target[0].shape[0], target[0].shape[1], retention[0].shape[1]
+    seeds, n_target, n_retention = int(target[0].shape[0]), int(target[0].shape[1]), int(retention[0].shape[1])
     draws = []
     for _ in range(n_boot):
         s = rng.integers(0, seeds, size=seeds)[:, None]
@@ -188,7 +189,7 @@ def statistic_delta_interval(
     """Like :func:`mean_delta_interval` for a statistic that is not a mean of items (macro-F1,
     a class's F1): ``statistic(values, item_index)`` scores one seed's (or the base model's)
     predictions on the drawn items; seeds, then items within each seed, are resampled."""
-    seeds, items = after.shape
+    seeds, items = int(after.shape[0]), int(after.shape[1])
     estimate = np.mean([statistic(after[s], np.arange(items)) for s in range(seeds)]) - statistic(
         base, np.arange(items)
     )
@@ -210,7 +211,7 @@ def paired_statistic_difference(
 ) -> PairedDifference:
     """Like :func:`paired_difference` for a statistic that is not a mean of items: the same items
     are drawn for both arms; each arm's statistic is averaged over its seeds."""
-    items = arm.shape[1]
+    items = int(arm.shape[1])
 
     def value(scores: np.ndarray, idx: np.ndarray) -> float:
         return float(np.mean([statistic(row, idx) for row in scores]))
@@ -225,14 +226,14 @@ def paired_statistic_difference(
     return paired_from_draws(draws, estimate, level, items)
 
 
-def average_ranks(values: Sequence[float]) -> np.ndarray:
+def average_ranks(values: ArrayLike) -> np.ndarray:
     """1-based ranks, ties sharing their average rank."""
     _, inverse, counts = np.unique(np.asarray(values, float), return_inverse=True, return_counts=True)
     ends = np.cumsum(counts)
     return (ends - (counts - 1) / 2)[inverse]
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+def spearman(x: ArrayLike, y: ArrayLike) -> float | None:
     """Spearman's rank correlation (Pearson's on average ranks); None when either side is constant."""
     rx, ry = average_ranks(x), average_ranks(y)
     if len(rx) < 2 or rx.std() == 0 or ry.std() == 0:
@@ -241,18 +242,18 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 
 def spearman_interval(
-    x: Sequence[float], y: Sequence[float], n_boot: int = 2000, level: float = 0.95, seed: int = 0
+    x: ArrayLike, y: ArrayLike, n_boot: int = 2000, level: float = 0.95, seed: int = 0
 ) -> dict[str, Any]:
     """Spearman's correlation with a percentile interval from resampling the (x, y) points."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    estimate = spearman(x, y)
+    xs, ys = np.asarray(x, float), np.asarray(y, float)
+    estimate = spearman(xs, ys)
     rng = np.random.default_rng(seed)
     draws = [
         value
-        for value in (spearman(x[idx], y[idx]) for idx in rng.integers(0, len(x), size=(n_boot, len(x))))
+        for value in (spearman(xs[idx], ys[idx]) for idx in rng.integers(0, len(xs), size=(n_boot, len(xs))))
         if value is not None
     ]
     if estimate is None or len(draws) < 0.5 * n_boot:
-        return {"estimate": estimate, "low": None, "high": None, "points": len(x)}
+        return {"estimate": estimate, "low": None, "high": None, "points": len(xs)}
     low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return {"estimate": estimate, "low": float(low), "high": float(high), "points": len(x)}
+    return {"estimate": estimate, "low": float(low), "high": float(high), "points": len(xs)}

@@ -8,7 +8,7 @@ prompt unless ``train_on_prompt`` (LLaMA-Factory's key) is set.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -30,16 +30,21 @@ def uses_chat_template(tokenizer: PreTrainedTokenizerBase, template: str) -> boo
     return template == "chat" or (template == "auto" and bool(tokenizer.chat_template))
 
 
+def rendered(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], **options: Any) -> str:
+    """The conversation as the chat template renders it, as text."""
+    return cast(str, tokenizer.apply_chat_template(messages, tokenize=False, **options))
+
+
 def chat_segments(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> Segments:
     """Split the rendered conversation into masked context and trained assistant turns."""
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    full = rendered(tokenizer, messages)
     segments: Segments = []
     cursor = 0
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True))
-        through_answer = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        start = len(rendered(tokenizer, messages[:index], add_generation_prompt=True))
+        through_answer = rendered(tokenizer, messages[: index + 1])
         end = len(through_answer)
         if not full.startswith(through_answer) or start < cursor or end < start:
             raise DataError("the chat template does not render conversations prefix by prefix")
