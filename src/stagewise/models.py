@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from transformers import (
@@ -169,6 +169,7 @@ def load_model_and_tokenizer(
     if cfg.task == "sequence_classification" and not extra and cfg.num_labels:
         extra = {"num_labels": cfg.num_labels}
     dtype = load_dtype(precision, cfg.dtype)
+    tokenizer: PreTrainedTokenizerBase
     if name in TINY_MODELS and cfg.quantization is None:
         config = _tiny_config(TINY_MODELS[name])
         for key, value in extra.items():
@@ -293,7 +294,9 @@ def dequantize_in_place(model: PreTrainedModel) -> PreTrainedModel:
     for name, module in list(model.named_modules()):
         if not isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
             continue
-        weight = dequantize_bnb_weight(module.weight, getattr(module, "state", None)).to(dtype)
+        weight = dequantize_bnb_weight(cast(torch.nn.Parameter, module.weight), getattr(module, "state", None)).to(
+            dtype
+        )
         plain = torch.nn.Linear(
             module.in_features, module.out_features, bias=module.bias is not None, device=weight.device, dtype=dtype
         )
@@ -306,15 +309,18 @@ def dequantize_in_place(model: PreTrainedModel) -> PreTrainedModel:
     for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized"):
         if hasattr(model, flag):
             setattr(model, flag, False)
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return model
 
 
-def on_local_device(model: PreTrainedModel) -> PreTrainedModel:
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def on_local_device(model: ModuleT) -> ModuleT:
     """The model on this rank's device (a quantized one was placed there while loading)."""
-    return model if is_quantized(model) else model.to(local_device())
+    return model if is_quantized(model) else cast(ModuleT, model.to(local_device()))
 
 
 def load_pretrained(
@@ -423,6 +429,6 @@ def load_stage_output(
 
         adapter = stage_dir / "adapter"
         # PEFT refuses is_trainable for prompt adapters; selectors set requires_grad per stage anyway
-        trainable = not PeftConfig.from_pretrained(adapter).is_prompt_learning
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+        trainable = not PeftConfig.from_pretrained(str(adapter)).is_prompt_learning
+        return on_local_device(PeftModel.from_pretrained(model, adapter, is_trainable=trainable)), tokenizer
     return on_local_device(model), tokenizer

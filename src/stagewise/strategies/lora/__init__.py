@@ -18,7 +18,7 @@ residual, so base + adapter reload to the trained model.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import Field, model_validator
@@ -28,6 +28,9 @@ from ...errors import DataError, RecipeError
 from ...models import dequantize_in_place, is_quantized
 from ...protocols import Selection, SelectionContext
 from ...registry import ADDONS, SELECTORS, PluginConfig, Requires, SelectorTraits
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 MARKER = "lora_"
 
@@ -73,7 +76,7 @@ def attach_lora(model: torch.nn.Module, config: LoraSelectorConfig, context: Sel
     init: Any = {"default": True, "gaussian": "gaussian"}.get(config.init, config.init)
     peft_config = LoraConfig(
         r=config.lora_rank,
-        lora_alpha=config.lora_alpha or 2 * config.lora_rank,
+        lora_alpha=config.lora_alpha or 2 * config.lora_rank,  # type: ignore[arg-type]  # PEFT scales by any number
         lora_dropout=config.lora_dropout,
         target_modules=target,
         task_type=peft_task_type(model),
@@ -90,8 +93,9 @@ def attach_lora(model: torch.nn.Module, config: LoraSelectorConfig, context: Sel
         raise RecipeError(f"trainable.lora_target: {str(err).splitlines()[0]}") from None
     # the init (PiSSA/OLoRA/CorDA) is applied: the base now holds the residual, and a reload of
     # base + adapter must not apply it again
-    wrapped.peft_config["default"].init_lora_weights = True
-    wrapped.peft_config["default"].corda_config = None
+    applied = cast(LoraConfig, wrapped.peft_config["default"])
+    applied.init_lora_weights = True
+    applied.corda_config = None
     return wrapped
 
 
@@ -124,7 +128,7 @@ def prepare_corda(
     preprocess_corda(model, peft_config, run_model=run_model)
 
 
-def merge_into_dequantized(model: torch.nn.Module) -> torch.nn.Module:
+def merge_into_dequantized(model: PeftModel) -> torch.nn.Module:
     """``merge_on_save`` on a 4/8-bit base (QLoRA): the base is dequantized first and the adapter
     merged into the plain weights, so the saved model is base + adapter without a second rounding
     to 4 bits (PEFT's own merge would requantize). DoRA's magnitude is merged by PEFT as usual."""
@@ -147,9 +151,9 @@ class LoraAddOn:
 
     def for_saving(self, model: torch.nn.Module, selector: PluginConfig) -> torch.nn.Module:
         merge = isinstance(selector, LoraSelectorConfig) and selector.merge_on_save
-        if merge and is_quantized(model):
-            return merge_into_dequantized(model)
-        return model.merge_and_unload() if merge else model
+        if not (merge and is_peft_model(model)):
+            return model
+        return merge_into_dequantized(model) if is_quantized(model) else model.merge_and_unload()
 
     def for_probe(self, model: torch.nn.Module, probe: Any, group: str) -> torch.nn.Module:
         if probe.addon == "never":
