@@ -1,5 +1,5 @@
-"""The source passes the linter and the formatter as configured in pyproject.toml (ruff is a test
-dependency: the README's install step brings it)."""
+"""The source passes the linter, the formatter and the type checker as configured in pyproject.toml
+(ruff and mypy are test dependencies: the README's install step brings them)."""
 from __future__ import annotations
 
 import shutil
@@ -9,17 +9,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def ruff(*args: str) -> subprocess.CompletedProcess:
-    executable = shutil.which("ruff")
-    assert executable, "ruff is not installed: pip install -e '.[test]'"
-    return subprocess.run([executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def tool(name: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    executable = shutil.which(name)
+    assert executable, f"{name} is not installed: pip install -e '.[test]'"
+    return subprocess.run([executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_the_source_has_no_lint_findings():
-    done = ruff("check", "src")
+    done = tool("ruff", "check", "src")
     assert done.returncode == 0, done.stdout[-3000:]
 
 
 def test_the_source_is_formatted():
-    done = ruff("format", "--check", "src")
+    done = tool("ruff", "format", "--check", "src")
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_the_source_type_checks():
+    done = tool("mypy", timeout=600)  # files and settings: [tool.mypy] in pyproject.toml
     assert done.returncode == 0, done.stdout[-3000:]

@@ -35,6 +35,12 @@ def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if is_peft_model(model) else model
 
 
+def output_embeddings(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The model's output embedding (its LM head, perhaps tied to the input embedding); None where it has none."""
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if get is not None else None
+
+
 @contextlib.contextmanager
 def base_without_addon_layers(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """The transformers model inside a PEFT wrapper with each adapter layer swapped back to the
@@ -50,7 +56,7 @@ def base_without_addon_layers(model: torch.nn.Module) -> Iterator[torch.nn.Modul
     ]
     try:
         for parent, attribute, module in swaps:
-            setattr(parent, attribute, module.base_layer)
+            setattr(parent, attribute, getattr(module, "base_layer"))
         yield base
     finally:
         for parent, attribute, module in swaps:
@@ -69,7 +75,7 @@ def train_addon(
     if is_peft_model(model):
         if not addon.attached(model):
             raise RecipeError(f"trainable: {kind} on a model that already carries a different adapter")
-        wrapped = model
+        wrapped: torch.nn.Module = model
     else:
         wrapped = attach()
     for name, param in wrapped.named_parameters():

@@ -166,13 +166,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     command_options(EvalOptions, args)
     recipe = load_suite(find_recipe(args.suite), task=args.task)
-    used = {task.data for group in GROUPS for task in getattr(recipe.evaluation, group) if task.data}
+    evaluation = recipe.evaluation
+    assert evaluation is not None  # a suite is an evaluation section
+    used = {task.data for group in GROUPS for task in getattr(evaluation, group) if task.data}
     rows = {name: load_dataset_config(name, recipe.datasets[name]).rows for name in used}
     model_cfg = recipe.model.model_copy(update={"model_name_or_path": args.model})
     precision = recipe.performance.precision
     model, tokenizer = load_model_and_tokenizer(model_cfg, precision=precision)
     with autocast(precision):
-        results = evaluate_suite(model, tokenizer, recipe.evaluation, recipe.datasets, rows)
+        results = evaluate_suite(model, tokenizer, evaluation, recipe.datasets, rows)
     for group in GROUPS:
         for name, result in results[group].items():
             print(f"{group:9s} {name:20s} {result['metric']:12s} {result['score']:.4f}  (n={result['n']})")

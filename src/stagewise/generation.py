@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
 from transformers import (
     DynamicCache,
+    GenerationMixin,
     LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
@@ -29,6 +31,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from .addons import base_model_of
 from .distributed import gather_ordered, rank_and_size
 
 
@@ -65,7 +68,7 @@ class GumbelSample(LogitsProcessor):
         noise = -torch.log(-torch.log(uniform.clamp_(min=1e-20)))
         if self.greedy_first:
             noise[:: self.copies] = 0.0
-        return scores.float() + noise
+        return cast(torch.FloatTensor, scores.float() + noise)
 
 
 def prompt_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
@@ -91,7 +94,7 @@ class FirstLineComplete(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
-        return torch.tensor(["\n" in text.lstrip() for text in texts], device=input_ids.device)
+        return cast(torch.BoolTensor, torch.tensor(["\n" in text.lstrip() for text in texts], device=input_ids.device))
 
 
 def first_line(text: str) -> str:
@@ -131,8 +134,7 @@ def _shared_prefill(model: PreTrainedModel, input_ids: torch.Tensor, attention: 
 
 def forward_parameters(model: PreTrainedModel) -> set[str]:
     """The keyword arguments the model's own forward names (through a PEFT wrapper)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return set(inspect.signature(inner.forward).parameters)
+    return set(inspect.signature(base_model_of(model).forward).parameters)
 
 
 def cache_keyword(model: PreTrainedModel) -> str:
@@ -200,7 +202,7 @@ def generate(
             if shared:
                 call["past_key_values"] = _shared_prefill(model, input_ids, attention, copies)
             input_ids, attention = input_ids.repeat_interleave(copies, 0), attention.repeat_interleave(copies, 0)
-            output = model.generate(input_ids=input_ids, attention_mask=attention, **call)
+            output = cast(GenerationMixin, model).generate(input_ids=input_ids, attention_mask=attention, **call)
             texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
             if sampling.first_line:
                 texts = [first_line(text) for text in texts]

@@ -21,7 +21,7 @@ WiSE-FT is then the interpolation of the merged weights), so the output is a pla
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, cast
 
 import torch
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -234,12 +234,15 @@ def mergekit_weights(
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
     from safetensors.torch import load_file
+    from transformers import PreTrainedModel
 
     with tempfile.TemporaryDirectory(prefix="stagewise-merge-") as scratch:
         folders = []
         for index, weights in enumerate([anchor, *tuned]):
             folder = Path(scratch) / f"model-{index}"
-            model.save_pretrained(folder, state_dict=dict(weights))  # save_pretrained empties the dict it is given
+            cast(PreTrainedModel, model).save_pretrained(
+                folder, state_dict=dict(weights)
+            )  # save_pretrained empties the dict it is given
             folders.append(str(folder))
         merge = MergeConfiguration.model_validate(
             {

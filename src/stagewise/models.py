@@ -320,7 +320,7 @@ ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 def on_local_device(model: ModuleT) -> ModuleT:
     """The model on this rank's device (a quantized one was placed there while loading)."""
-    return model if is_quantized(model) else cast(ModuleT, model.to(local_device()))
+    return model if is_quantized(model) else model.to(local_device())
 
 
 def load_pretrained(

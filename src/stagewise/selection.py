@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from pydantic import Field
 
-from .addons import addon_parameters, base_model_of
+from .addons import addon_parameters, base_model_of, output_embeddings
 from .errors import RecipeError
 from .protocols import Selection, SelectionContext
 from .registry import SELECTORS, PluginConfig, Requires
@@ -64,9 +64,9 @@ def head_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """Task head: everything outside the base model (lm_head, classifier, score), plus a tied output embedding."""
     prefix = getattr(model, "base_model_prefix", "")
     params = [p for n, p in model.named_parameters() if prefix and not n.startswith(prefix + ".")]
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    output = output_embeddings(model)
     if output is not None and all(output.weight is not p for p in params):
-        params.append(output.weight)
+        params.append(cast(torch.nn.Parameter, output.weight))
     if not params:
         raise RecipeError(f"cannot find a head in {type(model).__name__} (no parameter outside {prefix!r})")
     return params

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -34,7 +35,7 @@ def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(cls, "model_fields", {}))
 
 
-def _describe(err: dict[str, Any], model_cls: type[BaseModel], prefix: tuple) -> str:
+def _describe(err: Mapping[str, Any], model_cls: type[BaseModel], prefix: tuple) -> str:
     loc = tuple(err["loc"])
     dotted = ".".join(str(p) for p in prefix + loc)
     if err["type"] == "extra_forbidden":

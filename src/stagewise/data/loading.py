@@ -268,7 +268,7 @@ def _read_hub(name: str, cfg: DatasetConfig) -> tuple[Raw, str, str, bool]:
     """``datasets.load_dataset`` by name (through its cache; the split's slice is applied by it)."""
     from datasets import load_dataset
 
-    source = cfg.hub + (f"/{cfg.subset}" if cfg.subset else "")
+    source = f"{cfg.hub}/{cfg.subset}" if cfg.subset else str(cfg.hub)
     try:
         loaded = load_dataset(
             cfg.hub, cfg.subset, split=cfg.split or "train", revision=cfg.revision, data_files=cfg.data_files

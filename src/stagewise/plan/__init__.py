@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..addons import base_model_of, is_addon_parameter
+from ..addons import base_model_of, is_addon_parameter, output_embeddings
 from ..config import ModelConfig, Recipe, StageConfig
 from ..errors import RecipeError
 from ..precision import COMPUTE_DTYPES, MIXED, resolve_precision
@@ -213,7 +213,7 @@ def weight_bytes(
 def quantized_matrices(model: torch.nn.Module) -> set[int]:
     """The weights bitsandbytes would quantize: every linear layer of the base but the output head."""
     base = base_model_of(model)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    head = output_embeddings(base)
     return {
         id(module.weight)
         for name, module in base.named_modules()
@@ -256,7 +256,7 @@ def stage_footprint(
         plan = registry.get(config.kind).plan
         parts.update(plan(config, context) if plan else {})
     total = sum({id(p): p.numel() for p in model.parameters()}.values())
-    head = base_model_of(model).get_output_embeddings()
+    head = output_embeddings(base_model_of(model))
     head_gradient = head.weight.numel() * grad_bytes / shard if head is not None and head.weight.requires_grad else 0.0
     return Footprint(
         {k: v for k, v in parts.items() if v}, trainable=trained_numel, total=total, head_gradient=head_gradient
@@ -299,11 +299,8 @@ def generation_footprint(
     stored weights and the largest generation batch's KV cache and last-token logits."""
     stored, _ = weight_bytes(model, storage, settings, training=False)
     context = plan_context(model, shape, storage, settings, stage, stored)
-    caches = [
-        TRANSFORMS.get(t.kind).plan(t, context).get("kv cache", 0.0)
-        for t in stage.transforms
-        if TRANSFORMS.get(t.kind).plan
-    ]
+    plans = [(TRANSFORMS.get(t.kind).plan, t) for t in stage.transforms]
+    caches = [plan(t, context).get("kv cache", 0.0) for plan, t in plans if plan is not None]
     batch = 0
     if recipe.evaluation is not None:
         evaluation = recipe.evaluation

@@ -8,7 +8,7 @@ import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -177,7 +177,7 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
     except ValidationError as exc:
         raise_validation_error(exc, str(path), lines, StudyConfig)
 
-    def fail(loc: tuple, message: str) -> None:
+    def fail(loc: tuple, message: str) -> NoReturn:
         line = line_for(loc, lines)
         raise RecipeError(f"{path}{f' line {line}' if line else ''}: {'.'.join(map(str, loc))}: {message}")
 
@@ -194,12 +194,13 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
     for name in config.arms:
         if not is_safe_name(name):
             fail(("arms", name), f"arm name {name!r}: expected {SAFE_NAME_HINT}")
-    if config.baseline not in config.arms:
-        fail(("baseline",), f"{config.baseline!r} is not an arm (arms: {', '.join(config.arms)})")
+    baseline = config.baseline
+    if baseline is None or baseline not in config.arms:
+        fail(("baseline",), f"{baseline!r} is not an arm (arms: {', '.join(config.arms)})")
     if config.frontier_baseline is not None and config.frontier_baseline not in config.arms:
         fail(("frontier_baseline",), f"{config.frontier_baseline!r} is not an arm (arms: {', '.join(config.arms)})")
-    if config.arms[config.baseline].sweep is not None:
-        fail(("arms", config.baseline, "sweep"), "the baseline arm cannot sweep (it is the fixed reference)")
+    if config.arms[baseline].sweep is not None:
+        fail(("arms", baseline, "sweep"), "the baseline arm cannot sweep (it is the fixed reference)")
 
     out = Path(config.output_dir)
     runs: list[StudyRun] = []
@@ -224,7 +225,7 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
         for value in values:
             for seed in config.seeds:
                 folder = out / "runs" / arm_name
-                if value is not None:
+                if arm.sweep is not None and value is not None:
                     folder = folder / arm.sweep.label(value)
                 overrides = [*config.overrides, *arm.overrides, *(arm.sweep.overrides(value) if arm.sweep else [])]
                 try:
@@ -309,7 +310,7 @@ def loco_arms(
                 f"clusters overlap by dataset: {other[0]!r} ({other[1]}) and {name!r} "
                 f"({dataset.cluster}) hold the same rows",
             )
-    trained = list(dict.fromkeys(recipe.datasets[name].cluster for name in stage.data))
+    trained = list(dict.fromkeys(str(recipe.datasets[name].cluster) for name in stage.data))  # each has one
     if len(trained) < 2:
         fail(
             ("loco", "recipe"),
@@ -330,7 +331,7 @@ def loco_arms(
     for cluster in trained:
         kept = [name for name in stage.data if recipe.datasets[name].cluster != cluster]
         narrowed = [
-            f"stages.{loco.stage}.transforms.{i}.datasets=[{', '.join(n for n in t.datasets if n in kept)}]"
+            f"stages.{loco.stage}.transforms.{i}.datasets=[{', '.join(n for n in t.datasets or [] if n in kept)}]"
             for i, t in enumerate(stage.transforms)
             if getattr(t, "datasets", None) is not None
         ]

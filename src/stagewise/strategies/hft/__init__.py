@@ -63,7 +63,9 @@ def block_parts(model: torch.nn.Module) -> list[BlockParts]:
     _, blocks = transformer_blocks(model)
     parts = []
     for block in blocks:
-        attention, mlp, norms = [], [], []
+        attention: list[tuple[str, torch.nn.Module]] = []
+        mlp: list[tuple[str, torch.nn.Module]] = []
+        norms: list[tuple[str, torch.nn.Module]] = []
         for name, module in block.named_modules():
             if _is_matrix_module(module) and not list(module.children()):
                 (attention if any(w in name.lower() for w in ATTENTION_WORDS) else mlp).append((name, module))

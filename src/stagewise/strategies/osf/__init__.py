@@ -69,7 +69,7 @@ class OSFAddOn:
         return _carries_osf(model)
 
     def for_saving(self, model: torch.nn.Module, selector: PluginConfig) -> torch.nn.Module:
-        return model.merge_and_unload()
+        return model.merge_and_unload() if is_peft_model(model) else model
 
     def for_probe(self, model: torch.nn.Module, probe: Any, group: str) -> torch.nn.Module:
         return model

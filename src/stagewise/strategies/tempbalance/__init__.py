@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from pydantic import Field
@@ -71,7 +71,7 @@ def layer_alphas(model: torch.nn.Module, config: TempBalanceConfig) -> dict[str,
     its spectrum, and the alphas are sent to every rank (all ranks then set the same LRs)."""
     alphas = {}
     for name, module in matrix_modules(model, config).items():
-        weight = gathered(module.weight)
+        weight = gathered(cast(torch.Tensor, module.weight))
         if is_main_process():
             alphas[name] = hill_alpha(eigenvalues(weight), config.xmin_pos)
     return broadcast_from_main(alphas)
