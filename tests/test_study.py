@@ -340,3 +340,24 @@ def test_a_study_with_a_continuous_target_compares_frontiers_and_splits_drops(tm
     assert "## Knowledge vs format" in (out / "study.md").read_text()
     correlation = results["kl_vs_retention"]["ppl"]  # 3 runs x 1 stage: KL vs perplexity change
     assert correlation["points"] == 3 and -1 <= correlation["estimate"] <= 1
+
+
+def test_a_one_task_sequence_study_has_no_sequence_summary(tmp_path):
+    """With one task there is no earlier task to forget or transfer to: BWT and FWT do not exist, so
+    the study reports no task-sequence section (and does not break on the missing values)."""
+    rows = [{"instruction": f"a{i}?", "output": f"A{i}"} for i in range(6)]
+    recipe = {
+        "model": "tiny-llama",
+        "datasets": {"a": {"format": "instruction", "template": "alpaca", "rows": rows}},
+        "stages": [{"name": "first", "data": "a", "lr": 3e-2, "max_steps": 2, "batch_size": 3}],
+        "evaluation": {"target": [{"name": "ta", "data": "a", "metric": "contains", "max_new_tokens": 3,
+                                   "stage": "first"}]},
+        "output_dir": "unused",
+    }
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(recipe))
+    study = {"arms": {"full": {"recipe": "one.yaml"}, "low": {"recipe": "one.yaml", "overrides": ["stages.0.lr=1e-3"]}},
+             "baseline": "full", "seeds": [0, 1], "bootstrap": 100, "output_dir": str(tmp_path / "study")}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    assert main(["study", str(tmp_path / "study.yaml")]) == 0
+    assert json.loads((tmp_path / "study/study.json").read_text())["continual"] is None
+    assert "## Task sequence" not in (tmp_path / "study/study.md").read_text()

@@ -158,7 +158,7 @@ def continual_summary(
     )
     by_name = {probe.name: probe for probe in probes}
     if (
-        not tasks
+        len(tasks) < 2  # one task: nothing earlier to forget (BWT) or to transfer to (FWT)
         or recipe.evaluation is None
         or recipe.evaluation.every != "stage"
         or any(by_name[name].classification for _, name in tasks)
@@ -167,7 +167,6 @@ def continual_summary(
         return None
 
     def summary(row: Row, seeds: np.ndarray, items: list[np.ndarray]) -> dict[str, float]:
-        """The sequence's metrics that exist (BWT and FWT need two tasks)."""
         matrix = [
             [float(row.points[stage][name][seeds][:, items[j]].mean()) for j, (_, name) in enumerate(tasks)]
             for stage, _ in tasks
@@ -175,7 +174,7 @@ def continual_summary(
         metrics = continual_metrics(
             matrix, [float(by_name[name].base[items[j]].mean()) for j, (_, name) in enumerate(tasks)]
         )
-        return {key: value for key, value in metrics.items() if value is not None}
+        return {key: value for key, value in metrics.items() if value is not None}  # all set: 2+ tasks
 
     rng = np.random.default_rng(0)
     n_seeds = len(study.config.seeds)
