@@ -152,6 +152,8 @@ def one_line_error(capsys, argv, expected):
      "arms.b.sweep: two values share the run folder name 'description=a_b'"),
     ({"seeds": [-1]}, "seeds.0: Input should be greater than or equal to 0"),
     ({"frontier_baseline": "nope"}, "frontier_baseline: 'nope' is not an arm"),
+    ({"frontier_arms": ["full", "nope"]}, "frontier_arms: 'nope' is not an arm"),
+    ({"frontier_arms": ["top"]}, "frontier_arms: the frontier baseline 'full' must be one of the frontier arms"),
     ({"bootstrap": 10**15}, "bootstrap: Input should be less than or equal to 100000"),
 ])
 def test_bad_study_files_are_one_line(tmp_path, capsys, changes, expected):
@@ -340,6 +342,10 @@ def test_a_study_with_a_continuous_target_compares_frontiers_and_splits_drops(tm
     assert "## Knowledge vs format" in (out / "study.md").read_text()
     correlation = results["kl_vs_retention"]["ppl"]  # 3 runs x 1 stage: KL vs perplexity change
     assert correlation["points"] == 3 and -1 <= correlation["estimate"] <= 1
+    study = yaml.safe_load(path.read_text())  # frontier_arms leaves the fixed-LR arm out of the frontiers
+    path.write_text(yaml.safe_dump({**study, "frontier_arms": ["lr"]}))
+    assert main(["study", str(path)]) == 0  # the runs are reused: only the analysis is redone
+    assert set(json.loads((out / "study.json").read_text())["frontier"]["probes"]["ppl"]["arms"]) == {"lr"}
 
 
 def test_a_one_task_sequence_study_has_no_sequence_summary(tmp_path):

@@ -339,7 +339,8 @@ def analyse(study: Study, read: Mapping[StudyRun, RunManifest | dict[str, Any]])
         ]
     frontier = None
     if not match.classification and retention:
-        paths = {arm: [row.points for row in rows if row.arm == arm] for arm in config.arms}
+        compared = [arm for arm in config.arms if config.frontier_arms is None or arm in config.frontier_arms]
+        paths = {arm: [row.points for row in rows if row.arm == arm] for arm in compared}
         frontier = frontier_analysis(
             paths,
             config.frontier_baseline or baseline.name,

@@ -87,6 +87,9 @@ class StudyConfig(StrictModel):
     # (a verdict table: each arm's retention difference from the frontier baseline's there)
     frontier_baseline: str | None = None  # the arm whose frontier the others are paired with (default: baseline;
     # the baseline arm cannot sweep, so name a sweeping arm here to compare frontiers over hyperparameters)
+    frontier_arms: list[str] | None = None  # the arms whose frontiers are compared (default: every arm). The
+    # comparison runs over the gain range *every* such arm measured: a fixed-LR baseline that learns little
+    # would shrink it to nothing, so leave it out once a sweeping arm of its method is the frontier baseline
     bootstrap: int = Field(default=2000, ge=100, le=100_000)  # bootstrap resamples per interval (each holds
     # resamples x items floats per probe in memory)
     output_dir: str = "runs/study"
@@ -199,6 +202,12 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
         fail(("baseline",), f"{baseline!r} is not an arm (arms: {', '.join(config.arms)})")
     if config.frontier_baseline is not None and config.frontier_baseline not in config.arms:
         fail(("frontier_baseline",), f"{config.frontier_baseline!r} is not an arm (arms: {', '.join(config.arms)})")
+    for name in config.frontier_arms or []:
+        if name not in config.arms:
+            fail(("frontier_arms",), f"{name!r} is not an arm (arms: {', '.join(config.arms)})")
+    frontier_baseline = config.frontier_baseline or baseline
+    if config.frontier_arms is not None and frontier_baseline not in config.frontier_arms:
+        fail(("frontier_arms",), f"the frontier baseline {frontier_baseline!r} must be one of the frontier arms")
     if config.arms[baseline].sweep is not None:
         fail(("arms", baseline, "sweep"), "the baseline arm cannot sweep (it is the fixed reference)")
 
