@@ -275,7 +275,8 @@ def plot_frontier(results: dict[str, Any], path: Path) -> None:
 
     probes = list(frontier["probes"])
     columns = min(len(probes), 3)
-    fig, axes = plt.subplots(math.ceil(len(probes) / columns), columns, figsize=(5 * columns, 4), squeeze=False)
+    rows = math.ceil(len(probes) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4 * rows), squeeze=False)
     for ax, probe in zip(axes.flat, probes):
         entry = frontier["probes"][probe]
         for arm, values in entry["arms"].items():
@@ -306,6 +307,7 @@ def plot_frontier(results: dict[str, Any], path: Path) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle("frontiers: best retention reached at each gain (cross-fitted; bands: 95% CI)")
+    fig.tight_layout()  # several rows of panels: keep each title clear of the row above
     save_figure(fig, path, dpi=130, bbox_inches="tight")
 
 
