@@ -91,7 +91,8 @@ def passing(
             for row, answer in zip(rows, answers)
         ]
     device = next(context.model.parameters()).device
-    judge = load_reward_model(context.stage_folder(str(config.reward_model)), device)  # set: no rule is
+    assert config.reward_model is not None  # validated: a rule or a reward model
+    judge = load_reward_model(context.stage_folder(config.reward_model), device)
     texts = [
         prompt_text(row, context.dataset.format, context.tokenizer, context.dataset.template) + answer
         for row, answer in zip(rows, answers)

@@ -152,7 +152,8 @@ def rule_reward(config: OnPolicyConfig, rows: list[dict[str, Any]]) -> Any:
     """A TRL reward function: 1.0 where the completion is right about its row's gold answer by
     ``reward_rule``, else 0.0 (TRL passes the dataset's ``row_index`` column along)."""
 
-    rule = str(config.reward_rule)  # set: a reward model is used otherwise
+    rule = config.reward_rule
+    assert rule is not None  # called only for a rule reward (a reward model is used otherwise)
 
     def reward(prompts: list[Any], completions: list[str], row_index: list[int], **_: Any) -> list[float]:
         return [
