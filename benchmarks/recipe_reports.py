@@ -47,16 +47,20 @@ def shrink_overrides(path: Path, rows: int, steps: int, output_dir: Path) -> lis
     return overrides
 
 
-def summarize(manifest: dict) -> dict:
+def summarize(manifest) -> dict:
+    """The numbers a report shows. ``manifest`` is the run's manifest: a dict on commits before the
+    typed ``RunManifest``, the typed record after it (so one script compares the two)."""
     report = build_report(manifest)
+    if not isinstance(manifest, dict):
+        manifest = manifest.model_dump(mode="json")
     stages = []
     for entry in manifest["stages"]:
-        metrics = entry.get("metrics", {})
+        metrics = entry.get("metrics") or {}
         stages.append({
             "name": entry["name"], "trainable_params": entry.get("trainable_params"),
             "train_rows": entry.get("train_rows"),
             "metrics": {k: metrics[k] for k in TRAIN_METRICS if k in metrics},
-            "scores": {group: {name: result["score"] for name, result in entry.get("evaluation", {}).get(group, {}).items()}
+            "scores": {group: {name: result["score"] for name, result in (entry.get("evaluation") or {}).get(group, {}).items()}
                        for group in ("target", "retention")},
         })
     return {"base": report["base"], "stages": stages}
@@ -65,8 +69,9 @@ def summarize(manifest: dict) -> dict:
 def run_all(args: argparse.Namespace) -> None:
     """Every recipe, shrunk, in throwaway folders (removed afterwards: a full pass writes ~9 GB of
     model folders and ~0.5 GB of benchmark cache)."""
-    results = {}
-    names = args.recipes or sorted(bundled_recipes())
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}  # a pass resumes where it stopped
+    names = [name for name in args.recipes or sorted(bundled_recipes()) if name not in results]
     with tempfile.TemporaryDirectory(prefix="stagewise-cache-") as cache, \
             tempfile.TemporaryDirectory(prefix="recipe-reports-") as scratch:
         os.environ["STAGEWISE_CACHE"] = cache
@@ -79,8 +84,10 @@ def run_all(args: argparse.Namespace) -> None:
                 results[name] = summarize(run_recipe(recipe, log=lambda message: None).manifest)
             except StagewiseError as err:
                 results[name] = {"error": str(err)}
+            except Exception as err:  # a crash is a result too: the other recipes still run
+                results[name] = {"error": f"{type(err).__name__}: {err}"}
             print(f"{name}: {time.perf_counter() - started:.0f} s {results[name].get('error', '')}", flush=True)
-            Path(args.out).write_text(json.dumps(results, indent=1, sort_keys=True))
+            out.write_text(json.dumps(results, indent=1, sort_keys=True))
 
 
 def flatten(value, prefix=""):
@@ -111,7 +118,7 @@ def compare(before_path: str, after_path: str, tolerance: float) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipes", nargs="*", help="bundled recipe names (default: all)")
-    parser.add_argument("--out", default="recipe-reports.json")
+    parser.add_argument("--out", default="recipe-reports.json", help="results file; recipes already in it are kept, not rerun")
     parser.add_argument("--rows", type=int, default=16, help="rows kept per dataset (classification sets are kept whole)")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per stage")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))

@@ -29,14 +29,12 @@ def test_the_same_model_is_at_zero(pair):
     assert abs(result["per_sequence"]) < 1e-5 and result["prompts"] == 2
 
 
-def test_it_is_the_per_position_kl_along_the_tuned_models_sample(pair):
-    tuned, entering, tokenizer = pair
-    prompt = tokenizer("hello there")["input_ids"]
-    result = forward_kl(tuned, entering, tokenizer, [prompt], max_new_tokens=5, seed=3)
-    torch.manual_seed(3)  # the same sample, drawn again
+def kl_by_hand(tuned, entering, tokenizer, prompt, max_new_tokens, seed):
+    """The tuned model's sample drawn again, and the exact KL summed position by position."""
+    torch.manual_seed(seed)
     ids = torch.tensor([prompt])
     out = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
-                         top_p=1.0, max_new_tokens=5, pad_token_id=tokenizer.eos_token_id)
+                         top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id)
     new = out[0, len(prompt):].tolist()
     if tokenizer.eos_token_id in new:
         new = new[: new.index(tokenizer.eos_token_id) + 1]
@@ -47,7 +45,33 @@ def test_it_is_the_per_position_kl_along_the_tuned_models_sample(pair):
             p = torch.log_softmax(tuned(input_ids=context).logits[0, -1].float(), -1)
             q = torch.log_softmax(entering(input_ids=context).logits[0, -1].float(), -1)
             total += float((p.exp() * (p - q)).sum())
-    assert result["tokens"] == len(new)
+    return total, len(new)
+
+
+def test_it_is_the_per_position_kl_along_the_tuned_models_sample(pair):
+    tuned, entering, tokenizer = pair
+    prompt = tokenizer("hello there")["input_ids"]
+    result = forward_kl(tuned, entering, tokenizer, [prompt], max_new_tokens=5, seed=3)
+    total, tokens = kl_by_hand(tuned, entering, tokenizer, prompt, 5, seed=3)
+    assert result["tokens"] == tokens
+    assert result["per_sequence"] == pytest.approx(total, rel=1e-4)
+
+
+def test_a_prompt_tuned_model_is_read_at_its_real_tokens(pair):
+    """ProMoT's first stage is a PEFT soft prompt, whose logits start with its virtual tokens'
+    (the KL used to fail there on mismatched lengths)."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    _, entering, tokenizer = pair
+    base, _ = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
+    torch.manual_seed(0)
+    prompted = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    with torch.no_grad():
+        prompted.prompt_encoder.default.embedding.weight.mul_(50)  # a prompt that moves the outputs
+    prompt = tokenizer("hello there")["input_ids"]
+    result = forward_kl(prompted, entering, tokenizer, [prompt], max_new_tokens=5, seed=3)
+    total, tokens = kl_by_hand(prompted, entering, tokenizer, prompt, 5, seed=3)
+    assert result["tokens"] == tokens and total > 1e-3
     assert result["per_sequence"] == pytest.approx(total, rel=1e-4)
 
 

@@ -37,9 +37,11 @@ def stage_prompts(
 
 @torch.inference_mode()
 def next_token_log_probs(model: Any, ids: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
-    """(batch, new tokens, vocabulary) next-token log-distributions at the positions from ``start`` on."""
+    """(batch, new tokens, vocabulary) next-token log-distributions at the positions from ``start`` on.
+    Counted from the end: a prompt-tuned model (ProMoT's stage) prepends virtual tokens' logits."""
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, start - 1 : -1].float()
+    new = ids.shape[1] - start
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -new - 1 : -1].float()
     return torch.log_softmax(logits, -1)
 
 
