@@ -55,12 +55,12 @@ def summarize(manifest) -> dict:
         manifest = manifest.model_dump(mode="json")
     stages = []
     for entry in manifest["stages"]:
-        metrics = entry.get("metrics") or {}
+        metrics, evaluation = entry.get("metrics") or {}, entry.get("evaluation") or {}
         stages.append({
             "name": entry["name"], "trainable_params": entry.get("trainable_params"),
             "train_rows": entry.get("train_rows"),
             "metrics": {k: metrics[k] for k in TRAIN_METRICS if k in metrics},
-            "scores": {group: {name: result["score"] for name, result in (entry.get("evaluation") or {}).get(group, {}).items()}
+            "scores": {group: {name: result["score"] for name, result in evaluation.get(group, {}).items()}
                        for group in ("target", "retention")},
         })
     return {"base": report["base"], "stages": stages}
@@ -118,8 +118,10 @@ def compare(before_path: str, after_path: str, tolerance: float) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipes", nargs="*", help="bundled recipe names (default: all)")
-    parser.add_argument("--out", default="recipe-reports.json", help="results file; recipes already in it are kept, not rerun")
-    parser.add_argument("--rows", type=int, default=16, help="rows kept per dataset (classification sets are kept whole)")
+    parser.add_argument("--out", default="recipe-reports.json",
+                        help="results file; recipes already in it are kept, not rerun")
+    parser.add_argument("--rows", type=int, default=16,
+                        help="rows kept per dataset (classification sets are kept whole)")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per stage")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
     parser.add_argument("--tolerance", type=float, default=1e-6)
