@@ -1,6 +1,6 @@
 """The typed run manifest: a manifest written before the schema (stored from a real run of the
 continual study) still loads and reports the same numbers; the engine writes schema_version 2 and
-refuses a record the schema does not describe."""
+refuses a record the schema does not describe; its stage hashes are still today's."""
 from __future__ import annotations
 
 import json
@@ -53,3 +53,16 @@ def test_the_engine_writes_the_current_schema_and_refuses_a_bad_record(tmp_path)
     with pytest.raises(ValidationError, match="config_hash"):
         manifest.set_stage(0, {key: value for key, value in entry.items() if key != "config_hash"})
     assert json.loads((tmp_path / "manifest.json").read_text())["stages"][0] == entry  # the good one is kept
+
+
+def test_a_run_recorded_before_the_typed_schema_is_still_complete():
+    """Its recipe, read today, hashes to the recorded stage hashes: an upgrade must not retrain
+    finished runs (a default that became a typed entry once changed every plain stage's hash)."""
+    from stagewise.config import Recipe
+    from stagewise.data.loading import load_dataset_config
+    from stagewise.engine.pipeline import stage_hashes
+
+    raw = json.loads(OLD.read_text())
+    recipe = Recipe.model_validate(raw["recipe"])
+    datasets = {name: load_dataset_config(name, cfg) for name, cfg in recipe.datasets.items()}
+    assert stage_hashes(recipe, datasets) == [stage["config_hash"] for stage in raw["stages"]]

@@ -170,8 +170,11 @@ class StageConfig(StrictModel):
         "none", validate_default=True
     )
     lr_rule: Annotated[SerializeAsAny[PluginConfig], registered(LR_RULES)] = Field("uniform", validate_default=True)
-    # hf: the Trainer's, named by `optim`; or mofo
-    optimizer: Annotated[SerializeAsAny[PluginConfig], registered(OPTIMIZERS)] = Field("hf", validate_default=True)
+    # hf: the Trainer's, named by `optim`; or mofo. The default is already the entry's config (not
+    # the name), so a stage that sets no optimizer hashes as it did before this key existed.
+    optimizer: Annotated[SerializeAsAny[PluginConfig], registered(OPTIMIZERS)] = Field(
+        default_factory=lambda: PluginConfig(kind="hf")
+    )
     # model-in-the-loop data steps (distill, select)
     transforms: list[Annotated[SerializeAsAny[TransformConfig], registered(TRANSFORMS)]] = Field(default_factory=list)
     # what runs the optimisation: hf (transformers Trainer) or a registered one (dpo)
