@@ -131,13 +131,18 @@ def test_perplexity_matches_model_loss(tmp_path):
     from stagewise.models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
-    rows = [{"text": "hello world"}]
+    rows = [{"text": "hello world"}, {"text": "a much longer line of plain text to pad the others"}, {"text": "hi"}]
     result = evaluate_task(model, tok, EvalTaskConfig(name="p", data="t", metric="perplexity"),
-                           DatasetConfig(format="text", rows=rows), rows, EvaluationConfig())
-    [example] = encode_lm_rows(rows, "text", tok)
+                           DatasetConfig(format="text", rows=rows), rows, EvaluationConfig())  # one padded batch
+    total, tokens = 0.0, 0
     with torch.no_grad():
-        loss = model(input_ids=torch.tensor([example["input_ids"]]), labels=torch.tensor([example["labels"]])).loss
-    assert result["score"] == pytest.approx(math.exp(float(loss)), rel=1e-4)
+        for example in encode_lm_rows(rows, "text", tok):  # each row alone: no padding
+            ids, labels = torch.tensor([example["input_ids"]]), torch.tensor([example["labels"]])
+            predicted = int((labels[0, 1:] != -100).sum())  # the first token has nothing before it
+            total += float(model(input_ids=ids, labels=labels).loss) * predicted
+            tokens += predicted
+    assert [item["tokens"] for item in result["items"]] == [len(e["input_ids"]) - 1 for e in encode_lm_rows(rows, "text", tok)]
+    assert result["score"] == pytest.approx(math.exp(total / tokens), rel=1e-4)
 
 
 def test_compare_writes_table_and_plot(tmp_path, capsys):

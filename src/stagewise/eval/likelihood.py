@@ -82,7 +82,9 @@ def batch_log_likelihoods(
     for row, example in enumerate(examples):
         size = len(example["input_ids"]) - start
         input_ids[row, width - size :] = torch.tensor(example["input_ids"][start:])
-        labels[row, width - size :] = torch.tensor(example["labels"][start:])
+        # nothing in this pass predicts an example's first token (text without BOS labels it; the
+        # pad column before it would), so its label stays ignored
+        labels[row, width - size + 1 :] = torch.tensor(example["labels"][start + 1 :])
         attention[row, width - size :] = 1
     positions = start + (attention.cumsum(-1) - 1).clamp(min=0)
     if cache is not None:
