@@ -47,6 +47,17 @@ def test_promot_loss_differs_with_and_without_prompt(tmp_path):
     assert not torch.isclose(with_prompt, without)
 
 
+def test_promot_records_the_kl_to_each_entering_model(tmp_path):
+    """The forgetting predictor on both stages: stage 1's reference is the base, stage 2's the
+    prompt-tuned model as saved (a soft prompt cannot be merged into the weights)."""
+    evaluation = {"target": [{"name": "t", "data": "sft", "metric": "answer_logprob"}], "kl_prompts": 4,
+                  "kl_tokens": 4}
+    result = run(make_recipe(tmp_path, PROMOT, evaluation=evaluation))
+    prompt_stage, full_stage = (stage["kl_to_entering"] for stage in result.manifest["stages"])
+    assert prompt_stage["prompts"] == full_stage["prompts"] == 4
+    assert prompt_stage["per_sequence"] > 0 and full_stage["per_sequence"] > 0
+
+
 def test_addon_never_equals_the_bare_model_and_saved_layout_loads(tmp_path):
     from stagewise.config import EvalTaskConfig
 

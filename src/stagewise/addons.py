@@ -30,6 +30,12 @@ def is_peft_model(model: torch.nn.Module) -> TypeGuard[PeftModel]:
     return isinstance(model, PeftModel)
 
 
+def merges_into_weights(model: torch.nn.Module) -> TypeGuard[PeftModel]:
+    """An adapter whose weights merge into the base (LoRA and kin); a soft prompt does not (it is
+    extra input, so a prompt-tuned model stays wrapped wherever it is used whole)."""
+    return is_peft_model(model) and not model.active_peft_config.is_prompt_learning
+
+
 def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside an add-on wrapper (itself when there is none)."""
     return model.get_base_model() if is_peft_model(model) else model

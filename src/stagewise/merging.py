@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Protocol, cast
 import torch
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from .addons import is_peft_model
+from .addons import base_model_of, merges_into_weights
 from .errors import DataError, RecipeError
 from .registry import MERGE_METHODS, MergeTraits
 from .schema import StrictModel
@@ -139,8 +139,8 @@ class SafetensorsWeights:
 
 
 def plain_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model with any adapter merged in (no copy of its weights)."""
-    return model.merge_and_unload() if is_peft_model(model) else model
+    """The model with any adapter merged in (no copy of its weights); a soft prompt is not weights."""
+    return model.merge_and_unload() if merges_into_weights(model) else base_model_of(model)
 
 
 def plain_weights(model: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:

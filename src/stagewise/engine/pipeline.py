@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from .. import __version__
-from ..addons import is_peft_model
+from ..addons import merges_into_weights
 from ..config import Recipe, StageConfig, builds_model, config_hash, plugin_configs, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
@@ -313,7 +313,7 @@ def named_model(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name: 
         model = load_pretrained(
             Path(name), folder_config, dtype=load_dtype(recipe.performance.precision, recipe.model.dtype)
         )[0]
-    if is_peft_model(model):
+    if merges_into_weights(model):
         model = model.merge_and_unload()
     for param in model.parameters():
         param.requires_grad_(False)
