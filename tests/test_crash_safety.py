@@ -143,7 +143,7 @@ def test_edited_or_truncated_transform_cache_is_computed_again(tmp_path):
 
 def test_seed_model_identity_follows_weight_content_not_size_and_mtime(tmp_path):
     from stagewise.config import ModelConfig
-    from stagewise.engine import pipeline
+    from stagewise.engine import identity
     from stagewise.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path="tiny-llama"))
@@ -151,7 +151,7 @@ def test_seed_model_identity_follows_weight_content_not_size_and_mtime(tmp_path)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     recipe = make_recipe(tmp_path, [STAGE], model=str(folder))
-    before = pipeline.seed_model_key(recipe)
+    before = identity.seed_model_key(recipe)
     weights = folder / "model.safetensors"
     stat = weights.stat()
     tensors = load_file(str(weights))
@@ -160,8 +160,8 @@ def test_seed_model_identity_follows_weight_content_not_size_and_mtime(tmp_path)
     save_file(tensors, str(weights), metadata={"format": "pt"})
     assert weights.stat().st_size == stat.st_size
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    pipeline._weights_sha256.cache_clear()  # a new process: the per-process memo starts empty
-    assert pipeline.seed_model_key(recipe) != before
+    identity._weights_sha256.cache_clear()  # a new process: the per-process memo starts empty
+    assert identity.seed_model_key(recipe) != before
 
 
 def test_huge_evaluation_row_is_clipped_and_counted(tmp_path):

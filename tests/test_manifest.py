@@ -60,7 +60,7 @@ def test_a_run_recorded_before_the_typed_schema_is_still_complete():
     finished runs (a default that became a typed entry once changed every plain stage's hash)."""
     from stagewise.config import Recipe
     from stagewise.data.loading import load_dataset_config
-    from stagewise.engine.pipeline import stage_hashes
+    from stagewise.engine.identity import stage_hashes
 
     raw = json.loads(OLD.read_text())
     recipe = Recipe.model_validate(raw["recipe"])

@@ -273,7 +273,8 @@ def test_a_stage_whose_selection_keeps_nothing_stops_with_one_line(tmp_path):
 def test_selection_runs_over_all_stage_datasets_and_hands_rows_back_to_their_own(tmp_path):
     """Select is stage-wide (replay counts against every upgraded item); each dataset keeps its rows."""
     from stagewise.data import load_dataset_config
-    from stagewise.engine.stage import ModelIdentity, StageContext, transform_stage_data
+    from stagewise.engine.context import ModelIdentity, StageContext
+    from stagewise.engine.stage_data import transform_stage_data
 
     def qa(names):
         return [{"instruction": f"Who is {name}?", "output": name} for name in names]
@@ -301,7 +302,7 @@ def test_a_dataset_emptied_by_a_transform_is_skipped_while_the_others_train(tmp_
     import dataclasses
 
     from stagewise.data import load_dataset_config
-    from stagewise.engine.stage import encode_stage_data
+    from stagewise.engine.stage_data import encode_stage_data
 
     qa = [{"instruction": f"Who is {name}?", "output": name} for name in ("ab", "cd", "ef")]
     datasets = {name: {"format": "instruction", "template": "alpaca", "rows": qa} for name in ("kept", "emptied")}

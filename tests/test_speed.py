@@ -48,7 +48,7 @@ def test_padding_free_batch_gives_the_padded_loss_and_gradients(model_name, atte
     from conftest import INSTRUCTION_ROWS
 
     from stagewise.data import encode_dataset
-    from stagewise.engine.stage import train_collator
+    from stagewise.engine.stage_data import train_collator
 
     model, tokenizer = load_model_and_tokenizer(ModelConfig(model_name_or_path=model_name,
                                                             attn_implementation=attention))

@@ -21,25 +21,25 @@ import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from .. import __version__
-from ..addons import merges_into_weights
-from ..config import Recipe, StageConfig, builds_model, config_hash, plugin_configs, recipe_to_dict, stage_objective
+from ..config import Recipe, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
 from ..errors import OutputError, StagewiseError
 from ..eval import Evaluator
-from ..eval.kl import forward_kl, stage_prompts
 from ..io import file_sha256, folder_sha256
-from ..merging import BASE, HeldWeights, SafetensorsWeights, WeightSource, plain_weights
-from ..models import load_model_and_tokenizer, load_pretrained, load_stage_output, on_local_device, seed_weights_folder
-from ..precision import load_dtype, resolve_precision
-from ..registry import METRICS
+from ..models import load_model_and_tokenizer, load_stage_output
+from ..precision import resolve_precision
 from ..report import build_report, write_report
 from ..sharding import check_shardable, wants_sharding
-from ..written import Written, before_first_write, remove, stage_written
-from .guard import RetentionGuard
+from ..written import before_first_write, remove, stage_written
+from .context import ModelIdentity, StageContext, StageResult
+from .identity import head_seed, seed_model_key, stage_hashes, stage_inputs
 from .manifest import Manifest
+from .named import entering_stage, named_folder, named_model, named_weights, stage_dir_name, stage_folder
 from .run_folder import check_foreign_content, check_no_links, check_writable_folder, read_manifest, run_lock
-from .stage import ADAPTER_DIR, ModelIdentity, StageContext, StageResult, class_labels, run_stage
+from .scoring import evaluation_callbacks, measures_kl, stage_kl
+from .stage import run_stage
+from .stage_data import class_labels
 
 Log = Callable[[str], None]
 
@@ -52,126 +52,11 @@ class RunResult:
     tokenizer: PreTrainedTokenizerBase
 
 
-def stage_dir_name(index: int, name: str) -> str:
-    return f"{index}-{name}"
-
-
-def stage_inputs(stage: StageConfig) -> list[str]:
-    """The datasets a stage reads: its training data, its held-out data, and any its entries name
-    (e.g. the data a regularizer estimates its weights on)."""
-    named = [name for _, config in plugin_configs(stage) for name in config.datasets_named()]
-    named += stage.merge.select.data if stage.merge and stage.merge.select else []
-    return list(dict.fromkeys(stage.data + (stage.eval.data if stage.eval else []) + named))
-
-
-def head_seed(recipe: Recipe) -> int:
-    """The seed of weights the starting checkpoint lacks (a classification head): the run's first
-    stage seed, so a study's seeds vary the head as they vary training."""
-    return recipe.stages[0].seed
-
-
-def seed_model_key(recipe: Recipe) -> str:
-    """Identity of the run's starting model and how it computes: its recipe entry (keys at their
-    defaults left out, so a new key with a default changes no hash), for a local folder its weights,
-    for a classifier the seed of its new head, and the precision it trains in."""
-    head = [head_seed(recipe)] if recipe.model.task == "sequence_classification" else []
-    return config_hash(
-        settings_of(recipe.model),
-        model_fingerprint(recipe.model.model_name_or_path),
-        resolve_precision(recipe.performance.precision),
-        *head,
-    )
-
-
-def settings_of(config: Any) -> Any:
-    """A config as a hash sees it: its values that differ from their defaults (HASH_SCHEME marks the rule)."""
-    return [HASH_SCHEME, config.model_dump(mode="json", exclude_defaults=True)]
-
-
-HASH_SCHEME = 2  # 2: settings without their defaults (1, before: whole dumps, so every new key retrained all runs)
-
-
-def stage_hashes(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> list[str]:
-    """Per-stage hash over the starting model, the stage config, its data content, and the previous hash."""
-    hashes: list[str] = []
-    parent = seed_model_key(recipe)
-    for stage in recipe.stages:
-        parent = config_hash(parent, settings_of(stage), {n: datasets[n].fingerprint for n in stage_inputs(stage)})
-        hashes.append(parent)
-    return hashes
-
-
 def base_labels(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> list[str] | None:
     for stage in recipe.stages:
         if stage_objective(recipe, stage) == "classification":
             return class_labels(recipe, stage, datasets)
     return None
-
-
-def model_fingerprint(name: str) -> Any:
-    """A local folder's weights can change under the same path: include their content hashes."""
-    folder = Path(name)
-    if not folder.is_dir():
-        return name
-    files = sorted(folder.glob("*.safetensors"))
-    return [
-        name,
-        _weights_sha256(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in files)),
-    ]
-
-
-@functools.lru_cache(maxsize=8)
-def _weights_sha256(files: tuple[tuple[str, int, int, int], ...]) -> list[tuple[str, str]]:
-    """Hashed once per process for the same files (a run asks for the seed identity several times)."""
-    return [(Path(path).name, file_sha256(path)) for path, *_ in files]
-
-
-LOG_FRACTIONS = (1 / 8, 1 / 4, 1 / 2)  # `every: log`: points inside the first epoch, where most change happens
-
-
-class CurvePoints(TrainerCallback):
-    """``evaluation.every: epoch | log | {steps}``: score the probes during training — at the end
-    of every epoch but the last (the stage's own evaluation covers that), after 1/8, 1/4 and 1/2
-    of the first epoch too (``log``), or after the listed steps — so each stage traces a (gain,
-    retention) curve. Points are recorded in the manifest entry's ``curve`` as they come (one per
-    step, so a resumed stage replaces the points it recomputes)."""
-
-    def __init__(
-        self, evaluator: Evaluator, entry: dict[str, Any], manifest: Manifest, tokenizer: Any, every: Any
-    ) -> None:
-        self.evaluator, self.entry, self.manifest, self.tokenizer = evaluator, entry, manifest, tokenizer
-        self.every = every
-        self.steps: set[int] = set()
-        self.off_clock_s = 0.0  # seconds spent evaluating inside train(): the stage runner subtracts them
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.every == "log":
-            per_epoch = state.max_steps / max(state.num_train_epochs, 1)
-            self.steps = {round(per_epoch * fraction) for fraction in LOG_FRACTIONS} - {0}
-        elif not isinstance(self.every, str):
-            self.steps = set(self.every.steps)
-
-    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if state.global_step in self.steps:
-            self.score(args, state, model, f"step-{state.global_step}")
-
-    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if self.every in ("epoch", "log") and state.global_step not in self.steps:
-            self.score(args, state, model, f"epoch-{round(state.epoch or 0.0, 3):g}")
-
-    def score(self, args: Any, state: Any, model: Any, name: str) -> None:
-        if state.global_step >= state.max_steps:
-            return
-        Written(Path(args.output_dir)).record()  # the stage is under way: start it before recording a point
-        epoch = round(state.epoch or 0.0, 3)
-        point = f"{stage_dir_name(self.entry['index'], self.entry['name'])}/{name}"
-        self.evaluator.log(f"[eval] {point}")
-        summary, seconds = self.evaluator.score(model, self.tokenizer, point)
-        self.off_clock_s += seconds
-        curve = [p for p in self.entry.get("curve", []) if p["step"] != state.global_step]
-        curve.append({"epoch": epoch, "step": state.global_step, "evaluation": summary, "eval_time_s": seconds})
-        self.entry["curve"] = sorted(curve, key=lambda p: p["step"])
-        self.manifest.set_stage(self.entry["index"], self.entry)
 
 
 def run_recipe(
@@ -286,55 +171,6 @@ def _run_locked(
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)
 
 
-def named_weights(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name: str) -> WeightSource:
-    """The plain weights of the run's starting model (``base``) or a finished stage, by name: read
-    tensor by tensor from the safetensors of its folder where it has them as plain weights, else
-    from the loaded model (a stage with an adapter, a classifier's new head, a hub model not cached)."""
-    folder = seed_weights_folder(recipe.model) if name == "base" else named_folder(recipe, name)
-    files = sorted(folder.glob("*.safetensors")) if folder is not None else []
-    if folder is not None and files and not (folder / ADAPTER_DIR).is_dir():
-        return SafetensorsWeights(files)
-    if name == "base":
-        return HeldWeights(plain_weights(load_seed()[0])[1])
-    index = next(i for i, stage in enumerate(recipe.stages) if stage.name == name)
-    model = load_stage_output(stage_folder(recipe, index), recipe.model, recipe.performance.precision)[0]
-    return HeldWeights(plain_weights(model)[1])
-
-
-def named_model(recipe: Recipe, load_seed: Callable[[], tuple[Any, Any]], name: str) -> Any:
-    """A whole, frozen copy of the run's starting model (``base``), a finished stage's model (its
-    adapter merged in) or a local model folder: a distillation teacher."""
-    if name == BASE:
-        model = load_seed()[0]
-    elif name in [stage.name for stage in recipe.stages]:
-        model = load_stage_output(named_folder(recipe, name), recipe.model, recipe.performance.precision)[0]
-    else:
-        folder_config = recipe.model.model_copy(update={"model_name_or_path": name, "revision": None})
-        model = load_pretrained(
-            Path(name), folder_config, dtype=load_dtype(recipe.performance.precision, recipe.model.dtype)
-        )[0]
-    if merges_into_weights(model):
-        model = model.merge_and_unload()
-    for param in model.parameters():
-        param.requires_grad_(False)
-    return on_local_device(model).eval()
-
-
-def named_folder(recipe: Recipe, name: str) -> Path:
-    """A finished stage's saved folder, by stage name."""
-    return stage_folder(recipe, next(i for i, stage in enumerate(recipe.stages) if stage.name == name))
-
-
-def entering_stage(recipe: Recipe, index: int) -> int:
-    """The stage whose model enters stage ``index`` (-1: the starting model): the last earlier
-    stage that hands its model on (a stage that builds a separate model, e.g. a reward model, does not)."""
-    return next((i for i in range(index - 1, -1, -1) if not builds_model(recipe.stages[i])), -1)
-
-
-def stage_folder(recipe: Recipe, index: int) -> Path:
-    return Path(recipe.output_dir) / stage_dir_name(index, recipe.stages[index].name)
-
-
 def reusable_stages(recipe: Recipe, manifest: Manifest, hashes: list[str], log: Log) -> int:
     """How many leading stages are finished with this config and intact on disk (rank 0 decides)."""
     start = 0
@@ -446,51 +282,6 @@ def clear_stale_stage_folder(
     barrier()
 
 
-def measures_kl(recipe: Recipe, stage: StageConfig) -> bool:
-    """The forgetting predictor applies to a causal LM stage that hands its model on (``kl_prompts > 0``)."""
-    return bool(
-        recipe.evaluation
-        and recipe.evaluation.kl_prompts
-        and recipe.model.task == "causal_lm"
-        and not builds_model(stage)
-    )
-
-
-def stage_kl(
-    model: Any,
-    tokenizer: Any,
-    recipe: Recipe,
-    index: int,
-    datasets: dict[str, LoadedDataset],
-    model_of: Callable[[str], Any],
-    log: Log,
-) -> dict[str, Any]:
-    """KL(tuned ‖ entering) on the stage's own prompts (``eval.kl``); the entering model is reloaded."""
-    evaluation, stage = recipe.evaluation, recipe.stages[index]
-    assert evaluation is not None  # asked for by the evaluation settings
-    prompts = [
-        ids
-        for name in stage.data
-        for ids in stage_prompts(
-            datasets[name].rows,
-            recipe.datasets[name].format,
-            tokenizer,
-            recipe.datasets[name].template,
-            evaluation.kl_prompts,
-            stage.seed,
-        )
-    ][: evaluation.kl_prompts]
-    if not prompts:
-        return {"per_sequence": None, "per_token": None, "prompts": 0, "tokens": 0}
-    entering = entering_stage(recipe, index)
-    log(f"[eval] KL to the model entering stage {index} on {len(prompts)} of its prompts")
-    reference = model_of("base" if entering < 0 else recipe.stages[entering].name)
-    try:
-        return forward_kl(model, reference, tokenizer, prompts, evaluation.kl_tokens, evaluation.batch_size, stage.seed)
-    finally:
-        del reference
-
-
 def train_and_record(
     model: Any,
     tokenizer: Any,
@@ -536,31 +327,6 @@ def train_and_record(
     entry["status"] = "completed"
     manifest.set_stage(index, entry)
     return model
-
-
-def evaluation_callbacks(
-    ctx: StageContext, evaluator: Evaluator, entry: dict[str, Any], manifest: Manifest, tokenizer: Any
-) -> list[TrainerCallback]:
-    """Scoring during training: curve points (``evaluation.every``) and the retention guard."""
-    evaluation, stage = ctx.recipe.evaluation, ctx.stage
-    if evaluation is None or builds_model(stage):
-        return []
-    found: list[TrainerCallback] = []
-    if evaluation.every != "stage":
-        found.append(CurvePoints(evaluator, entry, manifest, tokenizer, evaluation.every))
-    if evaluation.guard:
-        guard = evaluation.guard
-        metric = next(task.metric for task in evaluation.retention if task.name == guard.probe)
-        found.append(
-            RetentionGuard(
-                lambda scored: evaluator.probe_score(scored, tokenizer, guard.probe, guard.items),
-                guard,
-                METRICS.get(metric).traits.higher_is_better,
-                entry,
-                ctx.log,
-            )
-        )
-    return found
 
 
 def record_failure(manifest: Manifest, entry: dict[str, Any], started: bool, **details: str) -> None:

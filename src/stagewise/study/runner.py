@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from ..config import Recipe, recipe_to_dict
 from ..data import load_dataset_config
-from ..engine.pipeline import stage_hashes
+from ..engine.identity import stage_hashes
 from ..engine.run_folder import read_manifest
 from ..errors import OutputError, StagewiseError
 from ..io import atomic_write_json, atomic_write_text
