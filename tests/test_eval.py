@@ -220,6 +220,24 @@ def test_every_epoch_traces_a_curve_of_points(tmp_path):
     assert (tmp_path / "run/eval/0-sft/epoch-1/recall.jsonl").is_file()
 
 
+def test_a_reused_stage_scored_under_new_settings_drops_the_curve_points_of_the_old_ones(tmp_path):
+    """Curve points cannot be rescored without training again; kept beside a final point scored on
+    other probes they would mix settings in one curve (a study would read them as one path)."""
+    stages = [{"name": "sft", "data": "facts", "lr": 1e-2, "epochs": 3, "batch_size": 3}]
+    datasets = {"facts": {"format": "instruction", "template": "alpaca", "rows": FACT_ROWS}}
+    probe = {"name": "recall", "data": "facts", "metric": "exact_match", "max_new_tokens": 4}
+    first = run(make_recipe(tmp_path, stages, datasets=datasets, evaluation={"target": [probe], "every": "epoch"}))
+    trained = first.manifest["stages"][0]
+    assert len(trained["curve"]) == 2 and all(p["evaluation_key"] == trained["evaluation_key"] for p in trained["curve"])
+    again = run(make_recipe(tmp_path, stages, datasets=datasets, evaluation={"target": [probe], "every": "epoch"}))
+    assert again.manifest["stages"][0]["curve"] == trained["curve"]  # same settings: nothing rescored or dropped
+    changed = run(make_recipe(tmp_path, stages, datasets=datasets,
+                              evaluation={"target": [{**probe, "max_new_tokens": 5}], "every": "epoch"}))
+    rescored = changed.manifest["stages"][0]
+    assert rescored["wall_time_s"] == trained["wall_time_s"]  # reused, not trained again
+    assert rescored["evaluation_key"] != trained["evaluation_key"] and rescored["curve"] == []
+
+
 @pytest.mark.parametrize("every, points", [
     ("log", ["step-1", "step-2", "step-4", "epoch-1", "epoch-2"]),  # 8 steps per epoch: 1/8, 1/4, 1/2, then epochs
     ({"steps": [3, 5]}, ["step-3", "step-5"]),

@@ -36,6 +36,8 @@ def test_a_manifest_written_before_the_schema_loads_with_its_numbers():
     assert evaluate == pytest.approx(
         raw.get("base_eval_time_s", 0.0) + sum(stage["eval_time_s"] for stage in raw["stages"])
     )
+    manifest.stages[0].kl_to_entering = {"per_token": 0.1, "seconds": 12.5}  # the KL predictor's cost counts
+    assert cost(manifest) == (train, pytest.approx(evaluate + 12.5))
 
 
 def test_the_engine_writes_the_current_schema_and_refuses_a_bad_record(tmp_path):

@@ -67,6 +67,9 @@ def test_study_runs_every_arm_and_seed_and_writes_its_outputs(tmp_path, capsys):
                     "runs/lr/lr=0.01/seed-0", "runs/lr/lr=0.01/seed-1", "runs/top/seed-0", "runs/top/seed-1"]
     manifest = json.loads((out / "runs/top/seed-1/manifest.json").read_text())
     assert manifest["recipe"]["stages"][0]["seed"] == 1
+    stage = manifest["stages"][0]  # each probe and the KL predictor say what they cost
+    assert stage["evaluation"]["target"]["recall"]["seconds"] > 0 and stage["kl_to_entering"]["seconds"] > 0
+    assert stage["evaluation"]["retention"]["ppl"]["seconds"] <= stage["eval_time_s"]
 
     manifest_path = out / "runs/top/seed-1/manifest.json"  # written before a key with a default existed
     older = json.loads(manifest_path.read_text())

@@ -44,6 +44,7 @@ class CurvePoint(Record):
     epoch: float | None = None
     evaluation: dict[str, Any]
     eval_time_s: float = 0.0
+    evaluation_key: str | None = None  # the evaluation settings it was scored under (absent before they were kept)
 
 
 class StageRecord(Record):

@@ -37,7 +37,7 @@ from .identity import head_seed, seed_model_key, stage_hashes, stage_inputs
 from .manifest import Manifest
 from .named import entering_stage, named_folder, named_model, named_weights, stage_dir_name, stage_folder
 from .run_folder import check_foreign_content, check_no_links, check_writable_folder, read_manifest, run_lock
-from .scoring import evaluation_callbacks, measures_kl, stage_kl
+from .scoring import drop_stale_points, evaluation_callbacks, measures_kl, stage_kl
 from .stage import run_stage
 from .stage_data import class_labels
 
@@ -233,6 +233,7 @@ def finish_reused_stages(
         if no_kl:
             entry["kl_to_entering"] = stage_kl(stage_model, stage_tokenizer, recipe, index, datasets, model_of, log)
         if unscored:
+            drop_stale_points(entry, evaluator.key, log)
             evaluator.score_stage(entry, stage_model, stage_tokenizer, stage_dir_name(index, entry["name"]))
         entry["status"] = "completed"
         manifest.set_stage(index, entry)

@@ -4,6 +4,7 @@ model)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,9 +64,31 @@ class CurvePoints(TrainerCallback):
         summary, seconds = self.evaluator.score(model, self.tokenizer, point)
         self.off_clock_s += seconds
         curve = [p for p in self.entry.get("curve", []) if p["step"] != state.global_step]
-        curve.append({"epoch": epoch, "step": state.global_step, "evaluation": summary, "eval_time_s": seconds})
+        curve.append(
+            {
+                "epoch": epoch,
+                "step": state.global_step,
+                "evaluation": summary,
+                "eval_time_s": seconds,
+                "evaluation_key": self.evaluator.key,
+            }
+        )
         self.entry["curve"] = sorted(curve, key=lambda p: p["step"])
         self.manifest.set_stage(self.entry["index"], self.entry)
+
+
+def drop_stale_points(entry: dict[str, Any], key: str | None, log: Callable[[str], None]) -> None:
+    """A reused stage scored again under other evaluation settings keeps only the curve points
+    scored under these (a point cannot be rescored without training again; one recorded without a
+    key was scored under its stage's recorded key), so no curve mixes probes or settings."""
+    recorded = entry.get("evaluation_key")
+    kept = [point for point in entry.get("curve", []) if point.get("evaluation_key", recorded) in (key, None)]
+    if len(kept) < len(entry.get("curve", [])):
+        log(
+            f"[eval] stage {entry['index']} '{entry['name']}': {len(entry['curve']) - len(kept)} curve point(s) "
+            "were scored under other evaluation settings and are dropped (train the stage again to rescore them)"
+        )
+        entry["curve"] = kept
 
 
 def measures_kl(recipe: Recipe, stage: StageConfig) -> bool:
@@ -87,7 +110,8 @@ def stage_kl(
     model_of: Callable[[str], Any],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """KL(tuned ‖ entering) on the stage's own prompts (``eval.kl``); the entering model is reloaded."""
+    """KL(tuned ‖ entering) on the stage's own prompts (``eval.kl``); the entering model is reloaded.
+    ``seconds`` (reload included) is counted in a study's evaluation cost."""
     evaluation, stage = recipe.evaluation, recipe.stages[index]
     assert evaluation is not None  # asked for by the evaluation settings
     prompts = [
@@ -106,11 +130,13 @@ def stage_kl(
         return {"per_sequence": None, "per_token": None, "prompts": 0, "tokens": 0}
     entering = entering_stage(recipe, index)
     log(f"[eval] KL to the model entering stage {index} on {len(prompts)} of its prompts")
+    started = time.perf_counter()
     reference = model_of("base" if entering < 0 else recipe.stages[entering].name)
     try:
-        return forward_kl(model, reference, tokenizer, prompts, evaluation.kl_tokens, evaluation.batch_size, stage.seed)
+        kl = forward_kl(model, reference, tokenizer, prompts, evaluation.kl_tokens, evaluation.batch_size, stage.seed)
     finally:
         del reference
+    return {**kl, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def evaluation_callbacks(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from typing import Any
 
 import torch
@@ -197,13 +198,22 @@ def evaluate_task(
     rows: list[dict[str, Any]],
     evaluation: EvaluationConfig,
 ) -> Result:
+    """One probe's result; ``seconds`` is its wall time, so a study can see which probe costs what."""
     was_training = model.training
     entry = METRICS.get(task.metric)
+    started = time.perf_counter()
     try:
         result = entry.impl(model, tokenizer, task, cfg, rows, evaluation)
     finally:
         model.train(was_training)
-    return {"metric": task.metric, "higher_is_better": entry.traits.higher_is_better, "n": len(rows), **result}
+    seconds = round(time.perf_counter() - started, 3)
+    return {
+        "metric": task.metric,
+        "higher_is_better": entry.traits.higher_is_better,
+        "n": len(rows),
+        **result,
+        "seconds": seconds,
+    }
 
 
 def evaluate_suite(

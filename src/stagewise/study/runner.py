@@ -54,11 +54,15 @@ def plan(study: Study) -> list[tuple[StudyRun, bool]]:
 
 
 def cost(manifest: RunManifest) -> tuple[float, float]:
-    """(training seconds, evaluation seconds) spent by one run as recorded in its manifest;
+    """(training seconds, evaluation seconds) spent by one run as recorded in its manifest: the
+    probes at every point and the forgetting predictor's KL (recorded since it carries ``seconds``);
     a reused base-score cache costs nothing."""
     train = sum(stage.wall_time_s for stage in manifest.stages)
     evaluate = manifest.base_eval_time_s + sum(
-        stage.eval_time_s + sum(point.eval_time_s for point in stage.curve) for stage in manifest.stages
+        stage.eval_time_s
+        + sum(point.eval_time_s for point in stage.curve)
+        + (stage.kl_to_entering or {}).get("seconds", 0.0)
+        for stage in manifest.stages
     )
     return train, evaluate
 
