@@ -18,6 +18,7 @@ from stagewise.eval.likelihood import (
     answer_log_likelihoods,
     answer_logprob_task,
     batch_log_likelihoods,
+    batches,
     candidates,
     choice_task,
     shared_prefix_length,
@@ -74,6 +75,32 @@ def test_the_shared_prefix_cache_and_logit_tail_give_the_plain_forward_values(ti
     assert [total for total, _ in plain] == pytest.approx(
         [by_hand(model, tokenizer, row, row["output"])[0] for row in rows], abs=1e-4
     )
+
+
+def test_batches_keep_the_few_that_differ_apart_so_every_other_batch_shares_the_long_prefix(tiny):
+    """Recovery prompts: the same fixed examples before every item but the few that are examples
+    themselves. Sorted by length alone, those few landed in several batches and each such batch ran
+    its full prompts (its shared prefix fell to the template's opening); now they are batched last,
+    every index once, and the scores are unchanged."""
+    model, tokenizer = tiny
+    fixed = "Example: Capital of country 0? Paris. Example: Capital of country 1? Rome. " * 2
+    rows = [{"instruction": fixed + f"Capital of country {i}?", "output": f"City{i}" * (1 + i % 3)} for i in range(14)]
+    for i, (old, new) in ((4, ("Rome", "Oslo")), (9, ("Paris", "Tokyo"))):  # the item is itself an example
+        rows[i] = {**rows[i], "instruction": rows[i]["instruction"].replace(old, new, 1)}
+    examples = [answer_example(row, CFG, tokenizer, 512) for row in rows]
+    common = shared_prefix_length([examples[i] for i in range(14) if i not in (4, 9)])
+    grouped = batches(examples, 4)
+    assert sorted(i for batch in grouped for i in batch) == list(range(14))
+    odd = [batch for batch in grouped if 4 in batch or 9 in batch]
+    assert all(not set(batch) - {4, 9} for batch in odd)  # the two that differ share no batch with the rest
+    assert all(shared_prefix_length([examples[i] for i in batch]) >= common for batch in grouped if batch not in odd)
+    by_length = sorted(range(14), key=lambda i: len(examples[i]["input_ids"]))
+    assert sum(shared_prefix_length([examples[i] for i in by_length[k : k + 4]]) < common for k in range(0, 14, 4)) > 1
+    scored = answer_log_likelihoods(model, tokenizer, examples, 4, "test")
+    with torch.no_grad():
+        alone = [batch_log_likelihoods(model, [example], None, 0, tokenizer.eos_token_id)[0] for example in examples]
+    assert [count for _, count in scored] == [count for _, count in alone]
+    assert [total for total, _ in scored] == pytest.approx([total for total, _ in alone], abs=1e-4)
 
 
 def test_text_labelled_from_its_first_token_scores_the_same_padded_or_alone(tiny):

@@ -56,6 +56,36 @@ def shared_prefix_length(examples: list[dict[str, list[int]]]) -> int:
     return max(length, 0)
 
 
+def majority_prefix(examples: list[dict[str, list[int]]]) -> tuple[int, ...]:
+    """The longest prompt prefix at least half the examples start with (a probe's fixed examples,
+    a chat template's system prompt). In sorted order a window of half the prompts shares the
+    prefix its two ends share, so the longest such window prefix is the answer."""
+    prompts = sorted(tuple(example["input_ids"][: max(first_label(example) - 1, 0)]) for example in examples)
+    half = (len(prompts) + 1) // 2
+    best: tuple[int, ...] = ()
+    for low, high in zip(prompts, prompts[half - 1 :]):
+        length = next((i for i, (a, b) in enumerate(zip(low, high)) if a != b), min(len(low), len(high)))
+        best = low[:length] if length > len(best) else best
+    return best
+
+
+def batches(examples: list[dict[str, list[int]]], batch_size: int, among: list[int] | None = None) -> list[list[int]]:
+    """Indices in batches: those that start with the majority prefix first, by length (less
+    padding), then the others batched the same way. Each batch then shares a long prefix (run once,
+    its cache reused); sorting all by length spread the few that differ (recovery items whose fixed
+    examples include themselves) over the batches and cost each such batch its shared prefix."""
+    among = list(range(len(examples))) if among is None else among
+    if not among:
+        return []
+    prefix = majority_prefix([examples[i] for i in among])
+    shares = [i for i in among if tuple(examples[i]["input_ids"][: len(prefix)]) == prefix]
+    order = sorted(shares, key=lambda i: len(examples[i]["input_ids"]))
+    rest = sorted(set(among) - set(shares))  # at most half: the majority prefix has at least half
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)] + batches(
+        examples, batch_size, rest
+    )
+
+
 def prefix_cache(model: Any, prefix: list[int]) -> DynamicCache | None:
     """The KV cache of ``prefix`` (batch 1), or None where it cannot be shared (no prefix,
     encoder-decoder models, prompt tuning)."""
@@ -112,17 +142,16 @@ def batch_log_likelihoods(
 def answer_log_likelihoods(
     model: Any, tokenizer: Any, examples: list[dict[str, list[int]]], batch_size: int, desc: str
 ) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each example's labelled tokens. Batches go by
-    length (less padding); the prefix a batch's examples share (a template's system prompt, a
+    """(summed log-probability, token count) of each example's labelled tokens. Batches go in
+    ``batches``; the prefix a batch's examples share (a template's system prompt, a
     probe's fixed examples) is run once and its cache reused across the batch."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     found: dict[int, tuple[float, int]] = {}
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False):
-        batch = [examples[i] for i in order[start : start + batch_size]]
+    for indices in tqdm(batches(examples, batch_size), desc=desc, leave=False):
+        batch = [examples[i] for i in indices]
         prefix = shared_prefix_length(batch)
         cache = prefix_cache(model, batch[0]["input_ids"][:prefix]) if prefix else None
-        found.update(zip(order[start : start + batch_size], batch_log_likelihoods(model, batch, cache, prefix, pad_id)))
+        found.update(zip(indices, batch_log_likelihoods(model, batch, cache, prefix, pad_id)))
     return [found[i] for i in range(len(examples))]
 
 
