@@ -39,6 +39,17 @@ def test_full_fine_tuning_parts_by_hand(tmp_path):
     assert plan.train.parts["optimizer"] == 8 * n
 
 
+def test_the_forgetting_predictors_reference_model_is_planned_where_it_is_measured(tmp_path):
+    """After a scored stage the KL to the entering model reloads that model beside the tuned one."""
+    probes = {"target": [{"name": "t", "data": "sft", "metric": "answer_logprob"}]}
+    config = load_model_config(make_recipe(tmp_path, [STAGE]).model)
+    [measured] = plan_recipe(make_recipe(tmp_path, [STAGE], evaluation=probes), config)
+    assert measured.generation.parts["KL reference model"] == measured.generation.parts["weights"] > 0
+    [off] = plan_recipe(make_recipe(tmp_path, [STAGE], evaluation={**probes, "kl_prompts": 0}), config)
+    assert off.generation.parts["KL reference model"] == 0
+    assert measured.generation.peak - off.generation.peak == measured.generation.parts["weights"]
+
+
 def test_mixed_precision_and_quantized_weights_by_hand(tmp_path):
     model = {"model_name_or_path": "tiny-llama", "dtype": "bfloat16"}
     recipe = make_recipe(tmp_path, [{**STAGE, "trainable": {"kind": "layers", "indices": [-1], "with_head": False}}],

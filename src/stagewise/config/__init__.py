@@ -22,7 +22,15 @@ from .schema import (
     Recipe,
     StageConfig,
 )
-from .stages import builds_model, earlier_data, plugin_configs, stage_formats, stage_objective, transform_targets
+from .stages import (
+    builds_model,
+    earlier_data,
+    measures_kl,
+    plugin_configs,
+    stage_formats,
+    stage_objective,
+    transform_targets,
+)
 from .yaml_lines import line_for, read_text_file, read_yaml, read_yaml_file
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "StageConfig",
     "StageEval",
     "builds_model",
+    "measures_kl",
     "config_hash",
     "earlier_data",
     "line_for",

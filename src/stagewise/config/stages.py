@@ -1,5 +1,6 @@
 """What a stage means beyond its fields: the formats and objective of the rows it trains on, the
-datasets its transforms rewrite, whether it trains a separate model, which entries it uses."""
+datasets its transforms rewrite, whether it trains a separate model, whether its KL is measured,
+which entries it uses."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ from .schema import PLUGIN_FIELDS, Recipe, StageConfig
 def builds_model(stage: StageConfig) -> bool:
     """Does this stage train a separate model (a reward model) rather than the one it hands on?"""
     return TRAINERS.get(stage.trainer.kind).traits.builds_model is not None
+
+
+def measures_kl(recipe: Recipe, stage: StageConfig) -> bool:
+    """The forgetting predictor (KL to the entering model, ``engine.scoring.stage_kl``) applies to a
+    causal LM stage that hands its model on (``kl_prompts > 0``); ``plan`` counts its reference model."""
+    return bool(
+        recipe.evaluation
+        and recipe.evaluation.kl_prompts
+        and recipe.model.task == "causal_lm"
+        and not builds_model(stage)
+    )
 
 
 def plugin_configs(stage: StageConfig) -> list[tuple[tuple[Any, ...], PluginConfig]]:

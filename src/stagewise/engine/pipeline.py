@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from .. import __version__
-from ..config import Recipe, recipe_to_dict, stage_objective
+from ..config import Recipe, measures_kl, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
 from ..errors import OutputError, StagewiseError
@@ -37,7 +37,7 @@ from .identity import head_seed, seed_model_key, stage_hashes, stage_inputs
 from .manifest import Manifest
 from .named import entering_stage, named_folder, named_model, named_weights, stage_dir_name, stage_folder
 from .run_folder import check_foreign_content, check_no_links, check_writable_folder, read_manifest, run_lock
-from .scoring import drop_stale_points, evaluation_callbacks, measures_kl, stage_kl
+from .scoring import drop_stale_points, evaluation_callbacks, stage_kl
 from .stage import run_stage
 from .stage_data import class_labels
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
-from ..config import Recipe, StageConfig, builds_model
+from ..config import Recipe, builds_model
 from ..data import LoadedDataset
 from ..eval import Evaluator
 from ..eval.kl import forward_kl, stage_prompts
@@ -89,16 +89,6 @@ def drop_stale_points(entry: dict[str, Any], key: str | None, log: Callable[[str
             "were scored under other evaluation settings and are dropped (train the stage again to rescore them)"
         )
         entry["curve"] = kept
-
-
-def measures_kl(recipe: Recipe, stage: StageConfig) -> bool:
-    """The forgetting predictor applies to a causal LM stage that hands its model on (``kl_prompts > 0``)."""
-    return bool(
-        recipe.evaluation
-        and recipe.evaluation.kl_prompts
-        and recipe.model.task == "causal_lm"
-        and not builds_model(stage)
-    )
 
 
 def stage_kl(

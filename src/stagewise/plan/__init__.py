@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..addons import base_model_of, is_addon_parameter, output_embeddings
-from ..config import ModelConfig, Recipe, StageConfig
+from ..config import ModelConfig, Recipe, StageConfig, measures_kl
 from ..errors import RecipeError
 from ..precision import COMPUTE_DTYPES, MIXED, resolve_precision
 from ..registry import LR_RULES, OPTIMIZERS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS, load_plugins
@@ -296,7 +296,8 @@ def generation_footprint(
     settings: Settings,
 ) -> Footprint:
     """Generating without training (the stage's transforms before it, the probes after it): the
-    stored weights and the largest generation batch's KV cache and last-token logits."""
+    stored weights and the largest generation batch's KV cache and last-token logits, plus the
+    entering model the forgetting predictor reloads beside the tuned one (``measures_kl``)."""
     stored, _ = weight_bytes(model, storage, settings, training=False)
     context = plan_context(model, shape, storage, settings, stage, stored)
     plans = [(TRANSFORMS.get(t.kind).plan, t) for t in stage.transforms]
@@ -313,6 +314,7 @@ def generation_footprint(
             "weights": stored / settings.devices,
             "kv cache": max(caches, default=0.0),
             "logits": batch * shape.vocab * (context.compute_bytes + 4),
+            "KL reference model": stored / settings.devices if measures_kl(recipe, stage) else 0.0,
         }
     )
 
