@@ -318,8 +318,9 @@ def _cost(results: dict[str, Any]) -> list[str]:
     return [
         "",
         f"Cost: {cost['runs']} runs, {cost['wall_s'] / 60:.1f} min wall for this invocation; training "
-        f"{cost['train_s'] / 60:.1f} min and evaluation {cost['eval_s'] / 60:.1f} min as recorded by the runs "
-        "(a reused run counts its recorded times).",
+        f"{cost['train_s'] / 60:.1f} min and evaluation {cost['eval_s'] / 60:.1f} min (probes, and the "
+        "forgetting predictor's KL where a run recorded its seconds) as recorded by the runs (a reused run "
+        "counts its recorded times).",
     ]
 
 
