@@ -236,6 +236,9 @@ def test_a_reused_stage_scored_under_new_settings_drops_the_curve_points_of_the_
     rescored = changed.manifest["stages"][0]
     assert rescored["wall_time_s"] == trained["wall_time_s"]  # reused, not trained again
     assert rescored["evaluation_key"] != trained["evaluation_key"] and rescored["curve"] == []
+    on_disk = json.loads((tmp_path / "run/manifest.json").read_text())  # no stage trained after the base scores
+    assert on_disk["base_evaluation"] == changed.manifest["base_evaluation"] is not None
+    assert on_disk["stages"][0]["evaluation_key"] == rescored["evaluation_key"]
 
 
 @pytest.mark.parametrize("every, points", [

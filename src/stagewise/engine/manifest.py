@@ -28,8 +28,8 @@ class Manifest:
 
         In a new folder it is saved at once: the manifest is the first thing a run writes there, so
         a folder holding a run's other files always has one (an existing manifest is left as it is
-        until a stage changes). It keeps the earlier run's stage records, each replaced as its stage
-        is reused or retrained, so a run stopped early forgets nothing.
+        until a stage or the base scores change). It keeps the earlier run's stage records and base
+        scores, each replaced as its stage is reused or retrained, so a run stopped early forgets nothing.
         """
         self.path = output_dir / MANIFEST
         self.previous_stages: list[dict[str, Any]] = previous.get("stages", [])
@@ -44,6 +44,7 @@ class Manifest:
             "created": previous.get("created", now()),
             "stages": [dict(stage) for stage in self.previous_stages[:n_stages]],
             "owned_dirs": sorted(self.owned),
+            **{key: previous[key] for key in ("base_evaluation", "base_eval_time_s") if key in previous},
         }
         if not previous:
             self.save()
@@ -57,6 +58,13 @@ class Manifest:
             stages.append({})
         stages[index] = entry
         self.save()
+
+    def set_base(self, scores: dict[str, Any] | None) -> None:
+        """The base model's scores, saved when they change (a run whose stages are all reused and
+        rescored under new probes writes no stage after this, so they would be lost otherwise)."""
+        if self.data.get("base_evaluation") != scores:
+            self.data["base_evaluation"] = scores
+            self.save()
 
     def own(self, folder_name: str) -> None:
         """Record a stage folder stagewise is about to create (saved with the next ``set_stage``)."""

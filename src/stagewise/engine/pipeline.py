@@ -144,7 +144,7 @@ def _run_locked(
         model, tokenizer = load_seed()
         if evaluator.key is not None and base_scores is None:
             base_scores, manifest.data["base_eval_time_s"] = evaluator.base(model, tokenizer)
-    manifest.data["base_evaluation"] = base_scores
+    manifest.set_base(base_scores)
     resumed_from = entering_stage(recipe, start)
     if resumed_from >= 0:
         model, tokenizer = load_stage_output(
