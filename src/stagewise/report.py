@@ -67,6 +67,12 @@ def knowledge_vs_format(base: dict[str, Any], after: dict[str, Any]) -> dict[str
     return split
 
 
+def measured_kl(kl: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The forgetting predictor's values without its cost: a report holds what was measured, so a
+    resumed run reports the same as an uninterrupted one (its seconds stay in the manifest)."""
+    return None if kl is None else {key: value for key, value in kl.items() if key != "seconds"}
+
+
 def build_report(manifest: RunManifest | dict[str, Any]) -> dict[str, Any]:
     manifest = as_manifest(manifest)
     base = manifest.base_evaluation or {}
@@ -78,7 +84,7 @@ def build_report(manifest: RunManifest | dict[str, Any]) -> dict[str, Any]:
                     "stage": f"{entry.index}-{entry.name}",
                     **compare_scores(base, entry.evaluation),
                     "knowledge_vs_format": knowledge_vs_format(base, entry.evaluation),
-                    "kl_to_entering": entry.kl_to_entering,
+                    "kl_to_entering": measured_kl(entry.kl_to_entering),
                 }
             )
     base_scores = compare_scores(base, base) if base else {}
