@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainingArguments
 
 from stagewise.engine import run_recipe
+from stagewise.errors import OutputError
 
 STAGE = {"name": "a", "data": "sft", "lr": 1e-2, "max_steps": 4, "batch_size": 2, "save_steps": 2}
 
@@ -45,6 +46,27 @@ def test_stale_lock_is_taken_over_and_released(tmp_path):
     run_recipe(make_recipe(tmp_path, [STAGE]), log=logs.append)
     assert any(line.startswith("[lock] taking over") and "pid 4000000" in line for line in logs)
     assert not (out / ".stagewise.lock").exists()
+
+
+def test_lock_file_naming_a_live_process_here_is_held(tmp_path):
+    """A lock whose flock is free but whose recorded holder is alive on this host (a file system whose
+    flock is not shared, a holder that lost its descriptor) refuses the second run; nothing is written."""
+    import subprocess
+
+    out = tmp_path / "run"
+    out.mkdir()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        record = json.dumps({"pid": live.pid, "host": socket.gethostname(), "since": "x"})
+        (out / ".stagewise.lock").write_text(record)
+        with pytest.raises(OutputError, match=f"names a live process on this host \\(pid {live.pid}"):
+            run_recipe(make_recipe(tmp_path, [STAGE]), log=lambda message: None)
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(p.name for p in out.iterdir()) == [".stagewise.lock"]
+    assert (out / ".stagewise.lock").read_text() == record  # the holder's record is left as it was
+    run_recipe(make_recipe(tmp_path, [STAGE]), log=lambda message: None)  # once it is gone, the lock is taken
 
 
 def hold_lock_then_record(folder: str, record: str, start: Any, stale: bool) -> None:

@@ -434,7 +434,11 @@ CASES += [  # baselines: mixtures, merges, regularizers, PEFT variants
 ]
 for override, expected in (("stages.9.lr=1", "stages.9 is not a valid index"), ("=1", "empty key part"),
                            ("stages.0.lr", "expected key=value"), ("stages.0.lr=true", "stages.0.lr"),
-                           ("stages.0.epochz=1", "did you mean 'epochs'")):
+                           ("stages.0.epochz=1", "did you mean 'epochs'"),
+                           ("description=2024-01-01", "a date or time is not a recipe value"),
+                           ("stages.0.lr=2024-01-01 10:00:00", "a date or time is not a recipe value"),
+                           ("description=!!binary aGk=", "binary data is not a recipe value"),
+                           ("output_dir=$STAGEWISE_TEST_UNSET/run", "environment variable $STAGEWISE_TEST_UNSET is not set")):
     CASES.append((f"override-{override}", lambda b, o=override: b.recipe.update(_override=o), expected))
 
 
@@ -470,6 +474,22 @@ def test_bad_input_is_one_line_and_changes_nothing(case_id, change, expected, tm
     new = [p for p in after_tree if p not in before_tree and not p.startswith(("box/run/", "cache/"))]
     assert not new, f"written outside the output folder: {new}"
     assert not Path("/tmp/ESCAPED.jsonl").exists()
+
+
+def test_home_and_variables_in_output_paths_are_expanded_once(tmp_path, monkeypatch):
+    """``~`` and ``$VAR`` in an output folder are the user's home and variable, never a literal ``~``
+    folder beside the recipe (transformers expands ``~`` itself: one run would write to two places)."""
+    from stagewise.config import load_recipe
+    from stagewise.study.config import StudyConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RUNS", str(tmp_path / "runs"))
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(yaml.safe_dump(base_recipe(tmp_path / "unused")))
+    assert load_recipe(recipe_file, ["output_dir=~/x"]).output_dir == str(tmp_path / "home/x")
+    assert load_recipe(recipe_file, ["output_dir=${RUNS}/y"]).output_dir == str(tmp_path / "runs/y")
+    study = StudyConfig.model_validate({"arms": {"a": {"recipe": "r.yaml"}}, "seeds": [0], "output_dir": "~/s"})
+    assert study.output_dir == str(tmp_path / "home/s")
 
 
 def test_there_are_at_least_150_cases():

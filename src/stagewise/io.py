@@ -9,11 +9,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+UNSET_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
+
+
+def expanded_path(value: str) -> str:
+    """An output path as the user meant it: a leading ``~`` is their home folder and ``$VAR`` or
+    ``${VAR}`` an environment variable, expanded here, once (transformers' TrainingArguments expands
+    ``~`` itself, so a literal ``~`` folder would split one run over two folders). A variable that is
+    not set is refused rather than kept as a literal folder name."""
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    unset = UNSET_VARIABLE.search(expanded)
+    if unset is not None:
+        raise ValueError(f"environment variable {unset.group()} is not set (set it, or write the folder out)")
+    return expanded
 
 
 def file_in_the_way(path: Path) -> Path | None:

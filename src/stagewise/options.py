@@ -14,14 +14,16 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, ValidationError
 
 from .errors import StagewiseError
-from .io import file_in_the_way
+from .io import expanded_path, file_in_the_way
 from .schema import StrictModel
 
 Options = TypeVar("Options", bound=StrictModel)
 
 
 def _output_file(value: str) -> str:
-    """A file stagewise may write: not a folder or a link, its folder not a file."""
+    """A file stagewise may write: not a folder or a link, its folder not a file (``~`` and ``$VAR``
+    expanded)."""
+    value = expanded_path(value)
     path = Path(value)
     if "\x00" in value or not path.name:
         raise ValueError("expected a file path")
@@ -36,7 +38,9 @@ def _output_file(value: str) -> str:
 
 
 def _output_folder(value: str) -> str:
-    """A folder stagewise may write into: not a file, not under a file, not a link."""
+    """A folder stagewise may write into: not a file, not under a file, not a link (``~`` and ``$VAR``
+    expanded)."""
+    value = expanded_path(value)
     path = Path(value)
     if "\x00" in value:
         raise ValueError("expected a folder path")

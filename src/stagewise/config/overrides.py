@@ -11,7 +11,9 @@ from .yaml_lines import LineLoader
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``stages.0.lr=1e-4`` -> (['stages', '0', 'lr'], 1e-4); the value is parsed as YAML."""
+    """``stages.0.lr=1e-4`` -> (['stages', '0', 'lr'], 1e-4); the value is parsed as YAML with the recipe
+    file's loader, so a date, set or binary value is refused as it is there; text YAML cannot parse
+    (``a: b: c``) stays text."""
     if "=" not in text:
         raise RecipeError(f"override {text!r}: expected key=value, e.g. stages.0.lr=1e-4")
     key, raw = text.split("=", 1)
@@ -19,6 +21,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise RecipeError(f"override {text!r}: empty key part in {key!r}")
     try:
         value = yaml.load(raw, Loader=LineLoader) if raw else ""
+    except yaml.constructor.ConstructorError as error:
+        raise RecipeError(f"override {text!r}: {error.problem}") from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value

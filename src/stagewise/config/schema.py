@@ -16,6 +16,7 @@ from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, fi
 from pydantic_core import PydanticCustomError
 
 from ..errors import RecipeError
+from ..io import expanded_path
 from ..merging import MergeConfig
 from ..registry import (
     LOSSES,
@@ -123,9 +124,11 @@ class DatasetConfig(StrictModel):
 
 
 def check_path_text(value: str) -> str:
-    """A path a file system can hold: no NUL, no empty path, each part at most 255 bytes."""
+    """A path a file system can hold: no NUL, no empty path, each part at most 255 bytes; ``~`` and
+    ``$VAR`` expanded (:func:`~stagewise.io.expanded_path`)."""
     if not value or "\x00" in value:
         raise ValueError("expected a folder path (non-empty, without NUL characters)")
+    value = expanded_path(value)
     long = next((part for part in Path(value).parts if len(part.encode()) > 255), None)
     if long is not None:
         raise ValueError(f"path part {long[:20]!r}... is longer than 255 bytes")

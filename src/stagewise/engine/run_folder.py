@@ -136,12 +136,32 @@ def acquire_lock(lock: Path, log: Callable[[str], None]) -> int:
             break
         os.close(fd)
     previous = _recorded_holder(fd)
+    if _alive_here(previous):  # the flock is free, yet its recorded holder runs on this host: a file system
+        os.close(fd)           # whose flock is not shared, or a holder that lost its descriptor - held all the same
+        raise OutputError(
+            f"output_dir {lock.parent}: {LOCK} names a live process on this host (pid {previous['pid']}, since "
+            f"{previous.get('since', '?')}); wait for it, or delete the file if that process is not a stagewise run"
+        )
     if previous:
         log(f"[lock] taking over {lock}: its holder (pid {previous.get('pid', '?')}) is gone")
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(me).encode(), 0)
     return fd
+
+
+def _alive_here(holder: dict[str, Any]) -> bool:
+    """Whether the recorded holder is another process alive on this host."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _recorded_holder(fd: int) -> dict[str, Any]:

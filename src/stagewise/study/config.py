@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..config import Recipe, line_for, load_recipe, raise_validation_error, read_yaml_file
+from ..config.schema import check_path_text
 from ..errors import RecipeError, StagewiseError
 from ..schema import SAFE_NAME_HINT, StrictModel, is_safe_name
 
@@ -93,6 +94,11 @@ class StudyConfig(StrictModel):
     bootstrap: int = Field(default=2000, ge=100, le=100_000)  # bootstrap resamples per interval (each holds
     # resamples x items floats per probe in memory)
     output_dir: str = "runs/study"
+
+    @field_validator("output_dir")
+    @classmethod
+    def _check_output_dir(cls, value: str) -> str:
+        return check_path_text(value)
 
     @field_validator("seeds")
     @classmethod
