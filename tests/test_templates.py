@@ -63,6 +63,13 @@ def test_a_field_the_rows_lack_is_one_line_with_row_and_field(tmp_path):
 @pytest.mark.parametrize("templates, message", [
     ("builtin:poetry", "unknown built-in template set 'poetry'"),
     ([], "give at least one template"),
+    ([{"instruction": "{text:100000000}"}], "only plain {field} slots are allowed"),  # would pad for ever
+    ([{"instruction": "{}"}], "only plain {field} slots"),
+    ([{"instruction": "{text!z}"}], "only plain {field} slots"),
+    ([{"instruction": "{text.__class__}"}], "only plain {field} slots"),
+    ([{"instruction": "{text"}], "expected '}' before end of string"),
+    ([{"instruction": "text}"}], "Single '}' encountered"),
+    ([{"instruction": "{text}", "output": "{label:>9}"}], "only plain {field} slots"),
 ])
 def test_bad_template_source_is_one_line(tmp_path, templates, message):
     with pytest.raises(RecipeError, match=message):
@@ -102,3 +109,35 @@ def test_a_transform_limited_to_one_dataset_leaves_the_others_as_they_are(tmp_pa
     entry = result.manifest["stages"][0]
     assert entry["transforms"] == [{"kind": "template", "data": "reviews", "rows": 4, "templates": 4}]
     assert entry["train_rows"] == len(CLASSIFICATION_ROWS) + len(INSTRUCTION_ROWS)
+
+
+@pytest.mark.parametrize("prompt_format, message", [
+    ("Q: {input:100000000}", "only plain {field} slots"),
+    ("Q: {input!r}", "only plain {field} slots"),
+    ("Q: {input} {other}", "exactly one {input} slot"),
+    ("Q: no slot", "exactly one {input} slot"),
+    ("Q: {input", "expected '}' before end of string"),
+])
+def test_a_fewshot_prompt_format_is_a_plain_template(tmp_path, prompt_format, message):
+    from stagewise.data.formats import check_fewshot
+
+    with pytest.raises(DataError, match="row 3: field 'prompt_format'") as error:
+        check_fewshot({"task": "t", "input": "a", "output": "b", "prompt_format": prompt_format}, "row 3")
+    assert message in str(error.value) and "\n" not in str(error.value)
+    check_fewshot({"task": "t", "input": "a", "output": "b", "prompt_format": "Q: {input} -> {{x}}"}, "row 3")
+
+
+@pytest.mark.parametrize("chat_template, message", [
+    ("{{ raise_exception('system turns are not supported') }}", "system turns are not supported"),
+    ("{% if %}", "chat template failed"),  # a syntax error
+    ("{{ ''.__class__.__mro__ }}", "chat template failed"),  # the sandbox refuses it
+])
+def test_a_chat_template_that_fails_is_one_line(chat_template, message):
+    from stagewise.data.tokenize import chat_segments
+    from stagewise.models import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    tokenizer.chat_template = chat_template
+    with pytest.raises(DataError, match="the tokenizer's chat template failed") as error:
+        chat_segments(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    assert message in str(error.value) and "\n" not in str(error.value)

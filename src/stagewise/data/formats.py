@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..errors import DataError
 from ..registry import DATA_FORMATS, FormatTraits
+from .text_template import template_fields
 from .tokenize import Segments, chat_segments, instruction_prompt, uses_chat_template
 
 CHAT_ROLES = {"system", "user", "assistant"}
@@ -45,6 +46,16 @@ def check_class_label(row: dict[str, Any], where: str) -> None:
     if not isinstance(row["label"], (str, int)) or isinstance(row["label"], bool):
         raise DataError(f"{where}: field 'label' must be a string or integer, got {row['label']!r}")
     row["label"] = str(row["label"])
+
+
+def check_fewshot(row: dict[str, Any], where: str) -> None:
+    """``prompt_format`` is a template with one ``{input}`` slot (checked: no format spec or conversion)."""
+    try:
+        fields = template_fields(row["prompt_format"]) if isinstance(row["prompt_format"], str) else None
+    except ValueError as err:
+        raise DataError(f"{where}: field 'prompt_format': {err}") from None
+    if fields is None or set(fields) != {"input"}:
+        raise DataError(f"{where}: field 'prompt_format' must be text with exactly one {{input}} slot")
 
 
 def check_pair(row: dict[str, Any], where: str) -> None:
@@ -104,6 +115,6 @@ for name, traits in {
         fields=("prompt", "completion", "label"), objective="feedback", check=check_feedback_label
     ),
     "classification": FormatTraits(fields=("text", "label"), objective="classification", check=check_class_label),
-    "fewshot": FormatTraits(fields=("task", "input", "output", "prompt_format"), trainable=False),
+    "fewshot": FormatTraits(fields=("task", "input", "output", "prompt_format"), trainable=False, check=check_fewshot),
 }.items():
     DATA_FORMATS.register(name, traits=traits)(not_language_modelling(name))

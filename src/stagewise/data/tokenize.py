@@ -8,7 +8,8 @@ prompt unless ``train_on_prompt`` (LLaMA-Factory's key) is set.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from contextlib import contextmanager
+from typing import Any, Iterator, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -30,9 +31,23 @@ def uses_chat_template(tokenizer: PreTrainedTokenizerBase, template: str) -> boo
     return template == "chat" or (template == "auto" and bool(tokenizer.chat_template))
 
 
+@contextmanager
+def chat_template_errors() -> Iterator[None]:
+    """A chat template is a Jinja program from the model folder: its syntax errors, its own
+    ``raise_exception`` calls, the sandbox's refusals and its runtime errors are one line."""
+    from jinja2 import TemplateError
+
+    try:
+        yield
+    except (TemplateError, TypeError, KeyError, IndexError, AttributeError) as err:
+        message = " ".join(str(err).split())[:200] or type(err).__name__
+        raise DataError(f"the tokenizer's chat template failed: {message}") from None
+
+
 def rendered(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], **options: Any) -> str:
     """The conversation as the chat template renders it, as text."""
-    return cast(str, tokenizer.apply_chat_template(messages, tokenize=False, **options))
+    with chat_template_errors():
+        return cast(str, tokenizer.apply_chat_template(messages, tokenize=False, **options))
 
 
 def chat_segments(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> Segments:

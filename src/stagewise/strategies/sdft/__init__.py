@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ...data.tokenize import chat_template_errors
 from ...eval.metrics import exact_match, last_integer
 from ...generation import SamplingConfig, generate
 from ...plan.footprint import generation_plan
@@ -117,12 +118,9 @@ def encode_distill_prompts(rows: list[dict[str, Any]], tokenizer: Any, config: D
         if use_chat:
             turns = [{"role": "system", "content": template.system}] if template.system else []
             turns.append({"role": "user", "content": text})
-            prompts.append(
-                tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=True)[
-                    "input_ids"
-                ]
-                + prefix
-            )
+            with chat_template_errors():
+                encoded = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=True)
+            prompts.append(encoded["input_ids"] + prefix)
         else:
             system = f"{template.system}\n\n" if template.system else ""
             prefix_text = f"\n\n{template.answer_prefix}" if template.answer_prefix else ""

@@ -15,13 +15,13 @@ manifest. The rows are written beside the stage as ``templated-<dataset>.jsonl``
 from __future__ import annotations
 
 import random
-import string
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field, field_validator
 
+from ...data.text_template import fill_template, template_fields
 from ...errors import DataError
 from ...protocols import TransformContext
 from ...registry import TRANSFORMS, TransformConfig, TransformTraits
@@ -32,6 +32,12 @@ from ...transforms import write_rows
 class InstructionTemplate(StrictModel):
     instruction: str
     output: str = "{label}"
+
+    @field_validator("instruction", "output")
+    @classmethod
+    def _plain_slots(cls, value: str) -> str:
+        template_fields(value)  # one line for a format spec, conversion, stray brace...
+        return value
 
 
 BUILTIN_TEMPLATES: dict[str, list[dict[str, str]]] = {
@@ -99,10 +105,6 @@ def load_templates(source: list[InstructionTemplate] | str) -> list[InstructionT
     return source
 
 
-def fields_of(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
-
-
 def option_list(config: TemplateConfig, rows: list[dict[str, Any]]) -> str:
     labels = sorted({str(row["label"]) for row in rows if "label" in row})
     return "OPTIONS:\n" + "\n".join(f"- {config.verbalizer.get(label, label)}" for label in labels)
@@ -116,16 +118,16 @@ def fill(
         values["label"] = config.verbalizer.get(str(row["label"]), str(row["label"]))
     values["options"] = options
     for text in (template.instruction, template.output):
-        missing = [name for name in fields_of(text) if name not in values]
+        missing = [name for name in template_fields(text) if name not in values]
         if missing:
             raise DataError(
                 f"{where}: the template names field {missing[0]!r}, which the row lacks "
                 f"(fields: {', '.join(sorted(row))})"
             )
-    instruction = template.instruction.format(**values)
+    instruction = fill_template(template.instruction, values)
     if config.options and "{options}" not in template.instruction:
         instruction = f"{instruction}\n\n{options}"
-    return {"instruction": instruction, "output": template.output.format(**values)}
+    return {"instruction": instruction, "output": fill_template(template.output, values)}
 
 
 @TRANSFORMS.register(
