@@ -258,3 +258,20 @@ def test_curve_points_land_where_asked(tmp_path, every, points):
                              datasets=datasets, evaluation=evaluation))
     curve = result.manifest["stages"][0]["curve"]
     assert [point["evaluation"]["target"]["t"]["items_file"].split("/")[-2] for point in curve] == points
+
+
+def test_item_ids_never_collide_and_a_repeated_given_id_is_refused():
+    """A numbered repeat takes the next free id (``a``, ``a#2`` given, a third ``a``-hash row never lands
+    on ``a#2``); two rows naming the same id would merge their per-item scores, so they are refused."""
+    import hashlib
+    import json
+
+    from stagewise.errors import DataError
+    from stagewise.eval.suite import item_ids
+
+    row = {"text": "same"}
+    base = hashlib.sha1(json.dumps(row).encode()).hexdigest()[:12]
+    ids = item_ids([{"id": f"{base}#2", "text": "x"}, row, row])
+    assert ids == [f"{base}#2", base, f"{base}#3"]
+    with pytest.raises(DataError, match="probe rows 1 and 3 have the same id 'a'"):
+        item_ids([{"id": "a"}, {"id": "b"}, {"id": "a"}])

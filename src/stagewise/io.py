@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-
 UNSET_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})")
 
 

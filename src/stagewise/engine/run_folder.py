@@ -136,8 +136,10 @@ def acquire_lock(lock: Path, log: Callable[[str], None]) -> int:
             break
         os.close(fd)
     previous = _recorded_holder(fd)
-    if _alive_here(previous):  # the flock is free, yet its recorded holder runs on this host: a file system
-        os.close(fd)           # whose flock is not shared, or a holder that lost its descriptor - held all the same
+    if _alive_here(previous):
+        # the flock is free, yet its recorded holder runs on this host (a file system whose flock
+        # is not shared, or a holder that lost its descriptor): held all the same
+        os.close(fd)
         raise OutputError(
             f"output_dir {lock.parent}: {LOCK} names a live process on this host (pid {previous['pid']}, since "
             f"{previous.get('since', '?')}); wait for it, or delete the file if that process is not a stagewise run"

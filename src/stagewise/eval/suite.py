@@ -15,6 +15,7 @@ import hashlib
 import json
 import random
 import time
+from collections import Counter
 from typing import Any
 
 import torch
@@ -35,18 +36,29 @@ Result = dict[str, Any]
 
 
 def item_ids(rows: list[dict[str, Any]]) -> list[str]:
-    """Stable ids: the row's ``id``, else the first 12 hex digits of its content's SHA-1;
-    a repeated row gets ``#2``, ``#3``, ... in order of appearance."""
-    seen: dict[str, int] = {}
-    ids = []
-    for row in rows:
-        base = (
-            str(row["id"])
-            if "id" in row
-            else hashlib.sha1(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+    """Stable ids, unique in the probe: the row's ``id``, else the first 12 hex digits of its
+    content's SHA-1, a repeated row taking ``#2``, ``#3``, ... in order of appearance (the next
+    free one). Two rows giving the same ``id`` are refused: their per-item scores would merge."""
+    given = [str(row["id"]) for row in rows if "id" in row]
+    repeated = next((item for item, count in Counter(given).items() if count > 1), None)
+    if repeated is not None:
+        rows_with = [number for number, row in enumerate(rows, start=1) if str(row.get("id")) == repeated]
+        raise DataError(
+            f"probe rows {rows_with[0]} and {rows_with[1]} have the same id {repeated[:60]!r}: "
+            "item ids must be unique (per-item scores are paired by id)"
         )
-        seen[base] = seen.get(base, 0) + 1
-        ids.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    taken, ids = set(given), []
+    for row in rows:
+        if "id" in row:
+            ids.append(str(row["id"]))
+            continue
+        base = hashlib.sha1(json.dumps(row, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+        item, copy = base, 1
+        while item in taken:
+            copy += 1
+            item = f"{base}#{copy}"
+        taken.add(item)
+        ids.append(item)
     return ids
 
 

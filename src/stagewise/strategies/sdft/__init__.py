@@ -119,7 +119,9 @@ def encode_distill_prompts(rows: list[dict[str, Any]], tokenizer: Any, config: D
             turns = [{"role": "system", "content": template.system}] if template.system else []
             turns.append({"role": "user", "content": text})
             with chat_template_errors():
-                encoded = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True, return_dict=True)
+                encoded = tokenizer.apply_chat_template(
+                    turns, add_generation_prompt=True, tokenize=True, return_dict=True
+                )
             prompts.append(encoded["input_ids"] + prefix)
         else:
             system = f"{template.system}\n\n" if template.system else ""
