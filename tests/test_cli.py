@@ -131,15 +131,32 @@ def test_help_lists_every_command_including_the_strategies_own(argv, capsys):
         assert all(name in out for name in ("run", "validate", "study", "spectra", "categorize"))
 
 
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
-                                   RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")])
-def test_a_full_disk_is_one_line_that_says_how_to_resume(monkeypatch, capsys, error):
+@pytest.mark.parametrize("error, reason", [
+    (OSError(errno.ENOSPC, "No space left on device"), "no space left on device"),
+    (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), "no space left"),
+    (OSError(errno.EFBIG, "File too large"), "a file reached the file-size limit"),
+    (RuntimeError("Error while serializing: I/O error: File too large (os error 27)"), "a file reached the file-size"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), "the disk quota is exceeded"),
+])
+def test_a_full_disk_is_one_line_that_says_how_to_resume(monkeypatch, capsys, error, reason):
     def fail(args):
         raise error
     monkeypatch.setattr("stagewise.cli.cmd_validate", fail)
     assert main(["validate", "any.yaml"]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: no space left on device") and "rerun" in err
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {reason}") and "rerun" in err
+
+
+def test_a_closed_stdout_ends_quietly(tmp_path):
+    """`stagewise validate R | head -1`: the reader leaves; no traceback, the SIGPIPE status."""
+    import subprocess
+    import sys
+
+    script = "import sys; from stagewise.cli import main; sys.exit(main(['validate', 'quickstart']))"
+    reader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # nobody reads: the first write fails with a broken pipe
+    status, err = reader.wait(timeout=120), reader.stderr.read().decode()
+    assert status == 141 and "Traceback" not in err and "BrokenPipe" not in err, (status, err)
 
 
 def test_other_failures_are_not_mistaken_for_a_full_disk(monkeypatch):

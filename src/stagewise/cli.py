@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -300,7 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(with_plugins=not argv or argv[0] not in BUILTIN_COMMANDS).parse_args(argv)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a closed stdout shows here, inside the try, not at the interpreter's exit
+        return status
     except StagewiseError as err:
         _close_progress_bars()
         print(f"error: {printable(str(err))}", file=sys.stderr)
@@ -308,12 +311,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `stagewise ... | head`: the reader left; end quietly, as a killed-by-SIGPIPE tool would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush is silent
+        return 141
     except Exception as err:
         _close_progress_bars()
-        if disk_full(err):
+        reason = no_room(err)
+        if reason is not None:
             print(
-                f"error: no space left on device ({err}); free space and rerun the same command to resume "
-                "from the last complete checkpoint",
+                f"error: {reason} ({printable(' '.join(str(err).split()))[:200]}); make room and rerun the same "
+                "command to resume from the last complete checkpoint",
                 file=sys.stderr,
             )
             return 1
@@ -332,10 +339,19 @@ def printable(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
-def disk_full(err: BaseException) -> bool:
-    """ENOSPC from Python I/O, or as the message of a library's own error (safetensors' Rust
-    writer raises SafetensorError "... No space left on device (os error 28)")."""
-    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err)
+NO_ROOM = {  # errno, the C library's message, what it means here
+    errno.ENOSPC: ("No space left on device", "no space left on device"),
+    errno.EFBIG: ("File too large", "a file reached the file-size limit (ulimit -f)"),
+    errno.EDQUOT: ("Disk quota exceeded", "the disk quota is exceeded"),
+}
+
+
+def no_room(err: BaseException) -> str | None:
+    """What ran out, for a full disk, a file-size limit or a quota, from Python I/O or as the message
+    of a library's own error (safetensors' Rust writer: "... No space left on device (os error 28)")."""
+    if isinstance(err, OSError) and err.errno in NO_ROOM:
+        return NO_ROOM[err.errno][1]
+    return next((meaning for message, meaning in NO_ROOM.values() if message in str(err)), None)
 
 
 if __name__ == "__main__":
