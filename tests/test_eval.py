@@ -170,6 +170,35 @@ def read_items(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.parametrize("corrupt", [
+    lambda text: text[: len(text) // 2],  # truncated mid-line
+    lambda text: text.replace('"score": ', '"score": 1' + "9" * 5000 + " + ", 1),  # an integer past the digit limit
+    lambda text: "",  # emptied
+])
+def test_a_corrupt_per_item_file_is_scored_again_on_rerun_not_trusted(tmp_path, corrupt):
+    """Per-item files carry their SHA-256 in the manifest: a damaged one makes the rerun score that
+    stage again from its saved weights (no retraining) and the file comes back byte-identical."""
+    from stagewise.engine import run_recipe
+    from stagewise.errors import DataError
+    from stagewise.eval.evaluator import read_items as read_checked
+
+    recipe = eval_recipe(tmp_path)
+    result = run(recipe)
+    summary = result.manifest["stages"][0]["evaluation"]["target"]["recall"]
+    path = tmp_path / "run" / summary["items_file"]
+    written, weights = path.read_bytes(), (tmp_path / "run/0-sft/model.safetensors").read_bytes()
+    path.write_text(corrupt(written.decode()))
+    with pytest.raises(DataError, match="per-item scores differ from what the run wrote"):
+        read_checked(tmp_path / "run", summary)
+    logs: list[str] = []
+    run_recipe(recipe, log=logs.append)
+    assert any("[verify] stage 0 'sft'" in line and "scoring it again" in line for line in logs), logs
+    assert any(line.startswith("[skip] stage 0 'sft' already completed") for line in logs)
+    assert not any(line.startswith("[stage 0] 'sft': training") for line in logs)
+    assert path.read_bytes() == written
+    assert (tmp_path / "run/0-sft/model.safetensors").read_bytes() == weights
+
+
 def test_per_item_scores_are_written_and_reproduce_each_probe_score(tmp_path):
     import math
 

@@ -85,9 +85,18 @@ def test_study_runs_every_arm_and_seed_and_writes_its_outputs(tmp_path, capsys):
     assert "7 of 8 runs done" in capsys.readouterr().out
     hashed["stages"][0]["config_hash"] = true_hash
     manifest_path.write_text(json.dumps(hashed))
-    assert main(["study", str(path)]) == 0  # everything reused: same numbers
+    # a truncated final per-item file (rescored from the weights) and an edited curve point's (retrained)
+    final = out / "runs/full/seed-0" / stage["evaluation"]["target"]["recall"]["items_file"]
+    final.write_text(final.read_text()[:-7])
+    curve = out / "runs/top/seed-1" / stage["curve"][0]["evaluation"]["retention"]["ppl"]["items_file"]
+    curve.write_text(curve.read_text().replace('"score": ', '"score": 0', 1))
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "6 of 8 runs done" in capsys.readouterr().out
+    assert main(["study", str(path)]) == 0  # everything reused or recomputed: same numbers
     again = json.loads((out / "study.json").read_text())
     assert again["rows"] == results["rows"]
+    assert main(["study", str(path), "--dry-run"]) == 0
+    assert "8 of 8 runs done" in capsys.readouterr().out
 
 
 def test_the_baseline_compared_with_itself_is_no_difference(tmp_path):

@@ -26,6 +26,7 @@ from ..data import LoadedDataset, load_dataset_config
 from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
 from ..errors import OutputError, StagewiseError
 from ..eval import Evaluator
+from ..eval.evaluator import evaluation_problem
 from ..io import file_sha256, folder_sha256
 from ..models import load_model_and_tokenizer, load_stage_output
 from ..precision import resolve_precision
@@ -184,6 +185,7 @@ def reusable_stages(recipe: Recipe, manifest: Manifest, hashes: list[str], log: 
             ):
                 break
             problem = changed_output(stage_folder(recipe, index), previous.get("outputs", {}).get("sha256"))
+            problem = problem or curve_problem(Path(recipe.output_dir), previous)
             if problem:
                 log(f"[verify] stage {index} '{stage.name}': {problem}: training it again")
                 break
@@ -205,6 +207,16 @@ def changed_output(stage_dir: Path, recorded: dict[str, str] | None) -> str | No
     return None
 
 
+def curve_problem(output_dir: Path, entry: dict[str, Any]) -> str | None:
+    """Why the per-item files of a stage's curve points (scored during training, so only training
+    again recomputes them) cannot be used, else None."""
+    for point in entry.get("curve", []):
+        problem = evaluation_problem(output_dir, point.get("evaluation"))
+        if problem:
+            return problem
+    return None
+
+
 def finish_reused_stages(
     recipe: Recipe,
     manifest: Manifest,
@@ -219,7 +231,12 @@ def finish_reused_stages(
     model where it is missing too."""
     for index in range(start):
         entry = dict(manifest.previous(index) or {})
-        unscored = evaluator.wants(index) and entry.get("evaluation_key") != evaluator.key
+        broken = is_main_process() and evaluation_problem(evaluator.output_dir, entry.get("evaluation"))
+        if broken:
+            log(f"[verify] stage {index} '{entry['name']}': {broken}: scoring it again")
+        unscored = evaluator.wants(index) and broadcast_from_main(
+            entry.get("evaluation_key") != evaluator.key or bool(broken)
+        )
         no_kl = (
             unscored
             and measures_kl(recipe, recipe.stages[index])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from ..bundled import cache_dir
 from ..config import Recipe, builds_model, config_hash
 from ..data import LoadedDataset
 from ..distributed import broadcast_from_main, is_main_process
+from ..errors import DataError
 from ..io import atomic_write_text, read_verified_json, write_verified_json
 from ..precision import autocast
 from .suite import evaluate_suite, evaluate_task
@@ -28,6 +30,39 @@ def evaluation_hash(recipe: Recipe, datasets: dict[str, LoadedDataset], seed_key
         recipe.evaluation.model_dump(mode="json", exclude_defaults=True),
         {name: datasets[name].fingerprint for name in sorted(used)},
     )  # seed_key holds the precision
+
+
+def read_items(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """A probe's per-item scores as recorded: DataError (one line) when the file is missing, differs
+    from the SHA-256 its summary recorded (truncated, edited), or is not one JSON object per line."""
+    path = run_dir / summary["items_file"]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: per-item scores missing") from None
+    if summary.get("items_sha256") not in (None, hashlib.sha256(data).hexdigest()):
+        raise DataError(f"{path}: per-item scores differ from what the run wrote (truncated or edited)")
+    items = []
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        try:
+            item = json.loads(line)
+        except ValueError as err:  # not JSON, or an integer over Python's digit limit
+            raise DataError(f"{path} line {number}: not a per-item score ({str(err)[:80]})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise DataError(f"{path} line {number}: not a per-item score (expected an object with an id)")
+        items.append(item)
+    return items
+
+
+def evaluation_problem(run_dir: Path, evaluation: dict[str, Any] | None) -> str | None:
+    """Why a recorded evaluation's per-item files cannot be used (the first problem), else None."""
+    for probes in (evaluation or {}).values():
+        for summary in probes.values():
+            try:
+                read_items(run_dir, summary)
+            except DataError as err:
+                return str(err)
+    return None
 
 
 class Evaluator:
@@ -53,18 +88,21 @@ class Evaluator:
             return evaluate_suite(model, tokenizer, self.recipe.evaluation, self.recipe.datasets, rows)
 
     def record(self, point: str, results: dict[str, Any]) -> dict[str, Any]:
-        """Write each probe's items to ``eval/<point>/<probe>.jsonl``; return the results without them."""
+        """Write each probe's items to ``eval/<point>/<probe>.jsonl`` (atomically, its SHA-256 kept in
+        the summary); return the results without them."""
         summary: dict[str, Any] = {}
         for group, probes in results.items():
             summary[group] = {}
             for name, result in probes.items():
                 relative = f"eval/{point}/{name}.jsonl"
+                text = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in result.get("items", []))
                 if is_main_process():
-                    atomic_write_text(
-                        self.output_dir / relative,
-                        "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in result.get("items", [])),
-                    )
-                summary[group][name] = {**{k: v for k, v in result.items() if k != "items"}, "items_file": relative}
+                    atomic_write_text(self.output_dir / relative, text)
+                summary[group][name] = {
+                    **{k: v for k, v in result.items() if k != "items"},
+                    "items_file": relative,
+                    "items_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                }
         return summary
 
     def probe_score(

@@ -5,7 +5,6 @@ retention at matched target gain, and each probe's minimal detectable difference
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..eval.evaluator import read_items
 from ..manifest import RunManifest, as_manifest
 from ..report import continual_metrics
 from ..stats import (
@@ -84,10 +84,10 @@ class Row:
 
 
 def _items(run_dir: Path, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    path = run_dir / summary["items_file"]
-    if not path.is_file():
-        raise DataError(f"{path}: per-item scores missing (rerun the study to recompute them)")
-    return {item["id"]: item for item in map(json.loads, path.read_text().splitlines())}
+    try:
+        return {item["id"]: item for item in read_items(run_dir, summary)}
+    except DataError as err:
+        raise DataError(f"{err} (rerun the study to recompute them)") from None
 
 
 def _values(probe: Probe, items: dict[str, dict[str, Any]]) -> list[float]:

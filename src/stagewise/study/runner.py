@@ -17,6 +17,7 @@ from ..data import load_dataset_config
 from ..engine.identity import stage_hashes
 from ..engine.run_folder import read_manifest
 from ..errors import OutputError, StagewiseError
+from ..eval.evaluator import evaluation_problem
 from ..io import atomic_write_json, atomic_write_text
 from ..manifest import RunManifest, as_manifest
 from ..written import Written
@@ -40,6 +41,7 @@ def is_complete(run: StudyRun) -> bool:
         recorded == recipe_to_dict(run.recipe)
         and len(stages) == len(run.recipe.stages)
         and all(stage.status == "completed" for stage in stages)
+        and items_intact(Path(run.recipe.output_dir), manifest)
     ):
         return False
     try:
@@ -47,6 +49,17 @@ def is_complete(run: StudyRun) -> bool:
     except StagewiseError:
         return False  # the run itself will say what is wrong with the data
     return [stage.config_hash for stage in stages] == stage_hashes(run.recipe, datasets)
+
+
+def items_intact(run_dir: Path, manifest: RunManifest) -> bool:
+    """Every per-item file the run recorded is as it wrote it (a truncated or edited one makes the
+    run unfinished: rerunning it scores that point again)."""
+    evaluations = [manifest.base_evaluation] + [
+        evaluation
+        for stage in manifest.stages
+        for evaluation in (stage.evaluation, *(p.evaluation for p in stage.curve))
+    ]
+    return all(evaluation_problem(run_dir, evaluation) is None for evaluation in evaluations)
 
 
 def plan(study: Study) -> list[tuple[StudyRun, bool]]:
