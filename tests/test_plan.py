@@ -142,6 +142,45 @@ def test_bad_plan_arguments_are_one_line(tmp_path, capsys, arguments, message):
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
+LLAMA_8B = json.loads((CONFIGS / "llama-3-8b.json").read_text())
+
+
+@pytest.mark.parametrize("config, message", [
+    ("[1, 2]", "expected a JSON object with a model_type"),
+    ('"llama"', "expected a JSON object with a model_type"),
+    ("{oops", "invalid JSON"),
+    ("[" * 100000 + "]" * 100000, "JSON nested too deeply"),
+    (json.dumps({**LLAMA_8B, "hidden_size": "big"}), "hidden_size: Input should be a valid integer"),
+    (json.dumps({**LLAMA_8B, "hidden_size": 4096.0}), "hidden_size: Input should be a valid integer"),
+    (json.dumps({**LLAMA_8B, "num_attention_heads": 0}), "num_attention_heads: Input should be greater than"),
+    (json.dumps({**LLAMA_8B, "vocab_size": 10**30}), "vocab_size: Input should be less than or equal to 16777216"),
+    (json.dumps({**LLAMA_8B, "num_hidden_layers": 2000}), "num_hidden_layers: Input should be less than or equal"),
+    (json.dumps({**LLAMA_8B, "torch_dtype": "float97"}), "float97"),
+    (json.dumps(LLAMA_8B)[:-1] + ', "x": ' + "9" * 5000 + "}", "an integer of 5000 digits"),
+    (json.dumps(LLAMA_8B).replace("500000.0", "NaN"), "NaN is not a JSON number"),
+], ids=["list", "string", "not-json", "deep", "hidden-text", "hidden-float", "no-heads", "vocab-1e30", "2000-layers",
+        "bad-dtype", "5000-digits", "nan"])
+def test_a_malformed_model_config_is_one_line_and_quick(tmp_path, capsys, config, message):
+    import time
+
+    from stagewise.cli import main
+
+    path = tmp_path / "config.json"
+    path.write_text(config)
+    started = time.perf_counter()
+    assert main(["plan", str(recipe_file(tmp_path)), "--model", str(path), "--device-memory", "80GB"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --model") and message in err[0], err
+    assert time.perf_counter() - started < 30
+
+
+def test_a_400_digit_device_memory_is_refused(tmp_path, capsys):
+    from stagewise.cli import main
+
+    assert main(["plan", str(recipe_file(tmp_path)), "--device-memory", "9" * 400 + "GB"]) == 2
+    assert "at most 1024TiB" in capsys.readouterr().err
+
+
 def test_plan_command_prints_each_stage(tmp_path, capsys):
     from stagewise.cli import main
 

@@ -58,6 +58,39 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+MAX_INT_DIGITS = 4300  # Python's own limit for int(str): a longer integer is no data we use
+
+
+class JSONProblem(ValueError):
+    """Why a JSON text was refused, with its line (1 when the whole text is at fault)."""
+
+    def __init__(self, line: int, why: str) -> None:
+        super().__init__(why)
+        self.line, self.why = line, why
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise JSONProblem(1, f"an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise JSONProblem(1, f"{name} is not a JSON number")
+
+
+def parse_json(text: str) -> Any:
+    """JSON as data from outside (config.json, data files, per-item scores): standard JSON only -
+    NaN/Infinity, integers over 4,300 digits and nesting past the interpreter's recursion limit are
+    refused as :class:`JSONProblem` (a ValueError with the line), never a traceback or a hang."""
+    try:
+        return json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+    except json.JSONDecodeError as err:
+        raise JSONProblem(err.lineno, f"invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise JSONProblem(1, "JSON nested too deeply") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import DatasetConfig
 from ..errors import DataError
+from ..io import JSONProblem, parse_json
 from ..registry import DATA_FORMATS
 from . import formats  # noqa: F401  (registers the built-in formats)
 
@@ -51,21 +52,17 @@ def _read_jsonl(path: Path, encoding: str) -> list[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append((f"line {number}", json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {number}: invalid JSON ({err.msg})") from None
-        except RecursionError:
-            raise DataError(f"{path} line {number}: JSON nested too deeply") from None
+            rows.append((f"line {number}", parse_json(line)))
+        except JSONProblem as err:
+            raise DataError(f"{path} line {number}: {err.why}") from None
     return rows
 
 
 def _read_json(path: Path, encoding: str) -> list[tuple[str, Any]]:
     try:
-        data = json.loads(_decode(path, encoding))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} line {err.lineno}: invalid JSON ({err.msg})") from None
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply") from None
+        data = parse_json(_decode(path, encoding))
+    except JSONProblem as err:
+        raise DataError(f"{path} line {err.line}: {err.why}") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of rows")
     return [(f"row {i}", row) for i, row in enumerate(data, start=1)]

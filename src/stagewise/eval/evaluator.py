@@ -16,7 +16,7 @@ from ..config import Recipe, builds_model, config_hash
 from ..data import LoadedDataset
 from ..distributed import broadcast_from_main, is_main_process
 from ..errors import DataError
-from ..io import atomic_write_text, read_verified_json, write_verified_json
+from ..io import JSONProblem, atomic_write_text, parse_json, read_verified_json, write_verified_json
 from ..precision import autocast
 from .suite import evaluate_suite, evaluate_task
 
@@ -45,9 +45,9 @@ def read_items(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
     items = []
     for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
         try:
-            item = json.loads(line)
-        except ValueError as err:  # not JSON, or an integer over Python's digit limit
-            raise DataError(f"{path} line {number}: not a per-item score ({str(err)[:80]})") from None
+            item = parse_json(line)
+        except JSONProblem as err:
+            raise DataError(f"{path} line {number}: not a per-item score ({err.why})") from None
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             raise DataError(f"{path} line {number}: not a per-item score (expected an object with an id)")
         items.append(item)

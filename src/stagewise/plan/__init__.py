@@ -10,17 +10,18 @@ optimizer, LoRA, QLoRA, more devices with FSDP).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..addons import base_model_of, is_addon_parameter, output_embeddings
 from ..config import ModelConfig, Recipe, StageConfig, measures_kl
 from ..errors import RecipeError
+from ..io import parse_json
 from ..precision import COMPUTE_DTYPES, MIXED, resolve_precision
 from ..registry import LR_RULES, OPTIMIZERS, REGULARIZERS, SELECTORS, TRAINERS, TRANSFORMS, load_plugins
 from .footprint import (
@@ -72,15 +73,68 @@ class StagePlan:
 def parse_memory(text: str) -> float:
     """``80GB`` / ``24GiB`` / ``512MB`` -> bytes (GB taken as GiB, as GPUs are sold)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?)?\s*", text, re.IGNORECASE)
-    if not match or float(match.group(1)) <= 0:
-        raise RecipeError(f"--device-memory: expected a size such as 80GB or 24GiB, got {text!r}")
-    unit = (match.group(2) or "G")[0].upper()
-    return float(match.group(1)) * 1024 ** "KMGT".index(unit) * 1024
+    size = float(match.group(1)) * 1024 ** "KMGT".index((match.group(2) or "G")[0].upper()) * 1024 if match else 0.0
+    if not 0 < size <= 2**50:  # up to a PiB: a 400-digit size is a typo, not a device
+        raise RecipeError(
+            f"--device-memory: expected a size such as 80GB or 24GiB (at most 1024TiB), got {text[:40]!r}"
+        )
+    return size
+
+
+class ConfigShape(BaseModel):
+    """The shape fields a plan reads from a model config, typed and bounded (larger than any released
+    model, small enough that building the model on the meta device answers in seconds)."""
+
+    model_config = ConfigDict(strict=True)
+
+    hidden_size: int = Field(ge=1, le=2**17)
+    intermediate_size: int = Field(ge=1, le=2**20)
+    num_hidden_layers: int = Field(ge=1, le=1024)
+    num_attention_heads: int = Field(ge=1, le=2**12)
+    num_key_value_heads: int = Field(ge=1, le=2**12)
+    head_dim: int = Field(ge=1, le=2**14)
+    vocab_size: int = Field(ge=1, le=2**24)
+    dtype: str | None = None
+
+
+def checked_shape(config: Any, name: str) -> Any:
+    """``config`` (a transformers config, or the raw config.json object before transformers computes
+    anything from it) when its shape fields are integers in range and its dtype a torch dtype; one
+    line otherwise."""
+
+    def field_of(*keys: str) -> Any:
+        found = (config.get(key) if isinstance(config, dict) else getattr(config, key, None) for key in keys)
+        return next((value for value in found if value is not None), None)
+
+    hidden, heads = field_of("hidden_size", "n_embd"), field_of("num_attention_heads", "n_head")
+    whole = isinstance(hidden, int) and isinstance(heads, int) and heads > 0
+    fields = {
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_key_value_heads": field_of("num_key_value_heads") or heads,
+        "head_dim": field_of("head_dim") or (hidden // heads if whole else hidden),
+        "intermediate_size": field_of("intermediate_size", "n_inner") or (4 * hidden if whole else hidden),
+        "num_hidden_layers": field_of("num_hidden_layers", "n_layer"),
+        "vocab_size": field_of("vocab_size"),
+    }
+    dtype = field_of("dtype", "torch_dtype")
+    fields["dtype"] = str(dtype).removeprefix("torch.") if dtype is not None else None
+    try:
+        ConfigShape.model_validate(fields)
+    except ValidationError as err:
+        error = err.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise RecipeError(
+            f"--model: config of {name!r}: {where}: {error['msg']} (got {str(error.get('input'))[:40]!r})"
+        ) from None
+    if fields["dtype"] is not None and not isinstance(getattr(torch, fields["dtype"], None), torch.dtype):
+        raise RecipeError(f"--model: config of {name!r}: dtype {fields['dtype'][:40]!r} is not a torch dtype")
+    return config
 
 
 def load_model_config(model: ModelConfig, override: str | None = None) -> Any:
     """The transformers config of ``--model`` (a config.json file, a folder or hub id, offline from
-    the cache) or of the recipe's model; one line when it cannot be read."""
+    the cache) or of the recipe's model, its shape checked; one line when it cannot be read."""
     from transformers import AutoConfig
 
     from ..models import TINY_MODELS, _tiny_config
@@ -91,13 +145,17 @@ def load_model_config(model: ModelConfig, override: str | None = None) -> Any:
     path = Path(name).expanduser()
     try:
         if path.is_file():
-            data = json.loads(path.read_text())
-            return AutoConfig.for_model(data.pop("model_type"), **data)
+            data = parse_json(path.read_text(encoding="utf-8", errors="replace"))
+            if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+                raise ValueError("expected a JSON object with a model_type")
+            checked_shape(data, name)  # before transformers divides by a head count of 0
+            return checked_shape(AutoConfig.for_model(data.pop("model_type"), **data), name)
         from ..bundled import BUNDLED, resolve_bundled
 
         source = resolve_bundled(name) if name in BUNDLED else name
-        return AutoConfig.from_pretrained(source, trust_remote_code=model.trust_remote_code, revision=model.revision)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=model.trust_remote_code, revision=model.revision)
+        return checked_shape(config, name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError, RecursionError) as err:
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise RecipeError(
             f"--model: cannot read the config of {name!r} ({reason}); offline, give a config.json"
