@@ -77,6 +77,7 @@ class StageRecord(Record):
 class RunManifest(Record):
     schema_version: int = 1  # absent in manifests written before the typed schema
     stagewise_version: str
+    versions: dict[str, str | None] = Field(default_factory=dict)  # torch, transformers, peft, trl, ... (last run)
     recipe_path: str | None = None
     recipe: dict[str, Any] = Field(default_factory=dict)  # the recipe as run (JSON of config.Recipe)
     model: str | None = None

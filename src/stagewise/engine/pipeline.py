@@ -27,6 +27,7 @@ from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_m
 from ..errors import OutputError, StagewiseError
 from ..eval import Evaluator
 from ..eval.evaluator import evaluation_problem
+from ..internals import installed_versions
 from ..io import file_sha256, folder_sha256
 from ..models import load_model_and_tokenizer, load_stage_output
 from ..precision import resolve_precision
@@ -118,6 +119,7 @@ def _run_locked(
         output_dir,
         {
             "stagewise_version": __version__,
+            "versions": installed_versions(),  # the libraries that decide what the run computes
             "recipe_path": recipe_path,
             "recipe": recipe_to_dict(recipe),
             "model": recipe.model.model_name_or_path,

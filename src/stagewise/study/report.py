@@ -321,7 +321,15 @@ def _cost(results: dict[str, Any]) -> list[str]:
         f"{cost['train_s'] / 60:.1f} min and evaluation {cost['eval_s'] / 60:.1f} min (probes, and the "
         "forgetting predictor's KL where a run recorded its seconds) as recorded by the runs (a reused run "
         "counts its recorded times).",
+        *_versions(results),
     ]
+
+
+def _versions(results: dict[str, Any]) -> list[str]:
+    versions = results.get("versions")
+    if not versions:
+        return []
+    return ["", "Made with " + ", ".join(f"{package} {' / '.join(found)}" for package, found in versions.items()) + "."]
 
 
 def plot_gain_retention(results: dict[str, Any], path: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from pydantic import ValidationError
 
@@ -62,6 +62,16 @@ def items_intact(run_dir: Path, manifest: RunManifest) -> bool:
     return all(evaluation_problem(run_dir, evaluation) is None for evaluation in evaluations)
 
 
+def run_versions(manifests: Iterable[RunManifest]) -> dict[str, list[str]]:
+    """Per recorded package, the versions the study's runs were made with (one each, unless the
+    runs were made under different installs; runs made before versions were recorded add none)."""
+    found: dict[str, set[str]] = {}
+    for manifest in manifests:
+        for package, version in manifest.versions.items():
+            found.setdefault(package, set()).add(version or "not installed")
+    return {package: sorted(versions) for package, versions in found.items()}
+
+
 def plan(study: Study) -> list[tuple[StudyRun, bool]]:
     return [(run, is_complete(run)) for run in study.runs]
 
@@ -100,6 +110,7 @@ def run_study(study: Study, log: Callable[[str], None]) -> dict[str, Any]:
         "eval_s": round(evaluate, 1),
         "runs": len(study.runs),
     }
+    results["versions"] = run_versions(manifests.values())
     out = study.report_dir
     check_reports(out)  # again: the runs took a while
     written = Written(out)
