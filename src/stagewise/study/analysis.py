@@ -366,6 +366,7 @@ def analyse(study: Study, read: Mapping[StudyRun, RunManifest | dict[str, Any]])
     }
     return {
         "study": str(study.source),
+        "claim": config.claim.model_dump() if config.claim else None,
         "baseline": config.baseline,
         "seeds": config.seeds,
         "bootstrap": n_boot,

@@ -8,7 +8,7 @@ import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -74,6 +74,26 @@ class LocoConfig(StrictModel):
     overrides: list[str] = Field(default_factory=list)
 
 
+class ClaimTest(StrictModel):
+    """One comparison a paper's claim predicts: ``arm`` against the study's baseline on ``probe``.
+    ``expect``: ``better`` / ``worse`` (in the probe's own direction: a higher score, or a lower
+    perplexity, is better) or ``comparable`` (the difference stays within ``margin``)."""
+
+    arm: str
+    probe: str
+    expect: Literal["better", "worse", "comparable"]
+    margin: float = Field(default=0.05, gt=0)  # comparable: |difference| at most this, on the probe's scale
+
+
+class ClaimConfig(StrictModel):
+    """The published claim a study puts on trial (docs/claims.md is generated from it and the results)."""
+
+    paper: str  # authors, venue, year
+    claim: str  # the claim in one sentence, with the paper's number
+    setting: str  # ours: model, data, sizes (the study file's comments say why)
+    tests: list[ClaimTest] = Field(min_length=1)
+
+
 class StudyConfig(StrictModel):
     description: str = ""
     arms: dict[str, ArmConfig] = Field(default_factory=dict)
@@ -94,6 +114,7 @@ class StudyConfig(StrictModel):
     bootstrap: int = Field(default=2000, ge=100, le=100_000)  # bootstrap resamples per interval (each holds
     # resamples x items floats per probe in memory)
     output_dir: str = "runs/study"
+    claim: ClaimConfig | None = None  # the paper's claim this study tests (copied into study.json)
 
     @field_validator("output_dir")
     @classmethod
@@ -280,6 +301,14 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
     match_on = config.match_on or target_names[0]
     if match_on not in target_names:
         fail(("match_on",), f"{match_on!r} is not a target probe (target probes: {', '.join(target_names)})")
+    probe_names = [signature[0] for group in next(iter(probes.values())).values() for signature in group]
+    for number, test in enumerate(config.claim.tests if config.claim else []):
+        if test.arm.split("@")[0] not in config.arms or test.arm == config.baseline:
+            fail(("claim", "tests", number, "arm"), f"{test.arm!r} is not an arm compared with the baseline")
+        if test.probe.split("@")[0].split(":")[0] not in probe_names:
+            fail(
+                ("claim", "tests", number, "probe"), f"{test.probe!r} is not a probe (probes: {', '.join(probe_names)})"
+            )
     return Study(config, path, runs, match_on, tuple(config.arms), tuple(config.seeds), clusters)
 
 
