@@ -243,3 +243,23 @@ def test_fsdp_block_that_transformers_may_split_is_one_line():
     model._no_split_modules = ["LlamaAttention"]
     with pytest.raises(RecipeError, match=r"the repeated block LlamaDecoderLayer of LlamaForCausalLM is not one"):
         shard_units(model)
+
+
+@pytest.mark.parametrize("stage, field, reason", [
+    ({"regularizer": {"kind": "l2sp", "weight": 0.1}}, "regularizer", "DeepSpeed has already stepped"),
+    ({"regularizer": {"kind": "ewc", "data": "sft"}}, "regularizer", "DeepSpeed has already stepped"),
+    ({"optimizer": {"kind": "mofo", "fraction": 0.5}}, "optimizer", "1-D flat partitions"),
+    ({"trainable": {"kind": "hft", "redraw": "per_epoch"}}, "trainable", "Adam's momentum"),
+])
+def test_what_would_do_nothing_under_deepspeed_is_refused_at_validate(tmp_path, stage, field, reason):
+    """accelerate steps the DeepSpeed engine inside backward (a penalty's later gradient is lost), ZeRO
+    hands the optimizer flat 1-D partitions (MoFO's per-matrix top-k skips them) and steps them whole
+    (HFT's per-epoch freeze by withheld gradient leaks through momentum): refused, never silent."""
+    (tmp_path / "zero2.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    distributed = {"deepspeed": str(tmp_path / "zero2.json")}
+    with pytest.raises(RecipeError, match=rf"stages\.0\.{field}: .*would silently do nothing under DeepSpeed") as err:
+        make_recipe(tmp_path, [{"name": "s", "data": "sft", **stage}], distributed=distributed)
+    assert reason in str(err.value) and "\n" not in str(err.value)
+    hft_per_stage = {"name": "s", "data": "sft", "trainable": {"kind": "hft"}}  # one draw per stage: runs there
+    with pytest.raises(RecipeError, match="the deepspeed package is not installed"):  # (refused later, here only)
+        make_recipe(tmp_path, [hft_per_stage], distributed=distributed)

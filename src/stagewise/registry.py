@@ -86,6 +86,13 @@ class Requires:
         False  # trains or reads the base's weight matrices: not on a 4/8-bit base (model.quantization)
     )
     sharded: bool = True  # runs on FSDP2 shards (distributed.fsdp); False: refused at validate
+    # why it cannot run under DeepSpeed ZeRO (distributed.deepspeed), refused at validate: a reason,
+    # or a function of the entry's config giving one (None: it runs there)
+    deepspeed_problem: str | Callable[[Any], str | None] | None = None
+
+    def under_deepspeed(self, config: Any) -> str | None:
+        problem = self.deepspeed_problem
+        return problem(config) if callable(problem) else problem
 
     def problem(self, objective: str, formats: set[str], model_task: str) -> str | None:
         """Why this entry cannot serve a stage with this data and model, or None."""

@@ -296,6 +296,12 @@ def stage_problem(recipe: Recipe, stage: StageConfig) -> tuple[tuple[Any, ...], 
                 f"{registry.what} {config.kind!r} does not run on FSDP2 shards; drop distributed.fsdp "
                 "(an add-on or preference stage of a 7-8B model fits one GPU) or choose another entry"
             )
+        deepspeed_problem = requires.under_deepspeed(config) if recipe.distributed.deepspeed else None
+        if deepspeed_problem:
+            return field, (
+                f"{registry.what} {config.kind!r} would silently do nothing under DeepSpeed ZeRO "
+                f"({deepspeed_problem}); use distributed: {{fsdp: true}} (FSDP2) or drop distributed"
+            )
         if requires.plain_weights and recipe.model.quantization is not None:
             return field, (
                 f"{registry.what} {config.kind!r} trains or reads the base's weight matrices, which "

@@ -158,7 +158,16 @@ class RedrawEachEpoch(TrainerCallback):
         )
 
 
-@SELECTORS.register("hft", HFTConfig, requires=Requires(plain_weights=True))
+def _redraw_under_deepspeed(config: HFTConfig) -> str | None:
+    if config.redraw == "per_epoch":
+        return (
+            "redraw: per_epoch freezes by withholding gradients, but ZeRO steps its flat partitions whole, "
+            "so the frozen half keeps moving with Adam's momentum"
+        )
+    return None
+
+
+@SELECTORS.register("hft", HFTConfig, requires=Requires(plain_weights=True, deepspeed_problem=_redraw_under_deepspeed))
 def select_hft(model: torch.nn.Module, config: HFTConfig, context: SelectionContext) -> Selection | None:
     """Half Fine-Tuning: a random half of each block's attention/MLP/norm parameters train."""
     if config.redraw == "per_epoch":

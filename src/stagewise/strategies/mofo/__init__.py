@@ -93,7 +93,15 @@ class MoFO(torch.optim.Optimizer):
         param.addcdiv_(update, denom, value=-step_size)
 
 
-@OPTIMIZERS.register("mofo", MoFOConfig, requires=Requires(sharded=False), example={"fraction": 0.5})
+@OPTIMIZERS.register(
+    "mofo",
+    MoFOConfig,
+    requires=Requires(
+        sharded=False,
+        deepspeed_problem="ZeRO hands the optimizer 1-D flat partitions, which MoFO's per-matrix top-k skips",
+    ),
+    example={"fraction": 0.5},
+)
 def mofo(config: MoFOConfig, groups: ParamGroups, args: TrainingArguments) -> torch.optim.Optimizer:
     """MoFO over the stage's groups, with the stage's learning rate, betas and epsilon.
 

@@ -27,7 +27,7 @@ from ...bundled import cache_dir
 from ...distributed import barrier, broadcast_from_main, is_main_process
 from ...errors import DataError
 from ...protocols import Penalty, RegularizerContext
-from ...registry import REGULARIZERS, PluginConfig
+from ...registry import REGULARIZERS, PluginConfig, Requires
 from ...sharding import local, local_shard, sum_over_ranks
 
 
@@ -129,7 +129,13 @@ def anchor_plan(copies: int) -> Any:
     }
 
 
-@REGULARIZERS.register("l2sp", L2SPConfig, plan=anchor_plan(1))
+# accelerate steps the DeepSpeed engine inside backward, before the penalty adds its gradient
+AFTER_THE_STEP = Requires(
+    deepspeed_problem="its gradient is added after the backward pass, where DeepSpeed has already stepped"
+)
+
+
+@REGULARIZERS.register("l2sp", L2SPConfig, requires=AFTER_THE_STEP, plan=anchor_plan(1))
 def l2sp(config: L2SPConfig, model: torch.nn.Module, context: RegularizerContext) -> Penalty | None:
     """L2-SP: squared distance of the trainable tensors from the entering weights."""
     return Anchor(model, config.weight, offload=config.offload) if trainable_tensors(model) else None
@@ -187,7 +193,7 @@ def cached_fisher(path: Path, named: list[tuple[str, torch.nn.Parameter]]) -> li
     return [cached[name].to(param.device) for name, param in named]
 
 
-@REGULARIZERS.register("ewc", EWCConfig, example={"data": "d"}, plan=anchor_plan(2))
+@REGULARIZERS.register("ewc", EWCConfig, requires=AFTER_THE_STEP, example={"data": "d"}, plan=anchor_plan(2))
 def ewc(config: EWCConfig, model: torch.nn.Module, context: RegularizerContext) -> Penalty | None:
     """EWC: squared distance from the entering weights, weighted by their diagonal Fisher."""
     from safetensors.torch import save_file
