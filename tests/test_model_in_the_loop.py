@@ -175,11 +175,12 @@ MATH = [{"instruction": f"What is {i} + {i}?", "output": f"{i} + {i} = {2 * i}\n
 
 def test_distill_stage_trains_on_the_seed_models_own_rewrites(tmp_path):
     """Every row comes back; each kept row's answer is exactly what the model entering the stage
-    wrote for it (regenerated here with the same sampling) and differs from the original."""
+    wrote for it (regenerated here with the same sampling: the transform's seed, not the stage's)
+    and differs from the original."""
     from stagewise.strategies.sdft import DistillConfig, encode_distill_prompts
 
-    stage = {"name": "sdft", "data": "math", "max_steps": 2, "batch_size": 2, "seed": 7,
-             "transforms": [{"kind": "distill", "max_new_tokens": 8, "check": "none"}]}
+    stage = {"name": "sdft", "data": "math", "max_steps": 2, "batch_size": 2, "seed": 3,
+             "transforms": [{"kind": "distill", "max_new_tokens": 8, "check": "none", "seed": 7}]}
     datasets = {"math": {"format": "instruction", "template": "alpaca", "rows": MATH}}
     result = run(make_recipe(tmp_path, [stage], datasets=datasets))
     [report] = result.manifest["stages"][0]["transforms"]

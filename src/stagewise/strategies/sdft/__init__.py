@@ -63,6 +63,10 @@ class DistillConfig(TransformConfig):
     max_new_tokens: int = Field(default=512, ge=1)
     check: Literal["last_integer", "exact", "none"] = "none"
     batch_size: int = Field(default=16, ge=1)
+    # the rewrites' sampling seed: one fixed sample of the seed model, as the paper distils once (the
+    # stage seed varies training only). It is part of the rewrites' cache key, so a run's rewrites never
+    # depend on which seed happened to fill the cache first.
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
 
 def distill_prompt(row: dict[str, Any], template: str) -> str:
@@ -144,7 +148,7 @@ def distill(rows: list[dict[str, Any]], config: DistillConfig, context: Transfor
         temperature=config.temperature,
         top_p=config.top_p,
         top_k=config.top_k,
-        seed=context.seed,
+        seed=config.seed,
     )
 
     def rewrite() -> list[str]:
