@@ -83,6 +83,7 @@ def sharded_cases(root: Path) -> dict[str, dict[str, Any]]:
     cases["evaluation"]["recipe"]["datasets"]["probe"] = {"format": "instruction", "rows": LM_ROWS[:3]}
     cases["select-best"] = {"recipe": case_recipe(root / "select-best", {  # the best epoch's weights loaded back
         "max_steps": -1, "epochs": 2, "eval": {"data": ["d"], "select_best": True}})}
+    cases["grad-accum"] = {"recipe": case_recipe(root / "grad-accum", {"grad_accum": 2})}  # 4 rows per step
     cases["ddp-two-stages"] = {"recipe": {**cases["two-stages"]["recipe"], "distributed": {},
                                           "output_dir": str(root / "ddp-two-stages")}}  # data-parallel, unsharded
     for engine, distributed in (("", {"fsdp": True}), ("ddp-", {})):

@@ -37,6 +37,7 @@ INTERNALS = (
     Internal(TRAINER, "_load_best_model", ("self",), "trainers: sharded best-model reload"),
     Internal(TRAINER, "_save", ("self", "output_dir", "state_dict"), "trainers: adapter and sharded saves"),
     Internal(TRAINER, "_load_from_checkpoint", ("self", "resume_from_checkpoint", "model"), "trainers: resume"),
+    Internal(TRAINER, "_defer_fsdp_gradient_reduction", ("self",), "trainers: gradient accumulation on shards"),
     Internal(TRAINER, "training_step", ("self", "model", "inputs", "num_items_in_batch"), "trainers: penalties"),
     Internal(TRAINER, "current_gradient_accumulation_steps", None, "trainers: a penalty's share per micro-batch"),
     Internal("trl.trainer.grpo_trainer", "create_model_from_path", None, "strategies/rlhf: GRPO's KL reference"),

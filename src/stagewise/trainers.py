@@ -10,9 +10,10 @@ trainer. ``hf`` (the default) is the plain Trainer; strategies register TRL trai
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Iterator, TypeVar, cast
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
@@ -66,6 +67,22 @@ class StageTrainerMixin(_TrainerBase):
         self.build_optimizer = build_optimizer
         self.penalty = penalty
         self.train_sampler = train_sampler
+
+    @contextlib.contextmanager
+    def _defer_fsdp_gradient_reduction(self) -> Iterator[None]:
+        """Gradient accumulation on our FSDP2 shards: hold the reduce-scatter until the last micro-batch.
+        The Trainer's own version reads ``config.distributed_config``, which only transformers' sharded
+        loading sets (our ``shard_model`` shards a loaded model on a 1-D mesh: no replicas)."""
+        if not self.sharded:
+            with super()._defer_fsdp_gradient_reduction():
+                yield
+            return
+        model = cast(Any, self.trained_model)
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.train_sampler is not None and train_dataset in (None, self.train_dataset):
