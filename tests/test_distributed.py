@@ -78,3 +78,25 @@ def test_a_locked_folder_stops_every_rank_of_a_two_process_run(tmp_path):
     assert done.returncode != 0
     assert done.stderr.count("in use by another stagewise run") == 2, done.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == [".stagewise.lock"]  # nothing written
+
+
+def test_the_process_group_gets_the_recipes_collective_timeout(monkeypatch, tmp_path):
+    """The group is started before the Trainer exists, so its timeout comes from distributed.timeout_s,
+    and the Trainer's ddp_timeout is the same value."""
+    from datetime import timedelta
+
+    import accelerate
+
+    from conftest import make_recipe
+    from stagewise.distributed import init_from_launcher
+    from stagewise.engine.stage import training_arguments
+    from transformers import TrainingArguments
+
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "PartialState", lambda **kwargs: seen.update(kwargs))
+    recipe = make_recipe(tmp_path, [{"name": "s", "data": "sft", "max_steps": 1}], distributed={"timeout_s": 7200})
+    init_from_launcher(recipe.distributed.timeout_s)
+    assert seen == {"timeout": timedelta(seconds=7200)}
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert training_arguments(recipe, recipe.stages[0], tmp_path / "s", TrainingArguments).ddp_timeout == 7200

@@ -13,13 +13,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+DEFAULT_TIMEOUT_S = 1800  # transformers' ddp_timeout default; NCCL's own is 10 minutes
 
-def init_from_launcher() -> None:
-    """Start the process group when launched with several processes (``WORLD_SIZE`` > 1)."""
+
+def init_from_launcher(timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
+    """Start the process group when launched with several processes (``WORLD_SIZE`` > 1), with the
+    collective timeout the Trainer uses too (``distributed.timeout_s``): the group is made here, before
+    the Trainer, so the Trainer's ``ddp_timeout`` alone would never reach it, and what rank 0 does alone
+    while the others wait (an EWC Fisher, spectra, hashing a large model) needs it."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized()):
+        from datetime import timedelta
+
         from accelerate import PartialState
 
-        PartialState()
+        PartialState(timeout=timedelta(seconds=timeout_s))
 
 
 def local_device() -> torch.device:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..distributed import DEFAULT_TIMEOUT_S
 from ..errors import RecipeError
 from ..io import expanded_path
 from ..merging import MergeConfig
@@ -263,6 +264,10 @@ class DistributedConfig(StrictModel):
     # memory; false keeps them until backward: one all-gather fewer)
     deepspeed: str | None = None  # a DeepSpeed ZeRO-2 JSON (recipes/distributed/zero2.json), passed to
     # the Trainer; ZeRO-3 is refused (use fsdp)
+    timeout_s: int = Field(
+        default=DEFAULT_TIMEOUT_S, ge=60, le=7 * 86400
+    )  # collective timeout of the process group (the
+    # Trainer's ddp_timeout): raise it where rank 0 works alone for long (an EWC Fisher of a large model)
 
 
 class PerformanceConfig(StrictModel):

@@ -73,7 +73,7 @@ def run_recipe(
     ``force`` takes over a folder that holds files stagewise did not write, or an unreadable
     manifest; without it such a folder is refused with one line before any work starts.
     """
-    init_from_launcher()
+    init_from_launcher(recipe.distributed.timeout_s)
     output_dir = Path(recipe.output_dir)
     if is_main_process():
         check_writable_folder(output_dir)

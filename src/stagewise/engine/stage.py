@@ -71,6 +71,7 @@ def training_arguments(recipe: Recipe, stage: StageConfig, stage_dir: Path, cls:
         per_device_train_batch_size=stage.batch_size,
         per_device_eval_batch_size=stage.eval.batch_size if stage.eval else stage.batch_size,
         gradient_accumulation_steps=stage.grad_accum,
+        ddp_timeout=recipe.distributed.timeout_s,
         learning_rate=stage.lr,
         num_train_epochs=stage.epochs,
         max_steps=stage.max_steps,
