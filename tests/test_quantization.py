@@ -89,6 +89,19 @@ def test_merge_on_save_merges_into_the_dequantized_base(tmp_path, bits):
     assert torch.equal(logits(plain), logits(merged.model))
 
 
+def test_a_qlora_stage_keeps_the_dtype_the_base_was_loaded_in(tmp_path):
+    """PEFT's k-bit preparation upcasts the unquantized tensors to fp32 for training; the stage's outputs
+    (and merge_on_save's dequantized weights) still come out in the load dtype (bf16 here), not 4 B/param."""
+    from safetensors import safe_open
+
+    model = {**quantized(), "dtype": "bfloat16"}
+    for merge, name in ((True, "m"), (False, "a")):
+        run(make_recipe(tmp_path / name, stages(merge_on_save=merge), model=model, performance={"precision": "bf16-mixed"}))
+    with safe_open(str(tmp_path / "m/run/0-s/model.safetensors"), "pt") as merged:
+        dtypes = {merged.get_slice(key).get_dtype() for key in merged.keys()}
+    assert dtypes == {"BF16"}, dtypes
+
+
 @pytest.mark.parametrize("case, stage_update, key", [
     ("full", {"trainable": "full"}, "stages.0.trainable"),
     ("hft", {"trainable": "hft"}, "stages.0.trainable"),

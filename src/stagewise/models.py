@@ -191,7 +191,8 @@ def load_model_and_tokenizer(
     if cfg.task == "sequence_classification" and cfg.head_layers == 2:
         torch.manual_seed(seed)
         install_mlp_head(model)
-    record_storage_dtype(model, loaded_dtype(model))
+    if name in TINY_MODELS and cfg.quantization is None:
+        record_storage_dtype(model, loaded_dtype(model))  # (load_pretrained records it for the others)
     return on_local_device(model), tokenizer
 
 
@@ -364,10 +365,13 @@ def load_pretrained(
     prepare_tokenizer(tokenizer, model)
     if Path(path).is_dir():
         restore_mlp_head(model, Path(path))
+    # recorded before PEFT's k-bit preparation, which upcasts every unquantized tensor to float32: a
+    # QLoRA stage's outputs (and merge_on_save's dequantized weights) keep the dtype the model was loaded in
+    record_storage_dtype(model, loaded_dtype(model))
     if is_quantized(model):
         from peft import prepare_model_for_kbit_training
 
-        # PEFT holds every unquantized tensor (norms, embeddings, head) in float32: their storage dtype
+        # PEFT trains every unquantized tensor (norms, embeddings, head) in float32
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         with torch.no_grad():  # tensors still viewing the checkpoint's memory map keep all of it resident
             for tensor in [*model.parameters(), *model.buffers()]:
@@ -423,7 +427,6 @@ def load_stage_output(
     model, tokenizer = load_pretrained(
         stage_dir, cfg.model_copy(update={"revision": None}), dtype=load_dtype(precision, cfg.dtype)
     )
-    record_storage_dtype(model, loaded_dtype(model))
     if (stage_dir / "adapter").is_dir():
         from peft import PeftConfig, PeftModel
 
