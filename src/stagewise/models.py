@@ -178,6 +178,7 @@ def load_model_and_tokenizer(
         tiny_dtype = torch.float32 if dtype == "auto" else dtype
         attention = {} if cfg.attn_implementation == "auto" else {"attn_implementation": cfg.attn_implementation}
         model, tokenizer = _auto_class(cfg.task).from_config(config, dtype=tiny_dtype, **attention), byte_tokenizer()
+        record_storage_dtype(model, loaded_dtype(model))  # (load_pretrained records it for the others)
     else:
         from .bundled import BUNDLED, IDENTITY_POOLER, resolve_bundled, use_identity_pooler
 
@@ -191,8 +192,6 @@ def load_model_and_tokenizer(
     if cfg.task == "sequence_classification" and cfg.head_layers == 2:
         torch.manual_seed(seed)
         install_mlp_head(model)
-    if name in TINY_MODELS and cfg.quantization is None:
-        record_storage_dtype(model, loaded_dtype(model))  # (load_pretrained records it for the others)
     return on_local_device(model), tokenizer
 
 

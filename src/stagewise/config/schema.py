@@ -264,10 +264,9 @@ class DistributedConfig(StrictModel):
     # memory; false keeps them until backward: one all-gather fewer)
     deepspeed: str | None = None  # a DeepSpeed ZeRO-2 JSON (recipes/distributed/zero2.json), passed to
     # the Trainer; ZeRO-3 is refused (use fsdp)
-    timeout_s: int = Field(
-        default=DEFAULT_TIMEOUT_S, ge=60, le=7 * 86400
-    )  # collective timeout of the process group (the
-    # Trainer's ddp_timeout): raise it where rank 0 works alone for long (an EWC Fisher of a large model)
+    # collective timeout of the process group and the Trainer's ddp_timeout: raise it where rank 0 works
+    # alone for long (an EWC Fisher of a large model)
+    timeout_s: int = Field(default=DEFAULT_TIMEOUT_S, ge=60, le=7 * 86400)
 
 
 class PerformanceConfig(StrictModel):

@@ -49,12 +49,13 @@ def check_class_label(row: dict[str, Any], where: str) -> None:
 
 
 def check_fewshot(row: dict[str, Any], where: str) -> None:
-    """``prompt_format`` is a template with one ``{input}`` slot (checked: no format spec or conversion)."""
+    """``prompt_format`` (text, checked by the loader) is a template with one ``{input}`` slot and no
+    format spec or conversion."""
     try:
-        fields = template_fields(row["prompt_format"]) if isinstance(row["prompt_format"], str) else None
+        fields = template_fields(row["prompt_format"])
     except ValueError as err:
         raise DataError(f"{where}: field 'prompt_format': {err}") from None
-    if fields is None or set(fields) != {"input"}:
+    if set(fields) != {"input"}:
         raise DataError(f"{where}: field 'prompt_format' must be text with exactly one {{input}} slot")
 
 

@@ -2,14 +2,14 @@
 
 A template is data, never code: a format spec (``{x:100000000}`` pads to 100 million characters and
 never returns in practice), a conversion (``{x!r}``), attribute or index access (``{x.__class__}``)
-or an automatic field (``{}``) is refused when the template is read, in one line, and filling it
-is then a plain substitution.
+or an automatic field (``{}``) is refused when the template is read (a recipe's templates when
+it is validated, a data row's ``prompt_format`` when the row is loaded), in one line, so filling
+it later is a plain ``str.format``.
 """
 
 from __future__ import annotations
 
 import string
-from typing import Any
 
 
 def template_fields(template: str) -> list[str]:
@@ -31,9 +31,3 @@ def template_fields(template: str) -> list[str]:
             )
         fields.append(name)
     return fields
-
-
-def fill_template(template: str, values: dict[str, Any]) -> str:
-    """The template with its checked slots filled (every named field must be in ``values``)."""
-    template_fields(template)
-    return template.format_map(values)

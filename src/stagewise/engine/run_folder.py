@@ -162,7 +162,7 @@ def _alive_here(holder: dict[str, Any]) -> bool:
     except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:  # alive, another user's
-        return True
+        pass
     return True
 
 

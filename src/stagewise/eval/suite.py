@@ -24,7 +24,6 @@ from transformers import PreTrainedTokenizerBase
 
 from ..addons import model_for_probe
 from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig
-from ..data.text_template import fill_template
 from ..data.tokenize import encode_classification_rows, encode_prompt
 from ..errors import DataError
 from ..generation import SamplingConfig, generate
@@ -135,8 +134,8 @@ METRICS.register(
 
 def fewshot_prompt(row: dict[str, Any], demos: list[dict[str, Any]]) -> str:
     form = row["prompt_format"]
-    shots = [f"{fill_template(form, {'input': d['input']})} {d['output']}" for d in demos]
-    return "\n\n".join([*shots, fill_template(form, {"input": row["input"]})])
+    shots = [f"{form.format(input=d['input'])} {d['output']}" for d in demos]  # checked when the rows loaded
+    return "\n\n".join([*shots, form.format(input=row["input"])])
 
 
 @METRICS.register("fewshot", requires=Requires(formats=("fewshot",), model_tasks=("causal_lm",)))

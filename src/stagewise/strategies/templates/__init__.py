@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import Field, field_validator
 
-from ...data.text_template import fill_template, template_fields
+from ...data.text_template import template_fields
 from ...errors import DataError
 from ...protocols import TransformContext
 from ...registry import TRANSFORMS, TransformConfig, TransformTraits
@@ -124,10 +124,10 @@ def fill(
                 f"{where}: the template names field {missing[0]!r}, which the row lacks "
                 f"(fields: {', '.join(sorted(row))})"
             )
-    instruction = fill_template(template.instruction, values)
+    instruction = template.instruction.format(**values)  # slots checked when the template was read
     if config.options and "{options}" not in template.instruction:
         instruction = f"{instruction}\n\n{options}"
-    return {"instruction": instruction, "output": fill_template(template.output, values)}
+    return {"instruction": instruction, "output": template.output.format(**values)}
 
 
 @TRANSFORMS.register(
