@@ -7,6 +7,7 @@ import pytest
 
 from stagewise import bench
 from stagewise.bench import facts, icl_probes
+from stagewise.errors import DataError
 
 SEEDED = [name for name, builder in bench.BUILDERS.items() if "seed" in inspect.signature(builder).parameters]
 
@@ -37,6 +38,18 @@ def test_sentiment_is_imbalanced_in_train_and_balanced_in_test():
     assert test.count("negative") == test.count("positive")
     texts = {row["text"] for row in splits["train"]}
     assert not texts & {row["text"] for row in splits["test"]}
+
+
+def test_sentiment_of_one_corpus_is_a_separate_dataset_and_too_few_rows_is_one_line():
+    tweets = bench.BUILDERS["sentiment"](seed=0, imbalance=20, minority_train=30, sources=["tweets"])
+    assert {row["source"] for split in ("train", "test") for row in tweets[split]} == {"tweets"}
+    assert [row["label"] for row in tweets["train"]].count("positive") == 600
+    amazon = bench.BUILDERS["sentiment"](seed=0, imbalance=20, minority_train=30, sources=["amazonReviewSnippets"])
+    assert not {row["text"] for row in tweets["test"]} & {row["text"] for row in amazon["test"]}
+    with pytest.raises(DataError, match=r"positive: 1830 of 6300 needed"):
+        bench.BUILDERS["sentiment"](imbalance=100, sources=["tweets"])
+    with pytest.raises(DataError, match=r"sources \['news'\] - expected some of"):
+        bench.BUILDERS["sentiment"](sources=["news"])
 
 
 def test_math_has_real_gsm8k_items_with_integer_answers():

@@ -56,6 +56,38 @@ def test_holm_over_the_claims_comparisons_can_make_a_significant_one_inconclusiv
     assert "| a vs b | x (100 items) | better | +0.040 [+0.010, +0.070] | 0.06 | 0.030 | inconclusive |" in text
 
 
+def test_a_versus_comparison_pairs_two_arms_within_one_setting():
+    """A claim over several datasets pairs the arms of one dataset: ``versus`` gives the same paired
+    difference as the baseline comparison would, macro-F1 included, and the table names that arm."""
+    import numpy as np
+
+    from stagewise.stats import paired_statistic_difference
+    from stagewise.study.analysis import Probe, Row, claim_comparisons
+    from stagewise.study.config import StudyConfig
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, 80)
+    probe = Probe("sent", "target", "macro_f1", True, [str(i) for i in range(80)], gold.copy(), ["neg", "pos"], gold)
+    rows = [Row(name, name, [{"sent": np.where(rng.random((3, 80)) < noise, 1 - gold, gold)}])
+            for name, noise in (("plain", 0.4), ("two_stage", 0.1), ("base", 0.2))]
+    config = StudyConfig.model_validate({
+        "arms": {name: {"recipe": "r"} for name in ("plain", "two_stage", "base")}, "baseline": "base", "seeds": [0, 1, 2],
+        "claim": {"paper": "P", "claim": "C", "setting": "S",
+                  "tests": [{"arm": "two_stage", "versus": "plain", "probe": "sent", "expect": "better"},
+                            {"arm": "two_stage", "versus": "plain", "probe": "sent:f1_neg", "expect": "better"}]}})
+    found = claim_comparisons(config, rows, [(probe, name, stat) for name, stat in probe.statistics()], 500)
+    overall = paired_statistic_difference(rows[1].final["sent"], rows[0].final["sent"], probe.statistics()[0][1], 500)
+    assert found[0] == {"arm": "two_stage", "versus": "plain", "probe": "sent", **overall.to_dict()}
+    assert found[0]["low"] > 0.2 and found[1]["probe"] == "sent:f1_neg" and found[1]["low"] > 0.2
+    results = {"claim": config.claim.model_dump(), "baseline": "base", "seeds": [0, 1, 2], "claim_comparisons": found,
+               "probes": {name: {"items": 80, "minimal_detectable_difference": 0.5, "higher_is_better": True}
+                          for name in ("sent", "sent:f1_neg")}, "rows": {}}
+    rows_out = claim_rows(results)
+    assert [row["verdict"] for row in rows_out] == ["reproduced", "reproduced"]
+    assert rows_out[0]["mdd"] == found[0]["half_width"]  # its own interval, not the baseline comparisons' median
+    assert "| two_stage vs plain | sent (80 items) | better |" in claims_markdown([("c", results, config.claim)])
+
+
 def test_a_claim_naming_an_unknown_arm_or_probe_is_one_line(tmp_path, capsys):
     import yaml
 
@@ -66,7 +98,9 @@ def test_a_claim_naming_an_unknown_arm_or_probe_is_one_line(tmp_path, capsys):
               "evaluation": {"target": [{"name": "ppl", "data": "t", "metric": "perplexity"}]}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     for test, message in (({"arm": "nope", "probe": "ppl", "expect": "better"}, "claim.tests.0.arm: 'nope' is not an arm"),
-                          ({"arm": "b", "probe": "acc", "expect": "better"}, "claim.tests.0.probe: 'acc' is not a probe")):
+                          ({"arm": "b", "probe": "acc", "expect": "better"}, "claim.tests.0.probe: 'acc' is not a probe"),
+                          ({"arm": "b", "versus": "c", "probe": "ppl", "expect": "better"},
+                           "claim.tests.0.versus: 'c' is not an arm")):
         study = {"arms": {"a": {"recipe": "r.yaml"}, "b": {"recipe": "r.yaml"}}, "baseline": "a", "seeds": [0],
                  "claim": {"paper": "P", "claim": "C", "setting": "S", "tests": [test]}}
         (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))

@@ -1,12 +1,15 @@
 """``sentiment``: real human-rated sentences (VADER, Hutto & Gilbert ICWSM 2014), mean rating
 in [-4, 4] thresholded into classes. Training is imbalanced on purpose (minority = negative,
-``imbalance`` majority items per minority item); dev and test are balanced."""
+``imbalance`` majority items per minority item); dev and test are balanced. ``sources`` picks the
+corpora (tweets, movie-review or Amazon-review snippets): one of them alone is a separate dataset
+of its own domain, for claims that must hold on more than one."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
+from ..errors import DataError
 from .sources import vader_corpus_dir
 
 SOURCES = ("tweets", "movieReviewSnippets", "amazonReviewSnippets")
@@ -31,12 +34,16 @@ def build(
     threshold: float = 1.0,
     dev_per_class: int = 100,
     test_per_class: int = 200,
+    sources: list[str] | tuple[str, ...] = SOURCES,
 ) -> dict[str, list[dict[str, Any]]]:
     """|score| >= threshold keeps clearly rated sentences: negative (< 0) or positive (> 0)."""
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown or not sources:
+        raise DataError(f"builtin 'sentiment': sources {unknown or '[]'} - expected some of {list(SOURCES)}")
     rng = random.Random(seed)
     by_class: dict[str, list[dict[str, Any]]] = {"negative": [], "positive": []}
     seen: set[str] = set()
-    for score, sentence, source in rated_sentences():
+    for score, sentence, source in rated_sentences(tuple(sources)):
         if abs(score) >= threshold and sentence not in seen:  # the corpus repeats some sentences
             seen.add(sentence)
             label = "positive" if score > 0 else "negative"
@@ -44,6 +51,10 @@ def build(
     for rows in by_class.values():
         rng.shuffle(rows)
     held = dev_per_class + test_per_class
+    wanted = {"negative": held + minority_train, "positive": held + minority_train * imbalance}
+    short = [f"{label}: {len(by_class[label])} of {n}" for label, n in wanted.items() if len(by_class[label]) < n]
+    if short:
+        raise DataError(f"builtin 'sentiment': too few rated sentences in {list(sources)} ({', '.join(short)} needed)")
     splits: dict[str, list[dict[str, Any]]] = {
         "dev": by_class["negative"][:dev_per_class] + by_class["positive"][:dev_per_class],
         "test": by_class["negative"][dev_per_class:held] + by_class["positive"][dev_per_class:held],

@@ -28,7 +28,7 @@ from ..stats import (
     spearman_interval,
     statistic_delta_interval,
 )
-from .config import Study, StudyRun
+from .config import Study, StudyConfig, StudyRun
 from .frontier import frontier_analysis
 
 GROUPS = ("target", "retention", "recovery")  # recovery: retention probes scored with examples
@@ -265,6 +265,27 @@ def knowledge_vs_format(probes: list[Probe], rows: list[Row], baseline: Row, n_b
     return split
 
 
+def claim_comparisons(
+    config: StudyConfig, rows: list[Row], statistics: list[tuple[Probe, str, Any]], n_boot: int
+) -> list[dict[str, Any]]:
+    """The claim's comparisons that pair two arms other than the baseline (``versus``): the same
+    paired difference as ``vs_baseline``, so a claim over several settings compares within each."""
+    by_name = {row.name: row for row in rows}
+    found = []
+    for test in config.claim.tests if config.claim else []:
+        if test.versus is None:
+            continue
+        probe, statistic = next((probe, stat) for probe, name, stat in statistics if name == test.probe)
+        arm, versus = by_name[test.arm].final[probe.name], by_name[test.versus].final[probe.name]
+        difference = (
+            paired_difference(arm, versus, n_boot)
+            if statistic is None
+            else paired_statistic_difference(arm, versus, statistic, n_boot)
+        )
+        found.append({"arm": test.arm, "versus": test.versus, "probe": test.probe, **difference.to_dict()})
+    return found
+
+
 def analyse(study: Study, read: Mapping[StudyRun, RunManifest | dict[str, Any]]) -> dict[str, Any]:
     config = study.config
     manifests = {run: as_manifest(manifest) for run, manifest in read.items()}
@@ -367,6 +388,7 @@ def analyse(study: Study, read: Mapping[StudyRun, RunManifest | dict[str, Any]])
     return {
         "study": str(study.source),
         "claim": config.claim.model_dump() if config.claim else None,
+        "claim_comparisons": claim_comparisons(config, rows, statistics, n_boot),
         "baseline": config.baseline,
         "seeds": config.seeds,
         "bootstrap": n_boot,

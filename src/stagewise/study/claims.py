@@ -1,7 +1,8 @@
 """The claims table: each seed paper's claim, what its study measured, and a verdict, from study.json.
 
 A study file with a ``claim`` block names the comparisons the paper's claim predicts (an arm
-against the study's baseline on one probe, expected ``better``, ``worse`` or ``comparable``).
+against the study's baseline, or against the arm named ``versus``, on one probe, expected
+``better``, ``worse`` or ``comparable``).
 The verdict of one comparison, with Holm's adjustment over the claim's comparisons:
 
 - *reproduced*: the 95% interval excludes 0 in the paper's direction and Holm p < 0.05
@@ -43,7 +44,13 @@ def comparison_verdict(test: ClaimTest, versus: dict[str, float], p_holm: float,
 def claim_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per comparison of a study's claim, with its verdict."""
     claim = ClaimConfig.model_validate(results["claim"])
-    found = [results["rows"][test.arm]["probes"][test.probe]["vs_baseline"] for test in claim.tests]
+    paired = {(c["arm"], c["versus"], c["probe"]): c for c in results.get("claim_comparisons", [])}
+    found = [
+        paired[(test.arm, test.versus, test.probe)]
+        if test.versus
+        else results["rows"][test.arm]["probes"][test.probe]["vs_baseline"]
+        for test in claim.tests
+    ]
     adjusted = holm([versus["p_value"] for versus in found])
     rows = []
     for test, versus, p_holm in zip(claim.tests, found, adjusted):
@@ -54,7 +61,7 @@ def claim_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "versus": versus,
                 "p_holm": p_holm,
                 "items": probe["items"],
-                "mdd": probe["minimal_detectable_difference"],
+                "mdd": versus["half_width"] if test.versus else probe["minimal_detectable_difference"],
                 "verdict": comparison_verdict(test, versus, p_holm, probe["higher_is_better"]),
             }
         )
@@ -75,6 +82,7 @@ def _cost(results: dict[str, Any]) -> str:
 
 def _comparison(row: dict[str, Any], baseline: str) -> str:
     test, versus = row["test"], row["versus"]
+    baseline = test.versus or baseline
     expected = f"{test.expect} (margin {test.margin:g})" if test.expect == "comparable" else test.expect
     mdd = f"{row['mdd']:.3f}" if row["mdd"] is not None else "-"
     return (

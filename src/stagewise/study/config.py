@@ -75,11 +75,13 @@ class LocoConfig(StrictModel):
 
 
 class ClaimTest(StrictModel):
-    """One comparison a paper's claim predicts: ``arm`` against the study's baseline on ``probe``.
-    ``expect``: ``better`` / ``worse`` (in the probe's own direction: a higher score, or a lower
-    perplexity, is better) or ``comparable`` (the difference stays within ``margin``)."""
+    """One comparison a paper's claim predicts: ``arm`` against the study's baseline (or ``versus``)
+    on ``probe``. ``expect``: ``better`` / ``worse`` (in the probe's own direction: a higher score, or
+    a lower perplexity, is better) or ``comparable`` (the difference stays within ``margin``)."""
 
     arm: str
+    versus: str | None = None  # another arm to pair with instead of the baseline (a claim over several
+    # datasets compares its arms within each dataset's setting)
     probe: str
     expect: Literal["better", "worse", "comparable"]
     margin: float = Field(default=0.05, gt=0)  # comparable: |difference| at most this, on the probe's scale
@@ -303,8 +305,12 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
         fail(("match_on",), f"{match_on!r} is not a target probe (target probes: {', '.join(target_names)})")
     probe_names = [signature[0] for group in next(iter(probes.values())).values() for signature in group]
     for number, test in enumerate(config.claim.tests if config.claim else []):
-        if test.arm.split("@")[0] not in config.arms or test.arm == config.baseline:
-            fail(("claim", "tests", number, "arm"), f"{test.arm!r} is not an arm compared with the baseline")
+        versus = test.versus or config.baseline
+        if test.arm.split("@")[0] not in config.arms or test.arm == versus:
+            fail(("claim", "tests", number, "arm"), f"{test.arm!r} is not an arm compared with {versus!r}")
+        if test.versus is not None and test.versus.split("@")[0] not in config.arms:
+            arms = ", ".join(config.arms)
+            fail(("claim", "tests", number, "versus"), f"{test.versus!r} is not an arm (arms: {arms})")
         if test.probe.split("@")[0].split(":")[0] not in probe_names:
             fail(
                 ("claim", "tests", number, "probe"), f"{test.probe!r} is not a probe (probes: {', '.join(probe_names)})"
