@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 import yaml
+from pydantic import Field
 
 from .errors import StagewiseError
 from .options import OutputFile, OutputFolder, command_options
@@ -92,6 +93,38 @@ class EvalOptions(StrictModel):
 
 class CompareOptions(StrictModel):
     out: OutputFolder
+
+
+class AuditOptions(StrictModel):
+    out: OutputFolder
+    fail_if_drop: float | None = Field(default=None, ge=0, le=1)  # in score units (accuracy-like probes)
+    bootstrap: int = Field(default=2000, ge=100, le=100_000)
+
+
+REGRESSION_STATUS = 3  # `stagewise audit --fail-if-drop`: a probe dropped by more, its interval excluding 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import DEFAULT_PROMPTS, DEFAULT_SUITE, AuditRequest, regressions, run_audit
+    from .audit.report import write_audit
+
+    options = command_options(AuditOptions, args)
+    suites = [str(find_recipe(name)) for name in args.suite] if args.suite else [str(DEFAULT_SUITE)]
+    request = AuditRequest(args.base, args.tuned, suites, args.prompts or DEFAULT_PROMPTS, options.bootstrap)
+    audit = run_audit(request, log=_log)
+    written = write_audit(Path(options.out), audit)
+    print((Path(options.out) / "audit.md").read_text(), end="")
+    print(f"wrote {', '.join(map(str, written))}")
+    if options.fail_if_drop is None:
+        return 0
+    failed = [(t["model"], name) for t in audit["tuned"] for name in regressions(t, options.fail_if_drop)]
+    for model, name in failed:
+        print(
+            f"regression: {model}: {name} dropped by more than {options.fail_if_drop} (95% interval "
+            "excludes no change)",
+            file=sys.stderr,
+        )
+    return REGRESSION_STATUS if failed else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -221,7 +254,7 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-BUILTIN_COMMANDS = ("run", "validate", "recipes", "compare", "study", "bench-peak", "eval", "plan")
+BUILTIN_COMMANDS = ("run", "validate", "recipes", "compare", "study", "bench-peak", "eval", "plan", "audit")
 
 
 def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
@@ -288,6 +321,31 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     evaluate.add_argument("--task", choices=["causal_lm", "sequence_classification"], help="override model.task")
     evaluate.add_argument("--out", help="write the scores to this JSON file")
     evaluate.set_defaults(handler=cmd_eval)
+    audit = sub.add_parser("audit", help="what a fine-tune forgot: base vs tuned, paired, with examples")
+    audit.add_argument("--base", required=True, help="the model before fine-tuning: folder, hub id or bundled name")
+    audit.add_argument(
+        "--tuned",
+        required=True,
+        nargs="+",
+        help="fine-tuned folder(s): full weights, a stage "
+        "folder, or a PEFT adapter folder (its base read from adapter_config.json)",
+    )
+    audit.add_argument(
+        "--suite", action="append", help="probe suite (file or bundled recipe; repeatable); default suites/audit.yaml"
+    )
+    audit.add_argument(
+        "--prompts",
+        help="KL prompts: a built-in split (name:split) or a JSONL file of instruction rows (default chat:test)",
+    )
+    audit.add_argument("--out", default="audit", help="folder for audit.json and audit.md (default ./audit)")
+    audit.add_argument(
+        "--fail-if-drop",
+        type=float,
+        help=f"exit {REGRESSION_STATUS} when a probe's score "
+        "drops by more than this with its 95%% interval excluding 0 (a CI regression gate)",
+    )
+    audit.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    audit.set_defaults(handler=cmd_audit)
     if with_plugins:
         from .registry import COMMANDS, load_plugins
 

@@ -1,0 +1,184 @@
+"""``stagewise audit``: did this fine-tune break the model, and where? Any base/tuned pair, from any
+tool, scored on the same items, compared pair by pair with 95% intervals (see :mod:`.paired`),
+each generative drop split into format and knowledge loss, with the items that flipped and the
+KL from base to tuned on general prompts (RL's Razor's forgetting predictor, :mod:`~stagewise.eval.kl`).
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import Recipe, load_suite
+from ..config.schema import DatasetConfig
+from ..data import load_dataset_config
+from ..errors import StagewiseError
+from ..eval import evaluate_suite
+from ..eval.kl import forward_kl, stage_prompts
+from ..precision import autocast
+from .checkpoints import Checkpoint, check_checkpoint, load_checkpoint, same_vocabulary, same_weights
+from .flips import flipped, is_binary, order_by_gold_logprob
+from .paired import compare_results, regressions
+
+DEFAULT_SUITE = Path(__file__).resolve().parents[3] / "suites" / "audit.yaml"
+DEFAULT_PROMPTS = "chat:test"  # everyday questions and remarks (chatterbot corpus): general prompts
+
+
+@dataclass
+class AuditRequest:
+    base: str
+    tuned: list[str]
+    suites: list[str] = field(default_factory=lambda: [str(DEFAULT_SUITE)])
+    prompts: str = DEFAULT_PROMPTS
+    n_boot: int = 2000
+
+
+@dataclass
+class Probes:
+    """The merged suites: one evaluation section, its datasets and their rows."""
+
+    recipe: Recipe
+    rows: dict[str, list[dict[str, Any]]]
+
+
+def load_probes(suites: list[str]) -> Probes:
+    """Every suite's probes in one evaluation (names must not repeat across suites)."""
+    first = load_suite(suites[0])
+    assert first.evaluation is not None
+    retention, datasets = list(first.evaluation.retention) + list(first.evaluation.target), dict(first.datasets)
+    for path in suites[1:]:
+        more = load_suite(path)
+        assert more.evaluation is not None
+        retention += list(more.evaluation.retention) + list(more.evaluation.target)
+        datasets.update(more.datasets)
+    names = [task.name for task in retention]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise StagewiseError(f"--suite: probe names {repeated} appear in more than one suite; rename them")
+    if not retention:
+        raise StagewiseError(f"--suite {suites[0]}: the suite has no probes (evaluation.retention / target)")
+    evaluation = first.evaluation.model_copy(update={"retention": retention, "target": []})
+    recipe = first.model_copy(update={"evaluation": evaluation, "datasets": datasets})
+    used = {task.data for task in retention if task.data}
+    return Probes(recipe, {name: load_dataset_config(name, datasets[name]).rows for name in sorted(used)})
+
+
+def kl_prompts(spec: str, tokenizer: Any, count: int) -> list[list[int]]:
+    """``count`` prompts from a built-in split (``name:split``) or an instruction-format file."""
+    path = Path(spec).expanduser()
+    cfg = (
+        DatasetConfig(format="instruction", path=str(path))
+        if path.exists()
+        else DatasetConfig(format="instruction", builtin=spec)
+    )
+    rows = load_dataset_config("prompts", cfg).rows
+    return stage_prompts(rows, "instruction", tokenizer, cfg.template, count, seed=0)
+
+
+def score(checkpoint: Checkpoint, probes: Probes, log: Callable[[str], None]) -> dict[str, Any]:
+    log(f"[audit] scoring {checkpoint.spec}")
+    evaluation = probes.recipe.evaluation
+    assert evaluation is not None
+    with autocast(probes.recipe.performance.precision):
+        return evaluate_suite(checkpoint.model, checkpoint.tokenizer, evaluation, probes.recipe.datasets, probes.rows)
+
+
+def examples(base: dict[str, Any], tuned: dict[str, Any], probes: Probes, pair: tuple[Checkpoint, Checkpoint]):
+    """Per 0/1 probe, the flipped items ordered by their gold log-probability change."""
+    evaluation = probes.recipe.evaluation
+    assert evaluation is not None
+    found = {}
+    for task in evaluation.retention:
+        ours, theirs = base["retention"][task.name], tuned["retention"][task.name]
+        if not task.data or not (is_binary(ours) and is_binary(theirs)):
+            continue
+        rows, cfg = probes.rows[task.data], probes.recipe.datasets[task.data]
+        changed = flipped(ours, theirs, rows)
+        with autocast(probes.recipe.performance.precision):
+            order_by_gold_logprob(
+                changed,
+                rows,
+                cfg,
+                (pair[0].model, pair[1].model),
+                pair[1].tokenizer,
+                evaluation.batch_size,
+                evaluation.max_length,
+            )
+        found[task.name] = changed
+    return found
+
+
+def token_level_refusal(base: Checkpoint, tuned: Checkpoint) -> str | None:
+    if same_vocabulary(base, tuned):
+        return None
+    return (
+        f"{tuned.spec} and {base.spec} have different tokenizers (vocabularies): the KL and per-token "
+        "perplexity are not comparable and are left out; answer checks still are"
+    )
+
+
+def audit_one(
+    base: Checkpoint,
+    base_results: dict[str, Any],
+    tuned: Checkpoint,
+    probes: Probes,
+    request: AuditRequest,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    identical = tuned.spec == base.spec or same_weights(base, tuned)
+    results = base_results if identical else score(tuned, probes, log)
+    refused = token_level_refusal(base, tuned)
+    comparison = compare_results(base_results, results, request.n_boot)
+    if refused:
+        log(f"[audit] {refused}")
+        for row in comparison["probes"].values():
+            if row["metric"] == "perplexity":
+                row["difference"] = None
+    evaluation = probes.recipe.evaluation
+    assert evaluation is not None
+    kl = None
+    if refused is None and evaluation.kl_prompts and not identical:
+        log(f"[audit] KL(tuned || base) on {evaluation.kl_prompts} prompts of {request.prompts}")
+        prompts = kl_prompts(request.prompts, base.tokenizer, evaluation.kl_prompts)
+        kl = forward_kl(
+            tuned.model, base.model, base.tokenizer, prompts, evaluation.kl_tokens, batch_size=evaluation.batch_size
+        )
+    return {
+        "model": tuned.spec,
+        "adapter_base": tuned.base_of_adapter,
+        "identical_to_base": identical,
+        "note": refused,
+        "scores": {name: r["score"] for name, r in results["retention"].items()},
+        **comparison,
+        "kl_from_base": kl if not identical else {"per_sequence": 0.0, "per_token": 0.0},
+        "flipped": examples(base_results, results, probes, (base, tuned)),
+    }
+
+
+def run_audit(request: AuditRequest, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every tuned checkpoint audited against the base (loaded one at a time beside it)."""
+    check_checkpoint(request.base, "--base")
+    for spec in request.tuned:
+        check_checkpoint(spec, "--tuned")
+    probes = load_probes(request.suites)
+    model_cfg, precision = probes.recipe.model, probes.recipe.performance.precision
+    base = load_checkpoint(request.base, model_cfg, precision)
+    base_results = score(base, probes, log)
+    audited = []
+    for spec in request.tuned:
+        tuned = load_checkpoint(spec, model_cfg, precision)
+        audited.append(audit_one(base, base_results, tuned, probes, request, log))
+        del tuned
+        gc.collect()
+    return {
+        "base": request.base,
+        "suites": request.suites,
+        "kl_prompts": request.prompts,
+        "base_scores": {name: r["score"] for name, r in base_results["retention"].items()},
+        "tuned": audited,
+    }
+
+
+__all__ = ["AuditRequest", "run_audit", "regressions", "DEFAULT_SUITE"]

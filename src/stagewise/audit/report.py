@@ -1,0 +1,131 @@
+"""``audit.json`` (every number and every flipped item) and ``audit.md`` (the same as tables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_json, atomic_write_text
+from ..report import fmt
+
+SHOWN_FLIPS = 8  # per probe and direction in audit.md; audit.json keeps them all
+
+
+def cell(text: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return " ".join(str(text).replace("|", "\\|").split())[:120] or " "
+
+
+def interval(difference: dict[str, Any] | None) -> str:
+    if difference is None:
+        return "-"
+    return f"{difference['estimate']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}]"
+
+
+def verdict(row: dict[str, Any]) -> str:
+    difference = row["difference"]
+    if difference is None or difference.get("p_holm", 1.0) >= 0.05:
+        return "no significant change"
+    worse = (difference["estimate"] < 0) == row["higher_is_better"]
+    return "**worse**" if worse else "better"
+
+
+def probe_table(tuned: dict[str, Any]) -> list[str]:
+    lines = [
+        "| probe | metric | n | base | tuned | tuned - base per item [95% CI] | p (Holm) | MDD | |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in tuned["probes"].items():
+        difference = row["difference"]
+        p = "-" if difference is None else f"{fmt(difference['p_value'])} ({fmt(difference.get('p_holm'))})"
+        mdd = "-" if difference is None else fmt(difference["half_width"])
+        lines.append(
+            f"| {name} | {row['metric']} | {row['n']} | {fmt(row['base'], '.4g')} | {fmt(row['tuned'], '.4g')} "
+            f"| {interval(difference)} | {p} | {mdd} | {verdict(row)} |"
+        )
+    return lines
+
+
+def split_table(tuned: dict[str, Any]) -> list[str]:
+    split = tuned["knowledge_vs_format"]
+    if not split:
+        return []
+    lines = [
+        "",
+        "Knowledge vs format (each probe also scored with examples of its own items in the prompt: what the "
+        "examples bring back was format, what they do not was knowledge):",
+        "",
+        "| probe | drop | knowledge loss [95% CI] | format loss |",
+        "|---|---|---|---|",
+    ]
+    for name, row in split.items():
+        lines.append(
+            f"| {name} | {fmt(row['drop'], signed=True)} | {interval(row['knowledge_interval'])} "
+            f"| {fmt(row['format_loss'], signed=True)} |"
+        )
+    return lines
+
+
+def flip_table(name: str, items: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for flip in ("forgotten", "learned"):
+        chosen = [item for item in items if item["flip"] == flip]
+        if not chosen:
+            continue
+        lines += [
+            "",
+            f"**{name}: {len(chosen)} {flip}** (right -> wrong)"
+            if flip == "forgotten"
+            else f"**{name}: {len(chosen)} {flip}** (wrong -> right)",
+            "",
+            "| question | gold | base answered | tuned answered | gold log-prob change |",
+            "|---|---|---|---|---|",
+        ]
+        for item in chosen[:SHOWN_FLIPS]:
+            lines.append(
+                f"| {cell(item['question'])} | {cell(item['gold'])} | {cell(item['base_answer'])} "
+                f"| {cell(item['tuned_answer'])} | {fmt(item.get('gold_logprob_change'), '+.2f')} |"
+            )
+    return lines
+
+
+def tuned_section(tuned: dict[str, Any]) -> list[str]:
+    lines = ["", f"## {tuned['model']}", ""]
+    if tuned["adapter_base"]:
+        lines += [f"A PEFT adapter on `{tuned['adapter_base']}`.", ""]
+    if tuned["identical_to_base"]:
+        lines += ["**Identical to the base model** (every weight equal): nothing can have been forgotten.", ""]
+    if tuned["note"]:
+        lines += [f"Note: {tuned['note']}.", ""]
+    lines += probe_table(tuned) + split_table(tuned)
+    kl = tuned["kl_from_base"]
+    if kl is not None:
+        lines += [
+            "",
+            f"KL(tuned || base) on general prompts: {kl['per_sequence']:.3f} nats per answer, "
+            f"{kl['per_token']:.4f} per token.",
+        ]
+    for name, items in tuned["flipped"].items():
+        lines += flip_table(name, items)
+    return lines
+
+
+def audit_markdown(audit: dict[str, Any]) -> str:
+    lines = [
+        "# Forgetting audit",
+        "",
+        f"Base `{audit['base']}`; suites: {', '.join(f'`{s}`' for s in audit['suites'])}. Per probe: tuned minus "
+        "base on the same items, a paired bootstrap 95% interval, p (Holm-adjusted across probes), and the MDD "
+        "(the half width: the smallest difference this probe could have seen). Perplexity's items are mean "
+        "token negative log-likelihoods, so there a positive difference is worse.",
+    ]
+    for tuned in audit["tuned"]:
+        lines += tuned_section(tuned)
+    return "\n".join(lines) + "\n"
+
+
+def write_audit(out: Path, audit: dict[str, Any]) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "audit.json", audit)
+    atomic_write_text(out / "audit.md", audit_markdown(audit))
+    return [out / "audit.json", out / "audit.md"]
