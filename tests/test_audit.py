@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from stagewise.audit.flips import flipped
 from stagewise.audit.paired import compare_results, regressions
 from stagewise.cli import REGRESSION_STATUS, main
+from stagewise.eval.flips import flipped
 from stagewise.models import tiny_folder
 from stagewise.stats import paired_difference
 

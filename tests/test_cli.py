@@ -97,7 +97,7 @@ def test_every_bundled_suite_loads_for_the_task_it_names():
         suite = load_suite(path, task=task.group(1) if task else None)
         assert suite.description and suite.evaluation.target + suite.evaluation.retention, path.name
     with pytest.raises(RecipeError, match="needs model.task sequence_classification"):
-        load_suite(suites[0])  # the reward-pair probes on a causal LM: one line before any model loads
+        load_suite(next(p for p in suites if p.name == "preference-pairs.yaml"))  # reward-pair probes on a causal LM: one line before any model loads
 
 
 def test_bad_strategy_inputs_are_one_line(tmp_path, capsys):

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .io import atomic_write_json, atomic_write_text
 from .manifest import RunManifest, as_manifest
+from .page import write_page
 
 GROUPS = ("target", "retention")
 
@@ -107,6 +108,58 @@ def fmt(value: Any, spec: str = ".3f", signed: bool = False) -> str:
     return format(value, ("+" if signed else "") + spec)
 
 
+def fmt_interval(interval: dict[str, Any] | None, spec: str = "+.3f") -> str:
+    """``estimate [low, high]``; '-' where there is none."""
+    if not interval or interval.get("estimate") is None:
+        return "-"
+    return f"{format(interval['estimate'], spec)} [{format(interval['low'], spec)}, {format(interval['high'], spec)}]"
+
+
+SHOWN_FLIPS = 8  # per probe and direction in the markdown reports; the JSON keeps them all
+
+
+def cell(text: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return " ".join(str(text).replace("|", "\\|").split())[:120] or " "
+
+
+def flip_table(name: str, items: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for flip in ("forgotten", "learned"):
+        chosen = [item for item in items if item["flip"] == flip]
+        if not chosen:
+            continue
+        lines += [
+            "",
+            f"**{name}: {len(chosen)} {flip}** (right -> wrong)"
+            if flip == "forgotten"
+            else f"**{name}: {len(chosen)} {flip}** (wrong -> right)",
+            "",
+            "| question | gold | base answered | tuned answered | gold log-prob change |",
+            "|---|---|---|---|---|",
+        ]
+        for item in chosen[:SHOWN_FLIPS]:
+            lines.append(
+                f"| {cell(item['question'])} | {cell(item['gold'])} | {cell(item['base_answer'])} "
+                f"| {cell(item['tuned_answer'])} | {fmt(item.get('gold_logprob_change'), '+.2f')} |"
+            )
+    return lines
+
+
+def flips_markdown(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for stage, flipped in (report.get("flipped") or {}).items():
+        lines += [
+            f"## items that flipped after {stage}",
+            "",
+            "Since the base model, on the 0/1 probes (report.html lists them all, filterable):",
+        ]
+        for probe, items in flipped.items():
+            lines += flip_table(probe, items) or ["", f"{probe}: none"]
+        lines.append("")
+    return lines
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     lines = [f"# stagewise report: {report['recipe'] or report['model']}", "", f"Base model: `{report['model']}`", ""]
     for stage in report["stages"]:
@@ -152,6 +205,7 @@ def report_markdown(report: dict[str, Any]) -> str:
                 for probe, split in stage["knowledge_vs_format"].items()
             ]
         lines.append("")
+    lines += flips_markdown(report)
     continual = report.get("continual")
     if continual:
         lines += [
@@ -173,9 +227,103 @@ def report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def flipped_by_stage(
+    output_dir: Path, manifest: RunManifest | dict[str, Any], rows: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Per scored stage and 0/1 probe, the items that flipped since the base model (``rows``: each
+    probe's rows, so an item shows its question and gold answer). A probe whose per-item files
+    cannot be read is left out: the report keeps its numbers."""
+    from .errors import DataError
+    from .eval.evaluator import read_items
+    from .eval.flips import flipped, is_binary
+
+    manifest = as_manifest(manifest)
+    found: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for entry in manifest.stages:
+        for group in GROUPS:
+            for name, summary in (entry.evaluation or {}).get(group, {}).items():
+                before = (manifest.base_evaluation or {}).get(group, {}).get(name)
+                if before is None or name not in rows:
+                    continue
+                try:
+                    base = {"items": read_items(output_dir, before)}
+                    after = {"items": read_items(output_dir, summary)}
+                except DataError:
+                    continue
+                if is_binary(base) and is_binary(after):
+                    found.setdefault(f"{entry.index}-{entry.name}", {})[name] = flipped(base, after, rows[name])
+    return found
+
+
+def stage_point(stage: dict[str, Any], probe: str) -> dict[str, Any]:
+    """A stage on a gain-vs-retention panel: target gain (x), the probe's change (y)."""
+    row = stage["retention"][probe]
+    return {
+        "x": stage["target_gain"],
+        "y": row["delta"] or 0.0,
+        "info": {
+            "after": stage["stage"],
+            "target gain": fmt(stage["target_gain"], signed=True),
+            probe: f"{fmt(row['base'])} -> {fmt(row['after'])}",
+        },
+    }
+
+
+def run_sections(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run page: one panel per retention probe, target gain (x) vs that probe's change (y), a
+    point per scored stage from the base model at (0, 0); the items that flipped."""
+    stages = [stage for stage in report["stages"] if stage["target_gain"] is not None]
+    origin = {"x": 0.0, "y": 0.0, "info": {"point": "base model"}}
+    panels = [
+        {
+            "title": name,
+            "x_label": "target gain",
+            "y_label": f"change on {name}",
+            "series": [
+                {"name": "run", "points": [origin] + [stage_point(s, name) for s in stages if name in s["retention"]]}
+            ],
+        }
+        for name in (stages[-1]["retention"] if stages else [])
+    ]
+    rows = [
+        {
+            "stage": stage,
+            "probe": probe,
+            "flip": item["flip"],
+            "question": item["question"],
+            "gold": item["gold"],
+            "base answered": item["base_answer"],
+            "after answered": item["tuned_answer"],
+        }
+        for stage, flipped in (report.get("flipped") or {}).items()
+        for probe, items in flipped.items()
+        for item in items
+    ]
+    sections = [{"kind": "scatter", "title": "Gain vs retention, per stage", "panels": panels}] if panels else []
+    columns = ["stage", "probe", "flip", "question", "gold", "base answered", "after answered"]
+    return sections + [
+        {
+            "kind": "items",
+            "title": "Items that flipped since the base model",
+            "rows": rows,
+            "columns": columns,
+            "filters": ["stage", "probe", "flip"],
+        }
+    ]
+
+
 def write_report(output_dir: Path, report: dict[str, Any]) -> None:
     atomic_write_json(output_dir / "report.json", report)
-    atomic_write_text(output_dir / "report.md", report_markdown(report))
+    markdown = report_markdown(report)
+    atomic_write_text(output_dir / "report.md", markdown)
+    intro = f"Base model {report['model']}; every stage scored against it on the same items."
+    write_page(
+        output_dir / "report.html",
+        f"stagewise run: {report['recipe'] or report['model']}",
+        intro,
+        run_sections(report),
+        markdown,
+    )
 
 
 def print_run_summary(manifest: RunManifest | dict[str, Any], console: Console | None = None) -> None:

@@ -16,10 +16,10 @@ from ..config.schema import DatasetConfig
 from ..data import load_dataset_config
 from ..errors import StagewiseError
 from ..eval import evaluate_suite
+from ..eval.flips import flipped, is_binary, order_by_gold_logprob
 from ..eval.kl import forward_kl, stage_prompts
 from ..precision import autocast
 from .checkpoints import Checkpoint, check_checkpoint, load_checkpoint, same_vocabulary, same_weights
-from .flips import flipped, is_binary, order_by_gold_logprob
 from .paired import compare_results, regressions
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[3] / "suites" / "audit.yaml"

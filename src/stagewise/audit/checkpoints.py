@@ -69,13 +69,15 @@ def load_adapter_folder(folder: Path, model_cfg: ModelConfig, precision: str) ->
             model_cfg.model_copy(update={"model_name_or_path": base}), precision=precision
         )
     except ModelError as err:
-        raise ModelError(f"{folder}: the adapter's base model {base!r} (adapter_config.json) cannot be loaded: {err}")
+        raise ModelError(
+            f"{folder}: the adapter's base model {base!r} (adapter_config.json) cannot be loaded: {err}"
+        ) from None
     try:
-        model = PeftModel.from_pretrained(model, str(folder))
+        adapted = PeftModel.from_pretrained(model, str(folder))
     except Exception as err:  # shapes that do not fit the base, missing adapter weights
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ModelError(f"{folder}: the adapter does not load onto {base!r}: {first}") from None
-    return Checkpoint(str(folder), on_local_device(model), tokenizer, base_of_adapter=base)
+    return Checkpoint(str(folder), on_local_device(adapted), tokenizer, base_of_adapter=base)
 
 
 def load_checkpoint(spec: str, model_cfg: ModelConfig, precision: str) -> Checkpoint:

@@ -6,20 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json, atomic_write_text
-from ..report import fmt
-
-SHOWN_FLIPS = 8  # per probe and direction in audit.md; audit.json keeps them all
-
-
-def cell(text: Any) -> str:
-    """Text safe inside a markdown table cell."""
-    return " ".join(str(text).replace("|", "\\|").split())[:120] or " "
-
-
-def interval(difference: dict[str, Any] | None) -> str:
-    if difference is None:
-        return "-"
-    return f"{difference['estimate']:+.3f} [{difference['low']:+.3f}, {difference['high']:+.3f}]"
+from ..page import write_page
+from ..report import flip_table, fmt, fmt_interval
 
 
 def verdict(row: dict[str, Any]) -> str:
@@ -41,7 +29,7 @@ def probe_table(tuned: dict[str, Any]) -> list[str]:
         mdd = "-" if difference is None else fmt(difference["half_width"])
         lines.append(
             f"| {name} | {row['metric']} | {row['n']} | {fmt(row['base'], '.4g')} | {fmt(row['tuned'], '.4g')} "
-            f"| {interval(difference)} | {p} | {mdd} | {verdict(row)} |"
+            f"| {fmt_interval(difference)} | {p} | {mdd} | {verdict(row)} |"
         )
     return lines
 
@@ -60,32 +48,9 @@ def split_table(tuned: dict[str, Any]) -> list[str]:
     ]
     for name, row in split.items():
         lines.append(
-            f"| {name} | {fmt(row['drop'], signed=True)} | {interval(row['knowledge_interval'])} "
+            f"| {name} | {fmt(row['drop'], signed=True)} | {fmt_interval(row['knowledge_interval'])} "
             f"| {fmt(row['format_loss'], signed=True)} |"
         )
-    return lines
-
-
-def flip_table(name: str, items: list[dict[str, Any]]) -> list[str]:
-    lines = []
-    for flip in ("forgotten", "learned"):
-        chosen = [item for item in items if item["flip"] == flip]
-        if not chosen:
-            continue
-        lines += [
-            "",
-            f"**{name}: {len(chosen)} {flip}** (right -> wrong)"
-            if flip == "forgotten"
-            else f"**{name}: {len(chosen)} {flip}** (wrong -> right)",
-            "",
-            "| question | gold | base answered | tuned answered | gold log-prob change |",
-            "|---|---|---|---|---|",
-        ]
-        for item in chosen[:SHOWN_FLIPS]:
-            lines.append(
-                f"| {cell(item['question'])} | {cell(item['gold'])} | {cell(item['base_answer'])} "
-                f"| {cell(item['tuned_answer'])} | {fmt(item.get('gold_logprob_change'), '+.2f')} |"
-            )
     return lines
 
 
@@ -127,5 +92,77 @@ def audit_markdown(audit: dict[str, Any]) -> str:
 def write_audit(out: Path, audit: dict[str, Any]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "audit.json", audit)
-    atomic_write_text(out / "audit.md", audit_markdown(audit))
-    return [out / "audit.json", out / "audit.md"]
+    markdown = audit_markdown(audit)
+    atomic_write_text(out / "audit.md", markdown)
+    intro = f"Base {audit['base']} vs {', '.join(t['model'] for t in audit['tuned'])}."
+    page = write_page(
+        out / "report.html", "Forgetting audit", intro, [forest_section(audit), items_section(audit)], markdown
+    )
+    return [out / "audit.json", out / "audit.md", page]
+
+
+def forest_section(audit: dict[str, Any]) -> dict[str, Any]:
+    several = len(audit["tuned"]) > 1
+    rows = []
+    for tuned in audit["tuned"]:
+        for name, row in tuned["probes"].items():
+            difference = row["difference"]
+            if difference is None:
+                continue
+            unit = "" if row["higher_is_better"] else " (NLL)"
+            rows.append(
+                {
+                    "label": (f"{tuned['model'][-30:]}: " if several else "") + name + unit,
+                    "estimate": difference["estimate"],
+                    "low": difference["low"],
+                    "high": difference["high"],
+                    "significant": difference.get("p_holm", 1.0) < 0.05,
+                    "info": {
+                        "probe": name,
+                        "metric": row["metric"],
+                        "items": row["n"],
+                        "base": fmt(row["base"], ".4g"),
+                        "tuned": fmt(row["tuned"], ".4g"),
+                        "difference": fmt_interval(difference),
+                        "p (Holm)": f"{fmt(difference['p_value'])} ({fmt(difference.get('p_holm'))})",
+                        "MDD": fmt(difference["half_width"]),
+                    },
+                }
+            )
+    return {
+        "kind": "forest",
+        "title": "Tuned minus base, per probe (paired, 95% CI; red: Holm p < 0.05)",
+        "x_label": "tuned - base per item",
+        "rows": rows,
+    }
+
+
+def items_section(audit: dict[str, Any]) -> dict[str, Any]:
+    rows = [
+        {
+            "model": tuned["model"],
+            "suite": name,
+            "flip": item["flip"],
+            "question": item["question"],
+            "gold": item["gold"],
+            "base answered": item["base_answer"],
+            "tuned answered": item["tuned_answer"],
+            "gold log-prob change": fmt(item.get("gold_logprob_change"), "+.2f"),
+        }
+        for tuned in audit["tuned"]
+        for name, items in tuned["flipped"].items()
+        for item in items
+    ]
+    columns = ["suite", "flip", "question", "gold", "base answered", "tuned answered", "gold log-prob change"]
+    filters = ["suite", "flip"]
+    if len(audit["tuned"]) > 1:
+        columns, filters = ["model", *columns], ["model", *filters]
+    return {
+        "kind": "items",
+        "title": "Items that flipped",
+        "columns": columns,
+        "filters": filters,
+        "rows": rows,
+        "note": "Forgotten: right before, wrong after; learned: the other way. Ordered by the gold answer's "
+        "log-probability change.",
+    }

@@ -31,7 +31,7 @@ from ..internals import installed_versions
 from ..io import file_sha256, folder_sha256
 from ..models import load_model_and_tokenizer, load_stage_output
 from ..precision import resolve_precision
-from ..report import build_report, write_report
+from ..report import build_report, flipped_by_stage, write_report
 from ..sharding import check_shardable, wants_sharding
 from ..written import before_first_write, remove, stage_written
 from .context import ModelIdentity, StageContext, StageResult
@@ -170,8 +170,17 @@ def _run_locked(
         ctx = StageContext(recipe, index, datasets, stage_folder(recipe, index), identity, list(callbacks or []), log)
         model = train_and_record(model, tokenizer, ctx, hashes[index], manifest, evaluator, force)
     if recipe.evaluation and is_main_process():
-        write_report(output_dir, build_report(manifest.record()))
+        report = build_report(manifest.record())
+        report["flipped"] = flipped_by_stage(output_dir, manifest.record(), probe_rows(recipe, datasets))
+        write_report(output_dir, report)
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)
+
+
+def probe_rows(recipe: Recipe, datasets: dict[str, LoadedDataset]) -> dict[str, list[dict[str, Any]]]:
+    """Each target and retention probe's rows (the report shows a flipped item's question and gold)."""
+    evaluation = recipe.evaluation
+    tasks = [*evaluation.target, *evaluation.retention] if evaluation else []
+    return {task.name: datasets[task.data].rows for task in tasks if task.data and task.data in datasets}
 
 
 def reusable_stages(recipe: Recipe, manifest: Manifest, hashes: list[str], log: Log) -> int:

@@ -309,8 +309,8 @@ def load_study(path: str | Path, find_recipe: Any) -> Study:
         if test.arm.split("@")[0] not in config.arms or test.arm == versus:
             fail(("claim", "tests", number, "arm"), f"{test.arm!r} is not an arm compared with {versus!r}")
         if test.versus is not None and test.versus.split("@")[0] not in config.arms:
-            arms = ", ".join(config.arms)
-            fail(("claim", "tests", number, "versus"), f"{test.versus!r} is not an arm (arms: {arms})")
+            known = ", ".join(config.arms)
+            fail(("claim", "tests", number, "versus"), f"{test.versus!r} is not an arm (arms: {known})")
         if test.probe.split("@")[0].split(":")[0] not in probe_names:
             fail(
                 ("claim", "tests", number, "probe"), f"{test.probe!r} is not a probe (probes: {', '.join(probe_names)})"

@@ -20,9 +20,11 @@ from ..errors import OutputError, StagewiseError
 from ..eval.evaluator import evaluation_problem
 from ..io import atomic_write_json, atomic_write_text
 from ..manifest import RunManifest, as_manifest
+from ..page import write_page
 from ..written import Written
 from .analysis import analyse
 from .config import Study, StudyRun
+from .page import study_sections
 from .report import plot_forest, plot_frontier, plot_gain_retention, study_markdown
 
 
@@ -119,14 +121,18 @@ def run_study(study: Study, log: Callable[[str], None]) -> dict[str, Any]:
     plot_gain_retention(results, out / "study.png")
     plot_forest(results, out / "forest.png")
     plot_frontier(results, out / "frontier.png")
-    atomic_write_text(out / "study.md", study_markdown(results))
+    markdown = study_markdown(results)
+    atomic_write_text(out / "study.md", markdown)
+    intro = f"{len(study.runs)} runs; baseline '{results['baseline']}'."
+    title = f"stagewise study: {Path(results['study']).stem}"
+    write_page(out / "report.html", title, intro, study_sections(results, study.runs), markdown)
     for name in REPORTS:
         if (out / name).is_file():
             written.record_content(name)
     return results
 
 
-REPORTS = ("study.json", "study.png", "forest.png", "frontier.png", "study.md")
+REPORTS = ("study.json", "study.png", "forest.png", "frontier.png", "study.md", "report.html")
 
 
 def check_reports(folder: Path) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 from ..config import DatasetConfig
 from ..data.formats import ANSWER_FIELD
-from ..eval.likelihood import answer_example, answer_log_likelihoods
-from ..eval.suite import item_ids
+from .likelihood import answer_example, answer_log_likelihoods
+from .suite import item_ids
 
 QUESTION_FIELDS = ("instruction", "prompt", "input", "text")
 
