@@ -148,3 +148,21 @@ def test_paired_difference_and_holm_are_the_statistics_module_s():
     assert flipped(base["retention"]["a"], tuned["retention"]["a"], rows) == [
         {"id": "x", "flip": "forgotten", "question": "q0", "gold": "a0", "base_answer": "a0", "tuned_answer": "no"}
     ]
+
+
+def test_plan_audit_counts_both_models_and_says_when_they_cannot_fit(capsys):
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    configs = Path(__file__).resolve().parents[1] / "src/stagewise/plan/configs"
+    data = json.loads((configs / "llama-3-8b.json").read_text())
+    with torch.device("meta"):
+        numel = AutoModelForCausalLM.from_config(AutoConfig.for_model(data.pop("model_type"), **data)).num_parameters()
+    assert main(["plan", "--audit", "--model", str(configs / "llama-3-8b.json"), "--device-memory", "80GB"]) == 0
+    printed = capsys.readouterr().out
+    assert f"base weights {numel * 2 / 2**30:.2f}, tuned weights {numel * 2 / 2**30:.2f}" in printed  # bf16 each
+    assert printed.strip().endswith("fits")
+    assert main(["plan", "--audit", "--model", str(configs / "llama-3-70b.json"), "--device-memory", "80GB"]) == 0
+    assert "does NOT fit: the two models alone take" in capsys.readouterr().out

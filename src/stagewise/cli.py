@@ -226,11 +226,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise StagewiseError(f"--devices: expected a whole number >= 1, got {args.devices}")
     if args.seq_len is not None and args.seq_len < 1:
         raise StagewiseError(f"--seq-len: expected a whole number >= 1, got {args.seq_len}")
-    recipe = load_recipe(find_recipe(args.recipe), args.overrides)
     memory = parse_memory(args.device_memory) if args.device_memory else None
+    if args.audit:
+        return plan_audit(args, memory)
+    if args.recipe is None:
+        raise StagewiseError("plan: give a recipe (or --audit)")
+    recipe = load_recipe(find_recipe(args.recipe), args.overrides)
     config = load_model_config(recipe.model, args.model)
     plans = plan_recipe(recipe, config, memory, args.devices, args.seq_len)
     print(render_plan(plans, memory, args.model or recipe.model.model_name_or_path))
+    return 0
+
+
+def plan_audit(args: argparse.Namespace, memory: float | None) -> int:
+    from .audit import DEFAULT_SUITE
+    from .config import load_suite
+    from .plan import load_model_config
+    from .plan.audit import audit_footprint, render_audit_plan
+
+    suite = load_suite(find_recipe(args.recipe) if args.recipe else DEFAULT_SUITE)
+    config = load_model_config(suite.model, args.model)
+    footprint = audit_footprint(suite, config, memory, args.seq_len)
+    print(render_audit_plan(footprint, memory, args.model or suite.model.model_name_or_path))
     return 0
 
 
@@ -303,7 +320,13 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     )
     study.set_defaults(handler=cmd_study)
     plan = sub.add_parser("plan", help="estimate each stage's peak memory per device from the model config")
-    plan.add_argument("recipe", help="recipe file, or the name of a bundled recipe")
+    plan.add_argument(
+        "recipe",
+        nargs="?",
+        help="recipe file, or the name of a bundled recipe (with --audit: the "
+        "audit's suite, default suites/audit.yaml)",
+    )
+    plan.add_argument("--audit", action="store_true", help="plan `stagewise audit` of a base/tuned pair instead")
     plan.add_argument("overrides", nargs="*", help="key=value overrides, e.g. performance.gradient_checkpointing=true")
     plan.add_argument("--model", help="plan for this model instead: a config.json, a folder or a (cached) hub id")
     plan.add_argument("--devices", type=int, default=1, help="devices the weights are sharded over (FSDP)")
