@@ -166,3 +166,22 @@ def test_plan_audit_counts_both_models_and_says_when_they_cannot_fit(capsys):
     assert printed.strip().endswith("fits")
     assert main(["plan", "--audit", "--model", str(configs / "llama-3-70b.json"), "--device-memory", "80GB"]) == 0
     assert "does NOT fit: the two models alone take" in capsys.readouterr().out
+
+
+def test_an_lm_eval_task_is_a_suite_paired_per_document(tmp_path, trained, capsys):
+    from test_lm_eval import task_folder
+
+    task = task_folder(tmp_path) / "toy.yaml"
+    argv = ["audit", "--base", "tiny-llama", "--tuned", str(trained), "--lm-eval", str(task), "--lm-eval-limit", "6",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 0, capsys.readouterr().err
+    tuned = json.loads((tmp_path / "out/audit.json").read_text())["tuned"][0]
+    assert list(tuned["probes"]) == ["lm_eval_stagewise_toy"]  # lm-eval alone: no default suite
+    probe = tuned["probes"]["lm_eval_stagewise_toy"]
+    assert probe["n"] == 6 and probe["difference"]["n_items"] == 6
+    assert probe["difference"]["estimate"] == pytest.approx(probe["tuned"] - probe["base"])
+    capsys.readouterr()
+    assert main(["audit", "--base", "tiny-llama", "--tuned", "tiny-llama", "--lm-eval", "stagewise_toyy",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --lm-eval stagewise_toyy: unknown lm-eval task") and len(err.splitlines()) == 1, err

@@ -99,6 +99,7 @@ class AuditOptions(StrictModel):
     out: OutputFolder
     fail_if_drop: float | None = Field(default=None, ge=0, le=1)  # in score units (accuracy-like probes)
     bootstrap: int = Field(default=2000, ge=100, le=100_000)
+    lm_eval_limit: int | None = Field(default=None, ge=1)
 
 
 REGRESSION_STATUS = 3  # `stagewise audit --fail-if-drop`: a probe dropped by more, its interval excluding 0
@@ -109,8 +110,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .audit.report import write_audit
 
     options = command_options(AuditOptions, args)
-    suites = [str(find_recipe(name)) for name in args.suite] if args.suite else [str(DEFAULT_SUITE)]
-    request = AuditRequest(args.base, args.tuned, suites, args.prompts or DEFAULT_PROMPTS, options.bootstrap)
+    default = [] if args.lm_eval else [str(DEFAULT_SUITE)]  # lm-eval tasks alone, unless suites are named too
+    suites = [str(find_recipe(name)) for name in args.suite] if args.suite else default
+    request = AuditRequest(
+        args.base,
+        args.tuned,
+        suites,
+        args.prompts or DEFAULT_PROMPTS,
+        options.bootstrap,
+        args.lm_eval or [],
+        options.lm_eval_limit,
+    )
     audit = run_audit(request, log=_log)
     written = write_audit(Path(options.out), audit)
     print((Path(options.out) / "audit.md").read_text(), end="")
@@ -360,6 +370,13 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
         "--prompts",
         help="KL prompts: a built-in split (name:split) or a JSONL file of instruction rows (default chat:test)",
     )
+    audit.add_argument(
+        "--lm-eval",
+        action="append",
+        help="an lm-eval task name or a local task YAML file (repeatable), scored per document; "
+        "without --suite only these are audited",
+    )
+    audit.add_argument("--lm-eval-limit", type=int, help="first N documents of each lm-eval task")
     audit.add_argument("--out", default="audit", help="folder for audit.json and audit.md (default ./audit)")
     audit.add_argument(
         "--fail-if-drop",

@@ -7,11 +7,14 @@ KL from base to tuned on general prompts (RL's Razor's forgetting predictor, :mo
 from __future__ import annotations
 
 import gc
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import Recipe, load_suite
+import yaml
+
+from ..config import EvalTaskConfig, Recipe, load_suite
 from ..config.schema import DatasetConfig
 from ..data import load_dataset_config
 from ..errors import StagewiseError
@@ -33,6 +36,8 @@ class AuditRequest:
     suites: list[str] = field(default_factory=lambda: [str(DEFAULT_SUITE)])
     prompts: str = DEFAULT_PROMPTS
     n_boot: int = 2000
+    lm_eval: list[str] = field(default_factory=list)  # lm-eval task names or local task YAML files
+    lm_eval_limit: int | None = None  # first N documents per lm-eval task
 
 
 @dataclass
@@ -43,9 +48,31 @@ class Probes:
     rows: dict[str, list[dict[str, Any]]]
 
 
-def load_probes(suites: list[str]) -> Probes:
-    """Every suite's probes in one evaluation (names must not repeat across suites)."""
-    first = load_suite(suites[0])
+def lm_eval_probe(spec: str, limit: int | None) -> EvalTaskConfig:
+    """An lm-eval task (by name, or a local task YAML file: its folder becomes the include path) as
+    a probe whose items are lm-eval's per-document scores (``log_samples``)."""
+    from ..eval.lm_eval_probe import check_probe
+
+    path = Path(spec).expanduser()
+    name, include = spec, None
+    if path.is_file():
+        try:
+            name = str((yaml.safe_load(path.read_text(encoding="utf-8")) or {})["task"])
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as err:
+            raise StagewiseError(f"--lm-eval {spec}: not an lm-eval task YAML with a 'task' name ({err})") from None
+        include = str(path.parent)
+    probe_name = "lm_eval_" + re.sub(r"[^A-Za-z0-9_.+-]", "_", name)[:100]
+    task = EvalTaskConfig(name=probe_name, metric="lm_eval", tasks=[name], include_path=include, limit=limit)
+    problem = check_probe(task)
+    if problem is not None:
+        raise StagewiseError(f"--lm-eval {spec}: {problem[1]}")
+    return task
+
+
+def load_probes(suites: list[str], lm_eval: list[EvalTaskConfig] | None = None) -> Probes:
+    """Every suite's probes in one evaluation (names must not repeat across suites), and the lm-eval
+    tasks (with no suite given, those alone)."""
+    first = load_suite(suites[0] if suites else DEFAULT_SUITE)
     assert first.evaluation is not None
     retention, datasets = list(first.evaluation.retention) + list(first.evaluation.target), dict(first.datasets)
     for path in suites[1:]:
@@ -53,12 +80,17 @@ def load_probes(suites: list[str]) -> Probes:
         assert more.evaluation is not None
         retention += list(more.evaluation.retention) + list(more.evaluation.target)
         datasets.update(more.datasets)
+    if not suites:  # lm-eval tasks alone: the default suite gives only the model and evaluation settings
+        retention, datasets = [], {}
+    retention += lm_eval or []
     names = [task.name for task in retention]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise StagewiseError(f"--suite: probe names {repeated} appear in more than one suite; rename them")
     if not retention:
-        raise StagewiseError(f"--suite {suites[0]}: the suite has no probes (evaluation.retention / target)")
+        raise StagewiseError(
+            f"--suite {suites[0] if suites else ''}: the suite has no probes (evaluation.retention / target)"
+        )
     evaluation = first.evaluation.model_copy(update={"retention": retention, "target": []})
     recipe = first.model_copy(update={"evaluation": evaluation, "datasets": datasets})
     used = {task.data for task in retention if task.data}
@@ -162,7 +194,7 @@ def run_audit(request: AuditRequest, log: Callable[[str], None]) -> dict[str, An
     check_checkpoint(request.base, "--base")
     for spec in request.tuned:
         check_checkpoint(spec, "--tuned")
-    probes = load_probes(request.suites)
+    probes = load_probes(request.suites, [lm_eval_probe(spec, request.lm_eval_limit) for spec in request.lm_eval])
     model_cfg, precision = probes.recipe.model, probes.recipe.performance.precision
     base = load_checkpoint(request.base, model_cfg, precision)
     base_results = score(base, probes, log)
