@@ -81,3 +81,33 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(phase, n, tmp_path, referen
     assert report["stages"] == reference["report"]["stages"]
     assert not list(out.glob("*/checkpoint-*")), "checkpoints are removed once a stage is saved"
     assert not (out / ".stagewise.lock").exists()
+
+
+class Hostile:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/stagewise-pwned",))
+
+
+def test_a_resealed_checkpoint_with_a_malicious_rng_file_is_one_line_and_never_run(tmp_path, capsys):
+    import pickle
+
+    from stagewise.cli import main
+    from stagewise.engine.checkpoints import SEAL, _digests
+
+    out = tmp_path / "run"
+    recipe_file = tmp_path / "recipe.json"
+    recipe_file.write_text(json.dumps(recipe_data(out)))
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(HELPER.parent)}
+    killed = subprocess.run([sys.executable, str(HELPER), str(recipe_file), "step", "3"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    checkpoint = out / "0-a/checkpoint-2"
+    rng = next(checkpoint.glob("rng_state*.pth"))
+    rng.write_bytes(pickle.dumps(Hostile()))
+    (checkpoint / SEAL).write_text(json.dumps({"step": 2, "files": _digests(checkpoint)}))  # resealed by hand
+    Path("/tmp/stagewise-pwned").unlink(missing_ok=True)
+    assert main(["run", str(recipe_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "checkpoint-2" in err and "never unpickles" in err, err
+    assert not Path("/tmp/stagewise-pwned").exists()
+    assert checkpoint.is_dir()  # kept for the user to look at

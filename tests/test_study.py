@@ -379,3 +379,14 @@ def test_a_one_task_sequence_study_has_no_sequence_summary(tmp_path):
     assert main(["study", str(tmp_path / "study.yaml")]) == 0
     assert json.loads((tmp_path / "study/study.json").read_text())["continual"] is None
     assert "## Task sequence" not in (tmp_path / "study/study.md").read_text()
+
+
+def test_a_subset_of_many_long_arm_names_reports_into_one_valid_folder():
+    from stagewise.study.config import subset_folder
+
+    assert subset_folder("arms", ["full", "top"]) == "arms-full+top"
+    names = [f"arm_with_a_rather_long_descriptive_name_{i}" for i in range(12)]
+    folder = subset_folder("arms", names)
+    assert len(folder.encode()) <= 113 and folder.startswith("arms-arm_with_a_rather_long")
+    assert folder != subset_folder("arms", names[:11])  # the hash keeps different subsets apart
+    assert subset_folder("arms", ["é" * 80]).encode().decode() # cut on a character boundary

@@ -54,7 +54,19 @@ def _output_folder(value: str) -> str:
     return value
 
 
+IMAGE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "tif", "tiff", "eps")  # matplotlib's writers
+
+
+def _image_file(value: str) -> str:
+    """An output file whose extension names the image format matplotlib is to write."""
+    suffix = Path(value).suffix.lower().lstrip(".")
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"expected an image file ending in .{', .'.join(IMAGE_FORMATS)}")
+    return value
+
+
 OutputFile = Annotated[str, AfterValidator(_output_file)]
+ImageFile = Annotated[str, AfterValidator(_output_file), AfterValidator(_image_file)]
 OutputFolder = Annotated[str, AfterValidator(_output_folder)]
 
 

@@ -10,6 +10,7 @@ is a ``save_pretrained`` folder with ``trainer_state.json`` and ``train_results.
 from __future__ import annotations
 
 import math
+import pickle
 import shutil
 import time
 from functools import partial
@@ -328,7 +329,16 @@ def build_trainer(
 
 def train(trainer: Trainer, checkpoint: str | None) -> dict[str, float]:
     """Run the trainer (from ``checkpoint`` if resuming); the run's final and last-logged metrics."""
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) refused a checkpoint file
+        if checkpoint is None:
+            raise
+        first = str(err).strip().splitlines()[0][:120]
+        raise TrainingError(
+            f"{checkpoint}: a checkpoint file holds objects stagewise never unpickles ({first}); "
+            "remove that folder to resume from an earlier checkpoint or the stage start"
+        ) from None
     metrics = {key: float(value) for key, value in output.metrics.items() if isinstance(value, (int, float))}
     metrics.update(last_logged(trainer))
     if trainer.model is not None and not getattr(trainer, "sharded", False):  # sharded: checked once reloaded whole

@@ -4,11 +4,12 @@ baseline arm; every run it implies, validated before anything runs.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Iterable, Literal, NoReturn
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -166,10 +167,19 @@ class Study:
         overwrites the whole study's report; the runs themselves are shared)."""
         out = Path(self.config.output_dir)
         if tuple(self.config.arms) != self.all_arms:
-            out = out / f"arms-{'+'.join(self.config.arms)}"
+            out = out / subset_folder("arms", self.config.arms)
         if tuple(self.config.seeds) != self.all_seeds:
-            out = out / f"seeds-{'+'.join(map(str, self.config.seeds))}"
+            out = out / subset_folder("seeds", map(str, self.config.seeds))
         return out
+
+
+def subset_folder(kind: str, names: Iterable[str]) -> str:
+    """``arms-a+b``; past 120 characters (a file name holds 255 bytes) its first 100 and a hash of
+    the whole, so many long arm names still make one valid, distinct folder."""
+    name = f"{kind}-{'+'.join(names)}"
+    if len(name.encode()) <= 120:
+        return name
+    return f"{name.encode()[:100].decode(errors='ignore')}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
 
 
 def select_arms(study: Study, names: list[str]) -> Study:

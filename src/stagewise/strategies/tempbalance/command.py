@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 
 from ...errors import StagewiseError
-from ...options import OutputFile, command_options
+from ...options import ImageFile, command_options
 from ...registry import COMMANDS
 from ...schema import StrictModel
 
@@ -16,7 +16,7 @@ from ...schema import StrictModel
 class SpectraOptions(StrictModel):
     xmin_pos: float = Field(gt=1)
     min_eigs: int = Field(ge=2)
-    out: OutputFile
+    out: ImageFile
 
 
 def spectra(args: argparse.Namespace) -> int:
