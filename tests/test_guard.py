@@ -73,3 +73,22 @@ def test_a_guard_under_fsdp_is_one_line(tmp_path):
                     evaluation={"retention": [{"name": "ppl", "data": "prose", "metric": "perplexity"}],
                                 "guard": {"probe": "ppl", "max_drop": 1.0}})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("save_steps", [2, 3])
+def test_a_guarded_stage_killed_between_checks_or_after_it_stopped_resumes_the_same(tmp_path, save_steps):
+    """Checks every 3 steps; it trips at step 3. Checkpoints every 2: killed at step 2, between two
+    checks (the resumed stage must not check where the uninterrupted one did not, nor keep other
+    weights); every 3: killed right after the checkpoint of the step where the guard stopped it."""
+    sparse = {**GUARD, "every_steps": 3}
+    reference = run(recipe(tmp_path / "a", sparse, save_steps=save_steps))
+    expected = reference.manifest["stages"][0]["guard"]
+    assert expected["stopped"]["step"] == 3 and expected["stopped"]["kept_step"] == 0, expected
+    crash_step = save_steps
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe(tmp_path / "b", sparse, save_steps=save_steps), [CrashAfterSave(step=crash_step)])
+    resumed = run(recipe(tmp_path / "b", sparse, save_steps=save_steps))
+    assert resumed.manifest["stages"][0]["resumed_from"] == f"checkpoint-{crash_step}"
+    assert resumed.manifest["stages"][0]["guard"] == expected
+    for name, tensor in reference.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name

@@ -5,18 +5,29 @@ named retention probe is scored on its first ``items`` items and logged (``guard
 reaches the ``report_to`` trackers). Its drop is measured from the model entering the stage. When
 the drop exceeds ``max_drop`` the stage stops, and the model goes back to the trainable tensors it
 had at the last check that passed (held on the CPU: a copy of the trainable tensors); the manifest
-entry's ``guard`` records the entering score, each check, and where and why the stage stopped. A
-resumed stage reads the entering score from the manifest and checks the checkpoint's weights first.
+entry's ``guard`` records the entering score, each check, and where and why the stage stopped.
+
+Every checkpoint holds the guard's state (its checks so far and the kept tensors: ``guard.json``,
+``guard-kept.safetensors``, sealed with the rest), so a resumed stage carries on exactly where the
+interrupted one was: the same checks, the same kept weights, stopped if it had stopped. A resumed
+stage reads the entering score from the manifest; from a checkpoint without guard state it checks
+the checkpoint's weights first.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
+from ..distributed import is_main_process
 from ..errors import TrainingError
+
+STATE, KEPT = "guard.json", "guard-kept.safetensors"  # in each checkpoint folder
 
 
 class RetentionGuard(TrainerCallback):
@@ -32,6 +43,7 @@ class RetentionGuard(TrainerCallback):
         self.record = entry.setdefault("guard", {"probe": config.probe, "max_drop": config.max_drop, "checks": []})
         self.kept: dict[str, torch.Tensor] = {}
         self.kept_step = 0
+        self.halted = False  # resumed from a checkpoint written after the guard stopped the stage
         self.pending: dict[str, float] = {}
 
     def extra_logs(self) -> dict[str, float]:
@@ -48,11 +60,50 @@ class RetentionGuard(TrainerCallback):
         if "entering" not in self.record:
             self.record["entering"] = self.score(model)
             self.log(f"[guard] {self.config.probe}: {self.record['entering']:.4f} entering the stage")
-        self.check(state, control, model)
+        resumed = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.global_step > 0 and (resumed / STATE).is_file():
+            self.restore(resumed, control)
+        else:
+            self.check(state, control, model)
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if state.global_step % self.config.every_steps == 0:
+        if self.halted:  # the Trainer takes one step before it sees the stop: undo it
+            self.put_back(model)
+            control.should_training_stop = True
+        elif state.global_step % self.config.every_steps == 0:
             self.check(state, control, model)
+        self.save_state(args, state, control)
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.save_state(args, state, control)
+
+    def save_state(self, args: Any, state: Any, control: Any) -> None:
+        """The guard's state into the checkpoint the Trainer is about to write (this step's check
+        done; the checkpoint is already journaled as stagewise's, and is sealed with these files)."""
+        if not control.should_save or not is_main_process():
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = {"kept_step": self.kept_step, "checks": self.record["checks"], "stopped": self.record.get("stopped")}
+        save_file({name: tensor.contiguous() for name, tensor in self.kept.items()}, str(folder / KEPT))
+        (folder / STATE).write_text(json.dumps(kept), encoding="utf-8")
+
+    def restore(self, folder: Path, control: Any) -> None:
+        saved = json.loads((folder / STATE).read_text(encoding="utf-8"))
+        self.kept, self.kept_step = load_file(str(folder / KEPT)), int(saved["kept_step"])
+        self.record["checks"] = saved["checks"]
+        self.record.pop("stopped", None)
+        if saved.get("stopped"):
+            self.record["stopped"], self.halted = saved["stopped"], True
+            control.should_training_stop = True
+        self.log(f"[guard] resumed with {len(saved['checks'])} checks and the weights of step {self.kept_step}")
+
+    def put_back(self, model: Any) -> None:
+        """The trainable tensors of the last check that passed."""
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self.kept:
+                    param.copy_(self.kept[name].to(param.device))
 
     def check(self, state: Any, control: Any, model: Any) -> None:
         value = self.score(model)
@@ -66,11 +117,7 @@ class RetentionGuard(TrainerCallback):
             }
             self.kept_step = state.global_step
             return
-        if self.kept:
-            with torch.no_grad():
-                for name, param in model.named_parameters():
-                    if name in self.kept:
-                        param.copy_(self.kept[name])
+        self.put_back(model)
         self.record["stopped"] = {
             "step": state.global_step,
             "drop": drop,
