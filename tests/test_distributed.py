@@ -100,3 +100,37 @@ def test_the_process_group_gets_the_recipes_collective_timeout(monkeypatch, tmp_
     assert seen == {"timeout": timedelta(seconds=7200)}
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert training_arguments(recipe, recipe.stages[0], tmp_path / "s", TrainingArguments).ddp_timeout == 7200
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_what_rank_0_refuses_under_torchrun_is_one_line_on_every_rank(tmp_path):
+    """Checks rank 0 makes alone (the output folder, what is in a stage folder) stop every rank with
+    the same line: no rank is left waiting at a collective, none prints a traceback."""
+    recipe = {"model": "tiny-llama", "datasets": {"d": {"format": "instruction", "template": "alpaca", "rows": ROWS}},
+              "stages": [{"name": "s", "data": "d", "max_steps": 1, "batch_size": 2}]}
+    (tmp_path / "a-file").write_text("x")
+    stage_dir = tmp_path / "run/0-s"
+    stage_dir.mkdir(parents=True)
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    for output_dir, expected in ((tmp_path / "a-file", "is a file, expected a folder"),
+                                 (tmp_path / "run", "holds files stagewise did not write")):
+        (stage_dir / "notes.txt").write_text("mine")
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump({**recipe, "output_dir": str(output_dir)}))
+        done = subprocess.run(["torchrun", "--nproc_per_node=2", "-m", "stagewise", "run", str(path)],
+                              capture_output=True, text=True, env=env, timeout=180)
+        assert done.returncode != 0
+        assert done.stderr.count(expected) == 2, done.stderr[-3000:]
+        assert "[rank0]: Traceback" not in done.stderr and "[rank1]: Traceback" not in done.stderr, done.stderr[-3000:]
+    assert (stage_dir / "notes.txt").read_text() == "mine"
+
+
+def test_a_temp_file_left_by_a_killed_journal_write_is_stagewise_s(tmp_path):
+    from stagewise.written import JOURNAL, Written
+
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    (folder / JOURNAL).write_text('{"names": {}}')
+    (folder / f".{JOURNAL}.kungtz_a").write_text("half")
+    (folder / "notes.txt").write_text("mine")
+    assert Written(folder).foreign() == ["notes.txt"]

@@ -8,7 +8,7 @@ come before the first Trainer (distillation, categorization, evaluation) can alr
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -53,6 +53,24 @@ def is_main_process() -> bool:
 def barrier() -> None:
     if _active():
         dist.barrier()
+
+
+def main_decides(check: Callable[[], None]) -> None:
+    """Run ``check`` on rank 0 alone; the one-line error it raises, if any, is raised on every rank
+    (so under torchrun no rank waits at a collective for a rank that stopped, nor prints a traceback)."""
+    from .errors import StagewiseError
+
+    failure = None
+    if is_main_process():
+        try:
+            check()
+        except StagewiseError as err:
+            failure = (type(err).__name__, str(err))
+    failure = broadcast_from_main(failure)
+    if failure is not None:
+        from . import errors
+
+        raise getattr(errors, failure[0], StagewiseError)(failure[1])
 
 
 def broadcast_from_main(value: Any) -> Any:

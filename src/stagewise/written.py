@@ -99,7 +99,7 @@ class Written:
     def is_ours(self, name: str) -> bool:
         if name == JOURNAL or name in self.names and self._unchanged(name):
             return True
-        if any(name.startswith(f".{ours}.") for ours in self.names):  # a temp file left by a killed write
+        if any(name.startswith(f".{ours}.") for ours in (JOURNAL, *self.names)):  # a temp file left by a killed write
             return True
         return self.saving and any(fnmatch.fnmatchcase(name, pattern) for pattern in SAVED_BY_LIBRARIES)
 

@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from .. import __version__
 from ..config import Recipe, measures_kl, recipe_to_dict, stage_objective
 from ..data import LoadedDataset, load_dataset_config
-from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process
+from ..distributed import barrier, broadcast_from_main, init_from_launcher, is_main_process, main_decides
 from ..errors import OutputError, StagewiseError
 from ..eval import Evaluator
 from ..eval.evaluator import evaluation_problem
@@ -75,14 +75,7 @@ def run_recipe(
     """
     init_from_launcher(recipe.distributed.timeout_s)
     output_dir = Path(recipe.output_dir)
-    if is_main_process():
-        check_writable_folder(output_dir)
-        check_no_links(
-            output_dir,
-            [stage_dir_name(i, stage.name) for i, stage in enumerate(recipe.stages)]
-            + ["manifest.json", "report.json", "report.md", "report.png"],
-        )
-    barrier()
+    main_decides(lambda: check_output_folder(recipe, output_dir))
     try:
         previous = read_manifest(output_dir)
     except OutputError as err:
@@ -91,9 +84,15 @@ def run_recipe(
         log(f"[force] {err}: starting afresh")
         previous = {}
     if not force:
-        check_foreign_content(output_dir, previous)
+        main_decides(lambda: check_foreign_content(output_dir, previous))
     with run_lock(output_dir, log):
         return _run_locked(recipe, recipe_path, callbacks, log, force, previous)
+
+
+def check_output_folder(recipe: Recipe, output_dir: Path) -> None:
+    check_writable_folder(output_dir)
+    reports = ["manifest.json", "report.json", "report.md", "report.html", "report.png"]
+    check_no_links(output_dir, [stage_dir_name(i, stage.name) for i, stage in enumerate(recipe.stages)] + reports)
 
 
 def _run_locked(
@@ -128,7 +127,7 @@ def _run_locked(
         len(recipe.stages),
     )
     start = reusable_stages(recipe, manifest, hashes, log)
-    check_stage_folders(recipe, manifest, hashes, start, force)
+    main_decides(lambda: check_stage_folders(recipe, manifest, hashes, start, force))
     evaluator = Evaluator(recipe, datasets, seed_model_key(recipe), log)
 
     def load_seed() -> tuple[Any, Any]:
