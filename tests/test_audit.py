@@ -185,3 +185,21 @@ def test_an_lm_eval_task_is_a_suite_paired_per_document(tmp_path, trained, capsy
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --lm-eval stagewise_toyy: unknown lm-eval task") and len(err.splitlines()) == 1, err
+
+
+def test_another_tokenizer_leaves_out_the_kl_and_perplexity_but_compares_answers(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from stagewise.models import byte_tokenizer
+
+    folder = tmp_path / "other-vocab"
+    AutoModelForCausalLM.from_pretrained(str(tiny_folder("tiny-llama"))).save_pretrained(folder)
+    tokenizer = byte_tokenizer()
+    tokenizer.add_tokens(["<extra-token>"])
+    tokenizer.save_pretrained(folder)
+    status, printed, report = audit(tmp_path, capsys, "--base", "tiny-llama", "--tuned", str(folder))
+    assert status == 0, printed.err
+    tuned = report["tuned"][0]
+    assert "different tokenizers" in tuned["note"] and tuned["kl_from_base"] is None
+    assert tuned["probes"]["ppl"]["difference"] is None and tuned["probes"]["qa"]["difference"] is not None
+    assert "different tokenizers" in (tmp_path / "out/audit.md").read_text()

@@ -159,9 +159,9 @@ def audit_one(
     request: AuditRequest,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    identical = tuned.spec == base.spec or same_weights(base, tuned)
-    results = base_results if identical else score(tuned, probes, log)
     refused = token_level_refusal(base, tuned)
+    identical = tuned.spec == base.spec or (refused is None and same_weights(base, tuned))
+    results = base_results if identical else score(tuned, probes, log)
     comparison = compare_results(base_results, results, request.n_boot)
     if refused:
         log(f"[audit] {refused}")
