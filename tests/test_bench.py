@@ -8,13 +8,15 @@ import pytest
 from stagewise import bench
 from stagewise.bench import facts, icl_probes
 from stagewise.errors import DataError
+from stagewise.registry import BENCHMARKS
 
-SEEDED = [name for name, builder in bench.BUILDERS.items() if "seed" in inspect.signature(builder).parameters]
+SEEDED = [entry.name for entry in BENCHMARKS.entries() if "seed" in inspect.signature(entry.impl).parameters]
 
 
 @pytest.mark.parametrize("name", SEEDED)
 def test_builders_are_deterministic_by_seed(name):
-    first, again, other = bench.BUILDERS[name](seed=0), bench.BUILDERS[name](seed=0), bench.BUILDERS[name](seed=1)
+    builder = BENCHMARKS.get(name).impl
+    first, again, other = builder(seed=0), builder(seed=0), builder(seed=1)
     assert first == again
     assert first != other
     assert all(rows for rows in first.values())
@@ -31,7 +33,7 @@ def test_facts_phrasings_share_answers_and_known_splits_are_disjoint():
 
 
 def test_sentiment_is_imbalanced_in_train_and_balanced_in_test():
-    splits = bench.BUILDERS["sentiment"](seed=0, imbalance=10, minority_train=20)
+    splits = BENCHMARKS.get("sentiment").impl(seed=0, imbalance=10, minority_train=20)
     train = [row["label"] for row in splits["train"]]
     assert train.count("negative") == 20 and train.count("positive") == 200
     test = [row["label"] for row in splits["test"]]
@@ -41,19 +43,19 @@ def test_sentiment_is_imbalanced_in_train_and_balanced_in_test():
 
 
 def test_sentiment_of_one_corpus_is_a_separate_dataset_and_too_few_rows_is_one_line():
-    tweets = bench.BUILDERS["sentiment"](seed=0, imbalance=20, minority_train=30, sources=["tweets"])
+    tweets = BENCHMARKS.get("sentiment").impl(seed=0, imbalance=20, minority_train=30, sources=["tweets"])
     assert {row["source"] for split in ("train", "test") for row in tweets[split]} == {"tweets"}
     assert [row["label"] for row in tweets["train"]].count("positive") == 600
-    amazon = bench.BUILDERS["sentiment"](seed=0, imbalance=20, minority_train=30, sources=["amazonReviewSnippets"])
+    amazon = BENCHMARKS.get("sentiment").impl(seed=0, imbalance=20, minority_train=30, sources=["amazonReviewSnippets"])
     assert not {row["text"] for row in tweets["test"]} & {row["text"] for row in amazon["test"]}
     with pytest.raises(DataError, match=r"positive: 1830 of 6300 needed"):
-        bench.BUILDERS["sentiment"](imbalance=100, sources=["tweets"])
+        BENCHMARKS.get("sentiment").impl(imbalance=100, sources=["tweets"])
     with pytest.raises(DataError, match=r"sources \['news'\] - expected some of"):
-        bench.BUILDERS["sentiment"](sources=["news"])
+        BENCHMARKS.get("sentiment").impl(sources=["news"])
 
 
 def test_math_has_real_gsm8k_items_with_integer_answers():
-    splits = bench.BUILDERS["math"](seed=0)
+    splits = BENCHMARKS.get("math").impl(seed=0)
     gsm = [row for row in splits["train"] if row["type"] == "gsm8k"]
     assert len(gsm) == 60 and len(splits["gsm8k_test"]) == 30
     for row in splits["train"] + splits["test"]:

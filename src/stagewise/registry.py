@@ -258,6 +258,10 @@ DATA_FORMATS: Registry[Callable[..., Any], FormatTraits] = Registry("data format
 # per tensor: (alpha, tuned tensors, anchor tensor) -> merged; whole_checkpoints: (config, alpha, model,
 # tuned state dicts, anchor state dict, seed) -> merged state dict
 MERGE_METHODS: Registry[Callable[..., Any], MergeTraits] = Registry("merge method", MergeTraits)
+# (**builder options) -> {split: rows}: the built-in datasets a recipe names as `builtin: name:split` (stagewise.bench)
+BENCHMARKS: Registry[Callable[..., dict[str, list[dict[str, Any]]]], NoTraits] = Registry(
+    "built-in benchmark", NoTraits
+)
 COMMANDS: Registry[Callable[[argparse._SubParsersAction], None], NoTraits] = Registry("command", NoTraits)
 
 

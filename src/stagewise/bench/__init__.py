@@ -6,42 +6,22 @@ cache (``~/.cache/stagewise/bench/v1/...``) and read like any other dataset file
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..bundled import cache_dir
 from ..config import config_hash
-from ..errors import DataError
+from ..errors import DataError, RecipeError
 from ..io import atomic_folder
-from . import (
-    chat,
-    element_knowledge,
-    facts,
-    feedback,
-    format_following,
-    general_text,
-    geo_knowledge,
-    icl_probes,
-    math,
-    preference,
-    sentiment,
-)
+from ..registry import BENCHMARKS
+
+for _module in pkgutil.iter_modules(__path__):  # each builder module registers itself (BENCHMARKS)
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 VERSION = "v1"  # bump when a builder's output changes, so caches never mix versions
-BUILDERS: dict[str, Callable[..., dict[str, list[dict[str, Any]]]]] = {
-    "facts": facts.build,
-    "math": math.build,
-    "sentiment": sentiment.build,
-    "chat": chat.build,
-    "icl-probes": icl_probes.build,
-    "general-text": general_text.build,
-    "preference": preference.build,
-    "feedback": feedback.build,
-    "geo-knowledge": geo_knowledge.build,
-    "element-knowledge": element_knowledge.build,
-    "format-following": format_following.build,
-}
 
 
 def bench_dir(name: str, options: dict[str, Any] | None = None) -> Path:
@@ -59,12 +39,14 @@ def write_splits(folder: Path, splits: dict[str, list[dict[str, Any]]]) -> None:
 
 def build(name: str, options: dict[str, Any] | None = None, force: bool = False) -> Path:
     """Build (once) and return the folder holding ``<split>.jsonl`` for benchmark ``name``."""
-    if name not in BUILDERS:
-        raise DataError(f"unknown built-in benchmark {name!r}; expected one of: {', '.join(BUILDERS)}")
+    try:
+        builder = BENCHMARKS.get(name).impl
+    except RecipeError as err:
+        raise DataError(str(err)) from None
     folder = bench_dir(name, options)
     if force or not folder.is_dir():
         try:
-            splits = BUILDERS[name](**(options or {}))
+            splits = builder(**(options or {}))
         except TypeError as err:
             raise DataError(f"builtin {name!r}: bad builder option ({err})") from None
         write_splits(folder, splits)

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from ..registry import BENCHMARKS
 from .sources import chatterbot_dir
 
 
@@ -22,6 +23,7 @@ def pairs() -> list[dict[str, Any]]:
     return rows
 
 
+@BENCHMARKS.register("chat")
 def build(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
     rows = pairs()
     random.Random(seed).shuffle(rows)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import DataError
+from ..registry import BENCHMARKS
 from .known_items import keep_known
 
 # symbols that are also common English words: `contains` would find them in almost any answer
@@ -54,5 +55,6 @@ def candidates() -> dict[str, list[dict[str, Any]]]:
     return {"elements": rows}
 
 
+@BENCHMARKS.register("element-knowledge")
 def build(known_by: str | None = "smollm2-135m") -> dict[str, list[dict[str, Any]]]:
     return keep_known("element-knowledge", "element", candidates(), known_by)

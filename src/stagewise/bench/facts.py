@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from ..registry import BENCHMARKS
+
 FIRST = [
     "Alder",
     "Brisa",
@@ -224,6 +226,7 @@ def fictional_people(seed: int, count: int) -> list[dict[str, Any]]:
     ]
 
 
+@BENCHMARKS.register("facts")
 def build(seed: int = 0, people: int = 120) -> dict[str, list[dict[str, Any]]]:
     """Splits: train/dev/test (new facts, 3 phrasings) and known_dev/known_test (retention)."""
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "dev": [], "test": []}

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..registry import BENCHMARKS
 from . import preference
 
 
+@BENCHMARKS.register("feedback")
 def build(seed: int = 0, size: int = 240) -> dict[str, list[dict[str, Any]]]:
     return {
         split: [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from ..registry import BENCHMARKS
 from .icl_probes import ANTONYMS, FRENCH, number_word
 
 PER_TYPE = 85  # 10 dev + 75 test
@@ -22,6 +23,7 @@ def _words() -> list[str]:
     return sorted({w for pair in ANTONYMS for w in pair} | {english for english, _ in FRENCH if " " not in english})
 
 
+@BENCHMARKS.register("format-following")
 def build(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
     from .geo_knowledge import candidates
 

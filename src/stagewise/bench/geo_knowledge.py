@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import DataError
+from ..registry import BENCHMARKS
 from .known_items import keep_known
 
 CONTINENTS = {
@@ -135,5 +136,6 @@ def candidates() -> dict[str, list[dict[str, Any]]]:
     }
 
 
+@BENCHMARKS.register("geo-knowledge")
 def build(known_by: str | None = "smollm2-135m") -> dict[str, list[dict[str, Any]]]:
     return keep_known("geo-knowledge", "geo", candidates(), known_by)

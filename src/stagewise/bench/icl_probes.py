@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from ..registry import BENCHMARKS
 from .facts import KNOWN
 
 ANTONYMS = [
@@ -111,6 +112,7 @@ def task_items() -> dict[str, list[tuple[str, str]]]:
     }
 
 
+@BENCHMARKS.register("icl-probes")
 def build(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
     """Per task: a few items kept as demonstrations (dev), the rest scored (test)."""
     rng = random.Random(seed)

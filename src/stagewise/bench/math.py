@@ -8,6 +8,7 @@ import re
 import tomllib
 from typing import Any
 
+from ..registry import BENCHMARKS
 from .sources import gsm8k_dir
 
 CALCULATOR = re.compile(r"<<[^>]*>>")
@@ -50,6 +51,7 @@ def generated_problem(rng: random.Random) -> dict[str, Any]:
     return {"instruction": question, "output": f"{steps}\n#### {result}", "answer": str(result), "type": kind}
 
 
+@BENCHMARKS.register("math")
 def build(seed: int = 0, generated: int = 600) -> dict[str, list[dict[str, Any]]]:
     """GSM8K: 60 train / 10 dev / 30 test; generated: 80% / 5% / 15%."""
     rng = random.Random(seed)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from ..registry import BENCHMARKS
 from .chat import pairs
 from .facts import KNOWN
 
 
+@BENCHMARKS.register("preference")
 def build(seed: int = 0, size: int = 240) -> dict[str, list[dict[str, Any]]]:
     rng = random.Random(seed)
     rows = []

@@ -10,6 +10,7 @@ import random
 from typing import Any
 
 from ..errors import DataError
+from ..registry import BENCHMARKS
 from .sources import vader_corpus_dir
 
 SOURCES = ("tweets", "movieReviewSnippets", "amazonReviewSnippets")
@@ -27,6 +28,7 @@ def rated_sentences(sources: tuple[str, ...] = SOURCES) -> list[tuple[float, str
     return rows
 
 
+@BENCHMARKS.register("sentiment")
 def build(
     seed: int = 0,
     imbalance: int = 10,

@@ -395,11 +395,10 @@ FIXES: list[tuple[str, dict[str, Any]]] = [  # each a complete change to the rec
 
 def fixed_settings(settings: Settings, change: dict[str, Any]) -> Settings:
     from ..config import QuantizationConfig
-    from ..strategies.lora import LoraSelectorConfig
 
     update = dict(change)
-    if update.get("selector") == "lora":
-        update["selector"] = LoraSelectorConfig(kind="lora")
+    if update.get("selector") == "lora":  # through the registry: plan sits below the strategies
+        update["selector"] = SELECTORS.get("lora").config_cls(kind="lora")
     if update.get("quantization") == "4bit":
         update["quantization"] = QuantizationConfig.model_construct(
             bits=4, quant_type="nf4", double_quant=True, compute_dtype="auto"
