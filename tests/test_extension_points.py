@@ -17,7 +17,9 @@ QA_ROWS = [{"question": f"Who is person {i}?", "answer": f"Name{i}"} for i in ra
 
 @pytest.fixture
 def qa_format():
-    @DATA_FORMATS.register("qa", traits=FormatTraits(fields=("question", "answer")))
+    traits = FormatTraits(fields=("question", "answer"), answer_field="answer", has_prompt=True, generative=True)
+
+    @DATA_FORMATS.register("qa", traits=traits)
     def qa_segments(row, tokenizer, template):
         return [(f"Q: {row['question']}\nA: ", False), (row["answer"], True)], True
 
@@ -45,6 +47,25 @@ def test_a_registered_data_format_loads_encodes_and_trains(tmp_path, qa_format):
                          datasets={"qa": {"format": "qa", "rows": QA_ROWS}})
     result = run(recipe)
     assert result.manifest["stages"][0]["train_rows"] == 6
+
+
+def test_a_registered_format_with_traits_is_probed_recovered_kl_measured_and_replayed(tmp_path, qa_format):
+    """Its traits alone (answer field, prompt, generative) let the generation and likelihood probes,
+    the knowledge-vs-format split, the KL predictor and on-policy replay take it: no other edit."""
+    datasets = {"qa": {"format": "qa", "rows": QA_ROWS}, "more": {"format": "qa", "rows": QA_ROWS[:4]}}
+    evaluation = {"target": [{"name": "said", "data": "qa", "metric": "contains", "max_new_tokens": 4}],
+                  "retention": [{"name": "lp", "data": "qa", "metric": "answer_logprob", "recovery_shots": 2}],
+                  "kl_prompts": 4, "kl_tokens": 4}
+    stages = [{"name": "sft", "data": "qa", "lr": 1e-3, "max_steps": 2, "batch_size": 2},
+              {"name": "replay", "data": {"more": 1.0, "qa": 0.5}, "lr": 1e-3, "max_steps": 2, "batch_size": 2,
+               "transforms": [{"kind": "on_policy_replay", "reward_rule": "contains", "max_new_tokens": 4}]}]
+    result = run(make_recipe(tmp_path, stages, datasets=datasets, evaluation=evaluation))
+    first, second = result.manifest["stages"]
+    assert first["evaluation"]["target"]["said"]["n"] == 6
+    assert "lp@2shot" in first["evaluation"]["recovery"]
+    assert first["kl_to_entering"]["prompts"] == 4
+    replayed = second["transforms"][0]
+    assert replayed["rows"] == 6 and replayed["kept"] + replayed["rejected"] == 6
 
 
 def test_an_unknown_format_is_one_line(tmp_path):

@@ -340,7 +340,7 @@ CASES: list[tuple[str, Callable[[Sandbox], Any], str]] = [
     ("builtin-unknown-split", lambda b: b.recipe["datasets"].update(d={"format": "text", "builtin": "facts:nope"}), "nope"),
     ("transform-unknown", stage(transforms=[{"kind": "distil"}]), "unknown data transform 'distil'"),
     ("metric-needs-generative-data", probes({"name": "p", "data": "d", "metric": "contains"}),
-     "metric 'contains' takes data of format instruction or prompt_completion or chat, not text (dataset 'd')"),
+     "metric 'contains' takes data of format chat or instruction or prompt_completion, not text (dataset 'd')"),
     ("metric-needs-fewshot-data", probes({"name": "p", "data": "d", "metric": "fewshot"}), "metric 'fewshot' takes data of format fewshot, not text"),
     ("metric-needs-classification-data", probes({"name": "p", "data": "d", "metric": "macro_f1"}),
      "metric 'macro_f1' takes data of format classification, not text"),

@@ -81,6 +81,9 @@ class Requires:
 
     objectives: tuple[str, ...] | None = None  # data objectives: lm, classification, preference
     formats: tuple[str, ...] | None = None  # data formats (finer: instruction, text, ...)
+    # or: the FormatTraits every format of the data must have (e.g. ("generative",)): a format
+    # registered later with that trait is served with no edit here
+    format_traits: tuple[str, ...] = ()
     model_tasks: tuple[str, ...] | None = None  # causal_lm, sequence_classification
     plain_weights: bool = (
         False  # trains or reads the base's weight matrices: not on a 4/8-bit base (model.quantization)
@@ -98,11 +101,19 @@ class Requires:
         """Why this entry cannot serve a stage with this data and model, or None."""
         if self.objectives is not None and objective not in self.objectives:
             return f"takes {' or '.join(self.objectives)} data, not {objective}"
-        if self.formats is not None and not formats <= set(self.formats):
-            return f"takes data of format {' or '.join(self.formats)}, not {', '.join(sorted(formats))}"
+        allowed = self.allowed_formats()
+        if allowed is not None and not formats <= set(allowed):
+            return f"takes data of format {' or '.join(allowed)}, not {', '.join(sorted(formats))}"
         if self.model_tasks is not None and model_task not in self.model_tasks:
             return f"needs model.task {' or '.join(self.model_tasks)}, not {model_task}"
         return None
+
+    def allowed_formats(self) -> tuple[str, ...] | None:
+        """The data formats served (None: any): ``formats``, narrowed to those with ``format_traits``."""
+        if self.formats is None and not self.format_traits:
+            return None
+        names = self.formats if self.formats is not None else tuple(DATA_FORMATS.names())
+        return tuple(name for name in names if all(format_has(name, trait) for trait in self.format_traits))
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,12 @@ class FormatTraits:
     trainable: bool = True  # False: evaluation probes only
     # more row checks: (row, where) -> None, raising DataError with ``where`` (a file and line)
     check: Callable[[dict[str, Any], str], None] | None = None
+    answer_field: str | None = None  # the field holding a row's one gold answer: likelihood probes score it,
+    # recovery probes show it as an example, on-policy replay regenerates it
+    has_prompt: bool = False  # rows hold a prompt a model answers: the KL predictor samples answers to it
+    generative: bool = False  # a greedy answer to the row's prompt is checked against its gold (generation metrics)
+    gold: Callable[[dict[str, Any]], str] | None = None  # the row's gold answer text, where it is not one
+    # answer_field (a chat's last assistant turn)
 
 
 @dataclass(frozen=True)
@@ -262,6 +279,18 @@ MERGE_METHODS: Registry[Callable[..., Any], MergeTraits] = Registry("merge metho
 BENCHMARKS: Registry[Callable[..., dict[str, list[dict[str, Any]]]], NoTraits] = Registry(
     "built-in benchmark", NoTraits
 )
+
+
+def format_has(data_format: str | None, trait: str) -> bool:
+    """Whether a registered data format has ``trait`` (a FormatTraits field set)."""
+    return data_format in DATA_FORMATS.names() and bool(getattr(DATA_FORMATS.get(data_format).traits, trait))
+
+
+def formats_with(trait: str) -> tuple[str, ...]:
+    """The registered data formats that have ``trait``."""
+    return tuple(name for name in DATA_FORMATS.names() if format_has(name, trait))
+
+
 COMMANDS: Registry[Callable[[argparse._SubParsersAction], None], NoTraits] = Registry("command", NoTraits)
 
 

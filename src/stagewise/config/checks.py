@@ -14,6 +14,8 @@ from ..registry import (
     METRICS,
     TRAINERS,
     TRANSFORMS,
+    format_has,
+    formats_with,
 )
 from ..schema import SAFE_NAME_HINT, is_safe_name
 from .evaluation import EvalTaskConfig
@@ -235,11 +237,11 @@ def recovery_problem(recipe: Recipe, task: EvalTaskConfig, group: str) -> tuple[
     if group != "retention":
         return "recovery_shots", "splits a retention drop into format and knowledge loss: set it on retention probes"
     data_format = recipe.datasets[task.data].format if task.data else None
-    if data_format not in ("instruction", "prompt_completion") or METRICS.get(task.metric).requires.problem(
+    if not format_has(data_format, "answer_field") or METRICS.get(task.metric).requires.problem(
         "lm", {"prompt_completion"}, recipe.model.task
     ):
         return "recovery_shots", (
-            f"needs an instruction or prompt_completion probe scored by a generation or "
+            f"needs an {' or '.join(formats_with('answer_field'))} probe scored by a generation or "
             f"likelihood metric (not {task.metric!r} on {data_format} data)"
         )
     return None

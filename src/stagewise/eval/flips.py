@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import DatasetConfig
-from ..data.formats import ANSWER_FIELD
+from ..data.formats import gold_answer
+from ..registry import format_has
 from .likelihood import answer_example, answer_log_likelihoods
 from .suite import item_ids
 
@@ -23,10 +24,6 @@ def question_of(row: dict[str, Any]) -> str:
         users = [m.get("content", "") for m in row["messages"] if isinstance(m, dict) and m.get("role") == "user"]
         return str(users[-1] if users else "")
     return str(next((row[field] for field in QUESTION_FIELDS if field in row), ""))
-
-
-def gold_of(row: dict[str, Any]) -> str:
-    return str(row.get("output", row.get("completion", row.get("label", ""))))
 
 
 def is_binary(result: dict[str, Any]) -> bool:
@@ -48,7 +45,7 @@ def flipped(base: dict[str, Any], tuned: dict[str, Any], rows: list[dict[str, An
                 "id": item["id"],
                 "flip": "forgotten" if item["score"] > after["score"] else "learned",
                 "question": question_of(row)[:300],
-                "gold": gold_of(row)[:200],
+                "gold": (gold_answer(row) or str(row.get("label", "")))[:200],
                 "base_answer": item.get("prediction", ""),
                 "tuned_answer": after.get("prediction", ""),
             }
@@ -75,7 +72,7 @@ def order_by_gold_logprob(
 ) -> None:
     """Add each flipped item's gold log-probability change (formats with an answer field) and sort:
     forgotten items first, the largest fall first; then learned items, the largest rise first."""
-    if changed and cfg.format in ANSWER_FIELD:
+    if changed and format_has(cfg.format, "answer_field"):
         by_id = dict(zip(item_ids(rows), rows))
         chosen = [by_id[item["id"]] for item in changed]
         before, after = (gold_logprobs(model, tokenizer, chosen, cfg, batch_size, max_length) for model in models)

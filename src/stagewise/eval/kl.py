@@ -19,8 +19,7 @@ from typing import Any
 import torch
 
 from ..data.tokenize import prompt_text
-
-PROMPT_FORMATS = ("instruction", "prompt_completion", "chat", "preference")  # the formats whose rows have a prompt
+from ..registry import format_has
 
 
 def stage_prompts(
@@ -28,7 +27,7 @@ def stage_prompts(
 ) -> list[list[int]]:
     """Up to ``count`` of the rows' prompts (drawn with ``seed``), token ids as training renders them;
     none for data without prompts (plain text, labelled rows a transform templates later)."""
-    if data_format not in PROMPT_FORMATS:
+    if not format_has(data_format, "has_prompt"):
         return []
     chosen = rows if len(rows) <= count else random.Random(seed).sample(rows, count)
     texts = [prompt_text(row, data_format, tokenizer, template) for row in chosen]

@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig
-from ..data.formats import ANSWER_FIELD
+from ..data.formats import answer_field
 from ..data.tokenize import IGNORE_INDEX, encode_lm_rows, encode_segments, row_segments
 from ..errors import DataError
 from ..generation import cache_keyword, forward_parameters, supports_shared_prefill
 from ..registry import METRICS, MetricTraits, Requires
 from .metrics import normalize_answer
-from .suite import GENERATIVE, Result, item_ids
+from .suite import Result, item_ids
 
 
 def answer_example(row: dict[str, Any], cfg: DatasetConfig, tokenizer: Any, max_length: int) -> dict[str, list[int]]:
@@ -157,7 +157,7 @@ def answer_log_likelihoods(
 
 @METRICS.register(
     "perplexity",
-    requires=Requires(formats=("text", *(GENERATIVE.formats or ())), model_tasks=("causal_lm",)),
+    requires=Requires(objectives=("lm",), format_traits=("trainable",), model_tasks=("causal_lm",)),  # trained text
     traits=MetricTraits(higher_is_better=False),
 )
 def perplexity_task(
@@ -183,7 +183,10 @@ def perplexity_task(
     }
 
 
-@METRICS.register("answer_logprob", requires=Requires(formats=tuple(ANSWER_FIELD), model_tasks=("causal_lm",)))
+ONE_ANSWER = Requires(format_traits=("answer_field",), model_tasks=("causal_lm",))
+
+
+@METRICS.register("answer_logprob", requires=ONE_ANSWER)
 def answer_logprob_task(
     model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
 ) -> Result:
@@ -208,12 +211,12 @@ def candidates(rows: list[dict[str, Any]], ids: list[str], key: str, count: int)
     return chosen
 
 
-@METRICS.register("choice", requires=Requires(formats=tuple(ANSWER_FIELD), model_tasks=("causal_lm",)))
+@METRICS.register("choice", requires=ONE_ANSWER)
 def choice_task(
     model, tokenizer, task: EvalTaskConfig, cfg: DatasetConfig, rows, evaluation: EvaluationConfig
 ) -> Result:
     """Is the gold answer the most likely of the item's candidates (1/0)?"""
-    key, ids = ANSWER_FIELD[cfg.format], item_ids(rows)
+    key, ids = answer_field(cfg.format), item_ids(rows)
     distinct = len({normalize_answer(row[key]) for row in rows})
     if distinct < task.choices:
         raise DataError(

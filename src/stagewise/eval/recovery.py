@@ -18,7 +18,7 @@ import random
 from typing import Any
 
 from ..config import DatasetConfig, EvalTaskConfig
-from ..data.formats import ANSWER_FIELD
+from ..data.formats import answer_field
 from ..data.tokenize import prompt_text, row_segments
 from ..errors import DataError
 
@@ -47,7 +47,7 @@ def with_examples(
             f"dataset {task.data!r} (it has {len(rows)})"
         )
     rendered = {item_id: render_with_answer(row, cfg, tokenizer) for row, item_id in zip(rows, ids)}
-    key = ANSWER_FIELD[cfg.format]
+    key = answer_field(cfg.format)
     drawn = random.Random(f"{task.name}:{k}").sample(sorted(rendered), k + 1)
     out = []
     for row, item_id in zip(rows, ids):

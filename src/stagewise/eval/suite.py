@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..addons import model_for_probe
 from ..config import DatasetConfig, EvalTaskConfig, EvaluationConfig
+from ..data.formats import gold_answer
 from ..data.tokenize import encode_classification_rows, encode_prompt
 from ..errors import DataError
 from ..generation import SamplingConfig, generate
@@ -62,8 +63,7 @@ def item_ids(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _golds(row: dict[str, Any]) -> list[str]:
-    answer = row.get("output", row.get("completion", ""))
-    return [answer, *row.get("aliases", [])]
+    return [gold_answer(row), *row.get("aliases", [])]
 
 
 def clip_prompts(prompts: list[list[int]], max_length: int, max_new_tokens: int) -> tuple[list[list[int]], int]:
@@ -90,7 +90,7 @@ def answer_correct(metric: str, output: str, row: dict[str, Any], pattern: str |
     raise ValueError(f"no answer check named {metric!r}")
 
 
-GENERATIVE = Requires(formats=("instruction", "prompt_completion", "chat"), model_tasks=("causal_lm",))
+GENERATIVE = Requires(format_traits=("generative",), model_tasks=("causal_lm",))  # every format with that trait
 
 
 def generation_task(

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ...data.formats import ANSWER_FIELD
+from ...data.formats import answer_field
 from ...data.tokenize import prompt_text
 from ...eval.suite import answer_correct
 from ...plan.footprint import generation_plan
@@ -50,7 +50,7 @@ class OnPolicyReplayConfig(TransformConfig, RewardSource):
     "on_policy_replay",
     OnPolicyReplayConfig,
     example={"reward_rule": "contains", "datasets": ["d"]},
-    requires=Requires(formats=tuple(ANSWER_FIELD), model_tasks=("causal_lm",)),
+    requires=Requires(format_traits=("answer_field",), model_tasks=("causal_lm",)),
     plan=generation_plan,
 )
 def on_policy_replay(rows: list[dict[str, Any]], config: OnPolicyReplayConfig, context: TransformContext):
@@ -64,7 +64,7 @@ def on_policy_replay(rows: list[dict[str, Any]], config: OnPolicyReplayConfig, c
         context.log,
     )
     passed = passing(rows, answers, config, context)
-    key = ANSWER_FIELD[data_format]
+    key = answer_field(data_format)
     replay = [{**row, key: answer, "on_policy_replay": True} for row, answer, ok in zip(rows, answers, passed) if ok]
     write_rows(context.stage_dir / f"on-policy-replay-{context.dataset_name}.jsonl", replay)
     return replay, {"rows": len(rows), "kept": len(replay), "rejected": len(rows) - len(replay)}
