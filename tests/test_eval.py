@@ -304,3 +304,11 @@ def test_item_ids_never_collide_and_a_repeated_given_id_is_refused():
     assert ids == [f"{base}#2", base, f"{base}#3"]
     with pytest.raises(DataError, match="probe rows 1 and 3 have the same id 'a'"):
         item_ids([{"id": "a"}, {"id": "b"}, {"id": "a"}])
+
+
+def test_a_chat_row_s_gold_is_its_last_assistant_turn():
+    from stagewise.eval.suite import answer_correct
+
+    row = {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]}
+    assert answer_correct("contains", "It is Paris.", row) and not answer_correct("contains", "Lyon", row)
+    assert answer_correct("exact_match", "Paris", row)
