@@ -24,8 +24,8 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-botto
 .plot { margin: 4px 12px 4px 0; background: #fafafa; border: 1px solid #eee; }
 .plot text { font-size: 11px; } .plot .title { font-weight: 600; font-size: 12px; }
 .axis { stroke: #444; } .zero { stroke: #aaa; stroke-dasharray: 3 3; } .curve { stroke-width: 1.5; }
-.bar { stroke: #1f77b4; stroke-width: 2; } .bar.sig, circle.sig { stroke: #d62728; fill: #d62728; }
-circle { fill: #1f77b4; } .point { cursor: pointer; }
+.bar { stroke: #1f77b4; stroke-width: 2; } .forest circle { fill: #1f77b4; }
+.bar.sig, .forest circle.sig { stroke: #d62728; fill: #d62728; } .point { cursor: pointer; }
 #tip { position: absolute; background: #fff; border: 1px solid #888; padding: 4px 8px; font-size: 12px;
        box-shadow: 2px 2px 6px rgba(0,0,0,.2); pointer-events: none; max-width: 420px; }
 table { border-collapse: collapse; font-size: 12px; width: 100%; }
