@@ -198,3 +198,28 @@ def recipe_file(tmp_path: Path) -> Path:
                                     "datasets": {"sft": {"format": "instruction", "rows": [{"instruction": "a",
                                                                                             "output": "b"}]}}}))
     return path
+
+
+def test_no_suggested_fix_is_one_validate_refuses(tmp_path):
+    """A LoRA stage cannot be sharded: where only FSDP would fit, the plan says so instead of
+    suggesting it; a full fine-tune's FSDP suggestion validates as written."""
+    from stagewise.plan import FIXES, KL_OFF, change_overrides, refusal
+
+    lora = make_recipe(tmp_path, [{**STAGE, "trainable": "lora"}], model={"model_name_or_path": "tiny-llama",
+                                                                          "quantization": {"bits": 4}})
+    seventy = load_model_config(lora.model, str(CONFIGS / "llama-3-70b.json"))
+    [qlora] = plan_recipe(lora, seventy, device_memory=parse_memory("24GB"))
+    assert qlora.suggestion.startswith("none that validate accepts (") and "devices with FSDP would fit" in qlora.suggestion
+    assert "does not run on FSDP2 shards" in qlora.suggestion  # (at 24 GB even the 4-bit weights alone do not fit)
+    full = make_recipe(tmp_path, [STAGE])
+    [big] = plan_recipe(full, seventy, device_memory=parse_memory("80GB"))
+    assert big.suggestion.startswith("QLoRA (model.quantization: {bits: 4}, trainable: lora) and gradient")
+    assert refusal(full, {**dict(FIXES)[big.suggestion.removesuffix(KL_OFF)], "kl_off": True}) is None
+    from stagewise.config import load_recipe
+
+    quick = load_recipe(Path(__file__).resolve().parents[1] / "recipes/qlora.yaml")  # measures the KL: its copy
+    [seventy_qlora] = plan_recipe(quick, seventy, device_memory=parse_memory("80GB"))  # is what does not fit
+    assert seventy_qlora.suggestion == "gradient checkpointing (performance.gradient_checkpointing: true)" + KL_OFF
+    assert refusal(full, {"devices": 16, "checkpointing": True}) is None
+    assert change_overrides(full, {"devices": 16, "checkpointing": True}) == [
+        "performance.gradient_checkpointing=true", "distributed.fsdp=true"]

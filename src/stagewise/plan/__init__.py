@@ -52,6 +52,7 @@ class Settings:
     selector: Any = None  # replaces every training stage's selector (a suggestion: LoRA)
     quantization: Any = None  # {bits, double_quant} or None
     seq_len: int | None = None  # tokens per sequence (default: the stage's max_length)
+    kl_off: bool = False  # no forgetting predictor (evaluation.kl_prompts: 0): no reference copy while scoring
 
 
 @dataclass
@@ -372,11 +373,14 @@ def generation_footprint(
             "weights": stored / settings.devices,
             "kv cache": max(caches, default=0.0),
             "logits": batch * shape.vocab * (context.compute_bytes + 4),
-            "KL reference model": stored / settings.devices if measures_kl(recipe, stage) else 0.0,
+            "KL reference model": stored / settings.devices
+            if measures_kl(recipe, stage) and not settings.kl_off
+            else 0.0,
         }
     )
 
 
+KL_OFF = ", without the KL predictor (evaluation.kl_prompts: 0: no second copy of the model while scoring)"
 FIXES: list[tuple[str, dict[str, Any]]] = [  # each a complete change to the recipe, cheapest to the result first
     ("gradient checkpointing (performance.gradient_checkpointing: true)", {"checkpointing": True}),
     ("precision bf16-mixed", {"precision": "bf16-mixed"}),
@@ -406,9 +410,35 @@ def fixed_settings(settings: Settings, change: dict[str, Any]) -> Settings:
     return replace(settings, **update)
 
 
+def change_overrides(recipe: Recipe, change: dict[str, Any]) -> list[str]:
+    """A suggested change as the recipe overrides a user would write for it."""
+    found = ["performance.gradient_checkpointing=true"] if change.get("checkpointing") else []
+    found += [f"performance.precision={change['precision']}"] if "precision" in change else []
+    found += ["model.quantization={bits: 4}"] if "quantization" in change else []
+    found += ["distributed.fsdp=true"] if "devices" in change else []
+    found += ["evaluation.kl_prompts=0"] if change.get("kl_off") and recipe.evaluation is not None else []
+    for index, stage in enumerate(recipe.stages):
+        if stage.trainable.kind != "none":
+            found += [f"stages.{index}.trainable=lora"] if change.get("selector") == "lora" else []
+            found += [f"stages.{index}.optim={change['optim']}"] if "optim" in change else []
+    return found
+
+
+def refusal(recipe: Recipe, change: dict[str, Any]) -> str | None:
+    """Why ``validate`` would refuse the recipe with ``change`` made (never suggest that), or None."""
+    from ..config import recipe_from_dict, recipe_to_dict
+
+    try:
+        recipe_from_dict(recipe_to_dict(recipe), overrides=change_overrides(recipe, change))
+    except RecipeError as err:
+        return str(err)
+    return None
+
+
 def cheapest_fix(recipe: Recipe, config: Any, plan: StagePlan, device_memory: float) -> str:
-    """The first change (in order of its cost to the result) that makes this stage fit, else FSDP
-    over the fewest devices that fit (with gradient checkpointing), else none."""
+    """The first change (in order of its cost to the result) that makes this stage fit and that
+    ``validate`` accepts, else FSDP over the fewest devices that fit (with gradient checkpointing)
+    where the recipe can be sharded, else none."""
 
     def fits(settings: Settings) -> bool:
         return plan_stages(recipe, config, settings)[plan.index].peak <= HEADROOM * device_memory
@@ -417,12 +447,16 @@ def cheapest_fix(recipe: Recipe, config: Any, plan: StagePlan, device_memory: fl
     for text, change in FIXES:
         if own_optimizer and "optim" in change:
             continue
-        if any(getattr(plan.settings, key) != value for key, value in change.items()) and fits(
-            fixed_settings(plan.settings, change)
-        ):
-            return text
+        for extra, also in ((), ""), ((("kl_off", True),), KL_OFF):  # the predictor's copy may be what does not fit
+            candidate = {**change, **dict(extra)}
+            changes = any(getattr(plan.settings, key) != value for key, value in candidate.items())
+            if changes and fits(fixed_settings(plan.settings, candidate)) and refusal(recipe, candidate) is None:
+                return text + also
     for devices in (2, 4, 8, 16, 32, 64):
         if devices > plan.settings.devices and fits(replace(plan.settings, devices=devices, checkpointing=True)):
+            why = refusal(recipe, {"devices": devices, "checkpointing": True})
+            if why is not None:
+                return f"none that validate accepts ({devices} devices with FSDP would fit, but: {why})"
             return f"{devices} devices with FSDP (distributed: {{fsdp: true}}) and gradient checkpointing"
     return "none found: a smaller model or more memory"
 
