@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -134,3 +135,34 @@ def test_a_temp_file_left_by_a_killed_journal_write_is_stagewise_s(tmp_path):
     (folder / f".{JOURNAL}.kungtz_a").write_text("half")
     (folder / "notes.txt").write_text("mine")
     assert Written(folder).foreign() == ["notes.txt"]
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_a_run_whose_rank_0_was_killed_resumes_when_started_again(tmp_path):
+    """SIGKILL rank 0 (the lock holder) of a 2-process run once it has a checkpoint; torchrun stops
+    the other rank; the same command then resumes from a checkpoint and completes."""
+    import signal
+    import time
+
+    recipe = {"model": "tiny-llama", "datasets": {"d": {"format": "instruction", "template": "alpaca", "rows": ROWS}},
+              "stages": [{"name": "s", "data": "d", "max_steps": 400, "batch_size": 2, "save_steps": 5}],
+              "output_dir": str(tmp_path / "run")}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    command = ["torchrun", "--nproc_per_node=2", "-m", "stagewise", "run", str(path)]
+    launch = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while not list((tmp_path / "run/0-s").glob("checkpoint-*/stagewise-complete.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    ranks = [int(pid) for pid in subprocess.run(["pgrep", "-f", "--", f"-m stagewise run {path}"], capture_output=True,
+                                                 text=True).stdout.split()]
+    rank0 = next(pid for pid in ranks if b"RANK=0" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+    os.kill(rank0, signal.SIGKILL)
+    assert launch.wait(timeout=120) != 0
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    manifest = json.loads((tmp_path / "run/manifest.json").read_text())
+    assert manifest["stages"][0]["status"] == "completed"
+    assert manifest["stages"][0]["resumed_from"].startswith("checkpoint-")
