@@ -74,7 +74,8 @@ def test_audit_finds_what_was_forgotten_and_the_gate_fails_only_then(tmp_path, t
     assert "qa" in report["tuned"][0]["knowledge_vs_format"]
     assert report["tuned"][0]["kl_from_base"]["prompts"] == 4
     markdown = (tmp_path / "out/audit.md").read_text()
-    assert "**worse**" in markdown and "12 forgotten" in markdown
+    assert "**worse**" in markdown and "12 forgotten" in markdown and "Cost: base scored in" in markdown
+    assert set(report["tuned"][0]["seconds"]) == {"scoring", "kl", "examples", "per_probe"}
 
     status, printed, report = audit(tmp_path, capsys, "--base", base, "--tuned", str(trained), "--fail-if-drop", "0.2")
     assert status == 0 and "regression" not in printed.err

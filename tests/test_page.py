@@ -52,6 +52,7 @@ def item(flip, question, number):
 
 AUDIT = {
     "base": "base-model", "suites": ["suites/audit.yaml"], "kl_prompts": "chat:test", "base_scores": {},
+    "base_seconds": {"scoring": 1.0, "per_probe": {}}, "wall_s": 3.0,
     "tuned": [{
         "model": "tuned-model", "adapter_base": None, "identical_to_base": False, "note": None, "scores": {},
         "probes": {
@@ -62,6 +63,7 @@ AUDIT = {
         },
         "knowledge_vs_format": {}, "kl_from_base": {"per_sequence": 1.5, "per_token": 0.05},
         "flipped": {"facts": [item("forgotten", HOSTILE, 1), item("forgotten", "q2", 2), item("learned", "q3", 3)]},
+        "seconds": {"scoring": 1.0, "kl": 0.5, "examples": 0.1, "per_probe": {}},
     }],
 }
 

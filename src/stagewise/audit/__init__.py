@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -151,6 +152,19 @@ def token_level_refusal(base: Checkpoint, tuned: Checkpoint) -> str | None:
     )
 
 
+def measure_kl(base: Checkpoint, tuned: Checkpoint, probes: Probes, request: AuditRequest, log: Callable[[str], None]):
+    """KL(tuned || base) on the general prompts (None where the suite turns it off)."""
+    evaluation = probes.recipe.evaluation
+    assert evaluation is not None
+    if not evaluation.kl_prompts:
+        return None
+    log(f"[audit] KL(tuned || base) on {evaluation.kl_prompts} prompts of {request.prompts}")
+    prompts = kl_prompts(request.prompts, base.tokenizer, evaluation.kl_prompts)
+    return forward_kl(
+        tuned.model, base.model, base.tokenizer, prompts, evaluation.kl_tokens, batch_size=evaluation.batch_size
+    )
+
+
 def audit_one(
     base: Checkpoint,
     base_results: dict[str, Any],
@@ -161,22 +175,16 @@ def audit_one(
 ) -> dict[str, Any]:
     refused = token_level_refusal(base, tuned)
     identical = tuned.spec == base.spec or (refused is None and same_weights(base, tuned))
-    results = base_results if identical else score(tuned, probes, log)
+    clock = Clock()
+    results = base_results if identical else clock.time("scoring", lambda: score(tuned, probes, log))
     comparison = compare_results(base_results, results, request.n_boot)
     if refused:
         log(f"[audit] {refused}")
         for row in comparison["probes"].values():
             if row["metric"] == "perplexity":
                 row["difference"] = None
-    evaluation = probes.recipe.evaluation
-    assert evaluation is not None
-    kl = None
-    if refused is None and evaluation.kl_prompts and not identical:
-        log(f"[audit] KL(tuned || base) on {evaluation.kl_prompts} prompts of {request.prompts}")
-        prompts = kl_prompts(request.prompts, base.tokenizer, evaluation.kl_prompts)
-        kl = forward_kl(
-            tuned.model, base.model, base.tokenizer, prompts, evaluation.kl_tokens, batch_size=evaluation.batch_size
-        )
+    kl = None if refused or identical else clock.time("kl", lambda: measure_kl(base, tuned, probes, request, log))
+    flips = clock.time("examples", lambda: examples(base_results, results, probes, (base, tuned)))
     return {
         "model": tuned.spec,
         "adapter_base": tuned.base_of_adapter,
@@ -185,8 +193,23 @@ def audit_one(
         "scores": {name: r["score"] for name, r in results["retention"].items()},
         **comparison,
         "kl_from_base": kl if not identical else {"per_sequence": 0.0, "per_token": 0.0},
-        "flipped": examples(base_results, results, probes, (base, tuned)),
+        "flipped": flips,
+        "seconds": {**clock.seconds, "per_probe": {name: r["seconds"] for name, r in results["retention"].items()}},
     }
+
+
+class Clock:
+    """Wall seconds per named phase (audit.json's cost record)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def time(self, phase: str, work: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            return work()
+        finally:
+            self.seconds[phase] = round(time.perf_counter() - started, 1)
 
 
 def run_audit(request: AuditRequest, log: Callable[[str], None]) -> dict[str, Any]:
@@ -196,8 +219,10 @@ def run_audit(request: AuditRequest, log: Callable[[str], None]) -> dict[str, An
         check_checkpoint(spec, "--tuned")
     probes = load_probes(request.suites, [lm_eval_probe(spec, request.lm_eval_limit) for spec in request.lm_eval])
     model_cfg, precision = probes.recipe.model, probes.recipe.performance.precision
+    started = time.perf_counter()
     base = load_checkpoint(request.base, model_cfg, precision)
-    base_results = score(base, probes, log)
+    clock = Clock()
+    base_results = clock.time("scoring", lambda: score(base, probes, log))
     audited = []
     for spec in request.tuned:
         tuned = load_checkpoint(spec, model_cfg, precision)
@@ -209,7 +234,9 @@ def run_audit(request: AuditRequest, log: Callable[[str], None]) -> dict[str, An
         "suites": request.suites,
         "kl_prompts": request.prompts,
         "base_scores": {name: r["score"] for name, r in base_results["retention"].items()},
+        "base_seconds": {**clock.seconds, "per_probe": {n: r["seconds"] for n, r in base_results["retention"].items()}},
         "tuned": audited,
+        "wall_s": round(time.perf_counter() - started, 1),
     }
 
 

@@ -86,7 +86,17 @@ def audit_markdown(audit: dict[str, Any]) -> str:
     ]
     for tuned in audit["tuned"]:
         lines += tuned_section(tuned)
+    lines += ["", cost_line(audit)]
     return "\n".join(lines) + "\n"
+
+
+def cost_line(audit: dict[str, Any]) -> str:
+    """Where the wall time went (audit.json has each probe's seconds)."""
+    parts = [f"base scored in {audit['base_seconds'].get('scoring', 0):.0f} s"]
+    for tuned in audit["tuned"]:
+        spent = ", ".join(f"{phase} {value:.0f} s" for phase, value in tuned["seconds"].items() if phase != "per_probe")
+        parts.append(f"{tuned['model']}: {spent}")
+    return f"Cost: {'; '.join(parts)}; wall {audit['wall_s']:.0f} s in all."
 
 
 def write_audit(out: Path, audit: dict[str, Any]) -> list[Path]:

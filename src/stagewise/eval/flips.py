@@ -71,11 +71,15 @@ def order_by_gold_logprob(
     max_length: int,
 ) -> None:
     """Add each flipped item's gold log-probability change (formats with an answer field) and sort:
-    forgotten items first, the largest fall first; then learned items, the largest rise first."""
+    forgotten items first, the largest fall (or smallest rise) first; then learned items, the largest
+    rise first."""
     if changed and format_has(cfg.format, "answer_field"):
         by_id = dict(zip(item_ids(rows), rows))
         chosen = [by_id[item["id"]] for item in changed]
         before, after = (gold_logprobs(model, tokenizer, chosen, cfg, batch_size, max_length) for model in models)
         for item, old, new in zip(changed, before, after):
             item["gold_logprob_change"] = new - old
-    changed.sort(key=lambda item: (item["flip"] != "forgotten", -abs(item.get("gold_logprob_change", 0.0))))
+    sign = {"forgotten": 1.0, "learned": -1.0}
+    changed.sort(
+        key=lambda item: (item["flip"] != "forgotten", sign[item["flip"]] * item.get("gold_logprob_change", 0.0))
+    )
