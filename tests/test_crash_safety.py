@@ -293,3 +293,24 @@ def test_a_finished_stage_that_cannot_be_cleared_is_one_line_and_kept(tmp_path, 
         run(make_recipe(tmp_path, [{**stages[0], "lr": 2e-3}]))
     assert "\n" not in str(err.value)
     assert {p.name: p.read_bytes() for p in stage_dir.iterdir() if p.is_file()} == before
+
+
+def test_a_cache_folder_that_cannot_be_written_is_one_line(tmp_path, immutable, monkeypatch, capsys):
+    """Even as root (an immutable folder refuses root too): exit 1, one line naming the folder and
+    the setting that moves the cache, nothing written in the output folder."""
+    import yaml
+
+    from stagewise.cli import main
+
+    cache = tmp_path / "frozen-cache"
+    cache.mkdir()
+    immutable(cache)
+    monkeypatch.setenv("STAGEWISE_CACHE", str(cache))
+    recipe = {"model": "tiny-llama", "datasets": {"d": {"format": "instruction", "builtin": "facts:train"}},
+              "stages": [{"name": "s", "data": "d", "max_steps": 1, "batch_size": 2}],
+              "output_dir": str(tmp_path / "run")}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "r.yaml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and str(cache) in err[0] and "STAGEWISE_CACHE" in err[0], err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
