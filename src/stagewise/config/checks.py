@@ -9,14 +9,7 @@ from typing import Any, Callable, NoReturn
 
 from ..errors import RecipeError
 from ..merging import BASE
-from ..registry import (
-    DATA_FORMATS,
-    METRICS,
-    TRAINERS,
-    TRANSFORMS,
-    format_has,
-    formats_with,
-)
+from ..registry import DATA_FORMATS, METRICS, TRAINERS, TRANSFORMS, format_has, formats_with
 from ..schema import SAFE_NAME_HINT, is_safe_name
 from .evaluation import EvalTaskConfig
 from .schema import PLUGIN_FIELDS, Recipe, StageConfig
