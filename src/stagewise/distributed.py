@@ -8,10 +8,12 @@ come before the first Trainer (distillation, categorization, evaluation) can alr
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 1800  # transformers' ddp_timeout default; NCCL's own is 10 minutes
 
@@ -55,22 +57,22 @@ def barrier() -> None:
         dist.barrier()
 
 
-def main_decides(check: Callable[[], None]) -> None:
-    """Run ``check`` on rank 0 alone; the one-line error it raises, if any, is raised on every rank
-    (so under torchrun no rank waits at a collective for a rank that stopped, nor prints a traceback)."""
-    from .errors import StagewiseError
+def main_decides(check: Callable[[], T]) -> T | None:
+    """Run ``check`` on rank 0 alone and return what it returns there (None on the other ranks); the
+    one-line error it raises, if any, is raised on every rank (so under torchrun no rank waits at a
+    collective for a rank that stopped, nor prints a traceback)."""
+    from . import errors
 
-    failure = None
+    value, failure = None, None
     if is_main_process():
         try:
-            check()
-        except StagewiseError as err:
+            value = check()
+        except errors.StagewiseError as err:
             failure = (type(err).__name__, str(err))
     failure = broadcast_from_main(failure)
     if failure is not None:
-        from . import errors
-
-        raise getattr(errors, failure[0], StagewiseError)(failure[1])
+        raise getattr(errors, failure[0], errors.StagewiseError)(failure[1])
+    return value
 
 
 def broadcast_from_main(value: Any) -> Any:

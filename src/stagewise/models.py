@@ -323,6 +323,11 @@ def on_local_device(model: ModuleT) -> ModuleT:
     return model if is_quantized(model) else model.to(local_device())
 
 
+def looks_local(name: str) -> bool:
+    """A path rather than a hub id: it starts like one, or names something that exists here."""
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+
+
 def load_pretrained(
     path: str | Path,
     cfg: ModelConfig,
@@ -334,8 +339,7 @@ def load_pretrained(
     ``dtype`` on this rank's device (no full fp32 copy on the host first); ``quantization`` loads
     the linear layers 4/8-bit and prepares the model for adapter training (PEFT)."""
     path = str(path)
-    looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
-    if looks_local and not Path(path).expanduser().is_dir():
+    if looks_local(path) and not Path(path).expanduser().is_dir():
         raise ModelError(f"model.model_name_or_path: folder {path!r} not found")
     if Path(path).expanduser().is_dir():
         check_weight_files(Path(path).expanduser())

@@ -109,9 +109,11 @@ def fmt(value: Any, spec: str = ".3f", signed: bool = False) -> str:
 
 
 def fmt_interval(interval: dict[str, Any] | None, spec: str = "+.3f") -> str:
-    """``estimate [low, high]``; '-' where there is none."""
+    """``estimate [low, high]``; '-' where there is none, ``(no CI)`` for an estimate without one."""
     if not interval or interval.get("estimate") is None:
         return "-"
+    if interval.get("low") is None:
+        return f"{format(interval['estimate'], spec)} (no CI)"
     return f"{format(interval['estimate'], spec)} [{format(interval['low'], spec)}, {format(interval['high'], spec)}]"
 
 

@@ -72,17 +72,14 @@ def lm_eval_probe(spec: str, limit: int | None) -> EvalTaskConfig:
 
 def load_probes(suites: list[str], lm_eval: list[EvalTaskConfig] | None = None) -> Probes:
     """Every suite's probes in one evaluation (names must not repeat across suites), and the lm-eval
-    tasks (with no suite given, those alone)."""
-    first = load_suite(suites[0] if suites else DEFAULT_SUITE)
-    assert first.evaluation is not None
-    retention, datasets = list(first.evaluation.retention) + list(first.evaluation.target), dict(first.datasets)
-    for path in suites[1:]:
-        more = load_suite(path)
-        assert more.evaluation is not None
-        retention += list(more.evaluation.retention) + list(more.evaluation.target)
-        datasets.update(more.datasets)
-    if not suites:  # lm-eval tasks alone: the default suite gives only the model and evaluation settings
-        retention, datasets = [], {}
+    tasks; with no suite, the default suite gives only the model and evaluation settings."""
+    loaded = [load_suite(path) for path in suites]
+    settings = loaded[0] if loaded else load_suite(DEFAULT_SUITE)
+    retention, datasets = [], {}
+    for suite in loaded:
+        assert suite.evaluation is not None  # a suite is an evaluation section
+        retention += [*suite.evaluation.retention, *suite.evaluation.target]
+        datasets.update(suite.datasets)
     retention += lm_eval or []
     names = [task.name for task in retention]
     repeated = sorted({name for name in names if names.count(name) > 1})
@@ -92,8 +89,9 @@ def load_probes(suites: list[str], lm_eval: list[EvalTaskConfig] | None = None) 
         raise StagewiseError(
             f"--suite {suites[0] if suites else ''}: the suite has no probes (evaluation.retention / target)"
         )
-    evaluation = first.evaluation.model_copy(update={"retention": retention, "target": []})
-    recipe = first.model_copy(update={"evaluation": evaluation, "datasets": datasets})
+    assert settings.evaluation is not None
+    evaluation = settings.evaluation.model_copy(update={"retention": retention, "target": []})
+    recipe = settings.model_copy(update={"evaluation": evaluation, "datasets": datasets})
     used = {task.data for task in retention if task.data}
     return Probes(recipe, {name: load_dataset_config(name, datasets[name]).rows for name in sorted(used)})
 
@@ -194,7 +192,7 @@ def audit_one(
         **comparison,
         "kl_from_base": kl if not identical else {"per_sequence": 0.0, "per_token": 0.0},
         "flipped": flips,
-        "seconds": {**clock.seconds, "per_probe": {name: r["seconds"] for name, r in results["retention"].items()}},
+        "seconds": clock.with_probes(results),
     }
 
 
@@ -210,6 +208,10 @@ class Clock:
             return work()
         finally:
             self.seconds[phase] = round(time.perf_counter() - started, 1)
+
+    def with_probes(self, results: dict[str, Any]) -> dict[str, Any]:
+        """The phases and each probe's own seconds (as ``evaluate_task`` measured them)."""
+        return {**self.seconds, "per_probe": {name: r["seconds"] for name, r in results["retention"].items()}}
 
 
 def run_audit(request: AuditRequest, log: Callable[[str], None]) -> dict[str, Any]:
@@ -234,7 +236,7 @@ def run_audit(request: AuditRequest, log: Callable[[str], None]) -> dict[str, An
         "suites": request.suites,
         "kl_prompts": request.prompts,
         "base_scores": {name: r["score"] for name, r in base_results["retention"].items()},
-        "base_seconds": {**clock.seconds, "per_probe": {n: r["seconds"] for n, r in base_results["retention"].items()}},
+        "base_seconds": clock.with_probes(base_results),
         "tuned": audited,
         "wall_s": round(time.perf_counter() - started, 1),
     }

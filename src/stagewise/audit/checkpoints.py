@@ -16,7 +16,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ModelError
-from ..models import load_model_and_tokenizer, load_stage_output, on_local_device
+from ..models import load_model_and_tokenizer, load_stage_output, looks_local, on_local_device
 
 
 @dataclass
@@ -37,10 +37,6 @@ def adapter_base(folder: Path) -> str:
     if not isinstance(base, str) or not base:
         raise ModelError(f"{config}: no base_model_name_or_path, so the adapter's base model is unknown")
     return base
-
-
-def looks_local(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists()
 
 
 def check_checkpoint(spec: str, role: str) -> None:

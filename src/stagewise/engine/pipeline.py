@@ -169,8 +169,9 @@ def _run_locked(
         ctx = StageContext(recipe, index, datasets, stage_folder(recipe, index), identity, list(callbacks or []), log)
         model = train_and_record(model, tokenizer, ctx, hashes[index], manifest, evaluator, force)
     if recipe.evaluation and is_main_process():
-        report = build_report(manifest.record())
-        report["flipped"] = flipped_by_stage(output_dir, manifest.record(), probe_rows(recipe, datasets))
+        record = manifest.record()
+        report = build_report(record)
+        report["flipped"] = flipped_by_stage(output_dir, record, probe_rows(recipe, datasets))
         write_report(output_dir, report)
     return RunResult(output_dir=output_dir, manifest=manifest.data, model=model, tokenizer=tokenizer)
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..distributed import broadcast_from_main, is_main_process
+from ..distributed import main_decides
 from ..errors import OutputError
 from ..io import file_in_the_way, read_json
 from .manifest import MANIFEST, now
@@ -95,15 +95,7 @@ def run_lock(path: Path, log: Callable[[str], None]) -> Iterator[None]:
     the lock: two processes can never both hold it, and it is released when its holder dies, so
     a lock left by a killed run is simply taken (the file's recorded holder is logged). Rank 0
     takes it for a multi-process run and tells the other ranks whether it did."""
-    handle, error = None, None
-    if is_main_process():
-        try:
-            handle = acquire_lock(path / LOCK, log)
-        except OutputError as err:
-            error = str(err)
-    error = broadcast_from_main(error)
-    if error is not None:
-        raise OutputError(error)
+    handle = main_decides(lambda: acquire_lock(path / LOCK, log))
     try:
         yield
     finally:

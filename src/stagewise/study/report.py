@@ -11,14 +11,8 @@ from typing import Any
 
 from ..io import save_figure
 from ..report import fmt
-
-
-def _ci(interval: dict[str, Any] | None, spec: str = "+.3f") -> str:
-    if not interval or interval.get("estimate") is None:
-        return "-"
-    if interval.get("low") is None:
-        return f"{format(interval['estimate'], spec)} (no CI)"
-    return f"{format(interval['estimate'], spec)} [{format(interval['low'], spec)}, {format(interval['high'], spec)}]"
+from ..report import fmt_interval as _ci  # (short: the tables hold many)
+from .page import forest_rows
 
 
 def _p(value: float | None) -> str:
@@ -384,15 +378,9 @@ def plot_forest(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, estimates, lows, highs = [], [], [], []
-    for probe in results["probes"]:
-        for name, row in results["rows"].items():
-            versus = row["probes"][probe].get("vs_baseline")
-            if versus:
-                labels.append(f"{probe}: {name}")
-                estimates.append(versus["estimate"])
-                lows.append(versus["estimate"] - versus["low"])
-                highs.append(versus["high"] - versus["estimate"])
+    rows = forest_rows(results)  # the same rows as the page's forest
+    labels, estimates = [row["label"] for row in rows], [row["estimate"] for row in rows]
+    lows, highs = [row["estimate"] - row["low"] for row in rows], [row["high"] - row["estimate"] for row in rows]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
     positions = list(range(len(labels)))[::-1]
     ax.errorbar(estimates, positions, xerr=[lows, highs], fmt="o", capsize=3)
